@@ -1,0 +1,42 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := demo-out
+
+.PHONY: install demo test bench lint clean
+
+# Reinstall only when the package metadata changed; a second `make` is instant.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ctreduce samples
+	$(BIN)/ctreduce reduce "$$($(BIN)/python -c 'from ctreduce.samples import sample_dir; print(sample_dir())')" \
+		--out $(DEMO)/hash6 --method hash --threshold 6 --workers 2 --csv --quiet
+	$(BIN)/ctreduce export $(DEMO)/hash6 --format png --out $(DEMO)/png
+	$(BIN)/ctreduce export $(DEMO)/hash6 --format npy --size 224 --out $(DEMO)/npy
+	@echo
+	@echo "Outputs:"
+	@echo "  manifest (one row per slice): $(DEMO)/hash6/manifest.parquet (and manifest.csv)"
+	@echo "  summary (counts, timings):    $(DEMO)/hash6/summary.json"
+	@echo "  kept slices as PNG:           $(DEMO)/png/images/"
+	@echo "  kept slices as uint8 array:   $(DEMO)/npy/slices.npy + index.parquet"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_reduce.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

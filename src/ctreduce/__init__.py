@@ -1,0 +1,35 @@
+"""ctreduce: reduce CT archives to their dissimilar slices before self-supervised pre-training.
+
+Implements Wolf et al. 2024, "Less is More" (arXiv 2410.14524). The public API is imported
+lazily so that ``import ctreduce`` and the command line start fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "Volume": "ctreduce.io.volume",
+    "VolumeSource": "ctreduce.io.volume",
+    "VolumeError": "ctreduce.io.volume",
+    "read_volume": "ctreduce.io.discover",
+    "scan": "ctreduce.io.discover",
+    "ReduceConfig": "ctreduce.config",
+    "Intensity": "ctreduce.reduce.intensity",
+    "reduce_volume": "ctreduce.reduce.engine",
+    "reduce": "ctreduce.reduce.engine",
+    "read_sources": "ctreduce.reduce.engine",
+    "export": "ctreduce.export",
+    "dhash": "ctreduce.reduce.hashing",
+}
+
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'ctreduce' has no attribute {name!r}")

@@ -1,0 +1,154 @@
+"""The ``ctreduce`` command. Heavy libraries are imported inside commands to keep start-up fast.
+
+Exit status: 0 when every volume was processed, 1 when any failed (after doing the rest),
+2 for unusable arguments (missing paths, conflicting run folder, bad settings).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Reduce CT archives to their dissimilar slices before self-supervised pre-training.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def scan(
+    inputs: Annotated[list[Path], typer.Argument(help="Files or folders (DICOM trees, NIfTI, NRRD, MHA...).")],
+    modality: Annotated[str, typer.Option(help="Keep DICOM series of this modality; 'any' keeps all.")] = "CT",
+    allow_gaps: Annotated[bool, typer.Option(help="Accept DICOM series with missing slices.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the volumes found and every file or series skipped, with the reason."""
+    from .io.discover import scan as do_scan
+
+    try:
+        found = do_scan(inputs, modality=modality, allow_gaps=allow_gaps)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if as_json:
+        volumes = [{"volume_id": v.volume_id, "format": v.format, "source": v.source,
+                    "slices": v.n_slices, "rows": v.rows, "cols": v.cols, "spacing_mm": list(v.spacing),
+                    "modality": v.modality, "warnings": list(v.warnings)} for v in found.volumes]
+        typer.echo(json.dumps({"volumes": volumes, "skipped": found.skipped, "errors": found.errors}, indent=2))
+    else:
+        typer.echo(f"{'volume':40} {'format':6} {'slices':>6} {'size':>9}  {'spacing z/y/x mm':18} modality")
+        for v in found.volumes:
+            spacing = "/".join("?" if s != s else f"{s:.2f}" for s in v.spacing)
+            typer.echo(f"{v.volume_id:40} {v.format:6} {v.n_slices:6d} {v.rows:4d}x{v.cols:<4d}  "
+                       f"{spacing:18} {v.modality or '-'}")
+        typer.echo(f"{len(found.volumes)} volume(s), {sum(v.n_slices for v in found.volumes)} slices")
+        for s in found.skipped:
+            typer.echo(f"skipped {s['path']}: {s['reason']}")
+        for e in found.errors:
+            typer.echo(f"error {e['volume_id']}: {e['error']}", err=True)
+    if found.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reduce(
+    inputs: Annotated[list[Path], typer.Argument(help="Files or folders to reduce.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for manifest and summary.")],
+    method: Annotated[str, typer.Option(help="all, every-n or hash.")] = "hash",
+    threshold: Annotated[float | None, typer.Option(help="Redundancy threshold (hash: Hamming bits, default 6).")] = None,
+    n: Annotated[int, typer.Option("--n", help="N for every-n.")] = 10,
+    intensity: Annotated[str, typer.Option(help="minmax | window:WL,WW | range:LO,HI")] = "minmax",
+    hash_kind: Annotated[str, typer.Option("--hash", help="dhash, phash, ahash or whash.")] = "dhash",
+    hash_size: Annotated[int, typer.Option(help="Hash side length (8 -> 64 bits).")] = 8,
+    modality: Annotated[str, typer.Option(help="DICOM modality to keep; 'any' keeps all.")] = "CT",
+    allow_gaps: Annotated[bool, typer.Option(help="Reduce DICOM series with missing slices anyway.")] = False,
+    workers: Annotated[int, typer.Option(help="Volumes processed in parallel.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace a previous run with other settings.")] = False,
+    csv: Annotated[bool, typer.Option("--csv", help="Also write manifest.csv.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Reduce every volume; write DIR/manifest.parquet and DIR/summary.json (resumable)."""
+    from pydantic import ValidationError
+
+    from .config import ReduceConfig
+    from .reduce.engine import RunConflict
+    from .reduce.engine import reduce as do_reduce
+
+    if workers < 1:
+        _fail(f"--workers must be >= 1, got {workers}")
+    try:
+        config = ReduceConfig(method=method, threshold=threshold, every_n=n, intensity=intensity,
+                              hash_kind=hash_kind, hash_size=hash_size, modality=modality,
+                              allow_gaps=allow_gaps)
+    except ValidationError as exc:
+        _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+    try:
+        manifest = do_reduce(inputs, out, config=config, workers=workers, overwrite=overwrite,
+                             csv=csv, progress=not quiet)
+    except (FileNotFoundError, RunConflict, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        typer.echo(f"\n{exc}; run the same command again to finish", err=True)
+        raise typer.Exit(130) from None
+    summary = manifest.attrs["summary"]
+    totals = summary["totals"]
+    for error in summary["errors"]:
+        typer.echo(f"error: {error['error']}", err=True)
+    typer.echo(
+        f"{totals['volumes_reduced']} volume(s) reduced, {totals['volumes_failed']} failed; "
+        f"kept {totals['kept']} of {totals['slices']} slices ({totals['kept_fraction']:.1%}) "
+        f"in {summary['timings']['total_s']:.1f} s"
+    )
+    typer.echo(f"manifest: {out / 'manifest.parquet'}\nsummary:  {out / 'summary.json'}")
+    if totals["volumes_failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'ctreduce reduce'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder.")],
+    format: Annotated[str, typer.Option("--format", help="png (folder of images) or npy (one array).")] = "png",
+    size: Annotated[int, typer.Option(help="npy: side of the square slices (aspect kept by padding).")] = 224,
+    intensity: Annotated[str | None, typer.Option(help="Override the run's intensity policy.")] = None,
+) -> None:
+    """Write the kept slices as 8-bit PNGs or one memory-mappable uint8 array plus an index."""
+    from .export import export as do_export
+
+    try:
+        summary = do_export(run_dir, out, format=format, size=size, intensity=intensity)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for error in summary["errors"]:
+        typer.echo(f"error: {error['error']}", err=True)
+    typer.echo(f"exported {summary['slices']} slices of {summary['volumes']} volume(s) to {out} "
+               f"({format}) in {summary['seconds']:.1f} s")
+    if summary["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def samples() -> None:
+    """Download the two real sample chest CTs into the cache and print their paths."""
+    from .samples import SamplesUnavailable, fetch
+
+    try:
+        paths = fetch()
+    except SamplesUnavailable as exc:
+        _fail(str(exc), code=1)
+    for path in paths:
+        typer.echo(str(path))
+
+
+def main() -> None:
+    app(prog_name="ctreduce")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Typed configuration shared by the CLI, the Python API and experiment files (same names)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+SELECTORS = ("all", "every-n")
+
+
+class ReduceConfig(BaseModel):
+    """How every volume is reduced. ``threshold`` defaults to the measure's own default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = "hash"
+    threshold: float | None = None
+    every_n: int = 10
+    intensity: str = "minmax"
+    hash_kind: str = "dhash"
+    hash_size: int = 8
+    modality: str = "CT"
+    allow_gaps: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from .reduce.measures import MEASURES
+
+        value = value.lower().replace("_", "-")
+        if value in ("everyn", "every"):
+            value = "every-n"
+        if value not in SELECTORS and value not in MEASURES:
+            known = ", ".join([*SELECTORS, *sorted(MEASURES)])
+            raise ValueError(f"unknown method {value!r}; choose one of {known}")
+        return value
+
+    @field_validator("intensity")
+    @classmethod
+    def _known_intensity(cls, value: str) -> str:
+        from .reduce.intensity import Intensity
+
+        return str(Intensity.parse(value))
+
+    @field_validator("every_n")
+    @classmethod
+    def _positive_n(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"every_n must be >= 1, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self) -> ReduceConfig:
+        if self.method in SELECTORS:
+            if self.threshold is not None:
+                raise ValueError(f"method {self.method!r} takes no threshold")
+            return self
+        measure = self.measure()
+        object.__setattr__(
+            self,
+            "threshold",
+            measure.check_threshold(measure.default_threshold if self.threshold is None else self.threshold),
+        )
+        return self
+
+    def measure(self):
+        from .reduce.measures import get_measure
+
+        return get_measure(self.method, **self.model_dump())
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide results: a rerun into the same folder must match them."""
+        data = {"method": self.method, "intensity": self.intensity, "modality": self.modality.upper(),
+                "allow_gaps": self.allow_gaps}
+        if self.method == "every-n":
+            data["every_n"] = self.every_n
+        elif self.method != "all":
+            data["threshold"] = self.threshold
+            data.update(self.measure().params())
+        return data

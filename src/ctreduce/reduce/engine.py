@@ -1,0 +1,434 @@
+"""Reduce volumes and whole archives: one engine for every method, resumable run folders.
+
+Run folder layout (``DIR``)::
+
+    run.json           settings and inputs of the run (a rerun must match them)
+    volumes.parquet    every volume found: id, format, source files in anatomical order
+    parts/*.parquet    one manifest part per finished volume (written atomically)
+    progress.jsonl     journal of finished volumes (ok or error), appended as they finish
+    manifest.parquet   one row per slice, all volumes in input order
+    summary.json       counts, kept fractions, timings, errors, skipped files, library versions
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import ReduceConfig
+from ..io.discover import ScanResult, load, scan
+from ..io.volume import Volume, VolumeError, VolumeSource
+from .intensity import Intensity
+from .leader import Selection, every_n, greedy_leader, keep_all
+
+MANAGED = ("run.json", "volumes.parquet", "parts", "progress.jsonl", "manifest.parquet",
+           "manifest.csv", "summary.json")
+
+
+class RunConflict(Exception):
+    """The output folder holds a run with other settings or inputs."""
+
+
+def make_config(config: ReduceConfig | None = None, **overrides: Any) -> ReduceConfig:
+    if config is not None and not overrides:
+        return config
+    base = config.model_dump() if config is not None else {}
+    return ReduceConfig(**{**base, **overrides})
+
+
+# --- one volume ----------------------------------------------------------------------------------
+
+
+def select(volume: Volume, config: ReduceConfig) -> tuple[Selection, dict[str, list[Any]]]:
+    """Run the configured method on one volume; returns the selection and extra columns."""
+    n = volume.n_slices
+    if config.method == "all":
+        return keep_all(n), {}
+    if config.method == "every-n":
+        return every_n(n, config.every_n), {}
+    measure = config.measure()
+    u8 = Intensity.parse(config.intensity).to_uint8(volume.hu)
+    prepared = measure.prepare(u8)
+    selection = greedy_leader(n, prepared.compare, float(config.threshold),
+                              higher_is_similar=measure.higher_is_similar)
+    return selection, prepared.columns
+
+
+def reduce_volume(volume: Volume, config: ReduceConfig | None = None, **settings: Any) -> pd.DataFrame:
+    """Reduce one volume; one manifest row per slice (see ``ctreduce.reduce`` for the columns)."""
+    config = make_config(config, **settings)
+    selection, columns = select(volume, config)
+    n = volume.n_slices
+    params = json.dumps({k: v for k, v in config.identity().items()
+                         if k not in ("method", "threshold", "intensity", "modality", "allow_gaps")},
+                        sort_keys=True)
+    frame = pd.DataFrame({
+        "volume_id": [volume.volume_id] * n,
+        "source": list(volume.slice_sources),
+        "slice_index": np.arange(n, dtype=np.int32),
+        "z_mm": np.asarray(volume.z_mm, dtype=np.float64),
+        "kept": selection.kept,
+        "leader": selection.leader.astype(np.int32),
+        "distance": selection.score,
+        "method": config.method,
+        "threshold": np.nan if config.threshold is None else float(config.threshold),
+        "params": params,
+        "intensity": config.intensity if config.method not in ("all", "every-n") else "",
+    })
+    frame["hash"] = columns.get("hash", [None] * n)
+    return frame
+
+
+@dataclass
+class VolumeResult:
+    volume_id: str
+    source: str
+    frame: pd.DataFrame | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def process_source(source: VolumeSource, config: ReduceConfig) -> VolumeResult:
+    """Read and reduce one scanned volume; never raises for bad data (the error is returned)."""
+    start = time.perf_counter()
+    try:
+        volume = load(source)
+        frame = reduce_volume(volume, config)
+        return VolumeResult(source.volume_id, source.source, frame,
+                            seconds=time.perf_counter() - start, warnings=volume.warnings)
+    except (VolumeError, ValueError, MemoryError, OSError) as exc:
+        return VolumeResult(source.volume_id, source.source, error=str(exc),
+                            seconds=time.perf_counter() - start)
+
+
+# --- archives ------------------------------------------------------------------------------------
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "nibabel", "SimpleITK", "pandas",
+             "pyarrow"]
+    out = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _part_name(volume_id: str) -> str:
+    return hashlib.sha1(volume_id.encode()).hexdigest()[:20] + ".parquet"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def check_output_dir(out: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder inside an input tree or one that cannot be written."""
+    resolved = out.resolve()
+    for root in inputs:
+        root = root.resolve()
+        base = root if root.is_dir() else root.parent
+        if root.is_dir() and (resolved == base or base in resolved.parents):
+            raise ValueError(f"output folder {out} is inside the input folder {root}; input "
+                             "folders are never written to, choose a folder outside it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ctreduce-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
+
+
+class RunFolder:
+    """The files of one reduction run and its journal of finished volumes."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.parts = out / "parts"
+        self.journal = out / "progress.jsonl"
+
+    def start(self, identity: dict[str, Any], overwrite: bool) -> None:
+        run_file = self.out / "run.json"
+        if run_file.exists() and not overwrite:
+            previous = json.loads(run_file.read_text())
+            if previous != identity:
+                diff = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+                raise RunConflict(
+                    f"{self.out} holds a run with other settings ({', '.join(diff)}: "
+                    + "; ".join(f"{k} was {previous.get(k)!r}, now {identity.get(k)!r}" for k in diff)
+                    + "); use another output folder or --overwrite"
+                )
+        elif overwrite:
+            for name in MANAGED:
+                path = self.out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        self.parts.mkdir(parents=True, exist_ok=True)
+        _atomic_write(run_file, lambda p: p.write_text(json.dumps(identity, indent=2)))
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Journal entries of volumes already reduced successfully (last entry wins)."""
+        done: dict[str, dict[str, Any]] = {}
+        if not self.journal.exists():
+            return done
+        for line in self.journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if entry.get("error") is None and (self.parts / entry["part"]).exists():
+                done[entry["volume_id"]] = entry
+            else:
+                done.pop(entry["volume_id"], None)
+        return done
+
+    def record(self, result: VolumeResult) -> dict[str, Any]:
+        entry: dict[str, Any] = {"volume_id": result.volume_id, "source": result.source,
+                                 "seconds": round(result.seconds, 4), "warnings": result.warnings,
+                                 "error": result.error, "part": _part_name(result.volume_id)}
+        if result.frame is not None:
+            frame = result.frame
+            entry["slices"] = len(frame)
+            entry["kept"] = int(frame["kept"].sum())
+            _atomic_write(self.parts / entry["part"], lambda p: frame.to_parquet(p, index=False))
+        with self.journal.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return entry
+
+
+def _write_sources(out: Path, sources: list[VolumeSource]) -> None:
+    table = pd.DataFrame({
+        "volume_id": [s.volume_id for s in sources],
+        "format": [s.format for s in sources],
+        "source": [s.source for s in sources],
+        "paths": [list(s.paths) for s in sources],
+        "series_uid": [s.series_uid for s in sources],
+        "modality": [s.modality for s in sources],
+        "n_slices": [s.n_slices for s in sources],
+    })
+    _atomic_write(out / "volumes.parquet", lambda p: table.to_parquet(p, index=False))
+
+
+def read_sources(out: str | os.PathLike) -> list[VolumeSource]:
+    """The volumes of a run folder, as scanned (for export and reports)."""
+    table = pd.read_parquet(Path(out) / "volumes.parquet")
+    return [VolumeSource(r.volume_id, r.format, tuple(r.paths), series_uid=r.series_uid,
+                         modality=r.modality, n_slices=int(r.n_slices))
+            for r in table.itertuples(index=False)]
+
+
+def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> Iterator[VolumeResult]:
+    if workers <= 1:
+        for source in todo:
+            yield process_source(source, config)
+        return
+    import multiprocessing as mp
+
+    # One BLAS thread per worker: the workers are the parallelism.
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
+        pending: set[Future] = set()
+        queue = iter(todo)
+        # A few volumes in flight per worker: memory stays bounded by the volumes being read.
+        for source in queue:
+            pending.add(pool.submit(process_source, source, config))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.add(pool.submit(process_source, nxt, config))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def reduce(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    *,
+    config: ReduceConfig | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    csv: bool = False,
+    progress: bool = False,
+    **settings: Any,
+) -> pd.DataFrame:
+    """Reduce every volume under ``inputs``; returns the manifest (one row per slice).
+
+    Columns: volume_id, source (the slice's file), slice_index (0-based, anatomical), z_mm,
+    kept, leader (slice_index of the kept slice representing it; itself when kept), distance
+    (score to the leader in the measure's unit; NaN when kept or for all/every-n), method,
+    threshold, params (JSON), intensity, hash (hex, hash method only).
+
+    With ``out``, results are written to a resumable run folder (see module docstring); the
+    summary (counts, errors, skipped files, versions) is in ``manifest.attrs["summary"]``.
+    ``settings`` are ReduceConfig fields (method, threshold, every_n, intensity, ...).
+    """
+    config = make_config(config, **settings)
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("no input paths given")
+    t0 = time.perf_counter()
+    if out is not None:
+        check_output_dir(Path(out), paths)
+    found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps)
+    scan_seconds = time.perf_counter() - t0
+
+    run = RunFolder(Path(out)) if out is not None else None
+    done: dict[str, dict[str, Any]] = {}
+    if run is not None:
+        identity = {"config": config.identity(), "inputs": [str(p.resolve()) for p in paths]}
+        run.start(identity, overwrite)
+        _write_sources(run.out, found.volumes)
+        done = run.finished()
+    todo = [s for s in found.volumes if s.volume_id not in done]
+
+    frames: dict[str, pd.DataFrame] = {}
+    entries: dict[str, dict[str, Any]] = dict(done)
+    interrupted = False
+    t1 = time.perf_counter()
+    bar = _progress(len(found.volumes), len(done), progress)
+    try:
+        for result in _run_pool(todo, config, workers):
+            if run is not None:
+                entries[result.volume_id] = run.record(result)
+            else:
+                entries[result.volume_id] = {"volume_id": result.volume_id, "source": result.source,
+                                             "seconds": result.seconds, "warnings": result.warnings,
+                                             "error": result.error,
+                                             "slices": None if result.frame is None else len(result.frame),
+                                             "kept": None if result.frame is None else int(result.frame["kept"].sum())}
+            if result.frame is not None:
+                frames[result.volume_id] = result.frame
+            if bar is not None:
+                bar.update(1)
+                if result.error:
+                    bar.write(f"error: {result.error}")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+    reduce_seconds = time.perf_counter() - t1
+
+    manifest = _assemble(found, frames, run)
+    summary = _summary(found, entries, manifest, config, paths, scan_seconds, reduce_seconds,
+                       time.perf_counter() - t0, complete=not interrupted, workers=workers)
+    if run is not None:
+        _atomic_write(run.out / "manifest.parquet", lambda p: manifest.to_parquet(p, index=False))
+        if csv:
+            _atomic_write(run.out / "manifest.csv", lambda p: manifest.to_csv(p, index=False))
+        _atomic_write(run.out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    manifest.attrs["summary"] = summary
+    if interrupted:
+        raise KeyboardInterrupt(f"interrupted; partial results in {out}" if out else "interrupted")
+    return manifest
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="vol", desc="reduce", file=sys.stderr)
+
+
+def _assemble(found: ScanResult, frames: dict[str, pd.DataFrame], run: RunFolder | None) -> pd.DataFrame:
+    ordered = []
+    for source in found.volumes:
+        frame = frames.get(source.volume_id)
+        if frame is None and run is not None:
+            part = run.parts / _part_name(source.volume_id)
+            if part.exists():
+                frame = pd.read_parquet(part)
+        if frame is not None:
+            ordered.append(frame)
+    if not ordered:
+        return reduce_volume_empty()
+    return pd.concat(ordered, ignore_index=True)
+
+
+def reduce_volume_empty() -> pd.DataFrame:
+    return pd.DataFrame({
+        "volume_id": pd.Series(dtype=str), "source": pd.Series(dtype=str),
+        "slice_index": pd.Series(dtype=np.int32), "z_mm": pd.Series(dtype=np.float64),
+        "kept": pd.Series(dtype=bool), "leader": pd.Series(dtype=np.int32),
+        "distance": pd.Series(dtype=np.float64), "method": pd.Series(dtype=str),
+        "threshold": pd.Series(dtype=np.float64), "params": pd.Series(dtype=str),
+        "intensity": pd.Series(dtype=str), "hash": pd.Series(dtype=object),
+    })
+
+
+def _summary(found: ScanResult, entries: dict[str, dict[str, Any]], manifest: pd.DataFrame,
+             config: ReduceConfig, paths: list[Path], scan_s: float, reduce_s: float, total_s: float,
+             *, complete: bool, workers: int) -> dict[str, Any]:
+    volumes, errors = [], list(found.errors)
+    for source in found.volumes:
+        entry = entries.get(source.volume_id)
+        if entry is None:
+            continue
+        if entry.get("error"):
+            errors.append({"volume_id": source.volume_id, "source": entry["source"], "error": entry["error"]})
+            continue
+        slices, kept = int(entry["slices"]), int(entry["kept"])
+        volumes.append({"volume_id": source.volume_id, "source": source.source, "format": source.format,
+                        "slices": slices, "kept": kept, "kept_fraction": kept / slices if slices else 0.0,
+                        "seconds": entry.get("seconds"), "warnings": entry.get("warnings", [])})
+    slices = int(len(manifest))
+    kept = int(manifest["kept"].sum()) if slices else 0
+    pending = len(found.volumes) - len(volumes) - (len(errors) - len(found.errors))
+    return {
+        "complete": complete and pending == 0,
+        "config": config.model_dump(),
+        "inputs": [str(p) for p in paths],
+        "totals": {
+            "volumes_found": len(found.volumes) + len(found.errors),
+            "volumes_reduced": len(volumes),
+            "volumes_failed": len(errors),
+            "volumes_pending": pending,
+            "slices": slices,
+            "kept": kept,
+            "kept_fraction": kept / slices if slices else 0.0,
+        },
+        "timings": {"scan_s": round(scan_s, 3), "reduce_s": round(reduce_s, 3),
+                    "total_s": round(total_s, 3), "workers": workers,
+                    "slices_per_s": round(slices / reduce_s, 1) if reduce_s > 0 and slices else None},
+        "volumes": volumes,
+        "errors": errors,
+        "skipped": found.skipped,
+        "versions": library_versions(),
+    }
