@@ -18,12 +18,12 @@ _API = {
     "read_volume": "ctreduce.io.discover",
     "scan": "ctreduce.io.discover",
     "ReduceConfig": "ctreduce.config",
-    "Intensity": "ctreduce.reduce.intensity",
-    "reduce_volume": "ctreduce.reduce.engine",
-    "reduce": "ctreduce.reduce.engine",
-    "read_sources": "ctreduce.reduce.engine",
+    "Intensity": "ctreduce.reduction.intensity",
+    "reduce_volume": "ctreduce.reduction.engine",
+    "reduce": "ctreduce.reduction.engine",
+    "read_sources": "ctreduce.reduction.engine",
     "export": "ctreduce.export",
-    "dhash": "ctreduce.reduce.hashing",
+    "dhash": "ctreduce.reduction.hashing",
 }
 
 __all__ = [*_API, "__version__"]

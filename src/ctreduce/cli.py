@@ -77,8 +77,8 @@ def reduce(
     from pydantic import ValidationError
 
     from .config import ReduceConfig
-    from .reduce.engine import RunConflict
-    from .reduce.engine import reduce as do_reduce
+    from .reduction.engine import RunConflict
+    from .reduction.engine import reduce as do_reduce
 
     if workers < 1:
         _fail(f"--workers must be >= 1, got {workers}")

@@ -26,7 +26,7 @@ class ReduceConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from .reduce.measures import MEASURES
+        from .reduction.measures import MEASURES
 
         value = value.lower().replace("_", "-")
         if value in ("everyn", "every"):
@@ -39,7 +39,7 @@ class ReduceConfig(BaseModel):
     @field_validator("intensity")
     @classmethod
     def _known_intensity(cls, value: str) -> str:
-        from .reduce.intensity import Intensity
+        from .reduction.intensity import Intensity
 
         return str(Intensity.parse(value))
 
@@ -65,7 +65,7 @@ class ReduceConfig(BaseModel):
         return self
 
     def measure(self):
-        from .reduce.measures import get_measure
+        from .reduction.measures import get_measure
 
         return get_measure(self.method, **self.model_dump())
 

@@ -21,8 +21,8 @@ import pandas as pd
 
 from .io.discover import load
 from .io.volume import VolumeError
-from .reduce.engine import _atomic_write, check_output_dir, library_versions, read_sources
-from .reduce.intensity import Intensity
+from .reduction.engine import _atomic_write, check_output_dir, library_versions, read_sources
+from .reduction.intensity import Intensity
 
 FORMATS = ("png", "npy")
 
@@ -74,7 +74,7 @@ def export(
         raise ValueError(f"manifest has no column {column!r}; columns: {', '.join(manifest.columns)}")
     sources = {s.volume_id: s for s in read_sources(run_dir)}
     check_output_dir(out, [Path(s.source) for s in sources.values()])
-    run_config = json.loads((run_dir / "run.json").read_text())["config"]
+    run_config = json.loads((run_dir / "run.json").read_text())
     policy = Intensity.parse(intensity or run_config.get("intensity", "minmax"))
 
     chosen = manifest[manifest[column].astype(bool)]

@@ -19,7 +19,9 @@ from functools import lru_cache
 import numpy as np
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
-HASH_KINDS = ("dhash", "phash", "ahash", "whash")
+# ctreduce name -> imagehash function
+IMAGEHASH_FUNCTIONS = {"dhash": "dhash", "phash": "phash", "ahash": "average_hash", "whash": "whash"}
+HASH_KINDS = tuple(IMAGEHASH_FUNCTIONS)
 
 
 def _lanczos(x: float) -> float:
@@ -135,7 +137,7 @@ def hash_bits(u8: np.ndarray, kind: str = "dhash", hash_size: int = 8) -> np.nda
     import imagehash
     from PIL import Image
 
-    fn = getattr(imagehash, kind)
+    fn = getattr(imagehash, IMAGEHASH_FUNCTIONS[kind])
     return np.stack([fn(Image.fromarray(s), hash_size=hash_size).hash for s in u8])
 
 

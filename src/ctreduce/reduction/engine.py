@@ -311,7 +311,7 @@ def reduce(
     run = RunFolder(Path(out)) if out is not None else None
     done: dict[str, dict[str, Any]] = {}
     if run is not None:
-        identity = {"config": config.identity(), "inputs": [str(p.resolve()) for p in paths]}
+        identity = {**config.identity(), "inputs": [str(p.resolve()) for p in paths]}
         run.start(identity, overwrite)
         _write_sources(run.out, found.volumes)
         done = run.finished()

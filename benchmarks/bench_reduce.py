@@ -1,0 +1,413 @@
+"""Throughput of hash-based slice reduction: the paper's pipeline against ``ctreduce.reduce``.
+
+What is measured (slices per second, each pipeline timed once over a whole dataset with
+``time.perf_counter`` after a warm-up run on the dataset's first volume):
+
+  (a) paper     read each volume (scan + load), write every slice min-max scaled to uint8 as
+                PNG (Pillow, compress_level=1, ``<volume>_<index>.png``), ``imagehash.dhash`` of
+                each PNG re-opened from disk, greedy leader selection (Hamming <= 6) with
+                imagehash objects; one process.
+  (b) in-memory read, min-max to uint8 in memory, ``imagehash.dhash(Image.fromarray(u8))`` per
+                slice, the same greedy selection.
+  (c) read      scan + load of every volume, nothing else.
+  (d) ctreduce  ``ctreduce.reduce(inputs, out=<fresh run folder>, method="hash", threshold=6,
+                workers=W)`` for W = 1 and 2, scan and run-folder writing included.
+
+Datasets: the two real sample chest CTs (``ctreduce.samples.fetch()``, 48 + 61 slices of
+512x512 NRRD) and a synthetic archive of DICOM series written once with ``ctreduce.phantom``
+(slice thickness 1.25 mm, one seed per volume). Files are read from a warm page cache.
+
+Also reported: whether (a), (b) and (d) keep the same slices of every volume, the wall time of
+``ctreduce --help`` (median of 5), and the peak RSS of ``ctreduce.reduce(workers=1)`` on the
+first half of the archive and on all of it (each in its own process, read with
+``getrusage(RUSAGE_CHILDREN)``), which should not grow with the number of volumes.
+
+Run:  make bench   or   .venv/bin/python benchmarks/bench_reduce.py [--volumes 8]
+      [--slices-per-volume 60] [--size 512] [--workdir DIR] [--skip-samples]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+import ctreduce
+from ctreduce.io.discover import load, scan
+from ctreduce.phantom import make_phantom, write_dicom_series
+
+THRESHOLD = 6
+SLICE_THICKNESS = 1.25
+KeptSets = list[frozenset[int]]
+
+
+@dataclass
+class Dataset:
+    """Inputs of one benchmark dataset; ``warmup`` is the first volume alone."""
+
+    name: str
+    inputs: list[Path]
+    warmup: list[Path]
+    n_volumes: int
+    n_slices: int
+
+
+@dataclass
+class Timing:
+    label: str
+    seconds: float
+    slices: int
+    kept: KeptSets | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.slices / self.seconds
+
+
+@dataclass
+class Report:
+    """Everything measured for one dataset."""
+
+    dataset: Dataset
+    timings: dict[str, Timing] = field(default_factory=dict)
+
+
+# --- machine -------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str]:
+    names = ["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "SimpleITK", "pandas", "pyarrow"]
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def print_header() -> None:
+    print("ctreduce reduction benchmark")
+    print(f"machine   {cpu_model()} | platform.processor()={platform.processor() or '-'} | "
+          f"os.cpu_count()={os.cpu_count()} | {platform.system()} {platform.release()}")
+    print("versions  " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    print()
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+
+def volume_count(inputs: Sequence[Path]) -> tuple[int, int]:
+    found = scan(inputs)
+    return len(found.volumes), sum(v.n_slices for v in found.volumes)
+
+
+def samples_dataset() -> Dataset:
+    from ctreduce.samples import fetch
+
+    paths = fetch(quiet=True)
+    n_volumes, n_slices = volume_count(paths)
+    return Dataset("samples (real NRRD)", paths, paths[:1], n_volumes, n_slices)
+
+
+def archive_dataset(root: Path, volumes: int, slices: int, size: int) -> Dataset:
+    """Write (or reuse, when the parameters match) the synthetic DICOM archive under ``root``."""
+    params = {"volumes": volumes, "slices": slices, "size": size, "thickness": SLICE_THICKNESS}
+    marker = root / "archive.json"
+    folders = [root / f"patient{i:03d}" for i in range(volumes)]
+    if not (marker.exists() and json.loads(marker.read_text()) == params):
+        shutil.rmtree(root, ignore_errors=True)
+        start = time.perf_counter()
+        for seed, folder in enumerate(folders):
+            hu, spacing = make_phantom(slices, size, SLICE_THICKNESS, seed=seed)
+            write_dicom_series(hu, spacing, folder / "series", seed=seed, patient_id=folder.name)
+        marker.write_text(json.dumps(params))
+        print(f"wrote synthetic archive: {volumes} DICOM series x {slices} slices of {size}x{size} "
+              f"to {root} in {time.perf_counter() - start:.1f} s")
+    else:
+        print(f"reusing synthetic archive in {root}")
+    name = f"archive ({volumes}x{slices} DICOM {size}px)"
+    return Dataset(name, folders, folders[:1], volumes, volumes * slices)
+
+
+# --- pipelines -----------------------------------------------------------------------------------
+
+
+def greedy_imagehash(hashes: Sequence[imagehash.ImageHash], threshold: int = THRESHOLD) -> frozenset[int]:
+    """The paper's greedy leader selection with imagehash objects; returns kept indices."""
+    remaining = list(range(len(hashes)))
+    kept = []
+    while remaining:
+        ref, rest = remaining[0], remaining[1:]
+        kept.append(ref)
+        remaining = [j for j in rest if hashes[ref] - hashes[j] > threshold]
+    return frozenset(kept)
+
+
+def read_volumes(inputs: Sequence[Path]):
+    """Yield every volume under ``inputs`` in scan order (slices in anatomical order)."""
+    for source in scan(inputs).volumes:
+        yield load(source)
+
+
+def paper_pipeline(inputs: Sequence[Path], scratch: Path) -> KeptSets:
+    minmax = ctreduce.Intensity.parse("minmax")
+    png_dir = Path(tempfile.mkdtemp(prefix="paper-png-", dir=scratch))
+    kept = []
+    for volume in read_volumes(inputs):
+        stem = volume.volume_id.replace("/", "_")
+        u8 = minmax.to_uint8(volume.hu)
+        paths = []
+        for index, image in enumerate(u8):
+            path = png_dir / f"{stem}_{index}.png"
+            Image.fromarray(image).save(path, compress_level=1)
+            paths.append(path)
+        hashes = []
+        for path in paths:
+            with Image.open(path) as png:
+                hashes.append(imagehash.dhash(png))
+        kept.append(greedy_imagehash(hashes))
+    shutil.rmtree(png_dir)
+    return kept
+
+
+def in_memory_pipeline(inputs: Sequence[Path], scratch: Path) -> KeptSets:
+    minmax = ctreduce.Intensity.parse("minmax")
+    kept = []
+    for volume in read_volumes(inputs):
+        u8 = minmax.to_uint8(volume.hu)
+        kept.append(greedy_imagehash([imagehash.dhash(Image.fromarray(s)) for s in u8]))
+    return kept
+
+
+def read_pipeline(inputs: Sequence[Path], scratch: Path) -> None:
+    for volume in read_volumes(inputs):
+        volume.hu.sum(dtype=np.int64)  # touch the pixels
+
+
+def kept_from_manifest(manifest) -> KeptSets:
+    order = list(dict.fromkeys(manifest["volume_id"]))
+    groups = {vid: frame for vid, frame in manifest.groupby("volume_id", sort=False)}
+    return [frozenset(int(i) for i in groups[vid].loc[groups[vid]["kept"], "slice_index"])
+            for vid in order]
+
+
+def ctreduce_pipeline(workers: int) -> Callable[[Sequence[Path], Path], KeptSets]:
+    def run(inputs: Sequence[Path], scratch: Path) -> KeptSets:
+        out = Path(tempfile.mkdtemp(prefix=f"run-w{workers}-", dir=scratch))
+        manifest = ctreduce.reduce(list(inputs), out=out, method="hash", threshold=THRESHOLD,
+                                   workers=workers)
+        errors = manifest.attrs["summary"]["errors"]
+        if errors:
+            raise RuntimeError(f"ctreduce.reduce reported errors: {errors}")
+        return kept_from_manifest(manifest)
+
+    return run
+
+
+PIPELINES: dict[str, tuple[str, Callable[[Sequence[Path], Path], KeptSets | None]]] = {
+    "a": ("paper: PNG files + imagehash", paper_pipeline),
+    "b": ("in-memory imagehash loop", in_memory_pipeline),
+    "c": ("read only (scan + load)", read_pipeline),
+    "d1": ("ctreduce.reduce workers=1", ctreduce_pipeline(1)),
+    "d2": ("ctreduce.reduce workers=2", ctreduce_pipeline(2)),
+}
+
+
+def time_pipeline(key: str, dataset: Dataset, scratch: Path) -> Timing:
+    label, fn = PIPELINES[key]
+    fn(dataset.warmup, scratch)
+    start = time.perf_counter()
+    kept = fn(dataset.inputs, scratch)
+    return Timing(label, time.perf_counter() - start, dataset.n_slices, kept)
+
+
+def bench_dataset(dataset: Dataset, scratch: Path) -> Report:
+    report = Report(dataset)
+    for key in PIPELINES:
+        report.timings[key] = time_pipeline(key, dataset, scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+    return report
+
+
+# --- CLI start-up and memory ---------------------------------------------------------------------
+
+
+def cli_startup(repeats: int = 5) -> float:
+    """Median wall time of ``ctreduce --help`` (the script next to this interpreter)."""
+    script = Path(sys.executable).parent / "ctreduce"
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([str(script), "--help"], check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# The wrapper runs the reduction in its own child, so RUSAGE_CHILDREN covers that run alone.
+_MEMORY_WRAPPER = """
+import json, resource, subprocess, sys
+code = "import sys, ctreduce; ctreduce.reduce(sys.argv[2:], out=sys.argv[1], method='hash', threshold=6, workers=1)"
+subprocess.run([sys.executable, "-c", code, *sys.argv[1:]], check=True)
+print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+"""
+
+
+def peak_rss_mib(inputs: Sequence[Path], scratch: Path) -> float:
+    """Peak resident memory (MiB) of ``ctreduce.reduce(inputs, workers=1)`` in a fresh process."""
+    out = Path(tempfile.mkdtemp(prefix="run-mem-", dir=scratch))
+    result = subprocess.run([sys.executable, "-c", _MEMORY_WRAPPER, str(out), *map(str, inputs)],
+                            check=True, capture_output=True, text=True)
+    return int(result.stdout.strip().splitlines()[-1]) / 1024  # Linux reports KiB
+
+
+# --- output --------------------------------------------------------------------------------------
+
+TARGETS: list[tuple[str, str, str, float, str]] = [
+    # (name, numerator, denominator, bound, description)
+    ("d1/c", "d1", "c", 0.5, "hash+select cost vs reading"),
+    ("d1/a", "d1", "a", 3.0, "ctreduce (1 worker) vs paper pipeline"),
+    ("d2/a", "d2", "a", 5.0, "ctreduce (2 workers) vs paper pipeline"),
+    ("d2/d1", "d2", "d1", 1.7, "scaling from 1 to 2 workers"),
+]
+
+
+def print_report(report: Report) -> None:
+    ds = report.dataset
+    print(f"== {ds.name}: {ds.n_volumes} volumes, {ds.n_slices} slices")
+    print(f"   {'pipeline':<36} {'seconds':>8} {'slices/s':>9} {'vs (a)':>7}")
+    paper = report.timings["a"].rate
+    for key, t in report.timings.items():
+        print(f"   ({key:<2}) {t.label:<31} {t.seconds:8.2f} {t.rate:9.1f} {t.rate / paper:6.2f}x")
+    print("   ratios (slices/s): " + ", ".join(
+        f"{name} = {ratio(report, num, den):.2f}" for name, num, den, _, _ in TARGETS))
+    print("   kept slices identical per volume: " + agreement(report))
+    print()
+
+
+def ratio(report: Report, num: str, den: str) -> float:
+    return report.timings[num].rate / report.timings[den].rate
+
+
+def agreement(report: Report) -> str:
+    sets = {key: report.timings[key].kept for key in ("a", "b", "d1", "d2")}
+    reference = sets["a"]
+    assert reference is not None
+    kept = sum(len(s) for s in reference)
+    mismatched = [key for key, value in sets.items() if value != reference]
+    if mismatched:
+        return f"NO - {', '.join(mismatched)} differ from (a)"
+    return (f"yes, a == b == d1 == d2 ({len(reference)} volumes, {kept} of "
+            f"{report.dataset.n_slices} slices kept)")
+
+
+def print_memory(half: tuple[int, int, float], full: tuple[int, int, float]) -> None:
+    print("== peak RSS of ctreduce.reduce(workers=1) on the synthetic archive (own process)")
+    for volumes, slices, mib in (half, full):
+        print(f"   {volumes:3d} volumes ({slices:5d} slices): {mib:8.1f} MiB")
+    print(f"   growth from {half[0]} to {full[0]} volumes: {full[2] / half[2]:.2f}x")
+    print()
+
+
+def target_lines(reports: list[Report], cli_s: float, memory_growth: float | None) -> list[str]:
+    lines = []
+    for name, num, den, bound, description in TARGETS:
+        for report in reports:
+            value = ratio(report, num, den)
+            verdict = "PASS" if value >= bound else "MISS"
+            lines.append(f"{verdict}  {name:<6} >= {bound:<4} {value:6.2f}  "
+                         f"{description} [{report.dataset.name}]")
+    verdict = "PASS" if cli_s < 1.0 else "MISS"
+    lines.append(f"{verdict}  CLI start-up < 1 s: {cli_s:.3f} s (ctreduce --help, median of 5)")
+    for report in reports:
+        verdict = "PASS" if agreement(report).startswith("yes") else "MISS"
+        lines.append(f"{verdict}  identical kept slices (a, b, d1, d2) [{report.dataset.name}]")
+    if memory_growth is not None:
+        verdict = "PASS" if memory_growth < 1.1 else "MISS"
+        lines.append(f"{verdict}  peak RSS does not grow with volumes (< 1.1x): "
+                     f"{memory_growth:.2f}x for twice the volumes")
+    return lines
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slices-per-volume", type=int, default=60)
+    parser.add_argument("--volumes", type=int, default=8, help="synthetic DICOM series")
+    parser.add_argument("--size", type=int, default=512, help="rows and columns of each slice")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keeps the synthetic archive between runs (default: a temp dir)")
+    parser.add_argument("--skip-samples", action="store_true", help="skip the real sample CTs")
+    args = parser.parse_args(argv)
+    if args.volumes < 2 or args.slices_per_volume < 1 or args.size < 16:
+        parser.error("need --volumes >= 2, --slices-per-volume >= 1 and --size >= 16")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    print_header()
+    temporary = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="ctreduce-bench-")) if temporary else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = workdir / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        datasets = [] if args.skip_samples else [samples_dataset()]
+        archive = archive_dataset(workdir / "archive", args.volumes, args.slices_per_volume,
+                                  args.size)
+        datasets.append(archive)
+        print()
+        reports = []
+        for dataset in datasets:
+            reports.append(bench_dataset(dataset, scratch))
+            print_report(reports[-1])
+
+        half_n = args.volumes // 2
+        half = (half_n, half_n * args.slices_per_volume, peak_rss_mib(archive.inputs[:half_n], scratch))
+        full = (archive.n_volumes, archive.n_slices, peak_rss_mib(archive.inputs, scratch))
+        print_memory(half, full)
+
+        cli_s = cli_startup()
+        print(f"== CLI start-up: ctreduce --help takes {cli_s:.3f} s (median of 5)")
+        print()
+        print("targets")
+        for line in target_lines(reports, cli_s, full[2] / half[2]):
+            print("  " + line)
+    finally:
+        shutil.rmtree(workdir if temporary else scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
