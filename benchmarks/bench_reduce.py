@@ -102,7 +102,8 @@ def cpu_model() -> str:
 
 
 def versions() -> dict[str, str]:
-    names = ["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "SimpleITK", "pandas", "pyarrow"]
+    names = ["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "SimpleITK", "pandas",
+             "pyarrow"]
     out = {"python": platform.python_version()}
     for name in names:
         try:
@@ -159,7 +160,8 @@ def archive_dataset(root: Path, volumes: int, slices: int, size: int) -> Dataset
 # --- pipelines -----------------------------------------------------------------------------------
 
 
-def greedy_imagehash(hashes: Sequence[imagehash.ImageHash], threshold: int = THRESHOLD) -> frozenset[int]:
+def greedy_imagehash(hashes: Sequence[imagehash.ImageHash],
+                     threshold: int = THRESHOLD) -> frozenset[int]:
     """The paper's greedy leader selection with imagehash objects; returns kept indices."""
     remaining = list(range(len(hashes)))
     kept = []
@@ -274,7 +276,8 @@ def cli_startup(repeats: int = 5) -> float:
 # The wrapper runs the reduction in its own child, so RUSAGE_CHILDREN covers that run alone.
 _MEMORY_WRAPPER = """
 import json, resource, subprocess, sys
-code = "import sys, ctreduce; ctreduce.reduce(sys.argv[2:], out=sys.argv[1], method='hash', threshold=6, workers=1)"
+code = ("import sys, ctreduce; ctreduce.reduce(sys.argv[2:], out=sys.argv[1], method='hash', "
+        "threshold=6, workers=1)")
 subprocess.run([sys.executable, "-c", code, *sys.argv[1:]], check=True)
 print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
 """
@@ -305,7 +308,8 @@ def print_report(report: Report) -> None:
     print(f"   {'pipeline':<36} {'seconds':>8} {'slices/s':>9} {'vs (a)':>7}")
     paper = report.timings["a"].rate
     for key, t in report.timings.items():
-        print(f"   ({key:<2}) {t.label:<31} {t.seconds:8.2f} {t.rate:9.1f} {t.rate / paper:6.2f}x")
+        tag = f"({key})"
+        print(f"   {tag:<4} {t.label:<31} {t.seconds:8.2f} {t.rate:9.1f} {t.rate / paper:6.2f}x")
     print("   ratios (slices/s): " + ", ".join(
         f"{name} = {ratio(report, num, den):.2f}" for name, num, den, _, _ in TARGETS))
     print("   kept slices identical per volume: " + agreement(report))
@@ -394,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_report(reports[-1])
 
         half_n = args.volumes // 2
-        half = (half_n, half_n * args.slices_per_volume, peak_rss_mib(archive.inputs[:half_n], scratch))
+        half = (half_n, half_n * args.slices_per_volume,
+                peak_rss_mib(archive.inputs[:half_n], scratch))
         full = (archive.n_volumes, archive.n_slices, peak_rss_mib(archive.inputs, scratch))
         print_memory(half, full)
 

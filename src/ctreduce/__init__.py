@@ -22,7 +22,7 @@ _API = {
     "reduce_volume": "ctreduce.reduction.engine",
     "reduce": "ctreduce.reduction.engine",
     "read_sources": "ctreduce.reduction.engine",
-    "export": "ctreduce.export",
+    "export": "ctreduce.io.export",
     "dhash": "ctreduce.reduction.hashing",
 }
 

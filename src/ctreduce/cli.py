@@ -61,7 +61,9 @@ def reduce(
     inputs: Annotated[list[Path], typer.Argument(help="Files or folders to reduce.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for manifest and summary.")],
     method: Annotated[str, typer.Option(help="all, every-n or hash.")] = "hash",
-    threshold: Annotated[float | None, typer.Option(help="Redundancy threshold (hash: Hamming bits, default 6).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Redundancy threshold (hash: Hamming bits; default 6).")
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="N for every-n.")] = 10,
     intensity: Annotated[str, typer.Option(help="minmax | window:WL,WW | range:LO,HI")] = "minmax",
     hash_kind: Annotated[str, typer.Option("--hash", help="dhash, phash, ahash or whash.")] = "dhash",
@@ -119,7 +121,7 @@ def export(
     intensity: Annotated[str | None, typer.Option(help="Override the run's intensity policy.")] = None,
 ) -> None:
     """Write the kept slices as 8-bit PNGs or one memory-mappable uint8 array plus an index."""
-    from .export import export as do_export
+    from .io.export import export as do_export
 
     try:
         summary = do_export(run_dir, out, format=format, size=size, intensity=intensity)

@@ -12,6 +12,7 @@ Run folder layout (``DIR``)::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -221,24 +222,20 @@ class RunFolder:
 
 
 def _write_sources(out: Path, sources: list[VolumeSource]) -> None:
-    table = pd.DataFrame({
-        "volume_id": [s.volume_id for s in sources],
-        "format": [s.format for s in sources],
-        "source": [s.source for s in sources],
-        "paths": [list(s.paths) for s in sources],
-        "series_uid": [s.series_uid for s in sources],
-        "modality": [s.modality for s in sources],
-        "n_slices": [s.n_slices for s in sources],
-    })
+    fields = [f.name for f in dataclasses.fields(VolumeSource)]
+    table = pd.DataFrame({name: [_plain(getattr(s, name)) for s in sources] for name in fields})
     _atomic_write(out / "volumes.parquet", lambda p: table.to_parquet(p, index=False))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def read_sources(out: str | os.PathLike) -> list[VolumeSource]:
     """The volumes of a run folder, as scanned (for export and reports)."""
     table = pd.read_parquet(Path(out) / "volumes.parquet")
-    return [VolumeSource(r.volume_id, r.format, tuple(r.paths), series_uid=r.series_uid,
-                         modality=r.modality, n_slices=int(r.n_slices))
-            for r in table.itertuples(index=False)]
+    return [VolumeSource(**{k: tuple(v) if isinstance(v, np.ndarray) else v for k, v in row.items()})
+            for row in table.to_dict("records")]
 
 
 def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> Iterator[VolumeResult]:

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io.discover import load
-from .io.volume import VolumeError
-from .reduction.engine import _atomic_write, check_output_dir, library_versions, read_sources
-from .reduction.intensity import Intensity
+from ..reduction.engine import _atomic_write, check_output_dir, library_versions, read_sources
+from ..reduction.intensity import Intensity
+from .discover import load
+from .volume import VolumeError
 
 FORMATS = ("png", "npy")
 
