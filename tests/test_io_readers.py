@@ -166,3 +166,12 @@ def test_corrupt_nifti_is_skipped_with_reason(tmp_path):
     (tmp_path / "bad.nii.gz").write_bytes(b"not gzip at all")
     found = scan([tmp_path])
     assert not found.volumes and "NIfTI" in found.skipped[0]["reason"]
+
+
+def test_jpeg2000_compressed_ct_decodes_like_the_uncompressed_file():
+    from pydicom.data import get_testdata_file
+
+    compressed = read_volume(get_testdata_file("693_J2KI.dcm"))
+    plain = read_volume(get_testdata_file("693_UNCI.dcm"))
+    assert pydicom.dcmread(get_testdata_file("693_J2KI.dcm")).file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(compressed.hu, plain.hu)

@@ -20,6 +20,11 @@ class ReduceConfig(BaseModel):
     intensity: str = "minmax"
     hash_kind: str = "dhash"
     hash_size: int = 8
+    ssim_size: int = 128
+    mi_bins: int = 64
+    backbone: str = "resnet50"
+    device: str = "auto"
+    batch_size: int = 64
     modality: str = "CT"
     allow_gaps: bool = False
 
