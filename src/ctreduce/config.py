@@ -31,13 +31,15 @@ class ReduceConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from .reduction.measures import MEASURES
+        from .reduction.measures import available_measures
+
+        measures = available_measures()
 
         value = value.lower().replace("_", "-")
         if value in ("everyn", "every"):
             value = "every-n"
-        if value not in SELECTORS and value not in MEASURES:
-            known = ", ".join([*SELECTORS, *sorted(MEASURES)])
+        if value not in SELECTORS and value not in measures:
+            known = ", ".join([*SELECTORS, *sorted(measures)])
             raise ValueError(f"unknown method {value!r}; choose one of {known}")
         return value
 

@@ -238,17 +238,23 @@ def read_sources(out: str | os.PathLike) -> list[VolumeSource]:
             for row in table.to_dict("records")]
 
 
+def _pool_context():
+    """fork when the parent holds no CUDA/torch state (workers start instantly with every module
+    already imported), spawn otherwise (forking an initialised torch is unsafe)."""
+    import multiprocessing as mp
+
+    if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules:
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
 def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> Iterator[VolumeResult]:
     if workers <= 1:
         for source in todo:
             yield process_source(source, config)
         return
-    import multiprocessing as mp
-
-    # One BLAS thread per worker: the workers are the parallelism.
-    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update({k: "1" for k in saved})
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(),
+                               initializer=_single_threaded_blas)
     try:
         pending: set[Future] = set()
         queue = iter(todo)
@@ -266,11 +272,13 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> I
                     pending.add(pool.submit(process_source, nxt, config))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+def _single_threaded_blas() -> None:
+    # The workers are the parallelism; BLAS threads on top of them only contend for cores.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def reduce(

@@ -104,17 +104,21 @@ def pass_order(h: int, w: int, width: int, height: int) -> str:
 
 def lanczos_resize(u8: np.ndarray, width: int, height: int) -> np.ndarray:
     """``Image.fromarray(s).resize((width, height), LANCZOS)`` for each slice of (n, H, W) uint8."""
+    from threadpoolctl import threadpool_limits
+
     n, h, w = u8.shape
     order = pass_order(h, w, width, height)
     out = np.empty((n, height, width), dtype=np.uint8)
-    for i in range(n):  # one slice at a time keeps the float64 copy in cache
-        if order == "pillow":
-            from PIL import Image
+    # Per-slice products are too small for BLAS threads to pay off; they only contend for cores.
+    with threadpool_limits(1, user_api="blas"):
+        for i in range(n):  # one slice at a time keeps the float64 copy in cache
+            if order == "pillow":
+                from PIL import Image
 
-            image = Image.fromarray(u8[i]).resize((width, height), Image.Resampling.LANCZOS)
-            out[i] = np.asarray(image)
-        else:
-            out[i] = _resize_passes(u8[i].astype(np.float64), width, height, order)
+                image = Image.fromarray(u8[i]).resize((width, height), Image.Resampling.LANCZOS)
+                out[i] = np.asarray(image)
+            else:
+                out[i] = _resize_passes(u8[i].astype(np.float64), width, height, order)
     return out
 
 

@@ -62,11 +62,28 @@ def register_measure(cls: type[Measure]) -> type[Measure]:
     return cls
 
 
+_BUILTIN_MODULES = ("ctreduce.reduction.similarity", "ctreduce.reduction.deepnet")
+
+
+def available_measures() -> dict[str, type[Measure]]:
+    """All registered measures; the built-in ones register on first use (their modules are
+    imported here, not at package import, to keep start-up fast)."""
+    from importlib import import_module
+
+    for module in _BUILTIN_MODULES:
+        try:
+            import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a missing dependency, not a missing built-in module
+                raise
+    return MEASURES
+
+
 def get_measure(name: str, **params: Any) -> Measure:
     """Instantiate a registered measure, keeping only the parameters it accepts."""
     import inspect
 
-    if name not in MEASURES:
+    if name not in available_measures():
         raise ValueError(f"unknown similarity measure {name!r}; available: {', '.join(sorted(MEASURES))}")
     cls = MEASURES[name]
     accepted = inspect.signature(cls.__init__).parameters
