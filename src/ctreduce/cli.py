@@ -60,14 +60,28 @@ def scan(
 def reduce(
     inputs: Annotated[list[Path], typer.Argument(help="Files or folders to reduce.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for manifest and summary.")],
-    method: Annotated[str, typer.Option(help="all, every-n or hash.")] = "hash",
+    method: Annotated[str, typer.Option(help="all, every-n, hash, ssim, mi or deepnet.")] = "hash",
     threshold: Annotated[
-        float | None, typer.Option(help="Redundancy threshold (hash: Hamming bits; default 6).")
+        float | None, typer.Option(help="Redundancy threshold in the measure's unit (hash: Hamming bits, "
+                                        "default 6; ssim/mi/deepnet: similarity).")
+    ] = None,
+    thresholds: Annotated[
+        str | None, typer.Option(help="Sweep: comma-separated thresholds, one kept@<t> column each.")
+    ] = None,
+    target_fraction: Annotated[
+        float | None, typer.Option(help="Choose the threshold (every-n: N) whose kept fraction over the "
+                                        "whole dataset is closest to this, e.g. 0.10.")
     ] = None,
     n: Annotated[int, typer.Option("--n", help="N for every-n.")] = 10,
     intensity: Annotated[str, typer.Option(help="minmax | window:WL,WW | range:LO,HI")] = "minmax",
     hash_kind: Annotated[str, typer.Option("--hash", help="dhash, phash, ahash or whash.")] = "dhash",
     hash_size: Annotated[int, typer.Option(help="Hash side length (8 -> 64 bits).")] = 8,
+    ssim_size: Annotated[int, typer.Option(help="ssim: slices are resized to this square size.")] = 128,
+    mi_bins: Annotated[int, typer.Option(help="mi: bins of the joint histogram.")] = 64,
+    backbone: Annotated[str, typer.Option(help="deepnet: resnet50, efficientnet-lite0 or a state_dict file.")] = (
+        "resnet50"),
+    device: Annotated[str, typer.Option(help="ssim/deepnet: auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="ssim/mi/deepnet: slices per batch.")] = 64,
     modality: Annotated[str, typer.Option(help="DICOM modality to keep; 'any' keeps all.")] = "CT",
     allow_gaps: Annotated[bool, typer.Option(help="Reduce DICOM series with missing slices anyway.")] = False,
     workers: Annotated[int, typer.Option(help="Volumes processed in parallel.")] = 1,
@@ -85,9 +99,14 @@ def reduce(
     if workers < 1:
         _fail(f"--workers must be >= 1, got {workers}")
     try:
-        config = ReduceConfig(method=method, threshold=threshold, every_n=n, intensity=intensity,
-                              hash_kind=hash_kind, hash_size=hash_size, modality=modality,
-                              allow_gaps=allow_gaps)
+        sweep = None if thresholds is None else tuple(float(t) for t in thresholds.split(",") if t.strip())
+    except ValueError:
+        _fail(f"--thresholds must be comma-separated numbers, got {thresholds!r}")
+    try:
+        config = ReduceConfig(method=method, threshold=threshold, thresholds=sweep, target_fraction=target_fraction,
+                              every_n=n, intensity=intensity, hash_kind=hash_kind, hash_size=hash_size,
+                              ssim_size=ssim_size, mi_bins=mi_bins, backbone=backbone, device=device,
+                              batch_size=batch_size, modality=modality, allow_gaps=allow_gaps)
     except ValidationError as exc:
         _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
     try:
@@ -107,6 +126,13 @@ def reduce(
         f"kept {totals['kept']} of {totals['slices']} slices ({totals['kept_fraction']:.1%}) "
         f"in {summary['timings']['total_s']:.1f} s"
     )
+    for t, fraction in summary.get("sweep", {}).items():
+        typer.echo(f"  threshold {t}: kept fraction {fraction:.1%}")
+    if "target" in summary:
+        chosen = {k: v for k, v in summary["target"].items() if k in ("threshold", "every_n")}
+        typer.echo(f"target fraction {summary['target']['target_fraction']:g}: chosen "
+                   + ", ".join(f"{k} {v:g}" for k, v in chosen.items())
+                   + f", kept fraction {summary['target']['kept_fraction']:.1%}")
     typer.echo(f"manifest: {out / 'manifest.parquet'}\nsummary:  {out / 'summary.json'}")
     if totals["volumes_failed"]:
         raise typer.Exit(1)
@@ -133,6 +159,28 @@ def export(
                f"({format}) in {summary['seconds']:.1f} s")
     if summary["errors"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders of 'ctreduce reduce'.")],
+    csv: Annotated[Path | None, typer.Option(help="Also write the table to this CSV file.")] = None,
+) -> None:
+    """Compare runs side by side: kept fraction, kept per volume, overlap (Jaccard), wall time."""
+    import pandas as pd
+
+    from .reduction.compare import compare_runs
+
+    try:
+        table, overlap = compare_runs(run_dirs)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+        typer.echo(table.to_string(index=False))
+        typer.echo("\nJaccard overlap of kept slices:")
+        typer.echo(overlap.to_string())
+    if csv is not None:
+        table.to_csv(csv, index=False)
 
 
 @app.command()

@@ -16,6 +16,8 @@ class ReduceConfig(BaseModel):
 
     method: str = "hash"
     threshold: float | None = None
+    thresholds: tuple[float, ...] | None = None
+    target_fraction: float | None = None
     every_n: int = 10
     intensity: str = "minmax"
     hash_kind: str = "dhash"
@@ -57,19 +59,44 @@ class ReduceConfig(BaseModel):
             raise ValueError(f"every_n must be >= 1, got {value}")
         return value
 
+    @field_validator("target_fraction")
+    @classmethod
+    def _fraction(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"target_fraction must be in (0, 1], got {value}")
+        return value
+
     @model_validator(mode="after")
     def _threshold_in_range(self) -> ReduceConfig:
         if self.method in SELECTORS:
-            if self.threshold is not None:
+            if self.threshold is not None or self.thresholds:
                 raise ValueError(f"method {self.method!r} takes no threshold")
+            if self.target_fraction is not None and self.method == "all":
+                raise ValueError("method 'all' keeps every slice; it takes no target fraction")
             return self
         measure = self.measure()
+        if self.thresholds is not None:
+            if not self.thresholds:
+                raise ValueError("thresholds is empty")
+            object.__setattr__(self, "thresholds",
+                               tuple(sorted({measure.check_threshold(t) for t in self.thresholds})))
+        default = self.thresholds[0] if self.thresholds else measure.default_threshold
         object.__setattr__(
-            self,
-            "threshold",
-            measure.check_threshold(measure.default_threshold if self.threshold is None else self.threshold),
+            self, "threshold", measure.check_threshold(default if self.threshold is None else self.threshold)
         )
         return self
+
+    def sweep(self) -> tuple[float, ...]:
+        """Every threshold whose selection is computed: the sweep, the target grid, or one."""
+        if self.method in SELECTORS:
+            return ()
+        if self.thresholds:
+            values = set(self.thresholds)
+        elif self.target_fraction is not None:
+            values = set(self.measure().sweep_grid())
+        else:
+            values = set()
+        return tuple(sorted(values | {float(self.threshold)}))  # type: ignore[arg-type]
 
     def measure(self):
         from .reduction.measures import get_measure
@@ -84,5 +111,9 @@ class ReduceConfig(BaseModel):
             data["every_n"] = self.every_n
         elif self.method != "all":
             data["threshold"] = self.threshold
+            if self.thresholds:
+                data["thresholds"] = list(self.thresholds)
             data.update(self.measure().params())
+        if self.target_fraction is not None:
+            data["target_fraction"] = self.target_fraction
         return data

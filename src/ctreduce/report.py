@@ -31,6 +31,7 @@ from .reduction.intensity import Intensity
 KEPT_COLOUR = (46, 158, 62)
 DROPPED_COLOUR = (214, 52, 52)
 STRIP_MAX_WIDTH = 960  # px; wider strips wrap onto further rows
+STRIP_COLOURS = 64  # palette PNG: a third of the size of RGB, indistinguishable at thumbnail size
 MAX_ERRORS_LISTED = 100
 SWEEP_COLUMN = re.compile(r"^kept@(.+)$")
 
@@ -222,9 +223,9 @@ def _volume_section(number: int, rows: pd.DataFrame, source: VolumeSource | None
     where = source.source if source is not None else str(rows["source"].iloc[0])
 
     strip = ""
-    if not problem:
+    if source is not None and not problem:
         try:
-            strip = _img(_volume_strip(source, rows, kept_mask, intensity, thumbs_per_volume, thumb_px),  # type: ignore[arg-type]
+            strip = _img(_volume_strip(source, rows, kept_mask, intensity, thumbs_per_volume, thumb_px),
                          f"{vid}: slices along z, kept ones framed green")
         except Exception as exc:  # one unreadable volume never fails the report
             problem = str(exc) if isinstance(exc, VolumeError) else f"{type(exc).__name__}: {exc}"
@@ -234,7 +235,8 @@ def _volume_section(number: int, rows: pd.DataFrame, source: VolumeSource | None
     distance = rows["distance"].to_numpy(float)
     if np.isfinite(distance).any():
         threshold = float(rows["threshold"].iloc[0])
-        plot = _img(_distance_plot(rows["slice_index"].to_numpy(int), distance, kept_mask, threshold, column),
+        plot = _img(_distance_plot(rows["slice_index"].to_numpy(int), distance, kept_mask, threshold, column,
+                                   str(rows["method"].iloc[0])),
                     f"{vid}: score to leader along the slices")
     else:
         plot = f'<p class="note">No scores to plot (method {_esc(rows["method"].iloc[0])}).</p>'
@@ -256,7 +258,7 @@ def _volume_strip(source: VolumeSource, rows: pd.DataFrame, kept: np.ndarray, in
     aspect = (volume.hu.shape[1] * row_mm) / (volume.hu.shape[2] * col_mm)
     image = thumbnail_strip(intensity.to_uint8(volume.hu[index]), kept[picked], index, thumb_px,
                             aspect if np.isfinite(aspect) and aspect > 0 else 1.0)
-    return _png(image)
+    return _png(image.quantize(colors=STRIP_COLOURS))
 
 
 def pick_slices(kept: np.ndarray, limit: int) -> np.ndarray:
@@ -298,7 +300,7 @@ def thumbnail_strip(images: np.ndarray, kept: np.ndarray, index: np.ndarray, thu
         x, y = (i % per_row) * cell_w, (i // per_row) * cell_h
         small = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
         if not is_kept:
-            small = (small * 0.45 + 140).astype(np.uint8)
+            small = (small * 0.5 + 110).astype(np.uint8)
         colour = KEPT_COLOUR if is_kept else DROPPED_COLOUR
         width = frame if is_kept else 1
         draw.rectangle([x + frame - width, y + frame - width, x + frame + thumb_px - 1 + width,
@@ -353,17 +355,20 @@ def _sweep_plot(sweep: pd.DataFrame) -> bytes:
 
 
 def _distance_plot(index: np.ndarray, distance: np.ndarray, kept: np.ndarray, threshold: float,
-                   column: str) -> bytes:
+                   column: str, method: str) -> bytes:
     fig = _figure(9.6, 1.9)
     ax = fig.add_subplot()
     dropped = np.isfinite(distance)
+    lo, hi = min(distance[dropped].min(), threshold), max(distance[dropped].max(), threshold)
+    span = hi - lo or 1.0
+    ax.set_ylim(lo - 0.25 * span, hi + 0.1 * span)  # room below the scores for the kept marks
     ax.plot(index[dropped], distance[dropped], ".", color=_hex(DROPPED_COLOUR), ms=5, label="dropped: score to leader")
     ax.axhline(threshold, color="#888", ls="--", lw=1, label=f"threshold {threshold:g}")
-    ax.plot(index[kept], np.full(int(kept.sum()), 0.04), "|", color=_hex(KEPT_COLOUR), ms=10, mew=1.5,
-            transform=ax.get_xaxis_transform(), label=f"{column}")
+    ax.plot(index[kept], np.full(int(kept.sum()), 0.07), "|", color=_hex(KEPT_COLOUR), ms=8, mew=1.5,
+            transform=ax.get_xaxis_transform(), label=column)
     ax.set_xlim(index[0] - 0.5, index[-1] + 0.5)
     ax.set_xlabel("slice index (inferior to superior)")
-    ax.set_ylabel("score")
+    ax.set_ylabel(f"{method} score")
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _fig_png(fig)
 

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,11 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise ValueError(f"backbone file not found: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (PK\x03\x04), or a pickle (protocol byte 0x80) in the legacy format
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise ValueError(f"backbone file {path} is not a PyTorch file (neither a torch.save zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -32,7 +32,7 @@ from ..config import ReduceConfig
 from ..io.discover import ScanResult, load, scan
 from ..io.volume import Volume, VolumeError, VolumeSource
 from .intensity import Intensity
-from .leader import Selection, every_n, greedy_leader, keep_all
+from .leader import Selection, every_n, greedy_leader, keep_all, memoize
 
 MANAGED = ("run.json", "volumes.parquet", "parts", "progress.jsonl", "manifest.parquet",
            "manifest.csv", "summary.json")
@@ -52,43 +52,102 @@ def make_config(config: ReduceConfig | None = None, **overrides: Any) -> ReduceC
 # --- one volume ----------------------------------------------------------------------------------
 
 
-def select(volume: Volume, config: ReduceConfig) -> tuple[Selection, dict[str, list[Any]]]:
-    """Run the configured method on one volume; returns the selection and extra columns."""
+def kept_column(threshold: float) -> str:
+    return f"kept@{threshold:g}"
+
+
+def select(volume: Volume, config: ReduceConfig) -> tuple[dict[float, Selection], dict[str, list[Any]]]:
+    """Run the configured method on one volume for every threshold of its sweep.
+
+    Returns one Selection per threshold (a single entry keyed NaN for all/every-n) and the
+    measure's extra per-slice columns. Scores are memoised, so a sweep costs little more than
+    its most demanding threshold.
+    """
     n = volume.n_slices
     if config.method == "all":
-        return keep_all(n), {}
+        return {float("nan"): keep_all(n)}, {}
     if config.method == "every-n":
-        return every_n(n, config.every_n), {}
+        return {float("nan"): every_n(n, config.every_n)}, {}
     measure = config.measure()
     u8 = Intensity.parse(config.intensity).to_uint8(volume.hu)
     prepared = measure.prepare(u8)
-    selection = greedy_leader(n, prepared.compare, float(config.threshold),
-                              higher_is_similar=measure.higher_is_similar)
-    return selection, prepared.columns
+    thresholds = config.sweep()
+    compare = memoize(prepared.compare, n) if len(thresholds) > 1 else prepared.compare
+    selections = {t: greedy_leader(n, compare, t, higher_is_similar=measure.higher_is_similar)
+                  for t in thresholds}
+    return selections, prepared.columns
 
 
-def reduce_volume(volume: Volume, config: ReduceConfig | None = None, **settings: Any) -> pd.DataFrame:
-    """Reduce one volume; one manifest row per slice (see ``ctreduce.reduce`` for the columns)."""
-    config = make_config(config, **settings)
-    selection, columns = select(volume, config)
+def _volume_frame(volume: Volume, config: ReduceConfig) -> pd.DataFrame:
+    """Manifest rows of one volume; with a target fraction, also every threshold's leaders and
+    distances (private ``_leader@``/``_distance@`` columns resolved across the dataset)."""
+    selections, columns = select(volume, config)
+    primary = selections[config.threshold] if config.threshold is not None else next(iter(selections.values()))
     n = volume.n_slices
     params = json.dumps({k: v for k, v in config.identity().items()
-                         if k not in ("method", "threshold", "intensity", "modality", "allow_gaps")},
-                        sort_keys=True)
+                         if k not in ("method", "threshold", "thresholds", "target_fraction", "intensity",
+                                      "modality", "allow_gaps")}, sort_keys=True)
     frame = pd.DataFrame({
         "volume_id": [volume.volume_id] * n,
         "source": list(volume.slice_sources),
         "slice_index": np.arange(n, dtype=np.int32),
         "z_mm": np.asarray(volume.z_mm, dtype=np.float64),
-        "kept": selection.kept,
-        "leader": selection.leader.astype(np.int32),
-        "distance": selection.score,
+        "kept": primary.kept,
+        "leader": primary.leader.astype(np.int32),
+        "distance": primary.score,
         "method": config.method,
         "threshold": np.nan if config.threshold is None else float(config.threshold),
         "params": params,
         "intensity": config.intensity if config.method not in ("all", "every-n") else "",
     })
     frame["hash"] = columns.get("hash", [None] * n)
+    if len(selections) > 1:
+        extra: dict[str, np.ndarray] = {kept_column(t): sel.kept for t, sel in selections.items()}
+        if config.target_fraction is not None:
+            for t, sel in selections.items():
+                extra[f"_leader@{t:g}"] = sel.leader.astype(np.int32)
+                extra[f"_distance@{t:g}"] = sel.score
+        frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)
+    return frame
+
+
+def resolve_target(manifest: pd.DataFrame, config: ReduceConfig) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """Pick the sweep threshold whose kept fraction over ``manifest`` is closest to the target
+    and make it the manifest's primary selection; returns the manifest and a report."""
+    if config.target_fraction is None or config.method in ("all", "every-n") or manifest.empty:
+        return manifest, None
+    fractions = {t: float(manifest[kept_column(t)].mean()) for t in config.sweep()}
+    best = float(min(fractions, key=lambda t: (abs(fractions[t] - config.target_fraction), t)))
+    manifest = manifest.copy()
+    manifest["kept"] = manifest[kept_column(best)]
+    manifest["leader"] = manifest[f"_leader@{best:g}"]
+    manifest["distance"] = manifest[f"_distance@{best:g}"]
+    manifest["threshold"] = best
+    manifest = manifest.drop(columns=[c for c in manifest.columns if c.startswith("_")])
+    return manifest, {"target_fraction": config.target_fraction, "threshold": best,
+                      "kept_fraction": fractions[best]}
+
+
+def every_n_for_target(slice_counts: Sequence[int], target: float) -> int:
+    """The N whose every-n kept fraction over these volumes is closest to ``target``."""
+    counts = np.asarray(slice_counts, dtype=np.int64)
+    if counts.size == 0 or counts.sum() == 0:
+        return 1
+    candidates = np.arange(1, int(counts.max()) + 1)
+    kept = np.array([np.ceil(counts / k).sum() for k in candidates])
+    fractions = kept / counts.sum()
+    return int(candidates[np.argmin(np.abs(fractions - target))])
+
+
+def reduce_volume(volume: Volume, config: ReduceConfig | None = None, **settings: Any) -> pd.DataFrame:
+    """Reduce one volume; one manifest row per slice (see ``ctreduce.reduce`` for the columns).
+
+    A target fraction is met on this volume alone; ``reduce`` meets it over the whole dataset.
+    """
+    config = make_config(config, **settings)
+    if config.method == "every-n" and config.target_fraction is not None:
+        config = make_config(config, every_n=every_n_for_target([volume.n_slices], config.target_fraction))
+    frame, _ = resolve_target(_volume_frame(volume, config), config)
     return frame
 
 
@@ -107,7 +166,7 @@ def process_source(source: VolumeSource, config: ReduceConfig) -> VolumeResult:
     start = time.perf_counter()
     try:
         volume = load(source)
-        frame = reduce_volume(volume, config)
+        frame = _volume_frame(volume, config)
         return VolumeResult(source.volume_id, source.source, frame,
                             seconds=time.perf_counter() - start, warnings=volume.warnings)
     except (VolumeError, ValueError, MemoryError, OSError) as exc:
@@ -312,6 +371,11 @@ def reduce(
         check_output_dir(Path(out), paths)
     found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps)
     scan_seconds = time.perf_counter() - t0
+    run_config = config
+    if config.method == "every-n" and config.target_fraction is not None:
+        # Slice counts are known from the headers, so N is chosen before any pixel is read.
+        run_config = make_config(config, every_n=every_n_for_target(
+            [s.n_slices for s in found.volumes], config.target_fraction))
 
     run = RunFolder(Path(out)) if out is not None else None
     done: dict[str, dict[str, Any]] = {}
@@ -328,7 +392,7 @@ def reduce(
     t1 = time.perf_counter()
     bar = _progress(len(found.volumes), len(done), progress)
     try:
-        for result in _run_pool(todo, config, workers):
+        for result in _run_pool(todo, run_config, workers):
             if run is not None:
                 entries[result.volume_id] = run.record(result)
             else:
@@ -351,8 +415,18 @@ def reduce(
     reduce_seconds = time.perf_counter() - t1
 
     manifest = _assemble(found, frames, run)
-    summary = _summary(found, entries, manifest, config, paths, scan_seconds, reduce_seconds,
+    sweep = {t: float(manifest[kept_column(t)].mean()) for t in config.sweep()
+             if kept_column(t) in manifest.columns} if not manifest.empty else {}
+    manifest, target = resolve_target(manifest, config)
+    if config.method == "every-n" and config.target_fraction is not None:
+        target = {"target_fraction": config.target_fraction, "every_n": run_config.every_n,
+                  "kept_fraction": float(manifest["kept"].mean()) if len(manifest) else 0.0}
+    summary = _summary(found, entries, manifest, run_config, paths, scan_seconds, reduce_seconds,
                        time.perf_counter() - t0, complete=not interrupted, workers=workers)
+    if sweep:
+        summary["sweep"] = {f"{t:g}": f for t, f in sweep.items()}
+    if target is not None:
+        summary["target"] = target
     if run is not None:
         _atomic_write(run.out / "manifest.parquet", lambda p: manifest.to_parquet(p, index=False))
         if csv:
@@ -402,6 +476,7 @@ def _summary(found: ScanResult, entries: dict[str, dict[str, Any]], manifest: pd
              config: ReduceConfig, paths: list[Path], scan_s: float, reduce_s: float, total_s: float,
              *, complete: bool, workers: int) -> dict[str, Any]:
     volumes, errors = [], list(found.errors)
+    kept_by_volume = manifest.groupby("volume_id", sort=False)["kept"].sum().to_dict() if len(manifest) else {}
     for source in found.volumes:
         entry = entries.get(source.volume_id)
         if entry is None:
@@ -409,7 +484,7 @@ def _summary(found: ScanResult, entries: dict[str, dict[str, Any]], manifest: pd
         if entry.get("error"):
             errors.append({"volume_id": source.volume_id, "source": entry["source"], "error": entry["error"]})
             continue
-        slices, kept = int(entry["slices"]), int(entry["kept"])
+        slices, kept = int(entry["slices"]), int(kept_by_volume.get(source.volume_id, entry["kept"]))
         volumes.append({"volume_id": source.volume_id, "source": source.source, "format": source.format,
                         "slices": slices, "kept": kept, "kept_fraction": kept / slices if slices else 0.0,
                         "seconds": entry.get("seconds"), "warnings": entry.get("warnings", [])})

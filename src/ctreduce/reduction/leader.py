@@ -60,3 +60,24 @@ def every_n(n: int, step: int) -> Selection:
 
 def keep_all(n: int) -> Selection:
     return Selection(np.ones(n, dtype=bool), np.arange(n, dtype=np.int64), np.full(n, np.nan))
+
+
+def memoize(compare: Compare, n: int, *, symmetric: bool = True) -> Compare:
+    """Cache scores so that several thresholds reuse every pair already scored.
+
+    The leader procedure for another threshold asks for other (reference, slice) pairs, but
+    many repeat; with ``symmetric`` measures a pair scored either way round is reused.
+    """
+    cache = np.full((n, n), np.nan)
+
+    def cached(ref: int, others: np.ndarray) -> np.ndarray:
+        row = cache[ref, others]
+        missing = others[np.isnan(row)]
+        if missing.size:
+            values = np.asarray(compare(ref, missing), dtype=np.float64)
+            cache[ref, missing] = values
+            if symmetric:
+                cache[missing, ref] = values
+        return cache[ref, others]
+
+    return cached

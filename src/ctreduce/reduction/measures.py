@@ -45,6 +45,12 @@ class Measure(ABC):
     def valid_range(self) -> tuple[float, float]:
         return self.threshold_range
 
+    def sweep_grid(self) -> list[float]:
+        """Thresholds tried when a target kept fraction is asked for without explicit ones."""
+        lo, hi = self.valid_range()
+        lo = max(lo, 0.0)
+        return [round(v, 3) for v in np.linspace(lo, hi, 101)[:-1]]
+
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """Parameters that change results; recorded in the manifest and run config."""
@@ -113,6 +119,9 @@ class HashMeasure(Measure):
 
     def params(self) -> dict[str, Any]:
         return {"hash": self.hash_kind, "hash_size": self.hash_size}
+
+    def sweep_grid(self) -> list[float]:
+        return [float(t) for t in range(0, min(self.hash_size * self.hash_size, 32) + 1)]
 
     def prepare(self, u8: np.ndarray) -> Prepared:
         bits = hashing.hash_bits(u8, self.hash_kind, self.hash_size)
