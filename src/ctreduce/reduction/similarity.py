@@ -34,18 +34,24 @@ def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) 
     return w / w.sum()
 
 
-def _valid_filter(images, kernel):
-    """Separable Gaussian filter without padding: (m, H, W) -> (m, H - 2r, W - 2r)."""
-    import torch.nn.functional as F
-
-    k = kernel.numel()
-    x = images[:, None]
-    x = F.conv2d(x, kernel.view(1, 1, k, 1))
-    x = F.conv2d(x, kernel.view(1, 1, 1, k))
-    return x[:, 0]
+def band_matrix(size: int, kernel: np.ndarray) -> np.ndarray:
+    """(size, size - 2r) matrix whose product applies ``kernel`` without padding ("valid")."""
+    k = len(kernel)
+    band = np.zeros((size, size - k + 1))
+    for j in range(size - k + 1):
+        band[j : j + k, j] = kernel
+    return band
 
 
-def ssim_map_mean(x, mu_x, xx, others, mu_y, yy, kernel):
+def _valid_filter(images, band):
+    """Separable Gaussian filter without padding: (m, S, S) -> (m, S - 2r, S - 2r).
+
+    Two products with a banded matrix: several times faster than conv2d for one channel.
+    """
+    return band.T @ images @ band
+
+
+def ssim_map_mean(x, mu_x, xx, others, mu_y, yy, band):
     """Mean SSIM of reference ``x`` against each image in ``others`` (Wang et al. 2004, Eq. 13).
 
     Local statistics use a Gaussian window (sigma 1.5, 11 taps) and population covariance, as
@@ -53,7 +59,7 @@ def ssim_map_mean(x, mu_x, xx, others, mu_y, yy, kernel):
     the mean is over the pixels whose window lies inside the image, which is exactly skimage's
     crop of the filter radius, so no padding convention is involved.
     """
-    xy = _valid_filter(others * x[None], kernel)
+    xy = _valid_filter(others * x[None], band)
     vx = xx - mu_x * mu_x
     vy = yy - mu_y * mu_y
     vxy = xy - mu_x[None] * mu_y
@@ -104,16 +110,16 @@ class SSIMMeasure(Measure):
         device = resolve_device(self.device)
         dtype = torch.float64 if device == "cpu" else torch.float32
         images = torch.from_numpy(self.resize(u8)).to(device=device, dtype=dtype)
-        kernel = torch.from_numpy(gaussian_window()).to(device=device, dtype=dtype)
-        mu = _valid_filter(images, kernel)
-        sq = _valid_filter(images * images, kernel)
+        band = torch.from_numpy(band_matrix(self.ssim_size, gaussian_window())).to(device=device, dtype=dtype)
+        mu = _valid_filter(images, band)
+        sq = _valid_filter(images * images, band)
 
         def compare(ref: int, others: np.ndarray) -> np.ndarray:
             out = []
             for start in range(0, len(others), self.batch_size):
                 idx = torch.from_numpy(others[start : start + self.batch_size]).to(device)
                 out.append(ssim_map_mean(images[ref], mu[ref], sq[ref], images[idx], mu[idx], sq[idx],
-                                         kernel).double().cpu().numpy())
+                                         band).double().cpu().numpy())
             return np.concatenate(out) if out else np.zeros(0)
 
         return Prepared(compare)
