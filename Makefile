@@ -11,7 +11,7 @@ DEMO := demo-out
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,dev,ray,deepnet]'
 	touch $(STAMP)
 
 install: $(STAMP)

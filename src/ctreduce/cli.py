@@ -85,6 +85,9 @@ def reduce(
     modality: Annotated[str, typer.Option(help="DICOM modality to keep; 'any' keeps all.")] = "CT",
     allow_gaps: Annotated[bool, typer.Option(help="Reduce DICOM series with missing slices anyway.")] = False,
     workers: Annotated[int, typer.Option(help="Volumes processed in parallel.")] = 1,
+    backend: Annotated[str, typer.Option(help="local (process pool) or ray.")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, "
+                                                         "else a local Ray).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a previous run with other settings.")] = False,
     csv: Annotated[bool, typer.Option("--csv", help="Also write manifest.csv.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -111,7 +114,7 @@ def reduce(
         _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
     try:
         manifest = do_reduce(inputs, out, config=config, workers=workers, overwrite=overwrite,
-                             csv=csv, progress=not quiet)
+                             csv=csv, progress=not quiet, backend=backend, ray_address=ray_address)
     except (FileNotFoundError, RunConflict, ValueError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt as exc:

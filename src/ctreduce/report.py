@@ -31,7 +31,7 @@ from .reduction.intensity import Intensity
 KEPT_COLOUR = (46, 158, 62)
 DROPPED_COLOUR = (214, 52, 52)
 STRIP_MAX_WIDTH = 960  # px; wider strips wrap onto further rows
-STRIP_COLOURS = 64  # palette PNG: a third of the size of RGB, indistinguishable at thumbnail size
+PALETTE_COLOURS = 64  # every image is a palette PNG: a third of the size of RGB and indistinguishable
 MAX_ERRORS_LISTED = 100
 SWEEP_COLUMN = re.compile(r"^kept@(.+)$")
 
@@ -258,7 +258,7 @@ def _volume_strip(source: VolumeSource, rows: pd.DataFrame, kept: np.ndarray, in
     aspect = (volume.hu.shape[1] * row_mm) / (volume.hu.shape[2] * col_mm)
     image = thumbnail_strip(intensity.to_uint8(volume.hu[index]), kept[picked], index, thumb_px,
                             aspect if np.isfinite(aspect) and aspect > 0 else 1.0)
-    return _png(image.quantize(colors=STRIP_COLOURS))
+    return _png(image)
 
 
 def pick_slices(kept: np.ndarray, limit: int) -> np.ndarray:
@@ -316,17 +316,17 @@ def thumbnail_strip(images: np.ndarray, kept: np.ndarray, index: np.ndarray, thu
 # --- figures -------------------------------------------------------------------------------------
 
 
-def _figure(width_in: float, height_in: float):
+def _figure(width_in: float, height_in: float, layout: str | None = "constrained"):
     """A matplotlib Figure rendered by Agg, without touching pyplot's global state."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
+    return Figure(figsize=(width_in, height_in), dpi=100, layout=layout)
 
 
 def _fig_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png(Image.open(buffer).convert("RGB"))
 
 
 def _fraction_histogram(fractions: np.ndarray, column: str) -> bytes:
@@ -356,7 +356,8 @@ def _sweep_plot(sweep: pd.DataFrame) -> bytes:
 
 def _distance_plot(index: np.ndarray, distance: np.ndarray, kept: np.ndarray, threshold: float,
                    column: str, method: str) -> bytes:
-    fig = _figure(9.6, 1.9)
+    fig = _figure(9.6, 1.9, layout=None)  # fixed margins: constrained layout would double the time per volume
+    fig.subplots_adjust(left=0.07, right=0.8, bottom=0.26, top=0.95)
     ax = fig.add_subplot()
     dropped = np.isfinite(distance)
     lo, hi = min(distance[dropped].min(), threshold), max(distance[dropped].max(), threshold)
@@ -386,7 +387,7 @@ def _sources(run_dir: Path) -> tuple[dict[str, VolumeSource], str]:
 
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.quantize(colors=PALETTE_COLOURS).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

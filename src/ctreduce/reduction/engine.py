@@ -333,6 +333,56 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> I
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int,
+             address: str | None) -> Iterator[VolumeResult]:
+    """The same per-volume work as Ray tasks (actors holding the network for deepnet).
+
+    Connects to ``address`` (or RAY_ADDRESS); without one, starts a local Ray with ``workers``
+    CPUs. Every node needs ctreduce installed (or a runtime_env that installs it).
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("the Ray backend needs Ray: pip install 'ctreduce[ray]'") from exc
+    started = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        if config.method == "deepnet":
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            # One actor per GPU (or per worker on CPUs): the network is loaded once per actor.
+            actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_RayReducer)
+            actors = [actor_cls.remote() for _ in range(gpus or workers)]
+            submit = (lambda i, s: actors[i % len(actors)].run.remote(s, config))
+            in_flight = 2 * len(actors)
+        else:
+            task = ray.remote(num_cpus=1)(process_source)
+            submit = (lambda i, s: task.remote(s, config))
+            in_flight = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
+        pending = []
+        for i, source in enumerate(todo):
+            pending.append(submit(i, source))
+            if len(pending) >= in_flight:
+                ready, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(ready[0])
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(ready[0])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _RayReducer:
+    def run(self, source: VolumeSource, config: ReduceConfig) -> VolumeResult:
+        return process_source(source, config)
+
+
 def _single_threaded_blas() -> None:
     # The workers are the parallelism; BLAS threads on top of them only contend for cores.
     from threadpoolctl import threadpool_limits
@@ -349,6 +399,8 @@ def reduce(
     overwrite: bool = False,
     csv: bool = False,
     progress: bool = False,
+    backend: str = "local",
+    ray_address: str | None = None,
     **settings: Any,
 ) -> pd.DataFrame:
     """Reduce every volume under ``inputs``; returns the manifest (one row per slice).
@@ -361,8 +413,12 @@ def reduce(
     With ``out``, results are written to a resumable run folder (see module docstring); the
     summary (counts, errors, skipped files, versions) is in ``manifest.attrs["summary"]``.
     ``settings`` are ReduceConfig fields (method, threshold, every_n, intensity, ...).
+    ``backend="ray"`` runs the volumes as Ray tasks (``ray_address`` or RAY_ADDRESS, else a
+    local Ray with ``workers`` CPUs); the output is identical to the local process pool.
     """
     config = make_config(config, **settings)
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
     paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     if not paths:
         raise ValueError("no input paths given")
@@ -392,7 +448,9 @@ def reduce(
     t1 = time.perf_counter()
     bar = _progress(len(found.volumes), len(done), progress)
     try:
-        for result in _run_pool(todo, run_config, workers):
+        results = (_run_ray(todo, run_config, workers, ray_address) if backend == "ray"
+                   else _run_pool(todo, run_config, workers))
+        for result in results:
             if run is not None:
                 entries[result.volume_id] = run.record(result)
             else:
