@@ -358,15 +358,14 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int,
             # One actor per GPU (or per worker on CPUs): the network is loaded once per actor.
             actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_RayReducer)
             actors = [actor_cls.remote() for _ in range(gpus or workers)]
-            submit = (lambda i, s: actors[i % len(actors)].run.remote(s, config))
+            submits = [actor.run.remote for actor in actors]
             in_flight = 2 * len(actors)
         else:
-            task = ray.remote(num_cpus=1)(process_source)
-            submit = (lambda i, s: task.remote(s, config))
+            submits = [ray.remote(num_cpus=1)(process_source).remote]
             in_flight = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
         pending = []
         for i, source in enumerate(todo):
-            pending.append(submit(i, source))
+            pending.append(submits[i % len(submits)](source, config))
             if len(pending) >= in_flight:
                 ready, pending = ray.wait(pending, num_returns=1)
                 yield ray.get(ready[0])
