@@ -118,8 +118,7 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max
         parts.append(_volume_section(number, groups[vid], source, problem, column, intensity,
                                      thumbs_per_volume, thumb_px))
 
-    title = "ctreduce report"
-    page = _PAGE.format(title=title, css=_CSS, run_dir=_esc(run_dir.resolve()), body="\n".join(parts))
+    page = _PAGE.format(title="ctreduce report", css=_CSS, run_dir=_esc(run_dir.resolve()), body="\n".join(parts))
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
@@ -294,8 +293,8 @@ def thumbnail_strip(images: np.ndarray, kept: np.ndarray, index: np.ndarray, thu
     strip = Image.new("RGB", (per_row * cell_w - gap, n_rows * cell_h), "white")
     draw = ImageDraw.Draw(strip)
     font = ImageFont.load_default()
-    w, h = (thumb_px, max(1, round(thumb_px * aspect))) if aspect <= 1 else (max(1, round(thumb_px / aspect)),
-                                                                              thumb_px)
+    w = thumb_px if aspect <= 1 else max(1, round(thumb_px / aspect))
+    h = thumb_px if aspect >= 1 else max(1, round(thumb_px * aspect))
     for i, (image, is_kept, k) in enumerate(zip(images, kept, index, strict=True)):
         x, y = (i % per_row) * cell_w, (i // per_row) * cell_h
         small = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
