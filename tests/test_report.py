@@ -170,6 +170,18 @@ def test_sweep_columns_give_kept_fraction_per_threshold(run_dir: Path, tmp_path:
         write_report(copy, tmp_path / "bad.html", column="kept@99")
 
 
+def test_sweep_that_includes_the_run_threshold_lists_it_once(run_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    manifest = _manifest(copy)
+    manifest["kept@6"] = manifest["kept"]  # as `ctreduce reduce --thresholds 6,...` writes it
+    manifest["kept@8"] = manifest["kept"] & (np.arange(len(manifest)) % 2 == 0)
+    manifest.to_parquet(copy / "manifest.parquet", index=False)
+
+    text = write_report(copy, tmp_path / "report.html").read_text(encoding="utf-8")
+    table = re.search(r'<table class="sweep">.*?</table>', text, flags=re.S).group(0)
+    assert re.findall(r"<tr><td[^>]*>([^<]*)</td>", table) == ["6 (run)", "8"]
+
+
 # --- a real browser ------------------------------------------------------------------------------
 
 

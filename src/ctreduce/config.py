@@ -117,3 +117,174 @@ class ReduceConfig(BaseModel):
         if self.target_fraction is not None:
             data["target_fraction"] = self.target_fraction
         return data
+
+
+# --- pre-training --------------------------------------------------------------------------------
+
+
+class SwavSettings(BaseModel):
+    """SwAV (Caron et al. 2020) as in the paper: 2 global + 6 local crops, 500 prototypes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_prototypes: int = 500
+    projection_hidden_dim: int = 2048
+    projection_dim: int = 128
+    temperature: float = 0.1
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    freeze_prototypes_steps: int = 313  # counted in optimiser steps, not epochs
+    queue_length: int = 0  # 0 = no queue (the paper's setting)
+    queue_start_epoch: int = 15
+    global_crops: int = 2
+    global_crop_scale: tuple[float, float] = (0.9, 1.0)
+    local_crops: int = 6
+    local_crop_size: int = 96
+    local_crop_scale: tuple[float, float] = (0.10, 0.33)
+
+
+class MocoSettings(BaseModel):
+    """MoCo v2 (Chen et al. 2020): momentum key encoder, queue of negatives, MLP head."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    projection_hidden_dim: int = 2048
+    projection_dim: int = 128
+    mlp_head: bool = True
+    queue_length: int = 65536
+    momentum: float = 0.999
+    temperature: float = 0.07
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+
+class SparkSettings(BaseModel):
+    """SparK (Tian et al. 2023): sparse masked modelling for CNNs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mask_ratio: float = 0.6
+    patch_size: int = 32
+    decoder_width: int = 512
+    weight_decay_end: float = 0.2
+    crop_scale: tuple[float, float] = (0.67, 1.0)
+
+
+PRETRAIN_METHODS = ("swav", "moco", "spark")
+
+
+class PretrainConfig(BaseModel):
+    """One pre-training run. ``preset`` fills the defaults; explicit values override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "swav"
+    data: str = ""
+    out: str = ""
+    preset: str = "paper"
+    backbone: str = "resnet50"
+    epochs: int = 800
+    batch_size: int = 128
+    input_size: int = 224
+    lr: float | None = None  # None: the method's default for the preset
+    weight_decay: float | None = None
+    warmup_epochs: int = 10
+    optimizer: str | None = None  # None: lars (swav), sgd (moco), lamb (spark)
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    precision: str = "auto"  # "auto": 16-mixed on GPU, 32 on CPU
+    num_workers: int = 4
+    seed: int = 0
+    mean: float | None = None  # None: computed from the training data
+    std: float | None = None
+    max_steps: int = -1
+    log_every_n_steps: int = 10
+    collapse_patience: int = 3
+    swav: SwavSettings = SwavSettings()
+    moco: MocoSettings = MocoSettings()
+    spark: SparkSettings = SparkSettings()
+
+    @field_validator("method")
+    @classmethod
+    def _known_ssl_method(cls, value: str) -> str:
+        value = value.lower()
+        if value not in PRETRAIN_METHODS:
+            raise ValueError(f"unknown pre-training method {value!r}; choose one of {', '.join(PRETRAIN_METHODS)}")
+        return value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; choose one of {', '.join(PRESETS)}")
+        return value
+
+    @field_validator("epochs", "batch_size", "input_size", "num_nodes")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+
+# Preset defaults; "cpu" is a short real pre-training that finishes in minutes on a laptop.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": {
+        "backbone": "resnet18",
+        "epochs": 5,
+        "batch_size": 32,
+        "input_size": 64,
+        "warmup_epochs": 1,
+        "num_workers": 2,
+        "swav": {"n_prototypes": 64, "projection_hidden_dim": 256, "projection_dim": 64,
+                 "freeze_prototypes_steps": 20, "local_crop_size": 32, "local_crops": 2},
+        "moco": {"projection_hidden_dim": 256, "projection_dim": 64, "queue_length": 1024},
+        "spark": {"patch_size": 16, "decoder_width": 128},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings (dotted keys for nested settings, YAML values) -> nested dict."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str | None = None) -> PretrainConfig:
+    """Preset defaults, then a YAML file, then explicit values; unknown keys are rejected."""
+    import yaml
+
+    merged: dict[str, Any] = {}
+    if yaml_file is not None:
+        loaded = yaml.safe_load(open(yaml_file)) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_file}: expected a mapping of settings")
+        merged = _deep_merge(merged, loaded)
+    merged = _deep_merge(merged, values or {})
+    preset = merged.get("preset", "paper")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PretrainConfig(**_deep_merge(PRESETS[preset], merged))

@@ -169,38 +169,36 @@ def _dataset_section(manifest: pd.DataFrame, summary: dict[str, Any], groups: di
         figures.append(_img(_fraction_histogram(fractions, column), "histogram of the kept fraction per volume"))
     sweep = _sweep(manifest)
     if sweep is not None:
-        figures.append(_sweep_table(sweep))
         if len(sweep) > 1:
             figures.append(_img(_sweep_plot(sweep), "kept fraction per threshold"))
+        figures.append(_sweep_table(sweep))
     if figures:
         out.append('<div class="figs">\n' + "\n".join(figures) + "\n</div>")
     return "\n".join(out)
 
 
 def _sweep(manifest: pd.DataFrame) -> pd.DataFrame | None:
-    """Kept slices and fraction per threshold when the manifest has ``kept@<threshold>`` columns."""
-    columns = [c for c in manifest.columns if SWEEP_COLUMN.match(c)]
-    if not columns:
+    """Kept slices and fraction per threshold when the manifest has ``kept@<threshold>`` columns.
+
+    The run's own threshold is marked; it comes from its ``kept@`` column, or from ``kept`` when
+    the sweep has no column for it.
+    """
+    labels = {c: m.group(1) for c in manifest.columns if (m := SWEEP_COLUMN.match(c))}
+    if not labels:
         return None
-    base = manifest["threshold"].iloc[0] if len(manifest) else float("nan")
-    rows = [("kept", float(base), str(_number(base)))]
-    for c in columns:
-        label = SWEEP_COLUMN.match(c).group(1)  # type: ignore[union-attr]
-        try:
-            value = float(label)
-        except ValueError:
-            value = float("nan")
-        rows.append((c, value, label))
-    n = len(manifest)
-    table = pd.DataFrame([{"column": c, "threshold": v, "label": label, "kept": int(manifest[c].sum()),
-                           "fraction": manifest[c].mean() if n else 0.0} for c, v, label in rows])
+    run = float(manifest["threshold"].iloc[0]) if len(manifest) else float("nan")
+    if run not in {_float(label) for label in labels.values()}:
+        labels = {"kept": f"{run:g}", **labels}
+    table = pd.DataFrame([{"column": c, "label": label, "threshold": _float(label), "run": _float(label) == run,
+                           "kept": int(manifest[c].sum()), "fraction": float(manifest[c].mean())}
+                          for c, label in labels.items()])
     return table.sort_values(["threshold", "column"], na_position="last", ignore_index=True)
 
 
 def _sweep_table(sweep: pd.DataFrame) -> str:
     """The threshold sweep as a small HTML table (the run's own threshold marked)."""
     body = "\n".join(
-        f'<tr><td class="num">{_esc(r.label)}{" (run)" if r.column == "kept" else ""}</td>'
+        f'<tr><td class="num">{_esc(r.label)}{" (run)" if r.run else ""}</td>'
         f'<td class="num">{r.kept}</td><td class="num">{100 * r.fraction:.1f}%</td></tr>'
         for r in sweep.itertuples())
     return ('<table class="sweep">\n<tr><th>Threshold</th><th>Kept slices</th><th>Kept fraction</th></tr>\n'
@@ -344,7 +342,7 @@ def _sweep_plot(sweep: pd.DataFrame) -> bytes:
     fig = _figure(3.6, 2.4)
     ax = fig.add_subplot()
     ax.plot(known["threshold"], known["fraction"], "o-", color="#4a7fb5")
-    run = known[known["column"] == "kept"]
+    run = known[known["run"]]
     ax.plot(run["threshold"], run["fraction"], "o", color="#d98c1f", label="this run")
     ax.set_xlabel("threshold")
     ax.set_ylabel("kept fraction")
@@ -412,6 +410,14 @@ def _esc(value: Any) -> str:
 
 def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+def _float(text: str) -> float:
+    """A sweep label as a number; NaN when it is none (such columns are listed last)."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def _number(value: Any) -> Any:

@@ -1,0 +1,100 @@
+"""CT augmentations for grey slices, applied to uint8 tensors (1, H, W) in data-loader workers.
+
+Colour jitter on replicated grey channels would only change brightness and contrast, so the
+views use brightness/contrast/gamma, blur, noise, crops and the flips/rotations each method's
+preset asks for. Every view ends as a normalised float tensor (3, size, size).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+
+class RandomGamma(torch.nn.Module):
+    """x ** gamma on [0, 1] images, log-uniform gamma in ``gamma_range``, with probability p."""
+
+    def __init__(self, gamma_range: tuple[float, float] = (0.7, 1.4), p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 < gamma_range[0] <= gamma_range[1]:
+            raise ValueError(f"gamma_range must be positive and ordered, got {gamma_range}")
+        self.gamma_range, self.p = gamma_range, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return x
+        lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
+        gamma = math.exp(lo + (hi - lo) * float(torch.rand(())))
+        return x.clamp(0, 1) ** gamma
+
+
+class GaussianNoise(torch.nn.Module):
+    """Additive Gaussian noise with standard deviation up to ``sigma`` (on [0, 1]), with prob. p."""
+
+    def __init__(self, sigma: float = 0.03, p: float = 0.5) -> None:
+        super().__init__()
+        self.sigma, self.p = sigma, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return x
+        return x + torch.randn_like(x) * self.sigma * float(torch.rand(()))
+
+
+class ToThreeChannels(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(3, *x.shape[1:]) if x.shape[0] == 1 else x
+
+
+def ct_view(
+    size: int,
+    scale: tuple[float, float],
+    mean: float,
+    std: float,
+    *,
+    hflip: bool = False,
+    vflip: bool = False,
+    rotate180_p: float = 0.0,
+    jitter: tuple[float, float] = (0.4, 0.4),
+    jitter_p: float = 0.8,
+    gamma_p: float = 0.3,
+    blur_p: float = 0.5,
+    noise_p: float = 0.0,
+) -> v2.Compose:
+    """One random view of a uint8 (1, H, W) slice as a normalised float (3, size, size)."""
+    steps: list[torch.nn.Module] = [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomResizedCrop(size, scale=scale, antialias=True),
+    ]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if vflip:
+        steps.append(v2.RandomVerticalFlip())
+    if rotate180_p > 0:
+        steps.append(v2.RandomApply([v2.RandomRotation((180, 180))], p=rotate180_p))
+    steps += [
+        v2.RandomApply([v2.ColorJitter(brightness=jitter[0], contrast=jitter[1])], p=jitter_p),
+        RandomGamma(p=gamma_p),
+    ]
+    if blur_p > 0:
+        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p))
+    if noise_p > 0:
+        steps.append(GaussianNoise(p=noise_p))
+    steps += [ToThreeChannels(), v2.Normalize([mean] * 3, [std] * 3)]
+    return v2.Compose(steps)
+
+
+class MultiView:
+    """Applies several view transforms to one slice; returns the list of views."""
+
+    def __init__(self, views: Sequence[v2.Compose]) -> None:
+        if not views:
+            raise ValueError("at least one view is needed")
+        self.views = list(views)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [view(x) for view in self.views]

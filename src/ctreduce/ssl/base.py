@@ -1,0 +1,106 @@
+"""What every pre-training method shares: backbone, optimiser, warm-up + cosine schedule.
+
+A method subclasses ``SSLMethod`` and implements ``training_loss(batch)`` (the batch is what
+its ``views`` transform returns, collated) and ``views(config, mean, std)``. Schedules are
+counted in optimiser steps so that they do not depend on how an epoch is cut.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..config import PretrainConfig
+from .backbones import build_backbone, export_state_dict
+from .optim import LAMB
+
+# Per method: optimiser, base learning rate at batch 256 (linear scaling), weight decay.
+OPTIMISER_DEFAULTS = {
+    "swav": ("lars", 0.15 * 256 / 128, 1e-6),  # published command: lr 0.15 at batch 128
+    "moco": ("sgd", 0.015 * 256 / 128, 1e-4),  # paper: lr 0.015 at batch 128
+    "spark": ("lamb", 2e-4, 0.04),
+}
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine to 0."""
+    if total <= 0:
+        return 1.0
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class SSLMethod(pl.LightningModule):
+    """Base LightningModule: ``self.backbone`` is a torchvision ResNet without ``fc``."""
+
+    name = "base"
+
+    def __init__(self, config: PretrainConfig, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.config = config
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.backbone, self.feature_dim = build_backbone(config.backbone)
+        self.save_hyperparameters({"config": config.model_dump(), "steps_per_epoch": self.steps_per_epoch})
+
+    # Subclasses define ``views(config, mean, std)`` (a staticmethod returning the per-slice
+    # transform) and ``training_loss(batch)``.
+
+    @property
+    def total_steps(self) -> int:
+        if self.config.max_steps > 0:
+            return self.config.max_steps
+        return self.config.epochs * self.steps_per_epoch
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.training_loss(batch)
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
+                 batch_size=self.config.batch_size)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False,
+                 batch_size=self.config.batch_size)
+        return loss
+
+    def export_backbone(self) -> dict[str, torch.Tensor]:
+        return export_state_dict(self.backbone)
+
+    def optimiser_settings(self) -> tuple[str, float, float]:
+        kind, base_lr, weight_decay = OPTIMISER_DEFAULTS[self.name]
+        world = max(1, getattr(self.trainer, "world_size", 1) if self._trainer is not None else 1)
+        lr = self.config.lr if self.config.lr is not None else base_lr * self.config.batch_size * world / 256
+        wd = self.config.weight_decay if self.config.weight_decay is not None else weight_decay
+        return self.config.optimizer or kind, lr, wd
+
+    def configure_optimizers(self):
+        kind, lr, wd = self.optimiser_settings()
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            # Norm layers and biases are not decayed (standard for LARS/LAMB recipes).
+            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        if kind == "lars":
+            from lightly.utils.lars import LARS
+
+            optimiser = LARS(groups, lr=lr, momentum=0.9)
+        elif kind == "sgd":
+            optimiser = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+        elif kind == "lamb":
+            optimiser = LAMB(groups, lr=lr)
+        elif kind == "adamw":
+            optimiser = torch.optim.AdamW(groups, lr=lr)
+        else:
+            raise ValueError(f"unknown optimizer {kind!r}; choose lars, sgd, lamb or adamw")
+        warmup = self.config.warmup_epochs * self.steps_per_epoch
+        total = self.total_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, total, warmup))
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
