@@ -22,12 +22,14 @@ demo: $(STAMP)
 		--out $(DEMO)/hash6 --method hash --threshold 6 --workers 2 --csv --quiet
 	$(BIN)/ctreduce export $(DEMO)/hash6 --format png --out $(DEMO)/png
 	$(BIN)/ctreduce export $(DEMO)/hash6 --format npy --size 224 --out $(DEMO)/npy
+	$(BIN)/ctreduce report $(DEMO)/hash6 -o $(DEMO)/report.html
 	@echo
 	@echo "Outputs:"
 	@echo "  manifest (one row per slice): $(DEMO)/hash6/manifest.parquet (and manifest.csv)"
 	@echo "  summary (counts, timings):    $(DEMO)/hash6/summary.json"
 	@echo "  kept slices as PNG:           $(DEMO)/png/images/"
 	@echo "  kept slices as uint8 array:   $(DEMO)/npy/slices.npy + index.parquet"
+	@echo "  visual report (open it):      $(DEMO)/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -70,3 +70,13 @@ def test_unusable_arguments_exit_2_with_a_message(archive, tmp_path, args, messa
     fill = {"missing": tmp_path / "missing", "tmp": tmp_path, "archive": archive}
     proc = run(*[a.format(**fill) for a in args], check_code=2)
     assert message in proc.stderr
+
+
+def test_report_command(archive, tmp_path):
+    out = tmp_path / "run"
+    run("reduce", archive, "--out", out, "--quiet")
+    proc = run("report", out)
+    assert (out / "report.html").exists() and "report:" in proc.stdout
+    assert "kept" in (out / "report.html").read_text()
+    bad = run("report", out, "--column", "kept@99", check_code=2)
+    assert "kept@99" in bad.stderr

@@ -187,6 +187,29 @@ def compare(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'ctreduce reduce'.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file to write "
+                                                "(default: DIR/report.html).")] = None,
+    max_volumes: Annotated[int, typer.Option(help="Volumes shown with thumbnails and plots, in manifest order; "
+                                                  "the dataset summary always covers all volumes.")] = 50,
+    thumbs: Annotated[int, typer.Option(help="At most N thumbnails per volume; kept slices first.")] = 48,
+    thumb_px: Annotated[int, typer.Option(help="Thumbnail size in pixels.")] = 48,
+    column: Annotated[str, typer.Option(help="Manifest column of kept slices, e.g. kept@8 from a sweep.")] = "kept",
+) -> None:
+    """Write one self-contained HTML report: summary, histogram, thumbnails along z, scores."""
+    from .report import write_report
+
+    target = output or run_dir / "report.html"
+    try:
+        path = write_report(run_dir, target, max_volumes=max_volumes, thumbs_per_volume=thumbs,
+                            thumb_px=thumb_px, column=column)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"report: {path}")
+
+
+@app.command()
 def samples() -> None:
     """Download the two real sample chest CTs into the cache and print their paths."""
     from .samples import SamplesUnavailable, fetch
