@@ -24,6 +24,8 @@ _API = {
     "read_sources": "ctreduce.reduction.engine",
     "export": "ctreduce.io.export",
     "dhash": "ctreduce.reduction.hashing",
+    "pretrain": "ctreduce.ssl.train",
+    "PretrainConfig": "ctreduce.config",
 }
 
 __all__ = [*_API, "__version__"]

@@ -210,6 +210,48 @@ def report(
 
 
 @app.command()
+def pretrain(
+    overrides: Annotated[list[str] | None, typer.Argument(help="More settings as key=value, dotted for "
+                                                               "nested ones: swav.n_prototypes=300 lr=0.3")] = None,
+    method: Annotated[str | None, typer.Option(help="swav, moco or spark.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Export folder (ctreduce export: npy or png).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
+    preset: Annotated[str | None, typer.Option(help="paper (the paper's settings) or cpu (a short real run).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="resnet18, resnet34, resnet50, resnet101, resnet152.")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Per device.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Number of devices, or auto.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run with other settings in --out.")] = False,
+) -> None:
+    """Self-supervised pre-training (SwAV, MoCo v2, SparK) on an export; resumable run folder."""
+    from pydantic import ValidationError
+
+    from .config import make_pretrain_config, parse_overrides
+    from .ssl.train import PretrainError
+    from .ssl.train import pretrain as do_pretrain
+
+    values = {k: v for k, v in {"method": method, "data": None if data is None else str(data),
+                                 "out": None if out is None else str(out), "preset": preset, "backbone": backbone,
+                                 "epochs": epochs, "batch_size": batch_size, "seed": seed}.items() if v is not None}
+    if devices is not None:
+        values["devices"] = int(devices) if devices.lstrip("-").isdigit() else devices
+    try:
+        values = {**parse_overrides(overrides or []), **values}
+        settings = make_pretrain_config(values, yaml_file=None if config is None else str(config))
+    except (ValidationError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    try:
+        summary = do_pretrain(settings, overwrite=overwrite)
+    except PretrainError as exc:
+        _fail(str(exc), code=1 if (Path(settings.out) / "config.yaml").exists() else 2)
+    typer.echo(f"{summary['method']} {summary['backbone']}: {summary['epochs_completed']} epochs, "
+               f"{summary['images_seen']} images in {summary['wall_time_s']:.1f} s")
+    typer.echo(f"backbone: {Path(settings.out) / 'backbone.pt'}\nsummary:  {Path(settings.out) / 'summary.json'}")
+
+
+@app.command()
 def samples() -> None:
     """Download the two real sample chest CTs into the cache and print their paths."""
     from .samples import SamplesUnavailable, fetch

@@ -192,6 +192,7 @@ class PretrainConfig(BaseModel):
     devices: int | str = "auto"
     num_nodes: int = 1
     accelerator: str = "auto"
+    strategy: str = "auto"  # "auto": ddp when several devices or nodes
     precision: str = "auto"  # "auto": 16-mixed on GPU, 32 on CPU
     num_workers: int = 4
     seed: int = 0

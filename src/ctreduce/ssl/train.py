@@ -1,0 +1,294 @@
+"""``ctreduce pretrain``: one run folder layout for every method, resumable, on CPU or GPUs.
+
+RUN_DIR layout::
+
+    config.yaml            the resolved configuration (preset + file + overrides, mean/std)
+    versions.json          library versions
+    checkpoints/last.ckpt  Lightning checkpoint after every epoch; rerunning resumes from it
+    backbone.pt            plain torchvision state_dict of the encoder (only fc missing)
+    metrics.jsonl          one line per epoch: loss, lr, images/s, epoch seconds, step
+    summary.json           wall time, GPU hours, images seen, dataset size, status
+    logs/                  Lightning CSV and TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import json
+import inspect
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from ..config import PretrainConfig, make_pretrain_config
+from .backbones import RESNETS
+from .data import ExportError, export_info, intensity_stats, open_export
+
+
+class PretrainError(ValueError):
+    """A problem found before training starts (data, settings) or a run that cannot go on."""
+
+
+def method_class(name: str):
+    if name == "swav":
+        from .swav import SwAV
+
+        return SwAV
+    if name == "moco":
+        from .moco import MoCoV2
+
+        return MoCoV2
+    if name == "spark":
+        from .spark import SparK
+
+        return SparK
+    raise PretrainError(f"unknown pre-training method {name!r}; choose swav, moco or spark")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+# --- callbacks ---------------------------------------------------------------------------------
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stop at the first NaN/infinite loss; the last checkpoint (previous epoch) stays intact."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            raise PretrainError(
+                f"loss became {float(loss.detach())} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}; stopped. The last good checkpoint is kept "
+                "(checkpoints/last.ckpt). Try a lower lr, more warm-up epochs or precision=32."
+            )
+
+
+class EpochMetrics(pl.Callback):
+    """Appends loss, lr, images/s and epoch time to metrics.jsonl after every epoch."""
+
+    def __init__(self, path: Path, images_per_step: int) -> None:
+        self.path = path
+        self.images_per_step = images_per_step
+        self._start = 0.0
+        self._step0 = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+        self._step0 = trainer.global_step
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._start
+        steps = trainer.global_step - self._step0
+        metrics = trainer.callback_metrics
+        loss = metrics.get("loss_epoch", metrics.get("loss"))
+        record = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "loss": None if loss is None else float(loss),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "images_per_s": round(steps * self.images_per_step / seconds, 2) if seconds > 0 else None,
+            "epoch_s": round(seconds, 3),
+        }
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+class CollapseWarning(pl.Callback):
+    """SwAV's loss stuck at ln(#prototypes) means every sample gets the same uniform code."""
+
+    def __init__(self, n_prototypes: int, patience: int) -> None:
+        self.level = math.log(n_prototypes)
+        self.patience = patience
+        self.stuck = 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get("loss_epoch")
+        if loss is None:
+            return
+        self.stuck = self.stuck + 1 if abs(float(loss) - self.level) < 0.01 * self.level else 0
+        if self.stuck == self.patience:
+            warnings.warn(
+                f"SwAV loss has stayed at ln({round(math.exp(self.level))}) = {self.level:.3f} for "
+                f"{self.patience} epochs: the codes have collapsed to uniform. Usual remedies: a "
+                "smaller sinkhorn_epsilon (swav.sinkhorn_epsilon=0.03), freezing the prototypes "
+                "longer (swav.freeze_prototypes_steps), starting the queue later or making it smaller "
+                "(swav.queue_start_epoch, swav.queue_length), or a lower lr.",
+                stacklevel=1,
+            )
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def _check(config: PretrainConfig) -> None:
+    if not config.data:
+        raise PretrainError("no training data: pass --data EXPORT_DIR (written by 'ctreduce export')")
+    if not config.out:
+        raise PretrainError("no run folder: pass --out RUN_DIR")
+    if config.backbone not in RESNETS:
+        raise PretrainError(f"unknown backbone {config.backbone!r}; choose one of {', '.join(RESNETS)}")
+
+
+def _trainer_settings(config: PretrainConfig) -> dict[str, Any]:
+    accelerator = config.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    precision = config.precision
+    if precision == "auto":
+        precision = "16-mixed" if accelerator == "gpu" else "32-true"
+    devices = config.devices
+    several = config.num_nodes > 1 or (isinstance(devices, int) and devices > 1) or devices == -1
+    strategy = config.strategy if config.strategy != "auto" else ("ddp" if several else "auto")
+    return {"accelerator": accelerator, "precision": precision, "devices": devices, "strategy": strategy,
+            "num_nodes": config.num_nodes, "sync_batchnorm": several}
+
+
+def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, **values: Any) -> dict[str, Any]:
+    """Pre-train ``config.method`` on an export folder; returns the run summary.
+
+    Rerunning the same configuration into the same folder continues from
+    ``checkpoints/last.ckpt``; another configuration there is refused unless ``overwrite``.
+    """
+    if config is None:
+        config = make_pretrain_config(values)
+    elif values:
+        config = make_pretrain_config({**config.model_dump(), **values})
+    _check(config)
+    out = Path(config.out)
+    try:
+        raw = open_export(config.data)
+    except ExportError as exc:
+        raise PretrainError(str(exc)) from exc
+    world = _world_size(config)
+    if len(raw) < config.batch_size * world:
+        raise PretrainError(
+            f"the export {config.data} has {len(raw)} slices, fewer than one batch "
+            f"({config.batch_size} x {world} device(s)); lower --batch-size"
+        )
+    if config.mean is None or config.std is None:
+        mean, std = intensity_stats(raw, seed=config.seed)
+        config = config.model_copy(update={"mean": config.mean or round(mean, 5), "std": config.std or round(std, 5)})
+
+    resolved = config.model_dump(mode="json")
+    config_file = out / "config.yaml"
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if config_file.exists() and not overwrite:
+        previous = yaml.safe_load(config_file.read_text())
+        if previous != resolved:
+            diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise PretrainError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+                                "use another --out or --overwrite")
+    elif overwrite and out.exists():
+        import shutil
+
+        for name in ("checkpoints", "logs", "metrics.jsonl", "summary.json", "backbone.pt"):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    (out / "versions.json").write_text(json.dumps(library_versions(), indent=2))
+
+    pl.seed_everything(config.seed, workers=True)
+    cls = method_class(config.method)
+    dataset = open_export(config.data, cls.views(config, config.mean, config.std))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+        num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+    steps_per_epoch = len(dataset) // (config.batch_size * world)
+    extra = {"dataset_size": len(dataset)} if "dataset_size" in inspect.signature(cls).parameters else {}
+    module = cls(config, steps_per_epoch, **extra)
+    settings = _trainer_settings(config)
+    callbacks: list[pl.Callback] = [
+        pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                                     every_n_epochs=1, save_on_train_epoch_end=True),
+        NonFiniteLossGuard(),
+        EpochMetrics(out / "metrics.jsonl", config.batch_size * world),
+    ]
+    if config.method == "swav":
+        callbacks.append(CollapseWarning(config.swav.n_prototypes, config.collapse_patience))
+    loggers = [pl.loggers.CSVLogger(out / "logs", name="csv")]
+    try:
+        loggers.append(pl.loggers.TensorBoardLogger(out / "logs", name="tensorboard"))
+    except ModuleNotFoundError:
+        warnings.warn("tensorboard is not installed: only CSV logs are written", stacklevel=1)
+    trainer = pl.Trainer(max_epochs=config.epochs, max_steps=config.max_steps, callbacks=callbacks, logger=loggers,
+                         log_every_n_steps=min(config.log_every_n_steps, max(1, steps_per_epoch)),
+                         deterministic=settings["accelerator"] == "cpu", benchmark=False,
+                         enable_progress_bar=True, default_root_dir=out, **settings)
+    resume = ckpt if ckpt.exists() else None
+    start = time.perf_counter()
+    status = "finished"
+    try:
+        trainer.fit(module, loader, ckpt_path=resume)
+    except PretrainError:
+        status = "stopped: non-finite loss"
+        raise
+    finally:
+        seconds = time.perf_counter() - start
+        if trainer.is_global_zero:
+            summary = _summary(out, config, trainer, len(dataset), seconds, settings, status, resume)
+            if status == "finished":
+                torch.save(module.export_backbone(), out / "backbone.pt")
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _world_size(config: PretrainConfig) -> int:
+    devices = config.devices
+    if isinstance(devices, int) and devices > 0:
+        return devices * config.num_nodes
+    if devices == -1 or (devices == "auto" and torch.cuda.is_available()):
+        return max(1, torch.cuda.device_count()) * config.num_nodes
+    return config.num_nodes
+
+
+def _summary(out: Path, config: PretrainConfig, trainer: pl.Trainer, n_images: int, seconds: float,
+             settings: dict[str, Any], status: str, resumed_from: Path | None) -> dict[str, Any]:
+    previous = {}
+    if resumed_from is not None and (out / "summary.json").exists():
+        previous = json.loads((out / "summary.json").read_text())
+    total_seconds = previous.get("wall_time_s", 0.0) + seconds
+    gpus = trainer.num_devices * trainer.num_nodes if settings["accelerator"] == "gpu" else 0
+    steps = trainer.global_step
+    info = export_info(config.data)
+    return {
+        "status": status,
+        "method": config.method,
+        "backbone": config.backbone,
+        "data": config.data,
+        "dataset_slices": n_images,
+        "export": {k: info.get(k) for k in ("run_dir", "format", "size", "intensity", "slices")} if info else {},
+        "epochs_completed": trainer.current_epoch,
+        "steps": steps,
+        "images_seen": steps * config.batch_size * trainer.world_size,
+        "wall_time_s": round(total_seconds, 2),
+        "this_session_s": round(seconds, 2),
+        "gpu_hours": round(total_seconds * gpus / 3600, 4),
+        "devices": trainer.num_devices,
+        "num_nodes": trainer.num_nodes,
+        "precision": settings["precision"],
+        "seconds_per_epoch": round(total_seconds / max(1, trainer.current_epoch), 3),
+        "mean": config.mean,
+        "std": config.std,
+        "resumed": resumed_from is not None,
+    }
