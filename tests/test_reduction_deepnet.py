@@ -178,7 +178,7 @@ def test_depth_inferred(tmp_path):
     path = tmp_path / "r50.pt"
     state = torchvision.models.resnet50(weights=None).state_dict()
     torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, path)
-    model = deepnet._resnet_from_file(path)
+    model = deepnet.resnet_from_file(path)
     assert len(model.layer3) == 6 and hasattr(model.layer1[0], "conv3")
     assert isinstance(model.fc, torch.nn.Identity)
 

@@ -229,7 +229,7 @@ def pretrain(
     from pydantic import ValidationError
 
     from .config import make_pretrain_config, parse_overrides
-    from .ssl.train import PretrainError
+    from .ssl.train import PretrainError, TrainingStopped
     from .ssl.train import pretrain as do_pretrain
 
     values = {k: v for k, v in {"method": method, "data": None if data is None else str(data),
@@ -244,8 +244,10 @@ def pretrain(
         _fail(str(exc))
     try:
         summary = do_pretrain(settings, overwrite=overwrite)
+    except TrainingStopped as exc:
+        _fail(str(exc), code=1)
     except PretrainError as exc:
-        _fail(str(exc), code=1 if (Path(settings.out) / "config.yaml").exists() else 2)
+        _fail(str(exc))
     typer.echo(f"{summary['method']} {summary['backbone']}: {summary['epochs_completed']} epochs, "
                f"{summary['images_seen']} images in {summary['wall_time_s']:.1f} s")
     typer.echo(f"backbone: {Path(settings.out) / 'backbone.pt'}\nsummary:  {Path(settings.out) / 'summary.json'}")

@@ -289,3 +289,57 @@ def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return PretrainConfig(**_deep_merge(PRESETS[preset], merged))
+
+
+# --- downstream evaluation -----------------------------------------------------------------------
+
+FINETUNE_MODES = ("finetune", "linear", "knn")
+
+
+class FinetuneConfig(BaseModel):
+    """The paper's protocol (70 epochs, Adam 1e-4, wd 5e-4, batch 64, 10 head-only epochs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: dict[str, Any] = {}
+    out: str = ""
+    init: str = "imagenet"  # random | imagenet | RUN_DIR (with backbone.pt) | any ResNet state_dict file
+    backbone: str = "resnet50"
+    mode: str = "finetune"
+    epochs: int = 70
+    head_only_epochs: int = 10
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    input_size: int = 224
+    flips: bool = True
+    seeds: tuple[int, ...] = (0,)
+    num_workers: int = 2
+    device: str = "auto"
+    knn_k: int = 20
+    positive_label: int = 1
+    bootstrap: int = 1000
+    mean: float | None = None  # None: the pre-training run's statistics, else ImageNet's
+    std: float | None = None
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in FINETUNE_MODES:
+            raise ValueError(f"unknown mode {value!r}; choose one of {', '.join(FINETUNE_MODES)}")
+        return value
+
+    @field_validator("epochs", "batch_size", "input_size", "knn_k")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _schedule(self) -> FinetuneConfig:
+        if not 0 <= self.head_only_epochs <= self.epochs:
+            raise ValueError(f"head_only_epochs must be in [0, epochs={self.epochs}], got {self.head_only_epochs}")
+        if not self.seeds:
+            raise ValueError("seeds is empty")
+        return self

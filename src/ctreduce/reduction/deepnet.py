@@ -193,9 +193,9 @@ def embed(model: Any, u8: np.ndarray, device: str, batch_size: int) -> np.ndarra
 def load_backbone(spec: str | tuple[str, int, int], device: str) -> Any:
     """The feature extractor (eval mode, on ``device``) for a named backbone or a file key; cached."""
     if isinstance(spec, tuple):
-        model = _resnet_from_file(Path(spec[0]))
+        model = resnet_from_file(Path(spec[0]))
     elif spec == "resnet50":
-        model = _torchvision_resnet50()
+        model = torchvision_resnet50()
     elif spec == "efficientnet-lite0":
         model = _efficientnet_lite0()
     else:
@@ -204,7 +204,7 @@ def load_backbone(spec: str | tuple[str, int, int], device: str) -> Any:
     return model.to(device)
 
 
-def _torchvision_resnet50() -> Any:
+def torchvision_resnet50() -> Any:
     import torch
     import torchvision
 
@@ -304,7 +304,7 @@ def _resnet_prefix(state: Mapping[str, Any]) -> tuple[str, bool] | None:
     return min(found, key=rank)
 
 
-def _resnet_from_file(path: Path) -> Any:
+def resnet_from_file(path: Path) -> Any:
     import torch
     import torchvision
 

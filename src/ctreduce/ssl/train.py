@@ -13,8 +13,8 @@ RUN_DIR layout::
 
 from __future__ import annotations
 
-import json
 import inspect
+import json
 import math
 import time
 import warnings
@@ -31,7 +31,11 @@ from .data import ExportError, export_info, intensity_stats, open_export
 
 
 class PretrainError(ValueError):
-    """A problem found before training starts (data, settings) or a run that cannot go on."""
+    """A problem found before training starts: data, settings, run folder."""
+
+
+class TrainingStopped(PretrainError):
+    """Training started but could not go on (non-finite loss); the last checkpoint is kept."""
 
 
 def method_class(name: str):
@@ -72,7 +76,7 @@ class NonFiniteLossGuard(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not torch.isfinite(loss.detach()).all():
-            raise PretrainError(
+            raise TrainingStopped(
                 f"loss became {float(loss.detach())} at epoch {trainer.current_epoch}, step "
                 f"{trainer.global_step}; stopped. The last good checkpoint is kept "
                 "(checkpoints/last.ckpt). Try a lower lr, more warm-up epochs or precision=32."
@@ -147,7 +151,7 @@ def _check(config: PretrainConfig) -> None:
         raise PretrainError(f"unknown backbone {config.backbone!r}; choose one of {', '.join(RESNETS)}")
 
 
-def _trainer_settings(config: PretrainConfig) -> dict[str, Any]:
+def _trainer_settings(config: PretrainConfig, method: type) -> dict[str, Any]:
     accelerator = config.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
@@ -157,8 +161,10 @@ def _trainer_settings(config: PretrainConfig) -> dict[str, Any]:
     devices = config.devices
     several = config.num_nodes > 1 or (isinstance(devices, int) and devices > 1) or devices == -1
     strategy = config.strategy if config.strategy != "auto" else ("ddp" if several else "auto")
+    # SyncBN only exists on GPUs; MoCo relies on shuffled BN and SparK on its sparse BN instead.
+    sync = several and accelerator == "gpu" and getattr(method, "sync_batchnorm", False)
     return {"accelerator": accelerator, "precision": precision, "devices": devices, "strategy": strategy,
-            "num_nodes": config.num_nodes, "sync_batchnorm": several}
+            "num_nodes": config.num_nodes, "sync_batchnorm": sync}
 
 
 def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, **values: Any) -> dict[str, Any]:
@@ -217,10 +223,12 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     steps_per_epoch = len(dataset) // (config.batch_size * world)
     extra = {"dataset_size": len(dataset)} if "dataset_size" in inspect.signature(cls).parameters else {}
     module = cls(config, steps_per_epoch, **extra)
-    settings = _trainer_settings(config)
+    settings = _trainer_settings(config, cls)
     callbacks: list[pl.Callback] = [
-        pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
-                                     every_n_epochs=1, save_on_train_epoch_end=True),
+        # One file, rewritten after every epoch: the newest checkpoint is the one to resume from.
+        pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1,
+                                     every_n_epochs=1, save_on_train_epoch_end=True,
+                                     enable_version_counter=False),
         NonFiniteLossGuard(),
         EpochMetrics(out / "metrics.jsonl", config.batch_size * world),
     ]
@@ -237,11 +245,15 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                          enable_progress_bar=True, default_root_dir=out, **settings)
     resume = ckpt if ckpt.exists() else None
     start = time.perf_counter()
-    status = "finished"
+    status = "running"
     try:
         trainer.fit(module, loader, ckpt_path=resume)
-    except PretrainError:
+        status = "interrupted" if trainer.interrupted else "finished"
+    except TrainingStopped:
         status = "stopped: non-finite loss"
+        raise
+    except BaseException as exc:
+        status = f"interrupted ({type(exc).__name__}); rerun the same command to resume"
         raise
     finally:
         seconds = time.perf_counter() - start

@@ -1,0 +1,42 @@
+"""Downstream evaluation data and metrics (the paper's COVID-CT, OrganSMNIST and folder tasks).
+
+Submodules: :mod:`.datasets` (loaders, splits, torch dataset), :mod:`.metrics` (accuracy, AUC, F1,
+bootstrap intervals, plots) and :mod:`.synthetic` (a phantom lung-nodule task for tests and quick
+experiments). Names are imported lazily so that ``import ctreduce.downstream`` needs no torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_API = {
+    "DataError": "datasets",
+    "DataWarning": "datasets",
+    "DownstreamData": "datasets",
+    "ImageDataset": "datasets",
+    "Split": "datasets",
+    "load_covid_ct": "datasets",
+    "load_image_folder": "datasets",
+    "load_medmnist": "datasets",
+    "load_task": "datasets",
+    "BootstrapCI": "metrics",
+    "MeanSD": "metrics",
+    "MetricWarning": "metrics",
+    "bootstrap_ci": "metrics",
+    "classification_metrics": "metrics",
+    "confusion_matrix": "metrics",
+    "format_mean_sd": "metrics",
+    "mean_sd": "metrics",
+    "save_confusion_matrix_png": "metrics",
+    "save_roc_png": "metrics",
+    "make_lesion_task": "synthetic",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,344 @@
+"""Downstream classification metrics as the paper reports them, with bootstrap intervals and plots.
+
+Inputs are integer labels ``y_true`` (N,) in 0..K-1 and class probabilities ``prob`` (N, K) whose
+rows sum to 1 (apply softmax to logits first); for a binary task ``prob`` may also be the (N,)
+probability of class 1. Predictions are ``argmax(prob)`` (ties go to the lower class).
+
+* accuracy;
+* ROC AUC: binary, the AUC of ``prob[:, positive_label]`` for ``y == positive_label`` (the paper:
+  ``positive_label=1``; with two softmax probabilities both choices give the same number);
+  multiclass, the macro average of one-vs-rest AUCs, as
+  ``sklearn.metrics.roc_auc_score(multi_class="ovr", average="macro")``;
+* F1: binary, of the class ``positive_label``; multiclass, micro (equal to accuracy, the paper's
+  "F1" for OrganSMNIST) and macro (unweighted mean over all K classes; a class never true and never
+  predicted counts 0, as sklearn's ``zero_division`` default);
+* the confusion matrix (rows true, columns predicted, as sklearn).
+
+Undefined AUC: when a class is absent from ``y_true`` (a binary test set of one class, or a
+multiclass one missing a class) the AUC is ``nan`` and a :class:`MetricWarning` names the class;
+nothing is raised, so a finished training run still reports its other metrics. sklearn raises
+instead. The AUCs are computed with NumPy (Mann-Whitney U with mid-ranks for ties, identical to
+the trapezoidal ROC area), so neither the metrics nor the bootstrap need scikit-learn.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+
+METRICS = ("accuracy", "auc", "f1", "f1_macro", "f1_micro")
+
+
+class MetricWarning(UserWarning):
+    """A metric is undefined on the given labels (e.g. AUC with a class absent) and reported as nan."""
+
+
+class BootstrapCI(TypedDict):
+    """Point estimate on all samples and the percentile interval over ``n_valid`` of ``n`` resamples."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    n: int
+    n_valid: int
+
+
+class MeanSD(TypedDict):
+    """Mean and sample standard deviation over ``n`` repeats (``sd`` None for a single value)."""
+
+    mean: float
+    sd: float | None
+    n: int
+
+
+def _as_inputs(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"y_true must be a non-empty 1-D array of class indices, got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
+            raise ValueError(f"y_true must hold integer class indices, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    p = np.asarray(prob, dtype=np.float64)
+    if p.ndim == 1:
+        if np.any((p < 0) | (p > 1)):
+            raise ValueError("a 1-D prob is the probability of class 1 and must lie in [0, 1]")
+        p = np.stack([1.0 - p, p], axis=1)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"prob must be (N, K) class probabilities with K >= 2, got shape {p.shape}")
+    if p.shape[0] != y.size:
+        raise ValueError(f"y_true has {y.size} samples but prob has {p.shape[0]} rows")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("prob contains nan or inf")
+    sums = p.sum(axis=1)
+    if np.any(np.abs(sums - 1.0) > 1e-4) or np.any(p < 0):
+        raise ValueError("prob rows must be probabilities summing to 1 (apply softmax to logits first); "
+                         f"row sums range {sums.min():.4g}..{sums.max():.4g}")
+    k = p.shape[1]
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(f"y_true holds labels {sorted(set(y[(y < 0) | (y >= k)].tolist()))[:5]} "
+                         f"outside 0..{k - 1} (prob has {k} columns)")
+    return y, p
+
+
+def _check_positive(positive_label: int, k: int) -> int:
+    if isinstance(positive_label, bool) or not isinstance(positive_label, int | np.integer):
+        raise ValueError(f"positive_label must be an integer class index, got {positive_label!r}")
+    if not 0 <= positive_label < k:
+        raise ValueError(f"positive_label {positive_label} is not a class of a {k}-class problem")
+    return int(positive_label)
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> np.ndarray:
+    """(K, K) int64 counts, rows = true class, columns = predicted class."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y.shape != pred.shape:
+        raise ValueError(f"y_true has {y.size} samples but y_pred {pred.size}")
+    k = int(max(y.max(initial=-1), pred.max(initial=-1)) + 1) if n_classes is None else int(n_classes)
+    if y.size and (min(y.min(), pred.min()) < 0 or max(y.max(), pred.max()) >= k):
+        raise ValueError(f"labels outside 0..{k - 1}")
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+
+
+def binary_auc(is_positive: Any, score: Any) -> float:
+    """ROC AUC of ``score`` for the boolean ``is_positive``; nan when either group is empty."""
+    pos = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    n1 = int(pos.sum())
+    n0 = pos.size - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    midrank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mid-ranks of the distinct scores
+    rank_sum = float(midrank[inverse][pos].sum())
+    return (rank_sum - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+
+
+def roc_curve(is_positive: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) from (0, 0) to (1, 1), one point per distinct score (descending thresholds)."""
+    pos = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, pos = s[order], pos[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each distinct score
+    tp = np.cumsum(pos)[last]
+    fp = (last + 1) - tp
+    n1, n0 = max(int(pos.sum()), 1), max(int((~pos).sum()), 1)
+    return np.r_[0.0, fp / n0], np.r_[0.0, tp / n1]
+
+
+def _f1_per_class(cm: np.ndarray) -> np.ndarray:
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2 tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
+
+
+def _aucs(y: np.ndarray, p: np.ndarray, positive: int, warn: bool) -> tuple[float, list[float]]:
+    k = p.shape[1]
+    if k == 2:
+        auc = binary_auc(y == positive, p[:, positive])
+        if np.isnan(auc) and warn:
+            present = int(y[0])
+            warnings.warn(f"ROC AUC undefined: y_true holds only class {present}; reported as nan",
+                          MetricWarning, stacklevel=3)
+        return auc, []
+    per_class = [binary_auc(y == c, p[:, c]) for c in range(k)]
+    missing = [c for c, a in enumerate(per_class) if np.isnan(a)]
+    if missing:
+        if warn:
+            warnings.warn(f"macro ROC AUC undefined: class(es) {missing} absent from y_true; reported as nan",
+                          MetricWarning, stacklevel=3)
+        return float("nan"), per_class
+    return float(np.mean(per_class)), per_class
+
+
+def _metric(y: np.ndarray, p: np.ndarray, name: str, positive: int, warn: bool = True) -> float:
+    k = p.shape[1]
+    if name == "auc":
+        return _aucs(y, p, positive, warn)[0]
+    pred = p.argmax(axis=1)
+    if name in ("accuracy", "f1_micro") or (name == "f1" and k > 2):
+        return float(np.mean(pred == y))
+    f1 = _f1_per_class(confusion_matrix(y, pred, k))
+    if name == "f1":
+        return float(f1[positive])
+    return float(f1.mean())
+
+
+def classification_metrics(y_true: Any, prob: Any, *, positive_label: int = 1) -> dict[str, Any]:
+    """The paper's metrics on one prediction set.
+
+    Returns ``n``, ``n_classes``, ``accuracy``, ``auc``, ``f1`` (binary: of ``positive_label``;
+    multiclass: micro), ``f1_micro``, ``f1_macro``, ``confusion_matrix`` (nested lists), and for
+    binary tasks ``positive_label``, for multiclass ``auc_per_class`` (one-vs-rest, nan where a
+    class is absent). ``positive_label`` is ignored (beyond range checking) for multiclass tasks.
+    """
+    y, p = _as_inputs(y_true, prob)
+    k = p.shape[1]
+    positive = _check_positive(positive_label, k)
+    pred = p.argmax(axis=1)
+    cm = confusion_matrix(y, pred, k)
+    f1 = _f1_per_class(cm)
+    accuracy = float(np.trace(cm) / y.size)
+    auc, per_class = _aucs(y, p, positive, warn=True)
+    out: dict[str, Any] = {
+        "n": int(y.size),
+        "n_classes": k,
+        "accuracy": accuracy,
+        "auc": float(auc),
+        "f1": float(f1[positive]) if k == 2 else accuracy,
+        "f1_micro": accuracy,
+        "f1_macro": float(f1.mean()),
+        "confusion_matrix": cm.tolist(),
+    }
+    if k == 2:
+        out["positive_label"] = positive
+    else:
+        out["auc_per_class"] = [float(a) for a in per_class]
+    return out
+
+
+def bootstrap_ci(y_true: Any, prob: Any, metric_name: str, n: int = 1000, seed: int = 0, *,
+                 confidence: float = 0.95, positive_label: int = 1) -> BootstrapCI:
+    """Percentile bootstrap interval of one metric (``accuracy``, ``auc``, ``f1``, ``f1_macro``,
+    ``f1_micro``): ``n`` resamples of the test set with replacement drawn from ``seed``.
+
+    Returns a dict (JSON-ready) ``estimate`` (on all samples), ``low``, ``high``, ``confidence``,
+    ``n`` and ``n_valid``: resamples on which the metric is undefined (an AUC whose resample lacks
+    a class) are skipped, ``n_valid`` says how many counted (a :class:`MetricWarning` if fewer
+    than half did; low and high are nan if none did).
+    """
+    if metric_name not in METRICS:
+        raise ValueError(f"metric_name must be one of {', '.join(METRICS)}, got {metric_name!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    y, p = _as_inputs(y_true, prob)
+    positive = _check_positive(positive_label, p.shape[1])
+    estimate = _metric(y, p, metric_name, positive)
+    rng = np.random.default_rng(seed)
+    values = np.empty(n)
+    for i in range(n):
+        idx = rng.integers(0, y.size, size=y.size)
+        values[i] = _metric(y[idx], p[idx], metric_name, positive, warn=False)
+    valid = values[~np.isnan(values)]
+    if valid.size < n / 2:
+        warnings.warn(f"bootstrap of {metric_name}: only {valid.size} of {n} resamples defined the metric",
+                      MetricWarning, stacklevel=2)
+    low = high = float("nan")
+    if valid.size:
+        alpha = (1.0 - confidence) / 2.0
+        low, high = (float(v) for v in np.quantile(valid, [alpha, 1.0 - alpha]))
+    return BootstrapCI(estimate=float(estimate), low=low, high=high, confidence=float(confidence), n=int(n),
+                       n_valid=int(valid.size))
+
+
+def mean_sd(values: Sequence[float] | np.ndarray) -> MeanSD:
+    """``{"mean", "sd", "n"}`` over repeats (e.g. seeds): sample standard deviation (ddof=1), None
+    for a single value (undefined, and JSON-safe unlike nan). nan values propagate, so a run with
+    an undefined metric makes the summary visibly nan.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("mean_sd needs at least one value")
+    sd = float(np.std(x, ddof=1)) if x.size > 1 else None
+    return MeanSD(mean=float(np.mean(x)), sd=sd, n=int(x.size))
+
+
+def format_mean_sd(values: Sequence[float] | np.ndarray, digits: int = 3) -> str:
+    """``"0.830 ± 0.012"`` (just the mean for a single value)."""
+    summary = mean_sd(values)
+    if summary["sd"] is None:
+        return f"{summary['mean']:.{digits}f}"
+    return f"{summary['mean']:.{digits}f} ± {summary['sd']:.{digits}f}"
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float):
+    # A bare Figure on the Agg canvas: no pyplot state, no backend switching for other code.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def save_confusion_matrix_png(cm: Any, classes: Sequence[str], path: str | Path, *, normalize: bool = False,
+                              title: str | None = None) -> Path:
+    """Write the confusion matrix (rows true, columns predicted) as a PNG; ``normalize`` shows row fractions."""
+    m = np.asarray(cm, dtype=np.float64)
+    k = len(classes)
+    if m.shape != (k, k):
+        raise ValueError(f"confusion matrix of shape {m.shape} does not match {k} classes")
+    if normalize:
+        rows = m.sum(axis=1, keepdims=True)
+        m = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    size = 2.5 + 0.45 * k
+    fig = _figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(float(m.max()), 1.0))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), [str(c) for c in classes], rotation=45, ha="right")
+    ax.set_yticks(range(k), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = (1.0 if normalize else max(float(m.max()), 1.0)) / 2.0
+    for i in range(k):
+        for j in range(k):
+            text = f"{m[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if m[i, j] > threshold else "black")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def save_roc_png(y_true: Any, prob: Any, classes: Sequence[str], path: str | Path, *, positive_label: int = 1,
+                 title: str | None = None) -> Path:
+    """Write ROC curves as a PNG: binary, the curve of ``positive_label``; multiclass, one-vs-rest
+    per class with its AUC in the legend (classes absent from ``y_true`` are left out)."""
+    y, p = _as_inputs(y_true, prob)
+    k = p.shape[1]
+    if len(classes) != k:
+        raise ValueError(f"{len(classes)} class names for {k} probability columns")
+    positive = _check_positive(positive_label, k)
+    fig = _figure(5.0, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for c in [positive] if k == 2 else range(k):
+        is_c = y == c
+        if is_c.all() or not is_c.any():
+            continue
+        fpr, tpr = roc_curve(is_c, p[:, c])
+        ax.plot(fpr, tpr, linewidth=1.5, label=f"{classes[c]} (AUC {binary_auc(is_c, p[:, c]):.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_aspect("equal")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

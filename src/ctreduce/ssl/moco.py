@@ -1,0 +1,190 @@
+"""MoCo v2: momentum contrast with a queue of negatives (He et al. 2020; Chen et al. 2020).
+
+- MoCo: K. He, H. Fan, Y. Wu, S. Xie, R. Girshick, "Momentum Contrast for Unsupervised Visual
+  Representation Learning", CVPR 2020, arXiv:1911.05722.
+- MoCo v2: X. Chen, H. Fan, R. Girshick, K. He, "Improved Baselines with Momentum Contrastive
+  Learning", arXiv:2003.04297 (2020): MLP projection head, blur augmentation, cosine schedule.
+
+A query encoder f_q (``backbone`` + ``projection_head``, trained by SGD) and a key encoder f_k
+(deep copies, never given gradients) see two views of each slice. The loss is InfoNCE,
+MoCo Eq. (1)::
+
+    L_q = -log( exp(q . k+ / tau) / sum_{i=0..K} exp(q . k_i / tau) )
+
+with q, k L2-normalised, k+ the key of the other view of the same slice and k_1..k_K the queue
+of keys from previous batches (lightly's ``NTXentLoss`` with ``memory_bank_size``; the current
+keys are enqueued after the loss is computed). The key encoder follows the query encoder by
+momentum, MoCo Eq. (2): theta_k <- m * theta_k + (1 - m) * theta_q, applied once per training
+step before the keys are computed. Keys are computed with shuffled BN (MoCo Sec. 3.3).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightly.loss import NTXentLoss
+from lightly.models.modules.heads import MoCoProjectionHead
+from lightly.models.utils import (
+    batch_shuffle,
+    batch_shuffle_distributed,
+    batch_unshuffle,
+    batch_unshuffle_distributed,
+    deactivate_requires_grad,
+    update_momentum,
+)
+from torch import nn
+
+from ..config import PretrainConfig
+from .augment import MultiView, ct_view
+from .base import SSLMethod
+
+
+def fit_queue_length(requested: int, global_batch: int, dataset_size: int | None, label: str) -> int:
+    """The queue length actually used: at most ``dataset_size`` and a multiple of the global batch.
+
+    A queue longer than the data set holds older keys of the very slices in the batch as
+    "negatives"; a length that is not a multiple of the global batch (``batch_size`` x world
+    size) makes the enqueue pointer wrap in the middle of a batch (the official MoCo and SwAV
+    code assert or round for the same reason). ``requested <= 0`` means no queue (returns 0).
+    Warns whenever the length is changed.
+    """
+    if requested <= 0:
+        return 0
+    global_batch = max(1, int(global_batch))
+    length, reasons = requested, []
+    if dataset_size is not None and 0 < dataset_size < length:
+        length = dataset_size
+        reasons.append(f"the data set has only {dataset_size} slices (a longer queue would hold "
+                       "older copies of the current slices as negatives)")
+    if length % global_batch:
+        rounded = max(global_batch, length - length % global_batch)
+        reasons.append(f"it must be a multiple of the global batch size {global_batch} "
+                       "(batch_size x devices) so that whole batches are enqueued")
+        length = rounded
+    if length != requested:
+        warnings.warn(f"{label}={requested} capped to {length}: " + "; ".join(reasons) + ".", stacklevel=3)
+    return length
+
+
+def world_size_of(module: SSLMethod) -> int:
+    """Devices taking part in training: the trainer's world size, else torch.distributed's, else 1."""
+    trainer = module._trainer
+    if trainer is not None:
+        return max(1, int(getattr(trainer, "world_size", 1)))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+class MoCoV2(SSLMethod):
+    """MoCo v2 on CT slices.
+
+    ``dataset_size`` (number of training slices) caps the queue; ``queue_length`` is the length
+    actually used, capped to the data set and to a multiple of ``batch_size`` x world size (the
+    world size is known in ``setup``; until then one device is assumed). Under DDP the queue is
+    global (keys are gathered from all devices before they are enqueued, as in the official
+    code) and the keys use lightly's distributed batch shuffle.
+
+    Note: on one device shuffling the key batch does not change BatchNorm statistics; shuffled
+    BN only separates query and key statistics when the batch is split over several devices.
+    For the same reason the key encoder should not use SyncBatchNorm (``sync_batchnorm`` below
+    is a hint for the trainer).
+    """
+
+    name = "moco"
+    sync_batchnorm = False  # MoCo uses shuffled BN, not synchronised BN
+
+    def __init__(self, config: PretrainConfig, steps_per_epoch: int, dataset_size: int | None = None) -> None:
+        super().__init__(config, steps_per_epoch)
+        settings = config.moco
+        if not 0.0 <= settings.momentum <= 1.0:
+            raise ValueError(f"moco.momentum must be in [0, 1], got {settings.momentum}")
+        self.dataset_size = dataset_size
+        if settings.mlp_head:  # MoCo v2: 2-layer MLP head (hidden 2048, ReLU)
+            self.projection_head: nn.Module = MoCoProjectionHead(
+                self.feature_dim, settings.projection_hidden_dim, settings.projection_dim
+            )
+        else:  # MoCo v1: a single fc layer
+            self.projection_head = nn.Linear(self.feature_dim, settings.projection_dim)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.world_size = 1
+        self.queue_length = 0
+        self._configure(world_size=1)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _configure(self, world_size: int) -> None:
+        """(Re)build the InfoNCE loss and its queue for ``world_size`` devices."""
+        settings = self.config.moco
+        self.world_size = world_size
+        self.queue_length = fit_queue_length(
+            settings.queue_length, self.config.batch_size * world_size, self.dataset_size, "moco.queue_length"
+        )
+        bank = (self.queue_length, settings.projection_dim) if self.queue_length > 0 else 0
+        self.criterion = NTXentLoss(
+            temperature=settings.temperature, memory_bank_size=bank, gather_distributed=world_size > 1
+        ).to(self.device)
+
+    def setup(self, stage: str) -> None:
+        world = world_size_of(self)
+        if world != self.world_size:
+            self._configure(world)
+
+    # --- views ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def views(config: PretrainConfig, mean: float, std: float) -> MultiView:
+        """Two views with the paper's MoCo augmentations (rotation 180 p=0.5, random resized crop,
+        brightness/contrast jitter 0.4/0.4 p=0.8, blur p=0.5, h+v flips, Gaussian noise p=0.5).
+        Saturation/hue jitter do nothing on grey slices; ``ct_view``'s random gamma stands in."""
+        settings = config.moco
+
+        def one() -> Any:
+            return ct_view(config.input_size, settings.crop_scale, mean, std, hflip=True, vflip=True,
+                           rotate180_p=0.5, jitter=(0.4, 0.4), jitter_p=0.8, blur_p=0.5, noise_p=0.5)
+
+        return MultiView([one(), one()])
+
+    # --- training -------------------------------------------------------------------------------
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(torch.flatten(self.backbone(x), start_dim=1))
+
+    @torch.no_grad()
+    def key(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys from the momentum encoder, with the batch shuffled for BatchNorm (shuffled BN)."""
+        distributed = self.world_size > 1 and dist.is_available() and dist.is_initialized()
+        if distributed:
+            x, shuffle = batch_shuffle_distributed(x)
+        else:
+            x, shuffle = batch_shuffle(x)
+        k = self.projection_head_momentum(torch.flatten(self.backbone_momentum(x), start_dim=1))
+        return batch_unshuffle_distributed(k, shuffle) if distributed else batch_unshuffle(k, shuffle)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """MoCo Eq. (2): theta_k <- m theta_k + (1 - m) theta_q (parameters only; the key
+        encoder's BatchNorm running statistics come from its own forward passes)."""
+        m = self.config.moco.momentum
+        update_momentum(self.backbone, self.backbone_momentum, m)
+        update_momentum(self.projection_head, self.projection_head_momentum, m)
+
+    def training_loss(self, batch: Any) -> torch.Tensor:
+        """InfoNCE (MoCo Eq. 1) of queries from view 0 against keys from view 1 and the queue.
+
+        MoCo v2 is asymmetric: only the first view is a query."""
+        if len(batch) != 2:
+            raise ValueError(f"MoCo expects 2 views per slice, got {len(batch)}")
+        x_q, x_k = batch[0], batch[1]
+        self.momentum_update()
+        k = self.key(x_k)
+        q = self.query(x_q)
+        # float32 logits: the loss normalises and divides by a small temperature
+        return self.criterion(q.float(), k.float())

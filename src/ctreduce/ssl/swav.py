@@ -1,0 +1,202 @@
+"""SwAV: online clustering with swapped prediction (Caron et al. 2020), multi-crop, optional queue.
+
+M. Caron, I. Misra, J. Mairal, P. Goyal, P. Bojanowski, A. Joulin, "Unsupervised Learning of
+Visual Features by Contrasting Cluster Assignments", NeurIPS 2020, arXiv:2006.09882.
+
+Each crop x_t gives an L2-normalised projection z_t; its scores against the K unit-norm
+prototypes C = [c_1..c_K] are z_t^T C. Swapped prediction (SwAV Eq. 1 and 2)::
+
+    L(z_t, z_s) = l(z_t, q_s) + l(z_s, q_t),
+    l(z_t, q_s) = - sum_k q_s^(k) log p_t^(k),   p_t^(k) = softmax_k(z_t^T c_k / tau)
+
+The codes q of the global (high-resolution) crops are computed without gradients by solving,
+per batch, the entropy-regularised transport problem of SwAV Sec. 3.1::
+
+    max_{Q in Q}  Tr(Q^T C^T Z) + eps * H(Q),
+    Q = {Q in R_+^{K x B} : Q 1_B = 1_K / K,  Q^T 1_K = 1_B / B}    (equal partition)
+
+whose solution is Q* = Diag(u) exp(C^T Z / eps) Diag(v); u and v come from a few Sinkhorn-Knopp
+iterations (alternate row and column normalisation). Every crop predicts the code of every other
+global crop (multi-crop, Sec. 3.2). With a queue, projections of earlier batches join the
+Sinkhorn problem (more samples per equal partition) but not the loss (Sec. 4 / App. A).
+The loss, sinkhorn and prototype layer are lightly's ``SwaVLoss`` and ``SwaVPrototypes``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from lightly.loss import SwaVLoss
+from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
+from lightly.models.modules.memory_bank import MemoryBankModule
+from torch.nn import functional as F
+
+from ..config import PretrainConfig
+from .augment import MultiView, ct_view
+from .base import SSLMethod
+from .moco import fit_queue_length, world_size_of
+
+
+class SwAV(SSLMethod):
+    """SwAV on CT slices: ``views`` returns ``global_crops`` high-resolution crops followed by
+    ``local_crops`` low-resolution crops.
+
+    Prototype freezing (``swav.freeze_prototypes_steps``) is counted in optimiser steps
+    (``global_step``). On one device lightly's ``SwaVPrototypes`` freezes them by switching
+    ``requires_grad`` off; under DDP that would leave registered parameters without gradients
+    (DDP's "Expected to have finished reduction" error), so there the prototype gradients are
+    dropped after backward instead, as in the official code. ``on_after_backward`` does this
+    in both cases, so frozen prototypes are never stepped.
+
+    With ``swav.queue_length > 0`` each global crop keeps a queue of earlier projections
+    (``queue_length`` is global, as in the official code: capped to a multiple of batch_size x
+    devices and to ``dataset_size``; each device holds ``queue_length / devices``). The queue is
+    filled from the first step and joins the Sinkhorn problem once it is full and the epoch is
+    at least ``swav.queue_start_epoch``. The queues (lightly ``MemoryBankModule``s) are kept out
+    of the module tree, like the plain tensors of the official code: DDP broadcasts registered
+    buffers from rank 0 before every forward, which would replace each device's queue by rank
+    0's. They are not checkpointed (lightly's banks are non-persistent anyway) and refill after
+    a resume.
+    """
+
+    name = "swav"
+    sync_batchnorm = True  # the official SwAV code synchronises BatchNorm across devices
+
+    def __init__(self, config: PretrainConfig, steps_per_epoch: int, dataset_size: int | None = None) -> None:
+        super().__init__(config, steps_per_epoch)
+        settings = config.swav
+        if settings.global_crops < 1 or settings.global_crops + settings.local_crops < 2:
+            raise ValueError("SwAV needs at least one global crop and two crops in all "
+                             f"(got {settings.global_crops} global, {settings.local_crops} local)")
+        self.dataset_size = dataset_size
+        self.freeze_prototypes_steps = settings.freeze_prototypes_steps
+        self.projection_head = SwaVProjectionHead(
+            self.feature_dim, settings.projection_hidden_dim, settings.projection_dim
+        )
+        self.prototypes = SwaVPrototypes(
+            settings.projection_dim, settings.n_prototypes, n_steps_frozen_prototypes=settings.freeze_prototypes_steps
+        )
+        self.prototypes.normalize()
+        self.world_size = 1
+        self.queue_length = 0  # global
+        self.queues: list[MemoryBankModule] = []  # not submodules: see the class docstring
+        self._queue_filled = 0  # projections enqueued per queue on this device
+        self._configure(world_size=1)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _configure(self, world_size: int) -> None:
+        """(Re)build loss and queues for ``world_size`` devices (decided in ``setup``)."""
+        settings = self.config.swav
+        self.world_size = world_size
+        self.criterion = SwaVLoss(
+            temperature=settings.temperature,
+            sinkhorn_iterations=settings.sinkhorn_iterations,
+            sinkhorn_epsilon=settings.sinkhorn_epsilon,
+            sinkhorn_gather_distributed=world_size > 1,
+        )
+        if world_size > 1:
+            # requires_grad toggling is unsafe under DDP: freeze in on_after_backward only
+            self.prototypes.n_steps_frozen_prototypes = 0
+            self.prototypes.requires_grad_(True)
+        self.queue_length = fit_queue_length(
+            settings.queue_length, self.config.batch_size * world_size, self.dataset_size, "swav.queue_length"
+        )
+        per_device = self.queue_length // world_size
+        self.queues = [MemoryBankModule((per_device, settings.projection_dim), feature_dim_first=False)
+                       for _ in range(settings.global_crops if per_device > 0 else 0)]
+        self._queue_filled = 0
+
+    def setup(self, stage: str) -> None:
+        world = world_size_of(self)
+        if world != self.world_size:
+            self._configure(world)
+
+    @property
+    def ln_prototypes(self) -> float:
+        return math.log(self.config.swav.n_prototypes)
+
+    @property
+    def collapse_loss(self) -> float:
+        """ln(n_prototypes): the loss when every code and prediction is uniform (collapse)."""
+        return self.ln_prototypes
+
+    # --- views ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def views(config: PretrainConfig, mean: float, std: float) -> MultiView:
+        """Multi-crop: ``global_crops`` x input_size (scale global_crop_scale), then ``local_crops``
+        x local_crop_size (scale local_crop_scale). Brightness/contrast jitter (0.4, 0.4) p=0.8
+        and random gamma replace colour jitter (saturation, hue and grayscale do nothing on grey
+        slices), Gaussian blur p=0.5, no flips (as in the paper)."""
+        settings = config.swav
+
+        def view(size: int, scale: tuple[float, float]) -> Any:
+            return ct_view(size, scale, mean, std, hflip=False, vflip=False, rotate180_p=0.0,
+                           jitter=(0.4, 0.4), jitter_p=0.8, blur_p=0.5, noise_p=0.0)
+
+        return MultiView(
+            [view(config.input_size, settings.global_crop_scale) for _ in range(settings.global_crops)]
+            + [view(settings.local_crop_size, settings.local_crop_scale) for _ in range(settings.local_crops)]
+        )
+
+    # --- training -------------------------------------------------------------------------------
+
+    def project(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
+        """L2-normalised projections z of every crop. Consecutive crops of one size go through
+        the backbone together and the head sees all crops at once (as the official code)."""
+        sizes = [crop.shape[0] for crop in crops]
+        features, start = [], 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape[1:] == crops[start].shape[1:]:
+                end += 1
+            features.append(torch.flatten(self.backbone(torch.cat(crops[start:end])), start_dim=1))
+            start = end
+        z = F.normalize(self.projection_head(torch.cat(features)), dim=1)
+        return list(torch.split(z, sizes))
+
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        """Prototype scores z^T C in float32 (exp(score / eps) overflows in float16)."""
+        return self.prototypes(z, step=self.global_step).float()
+
+    @torch.no_grad()
+    def queue_scores(self, high_z: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Scores of the queued projections (before this batch is added), then enqueue the batch.
+        None until the queue is full and ``queue_start_epoch`` is reached."""
+        if not self.queues:
+            return None
+        banks = [queue.to(z.device)(z.detach().float(), update=True)[1]
+                 for queue, z in zip(self.queues, high_z, strict=True)]
+        full = self._queue_filled >= self.queue_length // self.world_size
+        self._queue_filled += high_z[0].shape[0]
+        if not full or self.current_epoch < self.config.swav.queue_start_epoch:
+            return None
+        return [self.scores(bank.to(high_z[0].dtype)) for bank in banks]
+
+    def training_loss(self, batch: Any) -> torch.Tensor:
+        settings = self.config.swav
+        crops = list(batch)
+        if len(crops) != settings.global_crops + settings.local_crops:
+            raise ValueError(f"SwAV expects {settings.global_crops} global + {settings.local_crops} local crops, "
+                             f"got {len(crops)} views")
+        self.prototypes.normalize()  # prototypes stay on the unit sphere
+        z = self.project(crops)
+        all_scores = torch.split(self.scores(torch.cat(z)), [t.shape[0] for t in z])
+        high, low = list(all_scores[: settings.global_crops]), list(all_scores[settings.global_crops:])
+        queue = self.queue_scores(z[: settings.global_crops])
+        return self.criterion(high, low, queue).squeeze()
+
+    def on_after_backward(self) -> None:
+        """Drop prototype gradients while frozen (after DDP has reduced them, so all agree)."""
+        if self.global_step < self.freeze_prototypes_steps:
+            for param in self.prototypes.parameters():
+                param.grad = None
+
+    def configure_optimizers(self):
+        # Prototypes may be switched off by a forward pass during the freeze; they must still
+        # be handed to the optimiser.
+        self.prototypes.requires_grad_(True)
+        return super().configure_optimizers()

@@ -1,0 +1,152 @@
+"""The pre-training command: run folder, resume, reliability, errors, DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+
+import ctreduce
+from ctreduce.config import make_pretrain_config
+from ctreduce.ssl import train as train_module
+from ctreduce.ssl.train import CollapseWarning, PretrainError, TrainingStopped, pretrain
+
+TINY = {"preset": "cpu", "backbone": "resnet18", "input_size": 32, "batch_size": 8, "epochs": 2,
+        "num_workers": 0, "swav": {"local_crop_size": 16, "n_prototypes": 16}}
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    from ctreduce.phantom import make_phantom, write_nrrd
+
+    root = tmp_path_factory.mktemp("ssl")
+    for seed in range(3):
+        hu, spacing = make_phantom(n_slices=16, size=48, slice_thickness=5.0, seed=seed)
+        write_nrrd(hu, spacing, root / "ct" / f"p{seed}.nrrd")
+    ctreduce.reduce(root / "ct", root / "run", method="all")
+    ctreduce.export(root / "run", root / "export", format="npy", size=40)
+    return root / "export"
+
+
+def settings(export_dir: Path, out: Path, **extra):
+    return make_pretrain_config({**TINY, "data": str(export_dir), "out": str(out), **extra})
+
+
+@pytest.mark.parametrize("method", ["swav", "moco", "spark"])
+def test_each_method_writes_the_run_folder(export_dir, tmp_path, method):
+    out = tmp_path / method
+    summary = pretrain(settings(export_dir, out, method=method))
+    for name in ("checkpoints/last.ckpt", "backbone.pt", "metrics.jsonl", "config.yaml", "versions.json",
+                 "summary.json"):
+        assert (out / name).exists(), name
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(torch.load(out / "backbone.pt"),
+                                                                        strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    assert all(r["loss"] is not None and r["images_per_s"] > 0 and r["epoch_s"] > 0 for r in lines)
+    assert summary["status"] == "finished" and summary["dataset_slices"] == 48
+    assert summary["images_seen"] == summary["steps"] * 8 == 2 * (48 // 8) * 8
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["method"] == method and 0 < config["mean"] < 1 and 0 < config["std"] < 1
+    assert (out / "logs" / "csv").exists()
+
+
+def test_rerun_resumes_from_the_stored_step(export_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = train_module.EpochMetrics.on_train_epoch_start
+
+    def crash_in_second_epoch(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+        original(self, trainer, pl_module)
+
+    monkeypatch.setattr(train_module.EpochMetrics, "on_train_epoch_start", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(settings(export_dir, out, method="moco"))
+    assert "interrupted" in json.loads((out / "summary.json").read_text())["status"]
+    stored = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert stored["global_step"] == 6 and not (out / "backbone.pt").exists()
+
+    monkeypatch.setattr(train_module.EpochMetrics, "on_train_epoch_start", original)
+    summary = pretrain(settings(export_dir, out, method="moco"))
+    assert summary["resumed"] and summary["steps"] == 12 and summary["status"] == "finished"
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+
+
+def test_other_settings_in_the_same_run_folder_are_refused(export_dir, tmp_path):
+    out = tmp_path / "run"
+    pretrain(settings(export_dir, out, method="spark", epochs=1))
+    with pytest.raises(PretrainError, match="other settings"):
+        pretrain(settings(export_dir, out, method="spark", epochs=1, seed=3))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(export_dir, tmp_path, monkeypatch):
+    from ctreduce.ssl.moco import MoCoV2
+
+    real = MoCoV2.training_loss
+
+    def nan_in_second_epoch(self, batch):
+        loss = real(self, batch)
+        return loss * float("nan") if self.current_epoch == 1 else loss
+
+    monkeypatch.setattr(MoCoV2, "training_loss", nan_in_second_epoch)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingStopped, match="loss became nan"):
+        pretrain(settings(export_dir, out, method="moco"))
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+    assert json.loads((out / "summary.json").read_text())["status"] == "stopped: non-finite loss"
+
+
+def test_same_seed_same_backbone_on_cpu(export_dir, tmp_path):
+    a = pretrain(settings(export_dir, tmp_path / "a", method="swav", epochs=1))
+    b = pretrain(settings(export_dir, tmp_path / "b", method="swav", epochs=1))
+    assert a["steps"] == b["steps"]
+    wa, wb = torch.load(tmp_path / "a" / "backbone.pt"), torch.load(tmp_path / "b" / "backbone.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_errors_before_training(export_dir, tmp_path):
+    with pytest.raises(PretrainError, match="no such export folder"):
+        pretrain(settings(tmp_path / "missing", tmp_path / "o"))
+    with pytest.raises(PretrainError, match="fewer than one batch"):
+        pretrain(settings(export_dir, tmp_path / "o", batch_size=64))
+    with pytest.raises(PretrainError, match="unknown backbone"):
+        pretrain(settings(export_dir, tmp_path / "o", backbone="vgg16"))
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "slices.npy").write_bytes(b"garbage")
+    with pytest.raises(PretrainError, match="not a readable"):
+        pretrain(settings(tmp_path / "corrupt", tmp_path / "o"))
+    with pytest.raises(ValueError, match="swav.bogus|bogus"):
+        make_pretrain_config({**TINY, "swav": {"bogus": 1}})
+    assert not (tmp_path / "o").exists()
+
+
+def test_collapse_warning_after_patience_epochs():
+    class FakeTrainer:
+        callback_metrics = {"loss_epoch": torch.tensor(float(torch.log(torch.tensor(64.0))))}
+
+    callback = CollapseWarning(n_prototypes=64, patience=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback.on_train_epoch_end(FakeTrainer(), None)
+        assert not caught
+        callback.on_train_epoch_end(FakeTrainer(), None)
+    assert len(caught) == 1 and "sinkhorn_epsilon" in str(caught[0].message)
+
+
+def test_ddp_on_cpu_with_two_processes(export_dir, tmp_path):
+    out = tmp_path / "ddp"
+    summary = pretrain(settings(export_dir, out, method="swav", epochs=1, devices=2, accelerator="cpu",
+                                strategy="ddp_spawn", batch_size=4))
+    assert summary["devices"] == 2
+    assert summary["images_seen"] == summary["steps"] * 4 * 2
+    assert (out / "backbone.pt").exists()
