@@ -26,6 +26,9 @@ _API = {
     "dhash": "ctreduce.reduction.hashing",
     "pretrain": "ctreduce.ssl.train",
     "PretrainConfig": "ctreduce.config",
+    "FinetuneConfig": "ctreduce.config",
+    "finetune": "ctreduce.downstream.finetune",
+    "run_experiment": "ctreduce.experiment",
 }
 
 __all__ = [*_API, "__version__"]

@@ -253,6 +253,90 @@ def pretrain(
     typer.echo(f"backbone: {Path(settings.out) / 'backbone.pt'}\nsummary:  {Path(settings.out) / 'summary.json'}")
 
 
+def _task_spec(task: str) -> dict:
+    """A task given on the command line: a YAML/JSON mapping, a .npz file, or a folder."""
+    import yaml
+
+    path = Path(task)
+    if path.suffix in (".yaml", ".yml", ".json") and path.exists():
+        return yaml.safe_load(path.read_text())
+    if path.suffix == ".npz":
+        return {"format": "medmnist", "path_or_flag": str(path)}
+    if (path / "Images-processed").is_dir():
+        return {"format": "covid_ct", "root": str(path)}
+    return {"format": "folder", "root": str(path)}
+
+
+@app.command()
+def finetune(
+    task: Annotated[str, typer.Option(help="Labelled data: an image folder (class sub-folders), a COVID-CT "
+                                           "root, a MedMNIST .npz, or a YAML task spec.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    init: Annotated[str, typer.Option(help="random | imagenet | RUN_DIR (pre-training) | state_dict file.")] = (
+        "imagenet"),
+    mode: Annotated[str, typer.Option(help="finetune (paper), linear (frozen backbone) or knn.")] = "finetune",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one full repetition each.")] = "0",
+    overrides: Annotated[list[str] | None, typer.Argument(help="More settings as key=value (epochs=70 "
+                                                               "backbone=resnet18 input_size=224 ...).")] = None,
+) -> None:
+    """Fine-tune and score a backbone with the paper's protocol (AUC, F1, ACC, mean +- sd)."""
+    from pydantic import ValidationError
+
+    from .config import FinetuneConfig, parse_overrides
+    from .downstream.finetune import FinetuneError
+    from .downstream.finetune import finetune as do_finetune
+
+    try:
+        values = parse_overrides(overrides or [])
+        config = FinetuneConfig(**{**values, "task": _task_spec(task), "out": str(out), "init": init, "mode": mode,
+                                   "seeds": tuple(int(s) for s in seeds.split(",") if s.strip())})
+    except (ValidationError, ValueError) as exc:
+        _fail(str(exc))
+    try:
+        summary = do_finetune(config)
+    except FinetuneError as exc:
+        _fail(str(exc))
+    for name in ("auc", "f1", "accuracy"):
+        if name in summary:
+            stat = summary[name]
+            sd = "" if stat["sd"] is None else f" +- {stat['sd']:.3f}"
+            typer.echo(f"{name}: {stat['mean']:.3f}{sd}")
+    typer.echo(f"results: {out / 'results.json'}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Folder written by 'ctreduce finetune'.")],
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
+) -> None:
+    """Recompute metrics, intervals and plots from a fine-tuning run's saved test predictions."""
+    from .downstream.evaluate import EvaluateError, evaluate_run
+
+    try:
+        summary = evaluate_run(run_dir, bootstrap=bootstrap)
+    except EvaluateError as exc:
+        _fail(str(exc))
+    for name in ("auc", "f1", "accuracy"):
+        if name in summary:
+            stat = summary[name]
+            sd = "" if stat["sd"] is None else f" +- {stat['sd']:.3f}"
+            typer.echo(f"{name}: {stat['mean']:.3f}{sd}")
+
+
+@app.command()
+def experiment(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/quick.yaml, configs/paper.yaml).")],
+) -> None:
+    """Run reduce -> export -> pretrain -> finetune for every cell; cached, resumable; writes the table."""
+    from .experiment import ExperimentError, run_experiment
+
+    try:
+        table = run_experiment(config, log=lambda line: typer.echo(line))
+    except ExperimentError as exc:
+        _fail(str(exc))
+    typer.echo(f"{len(table)} cell(s) done")
+
+
 @app.command()
 def samples() -> None:
     """Download the two real sample chest CTs into the cache and print their paths."""

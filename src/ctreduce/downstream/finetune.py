@@ -228,25 +228,29 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, out: Path)
     with (out / "history.jsonl").open("w") as fh:
         for row in history:
             fh.write(json.dumps(row) + "\n")
-    return score(out, data, labels, prob, config, seed, best_epoch, time.perf_counter() - start)
+    save_predictions(out / "predictions.csv", list(data.test.names), labels, prob, data.classes)
+    return score(out, data.classes, labels, prob, positive_label=config.positive_label, bootstrap=config.bootstrap,
+                 seed=seed, extra={"best_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 2)})
 
 
-def score(out: Path, data: DownstreamData, labels: np.ndarray, prob: np.ndarray, config: FinetuneConfig,
-          seed: int, best_epoch: int | None, seconds: float) -> dict[str, Any]:
-    """Test metrics with bootstrap intervals, predictions and plots of one seed."""
+def save_predictions(path: Path, names: list[str], labels: np.ndarray, prob: np.ndarray, classes: list[str]) -> None:
     import pandas as pd
 
-    table = pd.DataFrame({"name": list(data.test.names), "label": labels})
-    for k, cls in enumerate(data.classes):
+    table = pd.DataFrame({"name": names, "label": labels})
+    for k, cls in enumerate(classes):
         table[f"prob_{cls}"] = prob[:, k]
-    table.to_csv(out / "predictions.csv", index=False)
-    metrics = classification_metrics(labels, prob, positive_label=config.positive_label)
-    intervals = {name: bootstrap_ci(labels, prob, name, n=config.bootstrap, seed=seed,
-                                    positive_label=config.positive_label)
+    table.to_csv(path, index=False)
+
+
+def score(out: Path, classes: list[str], labels: np.ndarray, prob: np.ndarray, *, positive_label: int,
+          bootstrap: int, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics with bootstrap 95% intervals and the confusion/ROC plots of one seed."""
+    metrics = classification_metrics(labels, prob, positive_label=positive_label)
+    intervals = {name: bootstrap_ci(labels, prob, name, n=bootstrap, seed=seed, positive_label=positive_label)
                  for name in ("accuracy", "auc", "f1")}
-    save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), data.classes, out / "confusion.png")
-    save_roc_png(labels, prob, data.classes, out / "roc.png")
-    result = {"seed": seed, "best_epoch": best_epoch, "seconds": round(seconds, 2), **metrics, "ci95": intervals}
+    save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png")
+    save_roc_png(labels, prob, classes, out / "roc.png", positive_label=positive_label)
+    result = {"seed": seed, **extra, **metrics, "ci95": intervals}
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_plain))
     return result
 
@@ -279,20 +283,26 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     per_seed = [run_seed(config, data, seed, out / f"seed{seed}") for seed in config.seeds]
-    summary: dict[str, Any] = {"task": data.name, "classes": list(data.classes), "init": config.init,
-                               "mode": config.mode, "seeds": list(config.seeds),
-                               "split_sizes": {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}}
+    info = {"task": data.name, "classes": list(data.classes), "init": config.init, "mode": config.mode,
+            "seeds": list(config.seeds),
+            "split_sizes": {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}}
+    return write_results(out, info, per_seed)
+
+
+def write_results(out: Path, info: dict[str, Any], per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.json (per seed, mean +- sd) and the one-line results.csv of a run."""
+    import pandas as pd
+
+    summary = dict(info)
     for name in ("accuracy", "auc", "f1", "f1_macro"):
-        values_ = [r[name] for r in per_seed if r.get(name) is not None]
-        if values_:
-            summary[name] = mean_sd(values_)
+        values = [r[name] for r in per_seed if r.get(name) is not None and not np.isnan(r[name])]
+        if values:
+            summary[name] = mean_sd(values)
     summary["per_seed"] = per_seed
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=_plain))
-    line = {"task": data.name, "init": config.init, "mode": config.mode, "seeds": len(config.seeds)}
+    line = {k: info[k] for k in ("task", "init", "mode")} | {"seeds": len(per_seed)}
     for name in ("accuracy", "auc", "f1"):
         if name in summary:
             line[f"{name}_mean"], line[f"{name}_sd"] = summary[name]["mean"], summary[name]["sd"]
-    import pandas as pd
-
     pd.DataFrame([line]).to_csv(out / "results.csv", index=False)
     return summary

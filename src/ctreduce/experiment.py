@@ -1,0 +1,391 @@
+"""``ctreduce experiment CONFIG.yaml``: the paper's whole grid, cached stage by stage.
+
+For every cell (pre-training dataset x reduction x SSL method x downstream task) the runner
+executes reduce -> export -> pretrain -> finetune. Every stage lives in
+``OUT/cache/<stage>/<key>/`` where the key hashes the stage's settings and its upstream keys,
+and is marked finished by ``done.json``; a rerun (after a crash, or with one more cell) runs only
+what is missing and never recomputes or deletes a finished stage. Reduction and pre-training
+also resume inside a stage. Results: ``OUT/results.csv``, ``OUT/results.md`` (the paper's
+table) and ``OUT/plots/*.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .config import FinetuneConfig, ReduceConfig, make_pretrain_config
+
+
+class ExperimentError(ValueError):
+    """The experiment file is unusable; raised before any stage runs."""
+
+
+class DatasetSpec(BaseModel):
+    """A pre-training archive: real paths, the sample CTs, and/or a generated phantom archive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    inputs: list[str] = []
+    samples: bool = False
+    phantom: dict[str, Any] | None = None  # make_archive arguments: n_volumes, n_slices, size, ...
+
+
+class ReductionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    settings: dict[str, Any] = {}  # ReduceConfig fields: method, threshold, target_fraction, ...
+
+
+class SSLSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    settings: dict[str, Any] = {}  # PretrainConfig fields (preset, method, epochs, ...)
+    reductions: list[str] | None = None  # None: every reduction
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    data: dict[str, Any] = {}  # load_task spec: format + its arguments
+    synthetic: dict[str, Any] | None = None  # make_lesion_task arguments (generates the data)
+    positive_label: int = 1
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "experiment"
+    out: str = "experiments/out"
+    datasets: list[DatasetSpec]
+    reductions: list[ReductionSpec]
+    ssl: list[SSLSpec]
+    tasks: list[TaskSpec]
+    finetune: dict[str, Any] = {}  # FinetuneConfig fields shared by every task
+    export_size: int | None = None  # None: the SSL input size
+    seeds: list[int] = [0]
+    workers: int = 1
+
+    @field_validator("datasets", "reductions", "ssl", "tasks")
+    @classmethod
+    def _non_empty(cls, value: list) -> list:
+        if not value:
+            raise ValueError("must list at least one entry")
+        names = [v.name for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"names must be unique, got {names}")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> ExperimentConfig:
+        known = {r.name for r in self.reductions}
+        for spec in self.ssl:
+            unknown = set(spec.reductions or []) - known
+            if unknown:
+                raise ValueError(f"ssl {spec.name!r} names unknown reductions {sorted(unknown)}; "
+                                 f"known: {sorted(known)}")
+        return self
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExperimentError(f"{path}: cannot read the experiment file ({exc})") from exc
+    try:
+        config = ExperimentConfig(**(data or {}))
+    except ValidationError as exc:
+        raise ExperimentError(f"{path}: {_errors(exc)}") from exc
+    except TypeError as exc:
+        raise ExperimentError(f"{path}: expected a mapping of settings ({exc})") from exc
+    out = Path(config.out)
+    if not out.is_absolute():  # relative to the experiment file, so it runs from anywhere
+        config = config.model_copy(update={"out": str((path.parent / out).resolve())})
+    return config
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors())
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Runner:
+    """Plans every cell, validates every setting up front, then runs the missing stages."""
+
+    def __init__(self, config: ExperimentConfig, log=print) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        self.log = log
+        self._validate()
+
+    # -- planning ---------------------------------------------------------------------------------
+    def _validate(self) -> None:
+        """Every reduction, pre-training and fine-tuning setting is checked before anything runs."""
+        try:
+            for spec in self.config.reductions:
+                ReduceConfig(**spec.settings)
+            for spec in self.config.ssl:
+                make_pretrain_config({**spec.settings, "data": "-", "out": "-"})
+            FinetuneConfig(**{**self.config.finetune, "task": {"format": "folder", "root": "-"}, "out": "-",
+                              "init": "random"})
+        except ValidationError as exc:
+            raise ExperimentError(_errors(exc)) from exc
+        except ValueError as exc:
+            raise ExperimentError(str(exc)) from exc
+        for task in self.config.tasks:
+            if not task.data and task.synthetic is None:
+                raise ExperimentError(f"task {task.name!r} needs 'data' (a load_task spec) or 'synthetic'")
+
+    def cells(self) -> list[tuple[DatasetSpec, ReductionSpec, SSLSpec]]:
+        return [(d, r, s) for d in self.config.datasets for r in self.config.reductions for s in self.config.ssl
+                if s.reductions is None or r.name in s.reductions]
+
+    # -- stages -----------------------------------------------------------------------------------
+    def _stage(self, stage: str, key: str, run, description: str) -> Path:
+        folder = self.out / "cache" / stage / key
+        done = folder / "done.json"
+        if done.exists():
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log(f"[{stage}] {description}")
+        start = time.perf_counter()
+        info = run(folder) or {}
+        done.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 2), "description": description,
+                                    **info}, indent=2, default=str))
+        return folder
+
+    def dataset_inputs(self, spec: DatasetSpec) -> list[str]:
+        inputs = list(spec.inputs)
+        if spec.samples:
+            from .samples import fetch
+
+            inputs += [str(p) for p in fetch(quiet=True)]
+        if spec.phantom is not None:
+            key = _key("phantom", spec.phantom)
+
+            def generate(folder: Path) -> dict[str, Any]:
+                from .phantom import make_archive
+
+                make_archive(folder / "archive", **spec.phantom)
+                return {}
+
+            inputs.append(str(self._stage("data", key, generate, f"phantom archive {spec.phantom}") / "archive"))
+        if not inputs:
+            raise ExperimentError(f"dataset {spec.name!r} has no inputs, samples or phantom")
+        return inputs
+
+    def reduce(self, dataset: DatasetSpec, reduction: ReductionSpec) -> tuple[Path, str]:
+        from .reduction.engine import reduce
+
+        inputs = self.dataset_inputs(dataset)
+        key = _key("reduce", inputs, reduction.settings)
+
+        def run(folder: Path) -> dict[str, Any]:
+            manifest = reduce(inputs, folder / "run", workers=self.config.workers, **reduction.settings)
+            summary = manifest.attrs["summary"]
+            if summary["totals"]["volumes_failed"]:
+                self.log(f"  {summary['totals']['volumes_failed']} volume(s) failed; see {folder / 'run'}")
+            return {"kept": summary["totals"]["kept"], "slices": summary["totals"]["slices"]}
+
+        folder = self._stage("reduce", key, run, f"{dataset.name} / {reduction.name}")
+        return folder, key
+
+    def export(self, reduce_folder: Path, reduce_key: str, size: int) -> tuple[Path, str]:
+        from .io.export import export
+
+        key = _key("export", reduce_key, size)
+
+        def run(folder: Path) -> dict[str, Any]:
+            return {"slices": export(reduce_folder / "run", folder / "data", format="npy", size=size)["slices"]}
+
+        return self._stage("export", key, run, f"export {size}px"), key
+
+    def pretrain(self, export_folder: Path, export_key: str, ssl: SSLSpec) -> tuple[Path, str]:
+        from .ssl.train import pretrain
+
+        key = _key("pretrain", export_key, ssl.settings)
+
+        def run(folder: Path) -> dict[str, Any]:
+            config = make_pretrain_config({**ssl.settings, "data": str(export_folder / "data"),
+                                           "out": str(folder / "run")})
+            summary = pretrain(config)
+            return {"wall_time_s": summary["wall_time_s"], "images_seen": summary["images_seen"]}
+
+        return self._stage("pretrain", key, run, f"pretrain {ssl.name}"), key
+
+    def task_spec(self, task: TaskSpec) -> dict[str, Any]:
+        if task.synthetic is None:
+            return task.data
+        from .downstream.synthetic import make_lesion_task
+
+        key = _key("task", task.synthetic)
+
+        def generate(folder: Path) -> dict[str, Any]:
+            make_lesion_task(folder / "task", **task.synthetic)
+            return {}
+
+        folder = self._stage("data", key, generate, f"synthetic task {task.name}")
+        fmt = task.synthetic.get("format", "folder")
+        return {"format": fmt, "root": str(folder / "task"), **task.data}
+
+    def finetune(self, init: str, init_key: str, task: TaskSpec) -> Path:
+        from .downstream.finetune import finetune
+
+        spec = self.task_spec(task)
+        settings = {**self.config.finetune, "seeds": tuple(self.config.seeds),
+                    "positive_label": task.positive_label}
+        key = _key("finetune", init_key, spec, settings)
+
+        def run(folder: Path) -> dict[str, Any]:
+            finetune(FinetuneConfig(**settings, task=spec, init=init, out=str(folder / "run")))
+            return {}
+
+        return self._stage("finetune", key, run, f"finetune {task.name} from {init_key}")
+
+    # -- the grid ---------------------------------------------------------------------------------
+    def check_tasks(self) -> None:
+        """Load every downstream task once: a missing class or an empty split fails here."""
+        from .downstream.datasets import load_task
+
+        for task in self.config.tasks:
+            try:
+                load_task(self.task_spec(task))
+            except (FileNotFoundError, ValueError) as exc:
+                raise ExperimentError(f"task {task.name!r}: {exc}") from exc
+
+    def run(self) -> pd.DataFrame:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.check_tasks()
+        (self.out / "experiment.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        rows = []
+        for dataset, reduction, ssl in self.cells():
+            reduce_folder, reduce_key = self.reduce(dataset, reduction)
+            size = self.config.export_size or make_pretrain_config(dict(ssl.settings)).input_size
+            export_folder, export_key = self.export(reduce_folder, reduce_key, size)
+            pretrain_folder, pretrain_key = self.pretrain(export_folder, export_key, ssl)
+            row = self._cell_row(dataset, reduction, ssl, reduce_folder, pretrain_folder)
+            for task in self.config.tasks:
+                result = self.finetune(str(pretrain_folder / "run"), pretrain_key, task) / "run" / "results.json"
+                metrics = json.loads(result.read_text())
+                for name, label in (("auc", "AUC"), ("f1", "F1"), ("accuracy", "ACC")):
+                    stat = metrics.get(name) or {}
+                    row[f"{task.name} {label}"] = stat.get("mean")
+                    row[f"{task.name} {label} sd"] = stat.get("sd")
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        table = _speedups(table)
+        self.write(table)
+        return table
+
+    def _cell_row(self, dataset: DatasetSpec, reduction: ReductionSpec, ssl: SSLSpec, reduce_folder: Path,
+                  pretrain_folder: Path) -> dict[str, Any]:
+        summary = json.loads((reduce_folder / "run" / "summary.json").read_text())
+        target = summary.get("target", {})
+        pre = json.loads((pretrain_folder / "run" / "summary.json").read_text())
+        return {
+            "dataset": dataset.name,
+            "reduction": reduction.name,
+            "method": summary["config"]["method"],
+            "threshold": target.get("threshold", target.get("every_n", summary["config"].get("threshold"))),
+            "kept_slices": summary["totals"]["kept"],
+            "kept_fraction": summary["totals"]["kept_fraction"],
+            "ssl": ssl.name,
+            "epochs": pre["epochs_completed"],
+            "pretrain_s": pre["wall_time_s"],
+        }
+
+    def write(self, table: pd.DataFrame) -> None:
+        table.to_csv(self.out / "results.csv", index=False)
+        (self.out / "results.md").write_text(results_markdown(table, [t.name for t in self.config.tasks]))
+        plot_results(table, [t.name for t in self.config.tasks], self.out / "plots")
+
+
+def _speedups(table: pd.DataFrame) -> pd.DataFrame:
+    """Pre-training speed-up of each cell against the ALL reduction of the same dataset and SSL."""
+    table = table.copy()
+    base = table[table["method"] == "all"].set_index(["dataset", "ssl"])["pretrain_s"]
+    table["speedup_vs_all"] = [
+        base.get((d, s)) / t if (d, s) in base.index and t else None
+        for d, s, t in zip(table["dataset"], table["ssl"], table["pretrain_s"], strict=True)
+    ]
+    return table
+
+
+def results_markdown(table: pd.DataFrame, tasks: list[str]) -> str:
+    """The paper's table: reduction, kept slices, pre-training time and speed-up, metrics per task."""
+    header = ["Dataset", "Reduction", "SSL", "Kept slices", "Kept %", "Pre-training s", "Speed-up"]
+    for task in tasks:
+        header += [f"{task} AUC", f"{task} F1", f"{task} ACC"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def fmt(mean, sd) -> str:
+        if mean is None or pd.isna(mean):
+            return "-"
+        return f"{mean:.3f} ± {sd:.3f}" if sd is not None and not pd.isna(sd) else f"{mean:.3f}"
+
+    for _, row in table.iterrows():
+        cells = [row["dataset"], row["reduction"], row["ssl"], str(int(row["kept_slices"])),
+                 f"{100 * row['kept_fraction']:.1f}", f"{row['pretrain_s']:.0f}",
+                 "-" if pd.isna(row.get("speedup_vs_all")) else f"{row['speedup_vs_all']:.1f}x"]
+        for task in tasks:
+            for label in ("AUC", "F1", "ACC"):
+                cells.append(fmt(row.get(f"{task} {label}"), row.get(f"{task} {label} sd")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(table: pd.DataFrame, tasks: list[str], folder: Path) -> None:
+    """AUC against kept fraction per task, and pre-training time per reduction."""
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        column = f"{task} AUC"
+        if column not in table:
+            continue
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
+        for ssl, group in table.groupby("ssl"):
+            ax.errorbar(group["kept_fraction"], group[column], yerr=group[f"{column} sd"].fillna(0), fmt="o",
+                        capsize=3, label=ssl)
+            for _, row in group.iterrows():
+                ax.annotate(row["reduction"], (row["kept_fraction"], row[column]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("kept fraction of slices")
+        ax.set_ylabel("test AUC")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / f"auc_vs_kept_{_slug(task)}.png", dpi=120)
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    labels = [f"{r.reduction}\n{r.ssl}" for r in table.itertuples()]
+    ax.bar(range(len(table)), table["pretrain_s"])
+    ax.set_xticks(range(len(table)), labels, fontsize=7)
+    ax.set_ylabel("pre-training wall time (s)")
+    fig.tight_layout()
+    fig.savefig(folder / "pretrain_time.png", dpi=120)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def run_experiment(path: str | Path, log=print) -> pd.DataFrame:
+    return Runner(load_experiment(path), log=log).run()
