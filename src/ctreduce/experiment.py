@@ -165,7 +165,10 @@ class Runner:
         folder.mkdir(parents=True, exist_ok=True)
         self.log(f"[{stage}] {description}")
         start = time.perf_counter()
-        info = run(folder) or {}
+        try:
+            info = run(folder) or {}
+        except ValueError as exc:  # settings that only fail on this cell's data (e.g. batch > slices)
+            raise ExperimentError(f"[{stage}] {description}: {exc}") from exc
         done.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 2), "description": description,
                                     **info}, indent=2, default=str))
         return folder

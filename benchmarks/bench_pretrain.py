@@ -1,0 +1,590 @@
+"""Pre-training speed: the data pipeline against the paper's, and the cost of the Lightning wrapper.
+
+What is measured (wall time with ``time.perf_counter``):
+
+  1. Data-loader throughput alone (no model): images/s of a ``torch.utils.data.DataLoader``
+     (batch 32, ``--workers`` worker processes) producing SwAV multi-crop views at the
+     paper's settings (2 global crops of 224 px, scale (0.9, 1); 6 local crops of 96 px,
+     scale (0.10, 0.33)), timed over ``--batches`` batches after 2 warm-up batches (worker
+     start-up excluded). Data: every slice of the two real sample chest CTs
+     (``ctreduce.samples.fetch()``, 48 + 61 slices of 512x512 NRRD) reduced with method
+     ``all`` (109 slices), drawn with replacement (same seed for both) so that any number
+     of batches exists.
+       (a) ctreduce  ``ctreduce export --format npy --size 224``, read through
+                     ``open_export(store, SwAV.views(paper config, mean, std))``: uint8
+                     (1, 224, 224) tensors from a memory map, torchvision v2 transforms.
+       (b) paper     ``ctreduce export --format png`` (native 512x512 PNGs), each file opened
+                     with PIL and converted to RGB, then torchvision PIL transforms per crop:
+                     RandomResizedCrop, ColorJitter(0.4, 0.4, 0.2, 0.2) p=0.8,
+                     RandomGrayscale p=0.2, GaussianBlur (kernel ~0.1 x size, sigma 0.1-2)
+                     p=0.5, ToTensor, Normalize(mean 0.1806, std 0.1907 on 3 channels).
+     Both normalise with the paper's mean 0.1806 and std 0.1907. Target: (a) >= 3x (b).
+  2. Framework overhead: seconds per optimiser step of each method (swav, moco, spark) run by
+     a Lightning ``Trainer.fit`` (max_steps, no logger, no checkpointing, no progress bar, no
+     model summary) against a plain PyTorch loop on the same module: ``training_loss(batch)``,
+     ``zero_grad``, ``backward``, the module's own ``on_after_backward`` (SwAV) / weight-decay
+     schedule (SparK), ``optimizer.step()`` and ``scheduler.step()`` from
+     ``configure_optimizers()``. Both get the same weights (same seed), the same batch (16
+     slices of the npy store through the method's views, repeated by a DataLoader with
+     ``batch_size=None``) and the same RNG seed. Setting: the ``cpu`` preset, resnet18,
+     input 64, batch 16, SwAV prototypes never frozen (``freeze_prototypes_steps=0``, since
+     without a Trainer ``global_step`` stays 0), ``torch.set_num_threads(1)``. Each variant
+     runs ``--warmup-steps`` untimed steps, then ``--steps`` timed steps: the time between
+     the start of step ``warmup`` and the start of step ``warmup + steps`` (taken in
+     ``on_train_batch_start`` for Lightning and at the top of the loop for the plain loop,
+     both after the batch is fetched), so every per-step cost of either loop is inside.
+     The variants alternate over ``--rounds`` rounds; the best round of each is compared
+     (the usual min-of-repeats on a shared machine); medians of all steps are shown too.
+     Target: overhead <= 10% per method.
+  3. ``--gpu`` (only with a CUDA device): SwAV, ResNet-50, paper preset (2x224 + 6x96 crops,
+     ``--gpu-batch`` images), mixed precision (fp16 autocast + GradScaler), images/s of the
+     training step alone on synthetic crops already on the GPU, ``--gpu-steps`` steps after 3
+     warm-up steps.
+
+Run:  .venv/bin/python benchmarks/bench_pretrain.py [--quick] [--workers 2] [--batches 8]
+      [--steps 20] [--rounds 2] [--gpu] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from torchvision import transforms as T
+
+import ctreduce
+from ctreduce.config import PretrainConfig, make_pretrain_config
+from ctreduce.ssl.data import open_export
+from ctreduce.ssl.swav import SwAV
+from ctreduce.ssl.train import method_class
+
+PAPER_MEAN = 0.1806
+PAPER_STD = 0.1907
+LOADER_BATCH = 32
+LOADER_WARMUP = 2
+STORE_SIZE = 224
+OVERHEAD_BATCH = 16
+OVERHEAD_INPUT = 64
+OVERHEAD_BACKBONE = "resnet18"
+METHODS = ("swav", "moco", "spark")
+RATIO_TARGET = 3.0
+OVERHEAD_TARGET = 10.0  # percent
+
+
+# --- machine -------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str]:
+    names = ["ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy", "Pillow"]
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} CPUs"
+
+
+def print_header() -> None:
+    print("ctreduce pre-training benchmark (data pipeline vs the paper's, Lightning overhead, GPU throughput)")
+    print(f"machine   {cpu_model()} | platform.processor()={platform.processor() or '-'} | "
+          f"os.cpu_count()={os.cpu_count()} | {platform.system()} {platform.release()} | "
+          f"torch threads {torch.get_num_threads()} | CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    print("versions  " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    print(f"start     {load_line()}")
+    print()
+
+
+def quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", message=".*LightningModule.*logger.*")
+    warnings.filterwarnings("ignore", message=".*`self.log`.*")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Exports:
+    npy: Path
+    png: Path
+    slices: int
+    volumes: int
+    seconds: float
+
+
+def prepare_exports(workdir: Path) -> Exports:
+    """Reduce the sample CTs with method ``all`` and export the kept slices as npy (224) and PNG."""
+    from ctreduce.samples import fetch
+
+    start = time.perf_counter()
+    run, npy, png = workdir / "run-all", workdir / "npy224", workdir / "png"
+    for path in (run, npy, png):
+        shutil.rmtree(path, ignore_errors=True)
+    manifest = ctreduce.reduce(fetch(quiet=True), out=run, method="all")
+    summary = manifest.attrs["summary"]
+    if summary["errors"]:
+        raise RuntimeError(f"ctreduce.reduce reported errors: {summary['errors']}")
+    npy_summary = ctreduce.export(run, npy, format="npy", size=STORE_SIZE)
+    png_summary = ctreduce.export(run, png, format="png")
+    if npy_summary["slices"] != png_summary["slices"] or npy_summary["errors"] or png_summary["errors"]:
+        raise RuntimeError(f"exports disagree or failed: npy {npy_summary}, png {png_summary}")
+    return Exports(npy, png, int(npy_summary["slices"]), int(manifest["volume_id"].nunique()),
+                   time.perf_counter() - start)
+
+
+def blur_kernel(size: int) -> int:
+    """Odd kernel of about 10% of the crop (as ``ctreduce.ssl.augment.ct_view`` and SimCLR/SwAV)."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+class PaperMultiCrop:
+    """The paper's SwAV multi-crop on PIL RGB images, with torchvision (v1) PIL transforms."""
+
+    def __init__(self, mean: float = PAPER_MEAN, std: float = PAPER_STD, global_crops: int = 2,
+                 global_size: int = 224, global_scale: tuple[float, float] = (0.9, 1.0), local_crops: int = 6,
+                 local_size: int = 96, local_scale: tuple[float, float] = (0.10, 0.33)) -> None:
+        self.views = ([self.view(global_size, global_scale, mean, std) for _ in range(global_crops)]
+                      + [self.view(local_size, local_scale, mean, std) for _ in range(local_crops)])
+
+    @staticmethod
+    def view(size: int, scale: tuple[float, float], mean: float, std: float) -> T.Compose:
+        return T.Compose([
+            T.RandomResizedCrop(size, scale=scale),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.2)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),
+            T.ToTensor(),
+            T.Normalize([mean] * 3, [std] * 3),
+        ])
+
+    def __call__(self, image: Image.Image) -> list[torch.Tensor]:
+        return [view(image) for view in self.views]
+
+
+class PaperPngDataset(Dataset):
+    """The paper's loading: every PNG opened with PIL and converted to RGB, then the transform."""
+
+    def __init__(self, root: Path, transform: PaperMultiCrop) -> None:
+        self.files = sorted((root / "images").glob("*.png"))
+        if not self.files:
+            raise FileNotFoundError(f"{root / 'images'}: no PNG images")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> list[torch.Tensor]:
+        with Image.open(self.files[index]) as image:
+            rgb = image.convert("RGB")
+        return self.transform(rgb)
+
+
+@dataclass
+class LoaderTiming:
+    label: str
+    images: int
+    seconds: float
+    shapes: str
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+def describe(batch: Sequence[torch.Tensor]) -> str:
+    counts: dict[tuple[int, ...], int] = {}
+    for view in batch:
+        counts[tuple(view.shape)] = counts.get(tuple(view.shape), 0) + 1
+    return " + ".join(f"{n}x{tuple(shape)}" for shape, n in counts.items())
+
+
+def loader_throughput(label: str, dataset: Dataset, workers: int, batches: int, seed: int = 0) -> LoaderTiming:
+    """Images/s of the loader over ``batches`` batches after ``LOADER_WARMUP`` warm-up batches."""
+    total = (batches + LOADER_WARMUP) * LOADER_BATCH
+    sampler = RandomSampler(dataset, replacement=True, num_samples=total,
+                            generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(dataset, batch_size=LOADER_BATCH, sampler=sampler, num_workers=workers, drop_last=True)
+    iterator = iter(loader)
+    shapes = ""
+    for _ in range(LOADER_WARMUP):
+        shapes = describe(next(iterator))
+    start = time.perf_counter()
+    images = 0
+    for batch in iterator:
+        images += batch[0].shape[0]
+    seconds = time.perf_counter() - start
+    del iterator
+    return LoaderTiming(label, images, seconds, shapes)
+
+
+def bench_loaders(exports: Exports, workers: int, batches: int) -> dict[str, LoaderTiming]:
+    config = make_pretrain_config({"method": "swav", "preset": "paper"})
+    ours = open_export(exports.npy, SwAV.views(config, PAPER_MEAN, PAPER_STD))
+    paper = PaperPngDataset(exports.png, PaperMultiCrop())
+    return {
+        "a": loader_throughput("ctreduce: npy 224 + SwAV.views", ours, workers, batches),
+        "b": loader_throughput("paper: PNG 512 + PIL RGB + T", paper, workers, batches),
+    }
+
+
+def print_loaders(timings: dict[str, LoaderTiming], exports: Exports, workers: int, batches: int) -> None:
+    print(f"== 1. data loader alone: SwAV multi-crop 2x224 (scale 0.9-1) + 6x96 (scale 0.10-0.33), batch "
+          f"{LOADER_BATCH}, {workers} workers, {batches} batches after {LOADER_WARMUP} warm-up batches")
+    print(f"   data: {exports.slices} slices (method all, {exports.volumes} sample CTs), drawn with replacement; "
+          f"reduce + both exports took {exports.seconds:.1f} s")
+    print(f"   {'pipeline':<36} {'images':>6} {'seconds':>8} {'images/s':>9} {'vs (b)':>7}")
+    paper = timings["b"].rate
+    for key, t in timings.items():
+        tag = f"({key})"
+        print(f"   {tag:<4} {t.label:<31} {t.images:6d} {t.seconds:8.2f} {t.rate:9.1f} {t.rate / paper:6.2f}x")
+    for key, t in timings.items():
+        print(f"   ({key}) batch: {t.shapes}")
+    print(f"   ratio (a)/(b) = {timings['a'].rate / paper:.2f}")
+    print()
+
+
+# --- framework overhead --------------------------------------------------------------------------
+
+
+def overhead_config(method: str) -> PretrainConfig:
+    return make_pretrain_config({
+        "method": method, "preset": "cpu", "backbone": OVERHEAD_BACKBONE, "input_size": OVERHEAD_INPUT,
+        "batch_size": OVERHEAD_BATCH, "mean": PAPER_MEAN, "std": PAPER_STD,
+        "swav": {"freeze_prototypes_steps": 0},
+    })
+
+
+def method_batch(config: PretrainConfig, store: Path, seed: int = 0) -> list[torch.Tensor]:
+    """One collated batch: the first ``batch_size`` slices of the store through the method's views."""
+    dataset = open_export(store, method_class(config.method).views(config, config.mean, config.std))
+    torch.manual_seed(seed)
+    return default_collate([dataset[i % len(dataset)] for i in range(config.batch_size)])
+
+
+class FixedBatches(Dataset):
+    """The same (already collated) batch ``n`` times; load it with ``batch_size=None``."""
+
+    def __init__(self, batch: list[torch.Tensor], n: int) -> None:
+        self.batch, self.n = batch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> list[torch.Tensor]:
+        return self.batch
+
+
+def build_module(config: PretrainConfig, steps_per_epoch: int, seed: int = 0) -> pl.LightningModule:
+    torch.manual_seed(seed)
+    return method_class(config.method)(config, steps_per_epoch)
+
+
+class StepClock(pl.Callback):
+    """Time at the start of every training batch (after it is fetched) and the loss of every step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.losses: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss.detach()))
+
+
+@dataclass
+class StepTimes:
+    per_step: list[float]  # seconds of each timed step
+    losses: list[float]  # every step, warm-up included
+    first_step: float  # seconds from the call (Trainer.fit or the loop's set-up) to the first step's start
+
+    @property
+    def mean(self) -> float:
+        return sum(self.per_step) / len(self.per_step)
+
+
+def timed_steps(times: list[float], warmup: int, steps: int) -> list[float]:
+    window = times[warmup: warmup + steps + 1]
+    return [b - a for a, b in zip(window, window[1:], strict=False)]
+
+
+def run_lightning(config: PretrainConfig, batch: list[torch.Tensor], warmup: int, steps: int) -> StepTimes:
+    n = warmup + steps + 1
+    module = build_module(config, steps_per_epoch=n)
+    loader = DataLoader(FixedBatches(batch, n), batch_size=None, num_workers=0)
+    clock = StepClock()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, max_steps=n, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[clock])
+    torch.manual_seed(1)
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    return StepTimes(timed_steps(clock.times, warmup, steps), clock.losses, clock.times[0] - start)
+
+
+def run_plain(config: PretrainConfig, batch: list[torch.Tensor], warmup: int, steps: int) -> StepTimes:
+    n = warmup + steps + 1
+    module = build_module(config, steps_per_epoch=n)
+    loader = DataLoader(FixedBatches(batch, n), batch_size=None, num_workers=0)
+    torch.manual_seed(1)
+    start = time.perf_counter()
+    module.train()
+    optimisation = module.configure_optimizers()
+    optimiser = optimisation["optimizer"]
+    scheduler = optimisation["lr_scheduler"]["scheduler"]
+    schedule_wd = getattr(module, "apply_weight_decay", None)  # SparK's cosine weight decay
+    times: list[float] = []
+    losses: list[torch.Tensor] = []
+    for step, views in enumerate(loader):
+        times.append(time.perf_counter())
+        if schedule_wd is not None:
+            schedule_wd(optimiser, step)
+        loss = module.training_loss(views)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        module.on_after_backward()
+        optimiser.step()
+        scheduler.step()
+        losses.append(loss.detach())
+    return StepTimes(timed_steps(times, warmup, steps), [float(v) for v in losses], times[0] - start)
+
+
+@dataclass
+class Overhead:
+    method: str
+    lightning: list[StepTimes] = field(default_factory=list)
+    plain: list[StepTimes] = field(default_factory=list)
+
+    @staticmethod
+    def best(runs: list[StepTimes]) -> float:
+        return min(r.mean for r in runs)
+
+    @staticmethod
+    def median(runs: list[StepTimes]) -> float:
+        return statistics.median(t for r in runs for t in r.per_step)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * (self.best(self.lightning) / self.best(self.plain) - 1.0)
+
+    @property
+    def median_percent(self) -> float:
+        return 100.0 * (self.median(self.lightning) / self.median(self.plain) - 1.0)
+
+    @staticmethod
+    def first_step(runs: list[StepTimes]) -> float:
+        return min(r.first_step for r in runs)
+
+    def loss_gap(self) -> float:
+        """Largest |loss(Lightning) - loss(plain)| over all steps and rounds (same seeds: ~0)."""
+        return max(abs(a - b) for lt, pt in zip(self.lightning, self.plain, strict=True)
+                   for a, b in zip(lt.losses, pt.losses, strict=True))
+
+
+def bench_overhead(store: Path, warmup: int, steps: int, rounds: int) -> list[Overhead]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results = []
+    try:
+        for method in METHODS:
+            config = overhead_config(method)
+            batch = method_batch(config, store)
+            result = Overhead(method)
+            for r in range(rounds):  # alternate the order so drifting load hits both alike
+                order = ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")
+                for variant in order:
+                    runner = run_lightning if variant == "lightning" else run_plain
+                    getattr(result, variant).append(runner(config, batch, warmup, steps))
+            results.append(result)
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+def print_overhead(results: list[Overhead], warmup: int, steps: int, rounds: int) -> None:
+    print(f"== 2. framework overhead: Lightning Trainer.fit vs plain PyTorch loop, same module and batch "
+          f"(cpu preset, {OVERHEAD_BACKBONE}, input {OVERHEAD_INPUT}, batch {OVERHEAD_BATCH}, 1 torch thread)")
+    print(f"   {steps} timed steps after {warmup} warm-up steps, {rounds} round(s) per variant, alternating; "
+          "s/step = best round's mean")
+    print(f"   {'method':<7} {'lightning s/step':>16} {'plain s/step':>12} {'overhead':>9} "
+          f"{'median L/P s/step':>19} {'median ovh':>10} {'to 1st step L/P s':>17} {'max |loss L-P|':>14}")
+    for r in results:
+        medians = f"{r.median(r.lightning):.4f}/{r.median(r.plain):.4f}"
+        first = f"{r.first_step(r.lightning):.2f}/{r.first_step(r.plain):.2f}"
+        print(f"   {r.method:<7} {r.best(r.lightning):16.4f} {r.best(r.plain):12.4f} {r.percent:+8.1f}% "
+              f"{medians:>19} {r.median_percent:+9.1f}% {first:>17} {r.loss_gap():14.1e}")
+    print("   to 1st step: from Trainer.fit() (or the loop's optimiser set-up) to the start of step 0, a one-off "
+          "cost outside the per-step figures")
+    print()
+
+
+# --- GPU -----------------------------------------------------------------------------------------
+
+
+def gpu_throughput(batch: int, steps: int, warmup: int = 3, device: str = "cuda", amp: bool = True,
+                   overrides: dict[str, Any] | None = None) -> tuple[float, float]:
+    """Images/s and peak memory (GiB) of SwAV training steps on synthetic multi-crop batches."""
+    config = make_pretrain_config({"method": "swav", "preset": "paper", "batch_size": batch, "mean": PAPER_MEAN,
+                                   "std": PAPER_STD, **(overrides or {})})
+    torch.manual_seed(0)
+    module = SwAV(config, steps_per_epoch=1000).to(device)
+    module.train()
+    optimisation = module.configure_optimizers()
+    optimiser, scheduler = optimisation["optimizer"], optimisation["lr_scheduler"]["scheduler"]
+    scaler = torch.amp.GradScaler(device, enabled=amp)
+    s = config.swav
+    crops = ([torch.randn(batch, 3, config.input_size, config.input_size, device=device)
+              for _ in range(s.global_crops)]
+             + [torch.randn(batch, 3, s.local_crop_size, s.local_crop_size, device=device)
+                for _ in range(s.local_crops)])
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for step in range(warmup + steps):
+        if step == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=amp):
+            loss = module.training_loss(crops)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        module.on_after_backward()
+        scaler.step(optimiser)
+        scaler.update()
+        scheduler.step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    if not torch.isfinite(loss.detach()):
+        raise RuntimeError(f"GPU run: non-finite loss {float(loss)}")
+    return steps * batch / seconds, peak
+
+
+def print_gpu(requested: bool, batch: int, steps: int) -> float | None:
+    print("== 3. GPU: SwAV ResNet-50, paper preset (2x224 + 6x96 crops), mixed precision, synthetic crops on the GPU")
+    if not requested:
+        print("   skipped: not requested (pass --gpu)")
+        print()
+        return None
+    if not torch.cuda.is_available():
+        print("   skipped: no CUDA device")
+        print()
+        return None
+    rate, peak = gpu_throughput(batch, steps)
+    print(f"   device {torch.cuda.get_device_name(0)}; batch {batch}, {steps} steps after 3 warm-up steps")
+    print(f"   {rate:.1f} images/s (training step only, loader excluded), peak memory {peak:.1f} GiB")
+    print()
+    return rate
+
+
+# --- targets and main ----------------------------------------------------------------------------
+
+
+def target_lines(loaders: dict[str, LoaderTiming], overheads: list[Overhead]) -> list[str]:
+    lines = []
+    value = loaders["a"].rate / loaders["b"].rate
+    verdict = "PASS" if value >= RATIO_TARGET else "MISS"
+    lines.append(f"{verdict}  (a)/(b) >= {RATIO_TARGET:<4} {value:6.2f}   loader images/s, npy 224 + SwAV.views vs "
+                 "paper PNG + PIL transforms")
+    for r in overheads:
+        verdict = "PASS" if r.percent <= OVERHEAD_TARGET else "MISS"
+        lines.append(f"{verdict}  overhead <= {OVERHEAD_TARGET:.0f}% {r.percent:+6.1f}%  Lightning vs plain loop, "
+                     f"s/step [{r.method}]")
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 3 loader batches, 5 steps after 2 warm-up, 1 round")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of section 1")
+    parser.add_argument("--batches", type=int, default=None, help="timed loader batches (default 8, quick 3)")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20, quick 5)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default 3, quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per variant (default 2, quick 1)")
+    parser.add_argument("--gpu", action="store_true", help="also run section 3 when a CUDA device is present")
+    parser.add_argument("--gpu-batch", type=int, default=64)
+    parser.add_argument("--gpu-steps", type=int, default=10)
+    parser.add_argument("--workdir", type=Path, default=None, help="where the run and exports go (default: temp)")
+    args = parser.parse_args(argv)
+    defaults = {"batches": (8, 3), "steps": (20, 5), "warmup_steps": (3, 2), "rounds": (2, 1)}
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.workers < 0 or args.batches < 1 or args.steps < 1 or args.warmup_steps < 1 or args.rounds < 1:
+        parser.error("need --workers >= 0 and --batches, --steps, --warmup-steps, --rounds >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    quiet_lightning()
+    print_header()
+    temporary = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="ctreduce-bench-pretrain-")) if temporary else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        exports = prepare_exports(workdir)
+        loaders = bench_loaders(exports, args.workers, args.batches)
+        print_loaders(loaders, exports, args.workers, args.batches)
+        overheads = bench_overhead(exports.npy, args.warmup_steps, args.steps, args.rounds)
+        print_overhead(overheads, args.warmup_steps, args.steps, args.rounds)
+        print_gpu(args.gpu, args.gpu_batch, args.gpu_steps)
+        print("targets")
+        for line in target_lines(loaders, overheads):
+            print("  " + line)
+        print()
+        print(f"end       {load_line()}; total {time.perf_counter() - started:.0f} s")
+    finally:
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The experiment runner: a tiny grid end to end on CPU, caching, resume, early errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from ctreduce.experiment import ExperimentError, load_experiment, run_experiment
+
+TINY = {
+    "name": "tiny",
+    "out": "out",
+    "datasets": [{"name": "phantom", "phantom": {"n_volumes": 2, "n_slices": 12, "size": 32, "formats": ["nrrd"]}}],
+    "reductions": [{"name": "ALL", "settings": {"method": "all"}},
+                   {"name": "Hash-6", "settings": {"method": "hash", "threshold": 6}}],
+    "ssl": [{"name": "MoCo", "settings": {"method": "moco", "preset": "cpu", "backbone": "resnet18", "epochs": 1,
+                                          "batch_size": 2, "input_size": 32, "num_workers": 0}}],
+    "tasks": [{"name": "nodule", "synthetic": {"n_per_class": 8, "size": 32, "format": "folder"}}],
+    "finetune": {"backbone": "resnet18", "epochs": 1, "head_only_epochs": 0, "input_size": 32, "batch_size": 8,
+                 "num_workers": 0, "bootstrap": 10},
+    "seeds": [0],
+}
+
+
+def write(tmp_path, config) -> str:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_tiny_grid_end_to_end_then_cached(tmp_path):
+    log: list[str] = []
+    table = run_experiment(write(tmp_path, TINY), log=log.append)
+    out = tmp_path / "out"
+    assert table["reduction"].tolist() == ["ALL", "Hash-6"]
+    assert table.loc[0, "kept_fraction"] == 1.0 and table.loc[1, "kept_fraction"] < 1.0
+    assert table.loc[0, "speedup_vs_all"] == 1.0
+    assert {"nodule AUC", "nodule F1", "nodule ACC"} <= set(table.columns)
+    assert pd.read_csv(out / "results.csv").shape[0] == 2
+    markdown = (out / "results.md").read_text()
+    assert "| phantom | Hash-6 | MoCo |" in markdown and "nodule AUC" in markdown
+    assert (out / "plots" / "auc_vs_kept_nodule.png").exists() and (out / "plots" / "pretrain_time.png").exists()
+    stages = [line.split("]")[0] + "]" for line in log]
+    assert stages.count("[pretrain]") == 2 and stages.count("[finetune]") == 2
+
+    log.clear()
+    run_experiment(write(tmp_path, TINY), log=log.append)
+    assert log == []  # nothing recomputed
+
+    grown = {**TINY, "reductions": TINY["reductions"] + [{"name": "EveryN",
+                                                          "settings": {"method": "every-n", "every_n": 3}}]}
+    run_experiment(write(tmp_path, grown), log=log.append)
+    assert [line.split("]")[0] + "]" for line in log] == ["[reduce]", "[export]", "[pretrain]", "[finetune]"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bogus": 1}, "bogus"),
+    ({"reductions": [{"name": "x", "settings": {"method": "hashh"}}]}, "unknown method"),
+    ({"ssl": [{"name": "s", "settings": {"method": "simclr"}}]}, "unknown pre-training method"),
+    ({"ssl": [{"name": "s", "settings": {"method": "moco"}, "reductions": ["nope"]}]}, "unknown reductions"),
+    ({"finetune": {"mode": "probe"}}, "unknown mode"),
+    ({"tasks": [{"name": "t"}]}, "needs 'data'"),
+])
+def test_bad_experiment_files_fail_before_any_stage(tmp_path, change, message):
+    with pytest.raises(ExperimentError, match=message):
+        run_experiment(write(tmp_path, {**TINY, **change}))
+    assert not (tmp_path / "out" / "cache").exists()
+
+
+def test_task_with_a_missing_class_fails_before_training(tmp_path):
+    folder = tmp_path / "task"
+    (folder / "a_without").mkdir(parents=True)
+    (folder / "b_with").mkdir()
+    config = {**TINY, "tasks": [{"name": "t", "data": {"format": "folder", "root": str(folder)}}]}
+    with pytest.raises(ExperimentError, match="task 't'"):
+        run_experiment(write(tmp_path, config))
+    assert not (tmp_path / "out" / "cache" / "pretrain").exists()
+
+
+def test_shipped_configs_validate():
+    for name in ("configs/quick.yaml", "configs/paper.yaml"):
+        assert load_experiment(name).datasets
