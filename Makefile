@@ -36,6 +36,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_reduce.py
+	$(BIN)/python benchmarks/bench_methods.py
+	$(BIN)/python benchmarks/bench_pretrain.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
