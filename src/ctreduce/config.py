@@ -246,6 +246,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The paper preset's values that differ per method (SparK: Tian et al.'s schedule).
+PAPER_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "spark": {"epochs": 1600, "batch_size": 32, "warmup_epochs": 40},
+}
+
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
@@ -288,7 +294,10 @@ def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str
     preset = merged.get("preset", "paper")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return PretrainConfig(**_deep_merge(PRESETS[preset], merged))
+    defaults = PRESETS[preset]
+    if preset == "paper":
+        defaults = _deep_merge(defaults, PAPER_METHOD_DEFAULTS.get(str(merged.get("method", "swav")).lower(), {}))
+    return PretrainConfig(**_deep_merge(defaults, merged))
 
 
 # --- downstream evaluation -----------------------------------------------------------------------
