@@ -65,9 +65,11 @@ def test_failed_volume_gives_exit_1_after_the_rest(archive, tmp_path):
     (["reduce", "{archive}", "--out", "{archive}/o"], "inside the input folder"),
     (["reduce", "{archive}", "--out", "{tmp}/o", "--workers", "0"], "--workers"),
     (["export", "{tmp}/none", "--out", "{tmp}/e"], "no manifest"),
+    (["reduce", "{tmp}/empty", "--out", "{tmp}/o"], "no volumes found"),
 ])
 def test_unusable_arguments_exit_2_with_a_message(archive, tmp_path, args, message):
     fill = {"missing": tmp_path / "missing", "tmp": tmp_path, "archive": archive}
+    (tmp_path / "empty").mkdir()
     proc = run(*[a.format(**fill) for a in args], check_code=2)
     assert message in proc.stderr
 

@@ -122,8 +122,13 @@ def reduce(
         raise typer.Exit(130) from None
     summary = manifest.attrs["summary"]
     totals = summary["totals"]
+    if totals["volumes_found"] == 0:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in summary["skipped"][:5])
+        _fail(f"no volumes found in {', '.join(map(str, inputs))}" + (f" ({reasons})" if reasons else ""))
     for error in summary["errors"]:
         typer.echo(f"error: {error['error']}", err=True)
+    if summary["skipped"]:
+        typer.echo(f"{len(summary['skipped'])} file(s)/series skipped, reasons in summary.json")
     typer.echo(
         f"{totals['volumes_reduced']} volume(s) reduced, {totals['volumes_failed']} failed; "
         f"kept {totals['kept']} of {totals['slices']} slices ({totals['kept_fraction']:.1%}) "
