@@ -33,7 +33,7 @@ they are derived from the manifest (at reference k, every later slice whose lead
 still remaining), for the reference they are counted.
 
 Run:  .venv/bin/python benchmarks/bench_methods.py [--quick] [--volumes 200] [--slices 300]
-      [--size 64] [--deepnet-volumes 4] [--workdir DIR] [--skip-deepnet]
+      [--size 64] [--deepnet-volumes 2] [--workdir DIR] [--skip-deepnet]
 """
 
 from __future__ import annotations

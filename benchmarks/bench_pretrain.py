@@ -18,31 +18,36 @@ What is measured (wall time with ``time.perf_counter``):
                      RandomResizedCrop, ColorJitter(0.4, 0.4, 0.2, 0.2) p=0.8,
                      RandomGrayscale p=0.2, GaussianBlur (kernel ~0.1 x size, sigma 0.1-2)
                      p=0.5, ToTensor, Normalize(mean 0.1806, std 0.1907 on 3 channels).
-     Both normalise with the paper's mean 0.1806 and std 0.1907. Target: (a) >= 3x (b).
+       (c) info      (b) with ``PIL.ImageFilter.GaussianBlur`` (radius U(0.1, 2)), the blur of
+                     the official SwAV code, in place of ``T.GaussianBlur``; not a target
+                     (``--no-pil-blur`` skips it).
+     All normalise with the paper's mean 0.1806 and std 0.1907. Target: (a) >= 3x (b).
   2. Framework overhead: seconds per optimiser step of each method (swav, moco, spark) run by
      a Lightning ``Trainer.fit`` (max_steps, no logger, no checkpointing, no progress bar, no
-     model summary) against a plain PyTorch loop on the same module: ``training_loss(batch)``,
-     ``zero_grad``, ``backward``, the module's own ``on_after_backward`` (SwAV) / weight-decay
-     schedule (SparK), ``optimizer.step()`` and ``scheduler.step()`` from
-     ``configure_optimizers()``. Both get the same weights (same seed), the same batch (16
-     slices of the npy store through the method's views, repeated by a DataLoader with
-     ``batch_size=None``) and the same RNG seed. Setting: the ``cpu`` preset, resnet18,
-     input 64, batch 16, SwAV prototypes never frozen (``freeze_prototypes_steps=0``, since
-     without a Trainer ``global_step`` stays 0), ``torch.set_num_threads(1)``. Each variant
-     runs ``--warmup-steps`` untimed steps, then ``--steps`` timed steps: the time between
-     the start of step ``warmup`` and the start of step ``warmup + steps`` (taken in
-     ``on_train_batch_start`` for Lightning and at the top of the loop for the plain loop,
-     both after the batch is fetched), so every per-step cost of either loop is inside.
-     The variants alternate over ``--rounds`` rounds; the best round of each is compared
-     (the usual min-of-repeats on a shared machine); medians of all steps are shown too.
-     Target: overhead <= 10% per method.
+     model summary) against a plain PyTorch loop on an identical module (same seed):
+     ``training_loss(batch)``, ``zero_grad``, ``backward``, the module's own
+     ``on_after_backward`` (SwAV) / weight-decay schedule (SparK), ``optimizer.step()`` and
+     ``scheduler.step()`` from ``configure_optimizers()``. Both get the same batch (16 slices
+     of the npy store through the method's views, served by a DataLoader with
+     ``batch_size=None``) and torch RNG streams seeded alike, so their losses should agree
+     step by step. Setting: the ``cpu`` preset, resnet18, input 64, batch 16, SwAV prototypes
+     never frozen (``freeze_prototypes_steps=0``, since without a Trainer ``global_step``
+     stays 0), ``torch.set_num_threads(1)``.
+     The two loops are interleaved step by step so that the load of other jobs on a shared
+     machine hits both alike: a callback's ``on_train_batch_start`` (entered after Lightning
+     has fetched batch i) runs plain step i between two timestamps; Lightning's step i is the
+     time from the end of plain step i to the start of the next hook (its training step,
+     backward, optimiser step, every hook and the next fetch). ``--warmup-steps`` untimed
+     steps, then ``--steps`` timed steps of each. Overhead = mean Lightning s/step / mean
+     plain s/step - 1; the median over steps of the ratio of neighbouring steps is printed
+     too. Target: overhead <= 10% per method.
   3. ``--gpu`` (only with a CUDA device): SwAV, ResNet-50, paper preset (2x224 + 6x96 crops,
      ``--gpu-batch`` images), mixed precision (fp16 autocast + GradScaler), images/s of the
      training step alone on synthetic crops already on the GPU, ``--gpu-steps`` steps after 3
      warm-up steps.
 
-Run:  .venv/bin/python benchmarks/bench_pretrain.py [--quick] [--workers 2] [--batches 8]
-      [--steps 20] [--rounds 2] [--gpu] [--workdir DIR]
+Run:  .venv/bin/python benchmarks/bench_pretrain.py [--quick] [--workers 2] [--batches 10]
+      [--steps 20] [--warmup-steps 3] [--no-pil-blur] [--gpu] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -59,14 +64,14 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from torchvision import transforms as T
 
@@ -137,6 +142,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
     warnings.filterwarnings("ignore", message=".*LightningModule.*logger.*")
     warnings.filterwarnings("ignore", message=".*`self.log`.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # a deprecation inside Lightning's _pytree
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -176,22 +182,42 @@ def blur_kernel(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
+class PILGaussianBlur:
+    """``PIL.ImageFilter.GaussianBlur`` with a radius drawn from U(0.1, 2.0), as the official SwAV
+    code's ``PILRandomGaussianBlur`` (used in row (c) only)."""
+
+    def __init__(self, radius: tuple[float, float] = (0.1, 2.0)) -> None:
+        self.radius = radius
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        lo, hi = self.radius
+        return image.filter(ImageFilter.GaussianBlur(radius=lo + (hi - lo) * float(torch.rand(()))))
+
+
 class PaperMultiCrop:
-    """The paper's SwAV multi-crop on PIL RGB images, with torchvision (v1) PIL transforms."""
+    """The paper's SwAV multi-crop on PIL RGB images, with torchvision (v1) PIL transforms.
+
+    ``blur="torchvision"``: ``T.GaussianBlur`` (kernel ~10% of the crop, sigma 0.1-2); ``"pil"``:
+    :class:`PILGaussianBlur` instead.
+    """
 
     def __init__(self, mean: float = PAPER_MEAN, std: float = PAPER_STD, global_crops: int = 2,
                  global_size: int = 224, global_scale: tuple[float, float] = (0.9, 1.0), local_crops: int = 6,
-                 local_size: int = 96, local_scale: tuple[float, float] = (0.10, 0.33)) -> None:
+                 local_size: int = 96, local_scale: tuple[float, float] = (0.10, 0.33),
+                 blur: str = "torchvision") -> None:
+        if blur not in ("torchvision", "pil"):
+            raise ValueError(f"blur must be 'torchvision' or 'pil', got {blur!r}")
+        self.blur = blur
         self.views = ([self.view(global_size, global_scale, mean, std) for _ in range(global_crops)]
                       + [self.view(local_size, local_scale, mean, std) for _ in range(local_crops)])
 
-    @staticmethod
-    def view(size: int, scale: tuple[float, float], mean: float, std: float) -> T.Compose:
+    def view(self, size: int, scale: tuple[float, float], mean: float, std: float) -> T.Compose:
+        blur = T.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0)) if self.blur == "torchvision" else PILGaussianBlur()
         return T.Compose([
             T.RandomResizedCrop(size, scale=scale),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.2)], p=0.8),
             T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))], p=0.5),
+            T.RandomApply([blur], p=0.5),
             T.ToTensor(),
             T.Normalize([mean] * 3, [std] * 3),
         ])
@@ -256,14 +282,18 @@ def loader_throughput(label: str, dataset: Dataset, workers: int, batches: int, 
     return LoaderTiming(label, images, seconds, shapes)
 
 
-def bench_loaders(exports: Exports, workers: int, batches: int) -> dict[str, LoaderTiming]:
+def bench_loaders(exports: Exports, workers: int, batches: int, pil_blur: bool) -> dict[str, LoaderTiming]:
     config = make_pretrain_config({"method": "swav", "preset": "paper"})
     ours = open_export(exports.npy, SwAV.views(config, PAPER_MEAN, PAPER_STD))
     paper = PaperPngDataset(exports.png, PaperMultiCrop())
-    return {
+    timings = {
         "a": loader_throughput("ctreduce: npy 224 + SwAV.views", ours, workers, batches),
         "b": loader_throughput("paper: PNG 512 + PIL RGB + T", paper, workers, batches),
     }
+    if pil_blur:
+        paper_pil = PaperPngDataset(exports.png, PaperMultiCrop(blur="pil"))
+        timings["c"] = loader_throughput("(b) with PIL ImageFilter blur", paper_pil, workers, batches)
+    return timings
 
 
 def print_loaders(timings: dict[str, LoaderTiming], exports: Exports, workers: int, batches: int) -> None:
@@ -279,6 +309,9 @@ def print_loaders(timings: dict[str, LoaderTiming], exports: Exports, workers: i
     for key, t in timings.items():
         print(f"   ({key}) batch: {t.shapes}")
     print(f"   ratio (a)/(b) = {timings['a'].rate / paper:.2f}")
+    if "c" in timings:
+        print(f"   (c) is informational (not a target): (b) with the official SwAV code's PIL ImageFilter blur in "
+              f"place of T.GaussianBlur; (a)/(c) = {timings['a'].rate / timings['c'].rate:.2f}")
     print()
 
 
@@ -318,144 +351,143 @@ def build_module(config: PretrainConfig, steps_per_epoch: int, seed: int = 0) ->
     return method_class(config.method)(config, steps_per_epoch)
 
 
-class StepClock(pl.Callback):
-    """Time at the start of every training batch (after it is fetched) and the loss of every step."""
+class PlainLoop:
+    """The plain PyTorch loop, one step per call: fetch, ``training_loss``, zero_grad, backward,
+    the module's own ``on_after_backward`` (SwAV) and weight-decay schedule (SparK), optimiser
+    and scheduler steps from ``configure_optimizers()``. Keeps its own torch RNG state."""
 
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self.losses: list[float] = []
+    def __init__(self, config: PretrainConfig, batch: list[torch.Tensor], n: int, rng_seed: int) -> None:
+        self.module = build_module(config, steps_per_epoch=n)
+        self.module.train()
+        optimisation = self.module.configure_optimizers()
+        self.optimiser = optimisation["optimizer"]
+        self.scheduler = optimisation["lr_scheduler"]["scheduler"]
+        self.schedule_wd = getattr(self.module, "apply_weight_decay", None)  # SparK's cosine weight decay
+        self.loader = DataLoader(FixedBatches(batch, n), batch_size=None, num_workers=0)
+        self.batches: Any = None  # the iterator is made in the first step, in this loop's RNG stream (it draws a seed)
+        self.rng = torch.Generator().manual_seed(rng_seed).get_state()
+        self.step = 0
+
+    def __call__(self) -> float:
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.rng)
+        try:
+            if self.batches is None:
+                self.batches = iter(self.loader)
+            views = next(self.batches)
+            if self.schedule_wd is not None:
+                self.schedule_wd(self.optimiser, self.step)
+            loss = self.module.training_loss(views)
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.module.on_after_backward()
+            self.optimiser.step()
+            self.scheduler.step()
+            self.step += 1
+            return float(loss.detach())
+        finally:
+            self.rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
+class Interleave(pl.Callback):
+    """Runs one plain-loop step at the start of every Lightning training batch and timestamps it.
+
+    Step i of the plain loop is [enter_i, leave_i]; step i of Lightning is [leave_i, enter_i+1]
+    (its training step, backward, optimiser step, hooks and the fetch of batch i+1).
+    """
+
+    def __init__(self, plain: PlainLoop) -> None:
+        self.plain = plain
+        self.marks: list[tuple[float, float]] = []
+        self.plain_losses: list[float] = []
+        self.lightning_losses: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter())
+        enter = time.perf_counter()
+        self.plain_losses.append(self.plain())
+        self.marks.append((enter, time.perf_counter()))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss.detach()))
-
-
-@dataclass
-class StepTimes:
-    per_step: list[float]  # seconds of each timed step
-    losses: list[float]  # every step, warm-up included
-    first_step: float  # seconds from the call (Trainer.fit or the loop's set-up) to the first step's start
-
-    @property
-    def mean(self) -> float:
-        return sum(self.per_step) / len(self.per_step)
-
-
-def timed_steps(times: list[float], warmup: int, steps: int) -> list[float]:
-    window = times[warmup: warmup + steps + 1]
-    return [b - a for a, b in zip(window, window[1:], strict=False)]
-
-
-def run_lightning(config: PretrainConfig, batch: list[torch.Tensor], warmup: int, steps: int) -> StepTimes:
-    n = warmup + steps + 1
-    module = build_module(config, steps_per_epoch=n)
-    loader = DataLoader(FixedBatches(batch, n), batch_size=None, num_workers=0)
-    clock = StepClock()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, max_steps=n, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, callbacks=[clock])
-    torch.manual_seed(1)
-    start = time.perf_counter()
-    trainer.fit(module, loader)
-    return StepTimes(timed_steps(clock.times, warmup, steps), clock.losses, clock.times[0] - start)
-
-
-def run_plain(config: PretrainConfig, batch: list[torch.Tensor], warmup: int, steps: int) -> StepTimes:
-    n = warmup + steps + 1
-    module = build_module(config, steps_per_epoch=n)
-    loader = DataLoader(FixedBatches(batch, n), batch_size=None, num_workers=0)
-    torch.manual_seed(1)
-    start = time.perf_counter()
-    module.train()
-    optimisation = module.configure_optimizers()
-    optimiser = optimisation["optimizer"]
-    scheduler = optimisation["lr_scheduler"]["scheduler"]
-    schedule_wd = getattr(module, "apply_weight_decay", None)  # SparK's cosine weight decay
-    times: list[float] = []
-    losses: list[torch.Tensor] = []
-    for step, views in enumerate(loader):
-        times.append(time.perf_counter())
-        if schedule_wd is not None:
-            schedule_wd(optimiser, step)
-        loss = module.training_loss(views)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        module.on_after_backward()
-        optimiser.step()
-        scheduler.step()
-        losses.append(loss.detach())
-    return StepTimes(timed_steps(times, warmup, steps), [float(v) for v in losses], times[0] - start)
+        self.lightning_losses.append(float(loss.detach()))
 
 
 @dataclass
 class Overhead:
     method: str
-    lightning: list[StepTimes] = field(default_factory=list)
-    plain: list[StepTimes] = field(default_factory=list)
+    lightning: list[float]  # seconds of each timed step
+    plain: list[float]
+    setup: float  # Trainer.fit() call to the start of step 0
+    loss_gap: float  # largest |loss(Lightning) - loss(plain)| over all steps
 
-    @staticmethod
-    def best(runs: list[StepTimes]) -> float:
-        return min(r.mean for r in runs)
+    @property
+    def lightning_s(self) -> float:
+        return statistics.mean(self.lightning)
 
-    @staticmethod
-    def median(runs: list[StepTimes]) -> float:
-        return statistics.median(t for r in runs for t in r.per_step)
+    @property
+    def plain_s(self) -> float:
+        return statistics.mean(self.plain)
 
     @property
     def percent(self) -> float:
-        return 100.0 * (self.best(self.lightning) / self.best(self.plain) - 1.0)
+        return 100.0 * (self.lightning_s / self.plain_s - 1.0)
 
     @property
-    def median_percent(self) -> float:
-        return 100.0 * (self.median(self.lightning) / self.median(self.plain) - 1.0)
-
-    @staticmethod
-    def first_step(runs: list[StepTimes]) -> float:
-        return min(r.first_step for r in runs)
-
-    def loss_gap(self) -> float:
-        """Largest |loss(Lightning) - loss(plain)| over all steps and rounds (same seeds: ~0)."""
-        return max(abs(a - b) for lt, pt in zip(self.lightning, self.plain, strict=True)
-                   for a, b in zip(lt.losses, pt.losses, strict=True))
+    def median_pair_percent(self) -> float:
+        """Median over steps of Lightning step i / plain step i (neighbours in time), minus 1."""
+        return 100.0 * (statistics.median(a / b for a, b in zip(self.lightning, self.plain, strict=True)) - 1.0)
 
 
-def bench_overhead(store: Path, warmup: int, steps: int, rounds: int) -> list[Overhead]:
+def measure_overhead(method: str, store: Path, warmup: int, steps: int) -> Overhead:
+    config = overhead_config(method)
+    batch = method_batch(config, store)
+    n = warmup + steps + 1
+    plain = PlainLoop(config, batch, n, rng_seed=1)
+    module = build_module(config, steps_per_epoch=n)
+    clock = Interleave(plain)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, max_steps=n, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[clock])
+    loader = DataLoader(FixedBatches(batch, n), batch_size=None, num_workers=0)
+    torch.manual_seed(1)  # Lightning's RNG stream; the plain loop swaps in its own, seeded alike
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    marks = clock.marks
+    if len(marks) != n:
+        raise RuntimeError(f"{method}: Lightning ran {len(marks)} steps, expected {n}")
+    timed = range(warmup, warmup + steps)
+    return Overhead(
+        method,
+        lightning=[marks[i + 1][0] - marks[i][1] for i in timed],
+        plain=[marks[i][1] - marks[i][0] for i in timed],
+        setup=marks[0][0] - start,
+        loss_gap=max(abs(a - b) for a, b in zip(clock.lightning_losses, clock.plain_losses, strict=True)),
+    )
+
+
+def bench_overhead(store: Path, warmup: int, steps: int) -> list[Overhead]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results = []
     try:
-        for method in METHODS:
-            config = overhead_config(method)
-            batch = method_batch(config, store)
-            result = Overhead(method)
-            for r in range(rounds):  # alternate the order so drifting load hits both alike
-                order = ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")
-                for variant in order:
-                    runner = run_lightning if variant == "lightning" else run_plain
-                    getattr(result, variant).append(runner(config, batch, warmup, steps))
-            results.append(result)
+        return [measure_overhead(method, store, warmup, steps) for method in METHODS]
     finally:
         torch.set_num_threads(threads)
-    return results
 
 
-def print_overhead(results: list[Overhead], warmup: int, steps: int, rounds: int) -> None:
+def print_overhead(results: list[Overhead], warmup: int, steps: int) -> None:
     print(f"== 2. framework overhead: Lightning Trainer.fit vs plain PyTorch loop, same module and batch "
           f"(cpu preset, {OVERHEAD_BACKBONE}, input {OVERHEAD_INPUT}, batch {OVERHEAD_BATCH}, 1 torch thread)")
-    print(f"   {steps} timed steps after {warmup} warm-up steps, {rounds} round(s) per variant, alternating; "
-          "s/step = best round's mean")
-    print(f"   {'method':<7} {'lightning s/step':>16} {'plain s/step':>12} {'overhead':>9} "
-          f"{'median L/P s/step':>19} {'median ovh':>10} {'to 1st step L/P s':>17} {'max |loss L-P|':>14}")
+    print(f"   {steps} timed steps of each after {warmup} warm-up step(s), interleaved step by step (one plain step "
+          "in each Lightning on_train_batch_start)")
+    print(f"   {'method':<7} {'lightning s/step':>16} {'plain s/step':>12} {'overhead':>9} {'median pair':>12} "
+          f"{'fit set-up s':>12} {'max |loss L-P|':>15}")
     for r in results:
-        medians = f"{r.median(r.lightning):.4f}/{r.median(r.plain):.4f}"
-        first = f"{r.first_step(r.lightning):.2f}/{r.first_step(r.plain):.2f}"
-        print(f"   {r.method:<7} {r.best(r.lightning):16.4f} {r.best(r.plain):12.4f} {r.percent:+8.1f}% "
-              f"{medians:>19} {r.median_percent:+9.1f}% {first:>17} {r.loss_gap():14.1e}")
-    print("   to 1st step: from Trainer.fit() (or the loop's optimiser set-up) to the start of step 0, a one-off "
-          "cost outside the per-step figures")
+        print(f"   {r.method:<7} {r.lightning_s:16.4f} {r.plain_s:12.4f} {r.percent:+8.1f}% "
+              f"{r.median_pair_percent:+11.1f}% {r.setup:12.2f} {r.loss_gap:15.1e}")
+    print("   overhead = mean Lightning s/step / mean plain s/step - 1; median pair = median over steps of the ratio "
+          "of neighbouring steps")
+    print("   fit set-up: from Trainer.fit() to the start of step 0 (one-off, outside the per-step figures)")
     print()
 
 
@@ -540,23 +572,24 @@ def target_lines(loaders: dict[str, LoaderTiming], overheads: list[Overhead]) ->
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 3 loader batches, 5 steps after 2 warm-up, 1 round")
+                        help="smoke run: 2 loader batches, 4 steps after 1 warm-up step, 1 round")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of section 1")
-    parser.add_argument("--batches", type=int, default=None, help="timed loader batches (default 8, quick 3)")
-    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20, quick 5)")
-    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default 3, quick 2)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per variant (default 2, quick 1)")
+    parser.add_argument("--batches", type=int, default=None, help="timed loader batches (default 10, quick 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20, quick 4)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default 3, quick 1)")
+    parser.add_argument("--no-pil-blur", action="store_true",
+                        help="skip the informational row (c): the paper pipeline with PIL's blur")
     parser.add_argument("--gpu", action="store_true", help="also run section 3 when a CUDA device is present")
     parser.add_argument("--gpu-batch", type=int, default=64)
     parser.add_argument("--gpu-steps", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=None, help="where the run and exports go (default: temp)")
     args = parser.parse_args(argv)
-    defaults = {"batches": (8, 3), "steps": (20, 5), "warmup_steps": (3, 2), "rounds": (2, 1)}
+    defaults = {"batches": (10, 2), "steps": (20, 4), "warmup_steps": (3, 1)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    if args.workers < 0 or args.batches < 1 or args.steps < 1 or args.warmup_steps < 1 or args.rounds < 1:
-        parser.error("need --workers >= 0 and --batches, --steps, --warmup-steps, --rounds >= 1")
+    if args.workers < 0 or args.batches < 1 or args.steps < 1 or args.warmup_steps < 1:
+        parser.error("need --workers >= 0 and --batches, --steps, --warmup-steps >= 1")
     return args
 
 
@@ -570,10 +603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         exports = prepare_exports(workdir)
-        loaders = bench_loaders(exports, args.workers, args.batches)
+        loaders = bench_loaders(exports, args.workers, args.batches, not args.no_pil_blur)
         print_loaders(loaders, exports, args.workers, args.batches)
-        overheads = bench_overhead(exports.npy, args.warmup_steps, args.steps, args.rounds)
-        print_overhead(overheads, args.warmup_steps, args.steps, args.rounds)
+        overheads = bench_overhead(exports.npy, args.warmup_steps, args.steps)
+        print_overhead(overheads, args.warmup_steps, args.steps)
         print_gpu(args.gpu, args.gpu_batch, args.gpu_steps)
         print("targets")
         for line in target_lines(loaders, overheads):

@@ -6,6 +6,7 @@ and second moments, MI's binned images and marginal entropies) are computed once
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
+@contextmanager
+def cpu_threads(device: str, n: int = 1):
+    """Run small per-batch tensor work on ``n`` CPU threads: intra-op threads cost more than they
+    save at these sizes (measured 3-8x slower SSIM with 2 threads on a busy 2-core machine)."""
+    import torch
+
+    if device != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
     """scipy.ndimage's 1-D Gaussian kernel (radius int(truncate * sigma + 0.5)), normalised."""
     radius = int(truncate * sigma + 0.5)
@@ -34,40 +52,42 @@ def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) 
     return w / w.sum()
 
 
-def band_matrix(size: int, kernel: np.ndarray) -> np.ndarray:
-    """(size, size - 2r) matrix whose product applies ``kernel`` without padding ("valid")."""
-    k = len(kernel)
-    band = np.zeros((size, size - k + 1))
-    for j in range(size - k + 1):
-        band[j : j + k, j] = kernel
-    return band
-
-
-def _valid_filter(images, band):
+def _valid_filter(images, kernel):
     """Separable Gaussian filter without padding: (m, S, S) -> (m, S - 2r, S - 2r).
 
-    Two products with a banded matrix: several times faster than conv2d for one channel.
+    In-place shifted sums (11 taps per axis): about 10x fewer operations than a product with
+    a banded matrix and faster than a one-channel conv2d on CPU.
     """
-    return band.T @ images @ band
+    taps = kernel.numel()
+    width = images.shape[-1] - taps + 1
+    rows = images[..., :, 0:width] * kernel[0]
+    for i in range(1, taps):
+        rows.add_(images[..., :, i : i + width], alpha=float(kernel[i]))
+    height = images.shape[-2] - taps + 1
+    out = rows[..., 0:height, :] * kernel[0]
+    for i in range(1, taps):
+        out.add_(rows[..., i : i + height, :], alpha=float(kernel[i]))
+    return out
 
 
-def ssim_map_mean(x, mu_x, xx, others, mu_y, yy, band):
+def ssim_map_mean(x, mu_x, xx, others, mu_y, yy, kernel):
     """Mean SSIM of reference ``x`` against each image in ``others`` (Wang et al. 2004, Eq. 13).
 
     Local statistics use a Gaussian window (sigma 1.5, 11 taps) and population covariance, as
     ``skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)``;
     the mean is over the pixels whose window lies inside the image, which is exactly skimage's
-    crop of the filter radius, so no padding convention is involved.
+    crop of the filter radius, so no padding convention is involved. Images arrive centred on
+    128 (variances and covariances do not change; means are shifted back for the luminance
+    term), which keeps float32 sums accurate.
     """
-    xy = _valid_filter(others * x[None], band)
+    xy = _valid_filter(others * x[None], kernel)
     vx = xx - mu_x * mu_x
     vy = yy - mu_y * mu_y
     vxy = xy - mu_x[None] * mu_y
+    mx, my = mu_x[None] + 128.0, mu_y + 128.0
     c1, c2 = (SSIM_K1 * SSIM_DATA_RANGE) ** 2, (SSIM_K2 * SSIM_DATA_RANGE) ** 2
-    s = ((2 * mu_x[None] * mu_y + c1) * (2 * vxy + c2)) / (
-        (mu_x[None] ** 2 + mu_y**2 + c1) * (vx[None] + vy + c2)
-    )
-    return s.flatten(1).mean(dim=1)
+    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx[None] + vy + c2))
+    return s.flatten(1).double().mean(dim=1)
 
 
 @register_measure
@@ -108,18 +128,18 @@ class SSIMMeasure(Measure):
         import torch
 
         device = resolve_device(self.device)
-        dtype = torch.float64 if device == "cpu" else torch.float32
-        images = torch.from_numpy(self.resize(u8)).to(device=device, dtype=dtype)
-        band = torch.from_numpy(band_matrix(self.ssim_size, gaussian_window())).to(device=device, dtype=dtype)
-        mu = _valid_filter(images, band)
-        sq = _valid_filter(images * images, band)
+        images = torch.from_numpy(self.resize(u8) - 128.0).to(device=device, dtype=torch.float32)
+        kernel = torch.from_numpy(gaussian_window()).to(device=device, dtype=torch.float32)
+        mu = _valid_filter(images, kernel)
+        sq = _valid_filter(images * images, kernel)
 
         def compare(ref: int, others: np.ndarray) -> np.ndarray:
             out = []
-            for start in range(0, len(others), self.batch_size):
-                idx = torch.from_numpy(others[start : start + self.batch_size]).to(device)
-                out.append(ssim_map_mean(images[ref], mu[ref], sq[ref], images[idx], mu[idx], sq[idx],
-                                         band).double().cpu().numpy())
+            with cpu_threads(device):
+                for start in range(0, len(others), self.batch_size):
+                    idx = torch.from_numpy(others[start : start + self.batch_size]).to(device)
+                    out.append(ssim_map_mean(images[ref], mu[ref], sq[ref], images[idx], mu[idx], sq[idx],
+                                             kernel).cpu().numpy())
             return np.concatenate(out) if out else np.zeros(0)
 
         return Prepared(compare)
