@@ -1,0 +1,81 @@
+"""Export datasets, intensity statistics and the CT augmentations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+import ctreduce
+from ctreduce.ssl.augment import MultiView, RandomGamma, SeparableGaussianBlur, ct_view
+from ctreduce.ssl.data import ExportError, PngFolderDataset, SliceArrayDataset, intensity_stats, open_export
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    from ctreduce.phantom import make_phantom, write_nrrd
+
+    root = tmp_path_factory.mktemp("exp")
+    hu, spacing = make_phantom(n_slices=10, size=40, slice_thickness=5.0)
+    write_nrrd(hu, spacing, root / "ct" / "p.nrrd")
+    ctreduce.reduce(root / "ct", root / "run", method="all")
+    ctreduce.export(root / "run", root / "npy", format="npy", size=32)
+    ctreduce.export(root / "run", root / "png", format="png")
+    return root
+
+
+def test_array_store_and_png_folder_give_the_same_slices(exports):
+    npy, png = open_export(exports / "npy"), open_export(exports / "png")
+    assert isinstance(npy, SliceArrayDataset) and isinstance(png, PngFolderDataset)
+    assert len(npy) == len(png) == 10
+    assert npy.raw(0).shape == (1, 32, 32) and npy.raw(0).dtype == torch.uint8
+    assert png.raw(0).shape == (1, 40, 40)
+    stored = np.load(exports / "npy" / "slices.npy")
+    assert torch.equal(npy.raw(3)[0], torch.from_numpy(stored[3]))
+
+
+def test_intensity_statistics_match_numpy(exports):
+    mean, std = intensity_stats(open_export(exports / "npy"))
+    pixels = np.load(exports / "npy" / "slices.npy").astype(np.float64) / 255
+    assert mean == pytest.approx(pixels.mean()) and std == pytest.approx(pixels.std())
+
+
+def test_corrupt_or_incomplete_exports(tmp_path, exports):
+    with pytest.raises(ExportError, match="no such export folder"):
+        open_export(tmp_path / "none")
+    (tmp_path / "bad").mkdir()
+    np.save(tmp_path / "bad" / "slices.npy", np.zeros((3, 4, 4), np.float32))
+    with pytest.raises(ExportError, match="uint8"):
+        open_export(tmp_path / "bad")
+    (tmp_path / "short").mkdir()
+    np.save(tmp_path / "short" / "slices.npy", np.zeros((3, 4, 4), np.uint8))
+    (tmp_path / "short" / "index.parquet").write_bytes((exports / "npy" / "index.parquet").read_bytes())
+    with pytest.raises(ExportError, match="incomplete"):
+        open_export(tmp_path / "short")
+
+
+def test_separable_blur_equals_torchvision():
+    x = torch.rand(1, 64, 64)
+    torch.manual_seed(3)
+    ours = SeparableGaussianBlur(11, (0.1, 2.0))(x)
+    torch.manual_seed(3)
+    sigma = 0.1 + 1.9 * float(torch.rand(()))
+    expected = v2.functional.gaussian_blur(x, [11, 11], [sigma, sigma])
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_views_are_normalised_three_channel_crops():
+    slice_ = torch.randint(0, 256, (1, 48, 48), dtype=torch.uint8)
+    views = MultiView([ct_view(32, (0.5, 1.0), 0.2, 0.2, hflip=True, noise_p=1.0),
+                       ct_view(16, (0.1, 0.3), 0.2, 0.2)])(slice_)
+    assert [v.shape for v in views] == [(3, 32, 32), (3, 16, 16)]
+    assert all(v.dtype == torch.float32 and torch.equal(v[0], v[1]) for v in views)
+
+
+def test_gamma_keeps_range_and_rejects_bad_arguments():
+    x = torch.rand(1, 8, 8)
+    y = RandomGamma(p=1.0)(x)
+    assert y.min() >= 0 and y.max() <= 1
+    with pytest.raises(ValueError):
+        RandomGamma((0.0, 1.0))
