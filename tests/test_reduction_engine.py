@@ -84,11 +84,11 @@ def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
     calls = []
     real = engine.process_source
 
-    def interrupted_after_two(source, config):
+    def interrupted_after_two(source, config, parts=None):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(source.volume_id)
-        return real(source, config)
+        return real(source, config, parts)
 
     monkeypatch.setattr(engine, "process_source", interrupted_after_two)
     with pytest.raises(KeyboardInterrupt):
@@ -98,7 +98,8 @@ def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
     assert json.loads((out / "summary.json").read_text())["complete"] is False
 
     resumed = []
-    monkeypatch.setattr(engine, "process_source", lambda s, c: resumed.append(s.volume_id) or real(s, c))
+    monkeypatch.setattr(engine, "process_source",
+                        lambda s, c, p=None: resumed.append(s.volume_id) or real(s, c, p))
     manifest = ctreduce.reduce(archive, out)
     assert len(resumed) == 2 and not set(resumed) & set(calls)
     assert manifest.attrs["summary"]["complete"] is True

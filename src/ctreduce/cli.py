@@ -258,6 +258,14 @@ def pretrain(
     typer.echo(f"backbone: {Path(settings.out) / 'backbone.pt'}\nsummary:  {Path(settings.out) / 'summary.json'}")
 
 
+def _echo_metrics(summary: dict) -> None:
+    for name in ("auc", "f1", "accuracy"):
+        if name in summary:
+            stat = summary[name]
+            sd = "" if stat["sd"] is None else f" +- {stat['sd']:.3f}"
+            typer.echo(f"{name}: {stat['mean']:.3f}{sd}")
+
+
 def _task_spec(task: str) -> dict:
     """A task given on the command line: a YAML/JSON mapping, a .npz file, or a folder."""
     import yaml
@@ -301,11 +309,7 @@ def finetune(
         summary = do_finetune(config)
     except FinetuneError as exc:
         _fail(str(exc))
-    for name in ("auc", "f1", "accuracy"):
-        if name in summary:
-            stat = summary[name]
-            sd = "" if stat["sd"] is None else f" +- {stat['sd']:.3f}"
-            typer.echo(f"{name}: {stat['mean']:.3f}{sd}")
+    _echo_metrics(summary)
     typer.echo(f"results: {out / 'results.json'}")
 
 
@@ -321,11 +325,7 @@ def evaluate(
         summary = evaluate_run(run_dir, bootstrap=bootstrap)
     except EvaluateError as exc:
         _fail(str(exc))
-    for name in ("auc", "f1", "accuracy"):
-        if name in summary:
-            stat = summary[name]
-            sd = "" if stat["sd"] is None else f" +- {stat['sd']:.3f}"
-            typer.echo(f"{name}: {stat['mean']:.3f}{sd}")
+    _echo_metrics(summary)
 
 
 @app.command()

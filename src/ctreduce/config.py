@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SELECTORS = ("all", "every-n")
+AtLeastOne = Annotated[int, Field(ge=1)]
+
+
+def _choice(value: str, options: tuple[str, ...] | dict, what: str) -> str:
+    if value not in options:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(options)}")
+    return value
 
 
 class ReduceConfig(BaseModel):
@@ -18,7 +25,7 @@ class ReduceConfig(BaseModel):
     threshold: float | None = None
     thresholds: tuple[float, ...] | None = None
     target_fraction: float | None = None
-    every_n: int = 10
+    every_n: AtLeastOne = 10
     intensity: str = "minmax"
     hash_kind: str = "dhash"
     hash_size: int = 8
@@ -51,13 +58,6 @@ class ReduceConfig(BaseModel):
         from .reduction.intensity import Intensity
 
         return str(Intensity.parse(value))
-
-    @field_validator("every_n")
-    @classmethod
-    def _positive_n(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"every_n must be >= 1, got {value}")
-        return value
 
     @field_validator("target_fraction")
     @classmethod
@@ -182,15 +182,15 @@ class PretrainConfig(BaseModel):
     out: str = ""
     preset: str = "paper"
     backbone: str = "resnet50"
-    epochs: int = 800
-    batch_size: int = 128
-    input_size: int = 224
+    epochs: AtLeastOne = 800
+    batch_size: AtLeastOne = 128
+    input_size: AtLeastOne = 224
     lr: float | None = None  # None: the method's default for the preset
     weight_decay: float | None = None
     warmup_epochs: int = 10
     optimizer: str | None = None  # None: lars (swav), sgd (moco), lamb (spark)
     devices: int | str = "auto"
-    num_nodes: int = 1
+    num_nodes: AtLeastOne = 1
     accelerator: str = "auto"
     strategy: str = "auto"  # "auto": ddp when several devices or nodes
     precision: str = "auto"  # "auto": 16-mixed on GPU, 32 on CPU
@@ -208,24 +208,12 @@ class PretrainConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_ssl_method(cls, value: str) -> str:
-        value = value.lower()
-        if value not in PRETRAIN_METHODS:
-            raise ValueError(f"unknown pre-training method {value!r}; choose one of {', '.join(PRETRAIN_METHODS)}")
-        return value
+        return _choice(value.lower(), PRETRAIN_METHODS, "pre-training method")
 
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r}; choose one of {', '.join(PRESETS)}")
-        return value
-
-    @field_validator("epochs", "batch_size", "input_size", "num_nodes")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
-        return value
+        return _choice(value, PRESETS, "preset")
 
 
 # Preset defaults; "cpu" is a short real pre-training that finishes in minutes on a laptop.
@@ -315,17 +303,17 @@ class FinetuneConfig(BaseModel):
     init: str = "imagenet"  # random | imagenet | RUN_DIR (with backbone.pt) | any ResNet state_dict file
     backbone: str = "resnet50"
     mode: str = "finetune"
-    epochs: int = 70
+    epochs: AtLeastOne = 70
     head_only_epochs: int = 10
     lr: float = 1e-4
     weight_decay: float = 5e-4
-    batch_size: int = 64
-    input_size: int = 224
+    batch_size: AtLeastOne = 64
+    input_size: AtLeastOne = 224
     flips: bool = True
     seeds: tuple[int, ...] = (0,)
     num_workers: int = 2
     device: str = "auto"
-    knn_k: int = 20
+    knn_k: AtLeastOne = 20
     positive_label: int = 1
     bootstrap: int = 1000
     mean: float | None = None  # None: the pre-training run's statistics, else ImageNet's
@@ -334,16 +322,7 @@ class FinetuneConfig(BaseModel):
     @field_validator("mode")
     @classmethod
     def _known_mode(cls, value: str) -> str:
-        if value not in FINETUNE_MODES:
-            raise ValueError(f"unknown mode {value!r}; choose one of {', '.join(FINETUNE_MODES)}")
-        return value
-
-    @field_validator("epochs", "batch_size", "input_size", "knn_k")
-    @classmethod
-    def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
-        return value
+        return _choice(value, FINETUNE_MODES, "mode")
 
     @model_validator(mode="after")
     def _schedule(self) -> FinetuneConfig:

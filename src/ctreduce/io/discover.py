@@ -47,13 +47,15 @@ def scan(
     *,
     modality: str = "CT",
     allow_gaps: bool = False,
+    workers: int = 1,
 ) -> ScanResult:
     """Find every volume under ``inputs`` (files or folders) from headers alone.
 
     DICOM files are grouped by SeriesInstanceUID across each input; only series whose Modality
     equals ``modality`` are kept (``"any"`` keeps all). Series that cannot be ordered (duplicate
     positions, missing slices unless ``allow_gaps``) are returned under ``errors``.
-    Raises FileNotFoundError for an input path that does not exist.
+    Raises FileNotFoundError for an input path that does not exist. With ``workers`` > 1 the
+    DICOM headers are read in parallel (reading them is most of a scan's time).
     """
     result = ScanResult()
     want = modality.upper()
@@ -67,7 +69,7 @@ def scan(
             result.skipped.append({"path": str(root), "reason": "empty folder"})
             continue
         base = root if root.is_dir() else root.parent
-        headers: list[dicom.DicomHeader] = []
+        candidates: list[Path] = []
         for path in files:
             name = path.name.lower()
             try:
@@ -82,12 +84,39 @@ def scan(
                 elif path.suffix.lower() in _NOT_VOLUMES or name.startswith("."):
                     result.skipped.append({"path": str(path), "reason": f"not a volume format ({path.suffix or name})"})
                 else:
-                    headers.append(dicom.read_header(path))
+                    candidates.append(path)
             except VolumeError as exc:
                 result.skipped.append({"path": str(path), "reason": str(exc).removeprefix(f"{path}: ")})
+        headers: list[dicom.DicomHeader] = []
+        for path, header in zip(candidates, _read_headers(candidates, workers), strict=True):
+            if isinstance(header, str):
+                result.skipped.append({"path": str(path), "reason": header})
+            else:
+                headers.append(header)
         _add_series(result, base, headers, want, allow_gaps)
     _make_ids_unique(result.volumes, seen_ids)
     return result
+
+
+def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
+    try:
+        return dicom.read_header(path)
+    except VolumeError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+
+
+def _read_headers(paths: list[Path], workers: int) -> list[dicom.DicomHeader | str]:
+    """Each file's header, or the reason it is not usable DICOM; in input order."""
+    if workers <= 1 or len(paths) < 64:
+        return [_header_or_reason(p) for p in paths]
+    import multiprocessing as mp
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork unless torch is loaded (forking an initialised torch is unsafe).
+    method = "fork" if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+        return list(pool.map(_header_or_reason, paths, chunksize=max(16, len(paths) // (8 * workers))))
 
 
 def _add_series(result: ScanResult, base: Path, headers: list[dicom.DicomHeader], want: str,

@@ -161,12 +161,18 @@ class VolumeResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def process_source(source: VolumeSource, config: ReduceConfig) -> VolumeResult:
-    """Read and reduce one scanned volume; never raises for bad data (the error is returned)."""
+def process_source(source: VolumeSource, config: ReduceConfig, parts: Path | None = None) -> VolumeResult:
+    """Read and reduce one scanned volume; never raises for bad data (the error is returned).
+
+    With ``parts``, the worker also writes the volume's manifest part (atomically), so that
+    Parquet encoding runs in parallel; the parent only appends the journal line.
+    """
     start = time.perf_counter()
     try:
         volume = load(source)
         frame = _volume_frame(volume, config)
+        if parts is not None:
+            _atomic_write(parts / _part_name(source.volume_id), lambda p: frame.to_parquet(p, index=False))
         return VolumeResult(source.volume_id, source.source, frame,
                             seconds=time.perf_counter() - start, warnings=volume.warnings)
     except (VolumeError, ValueError, MemoryError, OSError) as exc:
@@ -178,17 +184,10 @@ def process_source(source: VolumeSource, config: ReduceConfig) -> VolumeResult:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from ..versions import package_versions
 
-    names = ["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "nibabel", "SimpleITK", "pandas",
-             "pyarrow"]
-    out = {"python": sys.version.split()[0]}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return package_versions(["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "nibabel", "SimpleITK",
+                             "pandas", "pyarrow"])
 
 
 def _part_name(volume_id: str) -> str:
@@ -269,10 +268,8 @@ class RunFolder:
                                  "seconds": round(result.seconds, 4), "warnings": result.warnings,
                                  "error": result.error, "part": _part_name(result.volume_id)}
         if result.frame is not None:
-            frame = result.frame
-            entry["slices"] = len(frame)
-            entry["kept"] = int(frame["kept"].sum())
-            _atomic_write(self.parts / entry["part"], lambda p: frame.to_parquet(p, index=False))
+            entry["slices"] = len(result.frame)
+            entry["kept"] = int(result.frame["kept"].sum())
         with self.journal.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()
@@ -307,10 +304,11 @@ def _pool_context():
     return mp.get_context("spawn")
 
 
-def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> Iterator[VolumeResult]:
+def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
+              parts: Path | None) -> Iterator[VolumeResult]:
     if workers <= 1:
         for source in todo:
-            yield process_source(source, config)
+            yield process_source(source, config, parts)
         return
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(),
                                initializer=_single_threaded_blas)
@@ -319,7 +317,7 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> I
         queue = iter(todo)
         # A few volumes in flight per worker: memory stays bounded by the volumes being read.
         for source in queue:
-            pending.add(pool.submit(process_source, source, config))
+            pending.add(pool.submit(process_source, source, config, parts))
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -328,13 +326,13 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> I
                 yield future.result()
                 nxt = next(queue, None)
                 if nxt is not None:
-                    pending.add(pool.submit(process_source, nxt, config))
+                    pending.add(pool.submit(process_source, nxt, config, parts))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int,
-             address: str | None) -> Iterator[VolumeResult]:
+def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, address: str | None,
+             parts: Path | None) -> Iterator[VolumeResult]:
     """The same per-volume work as Ray tasks (actors holding the network for deepnet).
 
     Connects to ``address`` (or RAY_ADDRESS); without one, starts a local Ray with ``workers``
@@ -365,7 +363,7 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int,
             in_flight = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
         pending = []
         for i, source in enumerate(todo):
-            pending.append(submits[i % len(submits)](source, config))
+            pending.append(submits[i % len(submits)](source, config, parts))
             if len(pending) >= in_flight:
                 ready, pending = ray.wait(pending, num_returns=1)
                 yield ray.get(ready[0])
@@ -378,8 +376,8 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int,
 
 
 class _RayReducer:
-    def run(self, source: VolumeSource, config: ReduceConfig) -> VolumeResult:
-        return process_source(source, config)
+    def run(self, source: VolumeSource, config: ReduceConfig, parts: Path | None) -> VolumeResult:
+        return process_source(source, config, parts)
 
 
 def _single_threaded_blas() -> None:
@@ -428,7 +426,8 @@ def reduce(
     t0 = time.perf_counter()
     if out is not None:
         check_output_dir(Path(out), paths)
-    found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps)
+    found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps,
+                 workers=workers if backend == "local" else 1)
     scan_seconds = time.perf_counter() - t0
     run_config = config
     if config.method == "every-n" and config.target_fraction is not None:
@@ -451,8 +450,9 @@ def reduce(
     t1 = time.perf_counter()
     bar = _progress(len(found.volumes), len(done), progress)
     try:
-        results = (_run_ray(todo, run_config, workers, ray_address) if backend == "ray"
-                   else _run_pool(todo, run_config, workers))
+        parts = run.parts if run is not None else None
+        results = (_run_ray(todo, run_config, workers, ray_address, parts) if backend == "ray"
+                   else _run_pool(todo, run_config, workers, parts))
         for result in results:
             if run is not None:
                 entries[result.volume_id] = run.record(result)

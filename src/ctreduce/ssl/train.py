@@ -55,14 +55,9 @@ def method_class(name: str):
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from ..versions import package_versions
 
-    out = {}
-    for name in ("ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
+    out = package_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy"])
     out["cuda"] = torch.version.cuda or "none"
     return out
 
