@@ -50,11 +50,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model, load_line
+from machine import versions as machine_versions
 
 import ctreduce
 
@@ -70,32 +71,14 @@ KeptSets = dict[str, frozenset[int]]
 # --- machine -------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
+
+
 
 
 def versions() -> dict[str, str]:
-    names = ["ctreduce", "numpy", "torch", "torchvision", "scikit-image", "scikit-learn",
-             "efficientnet-lite-pytorch", "SimpleITK", "pandas", "pyarrow"]
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
+    out = machine_versions(["ctreduce", "numpy", "torch", "torchvision", "scikit-image", "scikit-learn",
+             "efficientnet-lite-pytorch", "SimpleITK", "pandas", "pyarrow"])
     return out
-
-
-def load_line() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} CPUs"
 
 
 def print_header() -> None:

@@ -58,19 +58,19 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from machine import cpu_model, load_line
+from machine import versions as machine_versions
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from torchvision import transforms as T
@@ -97,32 +97,14 @@ OVERHEAD_TARGET = 10.0  # percent
 # --- machine -------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
+
+
 
 
 def versions() -> dict[str, str]:
-    names = ["ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy", "Pillow"]
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
+    out = machine_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy", "Pillow"])
     out["cuda"] = torch.version.cuda or "none"
     return out
-
-
-def load_line() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} CPUs"
 
 
 def print_header() -> None:

@@ -40,11 +40,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import imagehash
 import numpy as np
+from machine import cpu_model
+from machine import versions as machine_versions
 from PIL import Image
 
 import ctreduce
@@ -90,27 +91,11 @@ class Report:
 # --- machine -------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def versions() -> dict[str, str]:
-    names = ["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "SimpleITK", "pandas",
-             "pyarrow"]
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return machine_versions(["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "SimpleITK", "pandas",
+                             "pyarrow"])
 
 
 def print_header() -> None:

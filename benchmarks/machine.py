@@ -1,0 +1,29 @@
+"""What every benchmark prints about the machine it ran on (figures mean little without it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+from ctreduce.versions import package_versions
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min) on {os.cpu_count()} CPUs"
+
+
+def versions(names: list[str]) -> dict[str, str]:
+    return package_versions(names)
