@@ -63,3 +63,26 @@ def reference_uint8(hu: np.ndarray) -> np.ndarray:
     if hi == lo:
         return np.zeros(x.shape, np.uint8)
     return np.rint((x - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: much faster than two on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def slices():
+    """16 phantom slices as uint8 (16, 48, 48), the input of the SSL view transforms."""
+    import torch
+
+    from ctreduce.phantom import make_phantom
+    from ctreduce.reduction.intensity import Intensity
+
+    hu, _ = make_phantom(n_slices=16, size=48)
+    return torch.from_numpy(Intensity().to_uint8(hu))

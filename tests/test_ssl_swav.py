@@ -17,32 +17,18 @@ pytest.importorskip("pytorch_lightning")
 from torch.utils.data import default_collate  # noqa: E402
 
 from ctreduce.config import make_pretrain_config  # noqa: E402
-from ctreduce.phantom import make_phantom  # noqa: E402
-from ctreduce.reduction.intensity import Intensity  # noqa: E402
 from ctreduce.ssl.swav import SwAV  # noqa: E402
 
 MEAN, STD = 0.1806, 0.1907
 SWAV = {"local_crop_size": 16, "n_prototypes": 16, "projection_hidden_dim": 64, "projection_dim": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: much faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(extra: dict | None = None, **swav):
     return make_pretrain_config({"preset": "cpu", "backbone": "resnet18", "input_size": 32, "batch_size": 8,
                                  "method": "swav", "warmup_epochs": 0, "swav": {**SWAV, **swav}, **(extra or {})})
-
-
-@pytest.fixture(scope="module")
-def slices() -> torch.Tensor:
-    hu, _ = make_phantom(n_slices=16, size=48)
-    return torch.from_numpy(Intensity().to_uint8(hu))  # (16, 48, 48) uint8
 
 
 def collated(cfg, slices: torch.Tensor, indices) -> list[torch.Tensor]:
