@@ -69,10 +69,6 @@ class Volume:
     def n_slices(self) -> int:
         return int(self.hu.shape[0])
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.hu.shape)  # type: ignore[return-value]
-
 
 def _common_dir(paths: tuple[str, ...]):
     import os

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from ..config import PretrainConfig
 from .backbones import build_backbone, export_state_dict
@@ -100,7 +99,3 @@ class SSLMethod(pl.LightningModule):
         total = self.total_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
