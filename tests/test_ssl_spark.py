@@ -31,13 +31,7 @@ def make_module(steps_per_epoch: int = 10, **overrides) -> SparK:
     return SparK(make_pretrain_config({**SETTINGS, **overrides}), steps_per_epoch=steps_per_epoch)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: intra-op threads fighting other jobs make every step many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

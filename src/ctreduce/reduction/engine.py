@@ -160,6 +160,16 @@ class VolumeResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
+    def entry(self) -> dict[str, Any]:
+        """The journal line of this volume (also what the summary is built from)."""
+        entry: dict[str, Any] = {"volume_id": self.volume_id, "source": self.source,
+                                 "seconds": round(self.seconds, 4), "warnings": self.warnings,
+                                 "error": self.error, "part": _part_name(self.volume_id)}
+        if self.frame is not None:
+            entry["slices"] = len(self.frame)
+            entry["kept"] = int(self.frame["kept"].sum())
+        return entry
+
 
 def process_source(source: VolumeSource, config: ReduceConfig, parts: Path | None = None) -> VolumeResult:
     """Read and reduce one scanned volume; never raises for bad data (the error is returned).
@@ -264,12 +274,7 @@ class RunFolder:
         return done
 
     def record(self, result: VolumeResult) -> dict[str, Any]:
-        entry: dict[str, Any] = {"volume_id": result.volume_id, "source": result.source,
-                                 "seconds": round(result.seconds, 4), "warnings": result.warnings,
-                                 "error": result.error, "part": _part_name(result.volume_id)}
-        if result.frame is not None:
-            entry["slices"] = len(result.frame)
-            entry["kept"] = int(result.frame["kept"].sum())
+        entry = result.entry()
         with self.journal.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()
@@ -454,14 +459,7 @@ def reduce(
         results = (_run_ray(todo, run_config, workers, ray_address, parts) if backend == "ray"
                    else _run_pool(todo, run_config, workers, parts))
         for result in results:
-            if run is not None:
-                entries[result.volume_id] = run.record(result)
-            else:
-                entries[result.volume_id] = {"volume_id": result.volume_id, "source": result.source,
-                                             "seconds": result.seconds, "warnings": result.warnings,
-                                             "error": result.error,
-                                             "slices": None if result.frame is None else len(result.frame),
-                                             "kept": None if result.frame is None else int(result.frame["kept"].sum())}
+            entries[result.volume_id] = run.record(result) if run is not None else result.entry()
             if result.frame is not None:
                 frames[result.volume_id] = result.frame
             if bar is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .deepnet import resolve_device
 from .measures import Measure, Prepared, register_measure
 
 SSIM_SIGMA = 1.5
@@ -18,14 +19,6 @@ SSIM_TRUNCATE = 3.5  # skimage's value for gaussian_weights=True: an 11-tap wind
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 SSIM_DATA_RANGE = 255.0  # slices are compared after the 8-bit intensity policy
 CPU_CHUNK = 16
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @contextmanager
