@@ -51,7 +51,7 @@ def test_npy_export_is_memory_mappable_with_an_index(run, tmp_path):
 
 
 def test_resize_pad_keeps_aspect():
-    from ctreduce.io.export import resize_pad
+    from ctreduce.exporting import resize_pad
 
     out = resize_pad(np.full((20, 40), 200, np.uint8), 32)
     assert out.shape == (32, 32)
@@ -59,7 +59,7 @@ def test_resize_pad_keeps_aspect():
 
 
 def test_export_errors(run, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no manifest"):
+    with pytest.raises(ValueError, match="no manifest"):
         ctreduce.export(tmp_path / "nothing", tmp_path / "x")
     with pytest.raises(ValueError, match="unknown export format"):
         ctreduce.export(run, tmp_path / "x", format="jpeg")

@@ -88,5 +88,5 @@ def test_compare_runs(archive, tmp_path):
     assert table.loc[1, "kept"] == sum(int(np.ceil(n / 3)) for n in (30, 20, 24, 16))
     assert overlap.loc["hash6", "all"] == pytest.approx(table.loc[0, "kept"] / table.loc[2, "kept"])
     assert (np.diag(overlap) == 1).all()
-    with pytest.raises(FileNotFoundError, match="no manifest"):
+    with pytest.raises(ValueError, match="no manifest"):
         compare_runs([tmp_path])

@@ -131,7 +131,9 @@ def test_unreadable_volume_shows_message(tmp_path: Path) -> None:
     ctreduce.reduce(root, tmp_path / "run")
     (root / "v1.nrrd").unlink()
 
-    text = write_report(tmp_path / "run", tmp_path / "report.html").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match=r"inputs of 1 volume\(s\).*v1: 1 file\(s\) missing"):
+        write_report(tmp_path / "run", tmp_path / "report.html")
+    text = write_report(tmp_path / "run", tmp_path / "report.html", allow_changed=True).read_text(encoding="utf-8")
     readable, gone = _volume_blocks(text)
     assert "could not be read" not in readable and len(IMG.findall(readable)) == 2
     assert "Volume could not be read" in gone and "v1.nrrd" in gone
@@ -141,7 +143,9 @@ def test_unreadable_volume_shows_message(tmp_path: Path) -> None:
 def test_missing_volume_list_shows_message_for_every_volume(run_dir: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(run_dir, tmp_path / "run")
     (copy / "volumes.parquet").unlink()
-    text = write_report(copy, tmp_path / "report.html").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="volumes.parquet"):
+        write_report(copy, tmp_path / "report.html")
+    text = write_report(copy, tmp_path / "report.html", allow_changed=True).read_text(encoding="utf-8")
     assert all("volumes.parquet" in block for block in _volume_blocks(text))
 
 

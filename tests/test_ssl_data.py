@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 import ctreduce
@@ -44,15 +48,28 @@ def test_intensity_statistics_match_numpy(exports):
 def test_corrupt_or_incomplete_exports(tmp_path, exports):
     with pytest.raises(ExportError, match="no such export folder"):
         open_export(tmp_path / "none")
-    (tmp_path / "bad").mkdir()
-    np.save(tmp_path / "bad" / "slices.npy", np.zeros((3, 4, 4), np.float32))
+    # An interrupted npy export (array only, 1,661 of 2,036 rows zero) is refused, not trained on.
+    (tmp_path / "interrupted").mkdir()
+    np.save(tmp_path / "interrupted" / "slices.npy", np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(ExportError, match="no export.json"):
+        open_export(tmp_path / "interrupted")
+    bad = shutil.copytree(exports / "npy", tmp_path / "bad")
+    np.save(bad / "slices.npy", np.zeros((3, 4, 4), np.float32))
     with pytest.raises(ExportError, match="uint8"):
-        open_export(tmp_path / "bad")
-    (tmp_path / "short").mkdir()
-    np.save(tmp_path / "short" / "slices.npy", np.zeros((3, 4, 4), np.uint8))
-    (tmp_path / "short" / "index.parquet").write_bytes((exports / "npy" / "index.parquet").read_bytes())
+        open_export(bad)
+    short = shutil.copytree(exports / "npy", tmp_path / "short")
+    meta = json.loads((short / "export.json").read_text())
+    (short / "export.json").write_text(json.dumps({**meta, "slices": meta["slices"] + 1}))
+    with pytest.raises(ExportError, match="rows but export.json says"):
+        open_export(short)
+    (short / "export.json").write_text(json.dumps({**meta, "complete": False}))
     with pytest.raises(ExportError, match="incomplete"):
-        open_export(tmp_path / "short")
+        open_export(short)
+    png = shutil.copytree(exports / "png", tmp_path / "png")
+    next((png / "images").glob("*.png")).unlink()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(png / "images" / "stale.png")
+    with pytest.raises(ExportError, match="1 listed but missing.*1 not listed, e.g. images/stale.png"):
+        open_export(png)
 
 
 def test_separable_blur_equals_torchvision():

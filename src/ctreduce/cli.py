@@ -6,7 +6,6 @@ Exit status: 0 when every volume was processed, 1 when any failed (after doing t
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +21,17 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a job scheduler, ``kill``) stops a run like Ctrl-C: finished volumes are recorded,
+    workers end, and the same command resumes."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("terminated")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @app.command()
 def scan(
     inputs: Annotated[list[Path], typer.Argument(help="Files or folders (DICOM trees, NIfTI, NRRD, MHA...).")],
@@ -31,6 +41,7 @@ def scan(
 ) -> None:
     """List the volumes found and every file or series skipped, with the reason."""
     from .io.discover import scan as do_scan
+    from .store.files import dumps
 
     try:
         found = do_scan(inputs, modality=modality, allow_gaps=allow_gaps)
@@ -40,7 +51,7 @@ def scan(
         volumes = [{"volume_id": v.volume_id, "format": v.format, "source": v.source,
                     "slices": v.n_slices, "rows": v.rows, "cols": v.cols, "spacing_mm": list(v.spacing),
                     "modality": v.modality, "warnings": list(v.warnings)} for v in found.volumes]
-        typer.echo(json.dumps({"volumes": volumes, "skipped": found.skipped, "errors": found.errors}, indent=2))
+        typer.echo(dumps({"volumes": volumes, "skipped": found.skipped, "errors": found.errors}))
     else:
         typer.echo(f"{'volume':40} {'format':6} {'slices':>6} {'size':>9}  {'spacing z/y/x mm':18} modality")
         for v in found.volumes:
@@ -96,8 +107,9 @@ def reduce(
     from pydantic import ValidationError
 
     from .config import ReduceConfig
-    from .reduction.engine import RunConflict
     from .reduction.engine import reduce as do_reduce
+    from .store.files import DiskFull
+    from .store.lock import LockHeld
 
     if workers < 1:
         _fail(f"--workers must be >= 1, got {workers}")
@@ -112,19 +124,24 @@ def reduce(
                               batch_size=batch_size, modality=modality, allow_gaps=allow_gaps)
     except ValidationError as exc:
         _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+    _terminate_as_interrupt()
     try:
         manifest = do_reduce(inputs, out, config=config, workers=workers, overwrite=overwrite,
                              csv=csv, progress=not quiet, backend=backend, ray_address=ray_address)
-    except (FileNotFoundError, RunConflict, ValueError) as exc:
+    except (FileNotFoundError, ValueError, LockHeld) as exc:  # before any volume is read
         _fail(str(exc))
+    except DiskFull as exc:
+        _fail(str(exc.strerror or exc), code=1)
     except KeyboardInterrupt as exc:
         typer.echo(f"\n{exc}; run the same command again to finish", err=True)
         raise typer.Exit(130) from None
     summary = manifest.attrs["summary"]
     totals = summary["totals"]
-    if totals["volumes_found"] == 0:
-        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in summary["skipped"][:5])
-        _fail(f"no volumes found in {', '.join(map(str, inputs))}" + (f" ({reasons})" if reasons else ""))
+    for vid, what in summary.get("inputs_changed", {}).items():
+        typer.echo(f"note: the inputs of {vid} changed since the last run ({what}); reduced it again", err=True)
+    if summary.get("inputs_moved"):
+        typer.echo(f"note: {len(summary['inputs_moved'])} volume(s) moved or touched with unchanged content; "
+                   "their results were kept", err=True)
     for error in summary["errors"]:
         typer.echo(f"error: {error['error']}", err=True)
     if summary["skipped"]:
@@ -153,14 +170,27 @@ def export(
     format: Annotated[str, typer.Option("--format", help="png (folder of images) or npy (one array).")] = "png",
     size: Annotated[int, typer.Option(help="npy: side of the square slices (aspect kept by padding).")] = 224,
     intensity: Annotated[str | None, typer.Option(help="Override the run's intensity policy.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export in --out, whole.")] = False,
+    allow_changed: Annotated[bool, typer.Option(help="Export even if sources changed since they were reduced "
+                                                     "(recorded in export.json).")] = False,
+    allow_incomplete: Annotated[bool, typer.Option(help="Export an interrupted run's finished volumes "
+                                                        "(recorded in export.json).")] = False,
 ) -> None:
-    """Write the kept slices as 8-bit PNGs or one memory-mappable uint8 array plus an index."""
-    from .io.export import export as do_export
+    """Write the kept slices as 8-bit PNGs or one memory-mappable uint8 array plus an index.
+
+    The export is written beside OUT and moved into place when complete: OUT holds a whole
+    export or none."""
+    from .exporting import export as do_export
+    from .store.files import DiskFull
+    from .store.lock import LockHeld
 
     try:
-        summary = do_export(run_dir, out, format=format, size=size, intensity=intensity)
-    except (FileNotFoundError, ValueError) as exc:
+        summary = do_export(run_dir, out, format=format, size=size, intensity=intensity, overwrite=overwrite,
+                            allow_changed=allow_changed, allow_incomplete=allow_incomplete)
+    except (ValueError, LockHeld) as exc:
         _fail(str(exc))
+    except DiskFull as exc:
+        _fail(str(exc.strerror or exc), code=1)
     for error in summary["errors"]:
         typer.echo(f"error: {error['error']}", err=True)
     typer.echo(f"exported {summary['slices']} slices of {summary['volumes']} volume(s) to {out} "
@@ -181,7 +211,7 @@ def compare(
 
     try:
         table, overlap = compare_runs(run_dirs)
-    except FileNotFoundError as exc:
+    except ValueError as exc:
         _fail(str(exc))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         typer.echo(table.to_string(index=False))
@@ -201,6 +231,8 @@ def report(
     thumbs: Annotated[int, typer.Option(help="At most N thumbnails per volume; kept slices first.")] = 48,
     thumb_px: Annotated[int, typer.Option(help="Thumbnail size in pixels.")] = 48,
     column: Annotated[str, typer.Option(help="Manifest column of kept slices, e.g. kept@8 from a sweep.")] = "kept",
+    allow_changed: Annotated[bool, typer.Option(help="Show thumbnails even if sources changed since they "
+                                                     "were reduced.")] = False,
 ) -> None:
     """Write one self-contained HTML report: summary, histogram, thumbnails along z, scores."""
     from .report import write_report
@@ -208,7 +240,7 @@ def report(
     target = output or run_dir / "report.html"
     try:
         path = write_report(run_dir, target, max_volumes=max_volumes, thumbs_per_volume=thumbs,
-                            thumb_px=thumb_px, column=column)
+                            thumb_px=thumb_px, column=column, allow_changed=allow_changed)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"report: {path}")
@@ -234,7 +266,7 @@ def pretrain(
     from pydantic import ValidationError
 
     from .config import make_pretrain_config, parse_overrides
-    from .ssl.train import PretrainError, TrainingStopped
+    from .ssl.train import PretrainError, TrainingStopped, launched_rank
     from .ssl.train import pretrain as do_pretrain
 
     values = {k: v for k, v in {"method": method, "data": None if data is None else str(data),
@@ -253,6 +285,8 @@ def pretrain(
         _fail(str(exc), code=1)
     except PretrainError as exc:
         _fail(str(exc))
+    if launched_rank() != 0:  # under strategy "ddp" every device runs this command; rank 0 reports
+        return
     typer.echo(f"{summary['method']} {summary['backbone']}: {summary['epochs_completed']} epochs, "
                f"{summary['images_seen']} images in {summary['wall_time_s']:.1f} s")
     typer.echo(f"backbone: {Path(settings.out) / 'backbone.pt'}\nsummary:  {Path(settings.out) / 'summary.json'}")
@@ -264,20 +298,6 @@ def _echo_metrics(summary: dict) -> None:
             stat = summary[name]
             sd = "" if stat["sd"] is None else f" +- {stat['sd']:.3f}"
             typer.echo(f"{name}: {stat['mean']:.3f}{sd}")
-
-
-def _task_spec(task: str) -> dict:
-    """A task given on the command line: a YAML/JSON mapping, a .npz file, or a folder."""
-    import yaml
-
-    path = Path(task)
-    if path.suffix in (".yaml", ".yml", ".json") and path.exists():
-        return yaml.safe_load(path.read_text())
-    if path.suffix == ".npz":
-        return {"format": "medmnist", "path_or_flag": str(path)}
-    if (path / "Images-processed").is_dir():
-        return {"format": "covid_ct", "root": str(path)}
-    return {"format": "folder", "root": str(path)}
 
 
 @app.command()
@@ -296,13 +316,14 @@ def finetune(
     from pydantic import ValidationError
 
     from .config import FinetuneConfig, parse_overrides
+    from .downstream.datasets import task_spec_for
     from .downstream.finetune import FinetuneError
     from .downstream.finetune import finetune as do_finetune
 
     try:
         values = parse_overrides(overrides or [])
-        config = FinetuneConfig(**{**values, "task": _task_spec(task), "out": str(out), "init": init, "mode": mode,
-                                   "seeds": tuple(int(s) for s in seeds.split(",") if s.strip())})
+        config = FinetuneConfig(**{**values, "task": task_spec_for(task), "out": str(out), "init": init,
+                                   "mode": mode, "seeds": tuple(int(s) for s in seeds.split(",") if s.strip())})
     except (ValidationError, ValueError) as exc:
         _fail(str(exc))
     try:

@@ -210,7 +210,7 @@ class Runner:
         return folder, key
 
     def export(self, reduce_folder: Path, reduce_key: str, size: int) -> tuple[Path, str]:
-        from .io.export import export
+        from .exporting import export
 
         key = _key("export", reduce_key, size)
 

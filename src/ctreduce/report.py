@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import re
 from pathlib import Path
@@ -25,8 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .io.discover import load
 from .io.volume import VolumeError, VolumeSource
-from .reduction.engine import read_sources
 from .reduction.intensity import Intensity
+from .store.run import SCORE_COLUMNS, VOLUMES, RunFolder, RunFolderError
 
 KEPT_COLOUR = (46, 158, 62)
 DROPPED_COLOUR = (214, 52, 52)
@@ -80,30 +79,34 @@ _VOLUME = """<section class="volume" id="volume-{number}">
 
 
 def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max_volumes: int = 50,
-                 thumbs_per_volume: int = 48, thumb_px: int = 48, column: str = "kept") -> Path:
+                 thumbs_per_volume: int = 48, thumb_px: int = 48, column: str = "kept",
+                 allow_changed: bool = False) -> Path:
     """Write the HTML report of the run folder ``run_dir`` to ``out_html``; returns its path.
 
     ``column`` is the boolean manifest column that says which slices were kept (``kept``, or a
     threshold-sweep column such as ``kept@6``). Per volume, at most ``thumbs_per_volume`` slices
     of ``thumb_px`` pixels are shown (all kept slices when they fit, evenly spaced dropped ones
     filling the rest). A volume that can no longer be read gets a message instead of thumbnails.
+    Sources that changed since they were reduced stop the report (RunFolderError naming them)
+    unless ``allow_changed``: thumbnails of other pixels than those reduced would mislead.
     """
     if max_volumes < 0 or thumbs_per_volume < 1 or thumb_px < 8:
         raise ValueError("need max_volumes >= 0, thumbs_per_volume >= 1 and thumb_px >= 8")
     run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.parquet"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} not found: is {run_dir} a finished ctreduce run folder?")
-    manifest = pd.read_parquet(manifest_path)
+    run = RunFolder.open(run_dir)
+    manifest = run.manifest()
     if column not in manifest.columns or manifest[column].dtype != bool:
         choices = ", ".join(c for c in manifest.columns if manifest[c].dtype == bool)
         raise ValueError(f"{column!r} is not a boolean manifest column; choose one of: {choices}")
-    summary_path = run_dir / "summary.json"
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary: dict[str, Any] = run.summary()
 
     groups = {vid: rows for vid, rows in manifest.groupby("volume_id", sort=False)}
     shown = list(groups)[:max_volumes]
-    sources, sources_error = _sources(run_dir) if shown else ({}, "")
+    if shown and not allow_changed:
+        check = run.check_sources(shown)
+        if check.changed or check.unchecked:
+            raise RunFolderError(check.message(run_dir))
+    sources, sources_error = _sources(run) if shown else ({}, "")
     intensity = Intensity.parse(manifest["intensity"].iloc[0]) if len(manifest) else Intensity()
 
     parts = [_dataset_section(manifest, summary, groups, column)]
@@ -114,7 +117,7 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max
                      "Use --max-volumes (max_volumes in Python) to show more.</p>")
     for number, vid in enumerate(shown, 1):
         source = sources.get(vid)
-        problem = sources_error or ("" if source else "not listed in volumes.parquet")
+        problem = sources_error or ("" if source else f"not listed in {VOLUMES}")
         parts.append(_volume_section(number, groups[vid], source, problem, column, intensity,
                                      thumbs_per_volume, thumb_px))
 
@@ -229,11 +232,12 @@ def _volume_section(number: int, rows: pd.DataFrame, source: VolumeSource | None
     if problem:
         strip = f'<p class="unreadable">Volume could not be read, no thumbnails: {_esc(problem)}</p>'
 
-    distance = rows["distance"].to_numpy(float)
+    score_name = next((c for c in SCORE_COLUMNS if c in rows.columns), None)
+    distance = rows[score_name].to_numpy(float) if score_name else np.full(len(rows), np.nan)
     if np.isfinite(distance).any():
         threshold = float(rows["threshold"].iloc[0])
         plot = _img(_distance_plot(rows["slice_index"].to_numpy(int), distance, kept_mask, threshold, column,
-                                   str(rows["method"].iloc[0])),
+                                   f'{rows["method"].iloc[0]} {score_name}'),
                     f"{vid}: score to leader along the slices")
     else:
         plot = f'<p class="note">No scores to plot (method {_esc(rows["method"].iloc[0])}).</p>'
@@ -366,7 +370,7 @@ def _distance_plot(index: np.ndarray, distance: np.ndarray, kept: np.ndarray, th
             transform=ax.get_xaxis_transform(), label=column)
     ax.set_xlim(index[0] - 0.5, index[-1] + 0.5)
     ax.set_xlabel("slice index (inferior to superior)")
-    ax.set_ylabel(f"{method} score")
+    ax.set_ylabel(method)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _fig_png(fig)
 
@@ -374,12 +378,12 @@ def _distance_plot(index: np.ndarray, distance: np.ndarray, kept: np.ndarray, th
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _sources(run_dir: Path) -> tuple[dict[str, VolumeSource], str]:
-    """The run's volumes by id, or an explanation when volumes.parquet cannot be read."""
+def _sources(run: RunFolder) -> tuple[dict[str, VolumeSource], str]:
+    """The run's volumes by id, or an explanation when they cannot be read."""
     try:
-        return {s.volume_id: s for s in read_sources(run_dir)}, ""
+        return {s.volume_id: s for s in run.sources()}, ""
     except Exception as exc:
-        return {}, f"cannot read {run_dir / 'volumes.parquet'}: {type(exc).__name__}: {exc}"
+        return {}, f"cannot read {run.path / VOLUMES}: {type(exc).__name__}: {exc}"
 
 
 def _png(image: Image.Image) -> bytes:

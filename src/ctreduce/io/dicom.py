@@ -1,30 +1,59 @@
-"""DICOM series: group files by SeriesInstanceUID, order slices along the normal, read HU."""
+"""DICOM: group single-frame files into series, read multi-frame CT files, order slices, read HU.
+
+One malformed file never aborts a scan. What happens to a bad file:
+
+- *Skipped* with its reason, when it cannot belong to a CT volume: not DICOM, empty, truncated or
+  unreadable header, no SeriesInstanceUID, no image (no Rows/Columns), colour (SamplesPerPixel
+  above 1), multi-frame but not a CT image.
+- Its *series is an error* naming the file, when the file is a slice of a series but its geometry
+  is unusable (ImagePositionPatient not 3 finite numbers, ImageOrientationPatient not 6 finite
+  numbers or degenerate, empty Rows/Columns, invalid NumberOfFrames). Dropping the file instead
+  would leave the series silently missing a slice: the gap check cannot see a missing first or
+  last slice, nor tell a dropped slice from a real gap.
+
+A multi-frame file (Enhanced CT, Legacy Converted Enhanced CT, or CT Image Storage with several
+frames) is one volume of its own, never merged with other files of its series. Its frames are
+ordered along the normal and checked for gaps and duplicates exactly like the files of a
+single-frame series; positions, orientation and rescale come from the per-frame or shared
+functional groups.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .volume import Volume, VolumeError, VolumeSource, hu_array
+from .volume import Volume, VolumeError, VolumeSource, hu_array, quiet
 
 # Tags read during discovery; reading only these keeps a scan of 500k files fast.
 _HEADER_TAGS = [
     "SOPClassUID",
+    "SOPInstanceUID",
     "Modality",
     "SeriesInstanceUID",
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "PixelSpacing",
     "SliceThickness",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
     "Rows",
     "Columns",
     "NumberOfFrames",
     "InstanceNumber",
 ]
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
+}
 
 # A position step larger than this multiple of the median step means a slice is missing.
 GAP_FACTOR = 1.5
@@ -34,6 +63,12 @@ DUPLICATE_TOL_MM = 1e-3
 
 @dataclass(frozen=True)
 class DicomHeader:
+    """The discovery tags of one file. ``problem`` (in words) makes the file's series an error.
+
+    A multi-frame file has ``frame_positions`` (one per frame, in file order) and the orientation
+    shared by its frames.
+    """
+
     path: str
     series_uid: str
     modality: str
@@ -43,51 +78,194 @@ class DicomHeader:
     rows: int
     cols: int
     frames: int
+    sop_uid: str = ""
+    problem: str = ""
+    multiframe: bool = False
+    frame_positions: tuple[tuple[float, float, float], ...] = ()
 
 
 def read_header(path: str | Path) -> DicomHeader:
-    """Read the discovery tags of one file; raises VolumeError when it is not usable DICOM."""
+    """Read the discovery tags of one file; raises VolumeError when it is not usable DICOM.
+
+    Any exception while parsing becomes a VolumeError naming the file.
+    """
+    try:
+        with quiet():
+            return _read_header(str(path))
+    except VolumeError:
+        raise
+    except Exception as exc:
+        raise VolumeError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_header(path: str) -> DicomHeader:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except InvalidDicomError as exc:
-        raise VolumeError(f"{path}: not a DICOM file ({exc})") from exc
-    except Exception as exc:  # truncated or corrupt header
-        raise VolumeError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
+        raise VolumeError(f"{path}: not a DICOM file (no 128-byte preamble and 'DICM' prefix)") from exc
     uid = str(ds.get("SeriesInstanceUID", "") or "")
     if not uid:
-        raise VolumeError(f"{path}: DICOM file without SeriesInstanceUID")
+        raise VolumeError(f"{path}: {_absent(path, 'SeriesInstanceUID')}")
     if "Rows" not in ds or "Columns" not in ds:
-        raise VolumeError(f"{path}: DICOM file holds no image (no Rows/Columns)")
-
-    def floats(name: str) -> tuple[float, ...] | None:
-        value = ds.get(name)
-        if value is None or value == "":
-            return None
-        try:
-            return tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            return None
-
+        raise VolumeError(f"{path}: {_absent(path, 'Rows', 'DICOM file holds no image (no Rows/Columns)')}")
+    samples = ds.get("SamplesPerPixel")
+    if samples not in (None, "", 1):
+        colour = ds.get("PhotometricInterpretation", "") or "colour"
+        raise VolumeError(f"{path}: {colour} image (SamplesPerPixel {samples}) is not a CT slice")
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    problems: list[str] = []
+    frames = _integer(ds, "NumberOfFrames", 1, problems)
+    multiframe = frames > 1 or sop_class in ENHANCED_CT_CLASSES
+    if multiframe and sop_class != CT_IMAGE_STORAGE and sop_class not in ENHANCED_CT_CLASSES:
+        raise VolumeError(f"{path}: multi-frame {_sop_name(sop_class)} file ({frames} frames) is not a CT "
+                          "image; only CT multi-frame files are read")
+    rows, cols = _integer(ds, "Rows", 0, problems), _integer(ds, "Columns", 0, problems)
+    position = _vector(ds, "ImagePositionPatient", 3, problems)
+    orientation = _orientation(ds, problems)
+    spacing = _vector(ds, "PixelSpacing", 2, [])  # optional metadata: malformed means unknown
+    frame_positions: tuple[tuple[float, float, float], ...] = ()
+    if multiframe and not problems:
+        full = pydicom.dcmread(path, stop_before_pixels=True)
+        frame_positions, orientation, spacing = _frame_geometry(full, frames, problems)
     return DicomHeader(
-        path=str(path),
+        path=path,
         series_uid=uid,
         modality=str(ds.get("Modality", "") or "").upper(),
-        position=floats("ImagePositionPatient"),  # type: ignore[arg-type]
-        orientation=floats("ImageOrientationPatient"),
-        pixel_spacing=floats("PixelSpacing"),  # type: ignore[arg-type]
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
-        frames=int(ds.get("NumberOfFrames", 1) or 1),
+        position=position,  # type: ignore[arg-type]
+        orientation=orientation,
+        pixel_spacing=spacing,  # type: ignore[arg-type]
+        rows=rows,
+        cols=cols,
+        frames=frames,
+        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        problem=problems[0] if problems else "",
+        multiframe=multiframe,
+        frame_positions=frame_positions,
     )
 
 
-def group_series(headers: Iterable[DicomHeader]) -> dict[str, list[DicomHeader]]:
-    series: dict[str, list[DicomHeader]] = defaultdict(list)
+def _absent(path: str, keyword: str, otherwise: str = "") -> str:
+    """Why ``keyword`` is missing: the file is truncated, or it lacks the attribute."""
+    import warnings
+
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+
+    size = os.path.getsize(path)
+    with warnings.catch_warnings(record=True) as caught, open(path, "rb") as f:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(f, defer_size=256, force=True)  # large values are skipped, not read
+        end = f.tell()
+    ends_early = end > size or any("end of file" in str(w.message).lower() for w in caught)
+    last = ds.get_item(max(ds.keys())) if ds else None
+    if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
+        # A complete file ends exactly where its last element does; a cut leaves that element
+        # short, or a few bytes of the next element's tag, which pydicom silently drops.
+        ends_early |= last.value_tell + last.length != size
+    if ends_early or not ds:
+        return f"truncated DICOM file: it ends after {size} bytes, inside its header (no {keyword})"
+    return otherwise or f"DICOM file without {keyword}"
+
+
+def _sop_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else ""
+    return name if name and name != uid else f"SOP class {uid or 'unknown'}"
+
+
+def _integer(ds, keyword: str, default: int, problems: list[str]) -> int:
+    """A positive integer attribute; an empty or invalid value is a problem, absence the default."""
+    if keyword not in ds:
+        return default
+    value = ds[keyword].value
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        problems.append(f"empty {keyword}" if value in (None, "") else f"invalid {keyword} {str(value)!r}")
+        return default
+    if number < 1:
+        problems.append(f"invalid {keyword} {number}")
+        return default
+    return number
+
+
+def _vector(ds, keyword: str, n: int, problems: list[str]) -> tuple[float, ...] | None:
+    """``n`` finite numbers; None when absent or empty, and also when malformed (adding a problem)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    values = value if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        problems.append(f"{keyword} {str(value)!r} is not numeric")
+        return None
+    if len(numbers) != n:
+        problems.append(f"{keyword} has {len(numbers)} values, expected {n}")
+        return None
+    if not all(math.isfinite(v) for v in numbers):
+        problems.append(f"{keyword} {list(numbers)} is not finite")
+        return None
+    return numbers
+
+
+def _orientation(ds, problems: list[str]) -> tuple[float, ...] | None:
+    orientation = _vector(ds, "ImageOrientationPatient", 6, problems)
+    if orientation is not None and np.linalg.norm(np.cross(orientation[:3], orientation[3:])) < 1e-3:
+        problems.append(f"ImageOrientationPatient {list(orientation)} is degenerate (row and column "
+                        "directions zero or parallel)")
+        return None
+    return orientation
+
+
+def _frame_group(ds, frame: int, sequence: str):
+    """The item of functional group ``sequence`` that applies to ``frame``: per-frame, else shared."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    for item in (per_frame[frame] if frame < len(per_frame) else None, shared[0] if shared else None):
+        if item is not None and item.get(sequence):
+            return item.get(sequence)[0]
+    return None
+
+
+def _frame_geometry(ds, frames: int, problems: list[str]):
+    """Per-frame positions, the frames' common orientation and the pixel spacing of a multi-frame file."""
+    positions: list[tuple[float, float, float]] = []
+    orientations = []
+    for k in range(frames):
+        plane = _frame_group(ds, k, "PlanePositionSequence")
+        facing = _frame_group(ds, k, "PlaneOrientationSequence")
+        where: list[str] = []
+        position = None if plane is None else _vector(plane, "ImagePositionPatient", 3, where)
+        orientation = None if facing is None else _orientation(facing, where)
+        if where:
+            problems.append(f"frame {k + 1}: {where[0]}")
+            return (), None, None
+        if position is None or orientation is None:
+            missing = "PlanePositionSequence" if position is None else "PlaneOrientationSequence"
+            problems.append(f"multi-frame file without per-frame geometry ({missing} of frame {k + 1}), so "
+                            "the frame order along the body cannot be determined")
+            return (), None, None
+        positions.append(position)  # type: ignore[arg-type]
+        orientations.append(orientation)
+    if np.abs(np.asarray(orientations) - orientations[0]).max() > 1e-3:
+        problems.append("frames differ in orientation")
+        return (), None, None
+    measures = _frame_group(ds, 0, "PixelMeasuresSequence")
+    spacing = None if measures is None else _vector(measures, "PixelSpacing", 2, [])
+    return tuple(positions), orientations[0], spacing
+
+
+def group_series(headers: Iterable[DicomHeader]) -> dict[tuple[str, str], list[DicomHeader]]:
+    """Single-frame files by SeriesInstanceUID (key ``(uid, "")``), each multi-frame file alone
+    (key ``(uid, path)``); in order of first appearance."""
+    series: dict[tuple[str, str], list[DicomHeader]] = defaultdict(list)
     for header in headers:
-        series[header.series_uid].append(header)
+        series[(header.series_uid, header.path if header.multiframe else "")].append(header)
     return dict(series)
 
 
@@ -100,16 +278,44 @@ def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
     return normal / norm
 
 
+def _order(positions: np.ndarray, labels: list[str], allow_gaps: bool) -> tuple[np.ndarray, float, list[str]]:
+    """Slice order along the normal, the slice spacing and warnings; raises VolumeError on
+    duplicate positions or (unless ``allow_gaps``) missing slices. ``labels`` name the slices."""
+    order = np.argsort(positions, kind="stable")
+    z = positions[order]
+    steps = np.diff(z)
+    dup = np.flatnonzero(steps < DUPLICATE_TOL_MM)
+    if dup.size:
+        i = int(dup[0])
+        raise VolumeError(
+            f"{labels[order[i + 1]]}: duplicate slice position {z[i]:.3f} mm, same as "
+            f"{labels[order[i]]} ({dup.size} duplicate(s) in the series)"
+        )
+    spacing_z = float(np.median(steps))
+    warnings: list[str] = []
+    gaps = np.flatnonzero(steps > GAP_FACTOR * spacing_z)
+    if gaps.size:
+        i = int(gaps[0])
+        message = (
+            f"{labels[order[i]]}: missing slice(s) after z={z[i]:.2f} mm, next slice "
+            f"{labels[order[i + 1]]} is {steps[i]:.2f} mm away (spacing {spacing_z:.2f} mm; "
+            f"{gaps.size} gap(s))"
+        )
+        if not allow_gaps:
+            raise VolumeError(message + "; use --allow-gaps to reduce it anyway")
+        warnings.append(message)
+    return order, spacing_z, warnings
+
+
 def order_series(
     volume_id: str, headers: list[DicomHeader], *, allow_gaps: bool = False
 ) -> VolumeSource:
-    """Order one series along its slice normal and check it; raises VolumeError when unusable."""
+    """Order one single-frame series along its slice normal and check it; raises VolumeError when unusable."""
     first = headers[0]
-    if any(h.frames > 1 for h in headers):
-        raise VolumeError(
-            f"{first.path}: multi-frame (enhanced) DICOM is not supported; convert the series "
-            "to single-frame files or NIfTI"
-        )
+    bad = [h for h in headers if h.problem]
+    if bad:
+        more = f" ({len(bad)} bad files in series {first.series_uid})" if len(bad) > 1 else ""
+        raise VolumeError(f"{bad[0].path}: {bad[0].problem}{more}")
     shapes = {(h.rows, h.cols) for h in headers}
     if len(shapes) > 1:
         raise VolumeError(f"{_folder(headers)}: series {first.series_uid} mixes slice sizes {sorted(shapes)}")
@@ -132,34 +338,15 @@ def order_series(
             raise VolumeError(f"{_folder(headers)}: slices of series {first.series_uid} differ in orientation")
         normal = slice_normal(first.orientation)  # type: ignore[arg-type]
         positions = np.array([np.dot(h.position, normal) for h in headers])
-        order = np.argsort(positions, kind="stable")
+        order, spacing_z, warnings = _order(positions, [h.path for h in headers], allow_gaps)
         ordered = [headers[i] for i in order]
         z = positions[order]
-        steps = np.diff(z)
-        dup = np.flatnonzero(steps < DUPLICATE_TOL_MM)
-        if dup.size:
-            i = int(dup[0])
-            raise VolumeError(
-                f"{ordered[i + 1].path}: duplicate slice position {z[i]:.3f} mm, same as "
-                f"{ordered[i].path} ({dup.size} duplicate(s) in the series)"
-            )
-        spacing_z = float(np.median(steps))
-        gaps = np.flatnonzero(steps > GAP_FACTOR * spacing_z)
-        if gaps.size:
-            i = int(gaps[0])
-            message = (
-                f"{ordered[i].path}: missing slice(s) after z={z[i]:.2f} mm, next slice "
-                f"{ordered[i + 1].path} is {steps[i]:.2f} mm away (spacing {spacing_z:.2f} mm; "
-                f"{gaps.size} gap(s))"
-            )
-            if not allow_gaps:
-                raise VolumeError(message + "; use --allow-gaps to reduce it anyway")
-            warnings.append(message)
     ps = first.pixel_spacing or (float("nan"), float("nan"))
     return VolumeSource(
         volume_id=volume_id,
         format="dicom",
         paths=tuple(h.path for h in ordered),
+        sop_uids=tuple(h.sop_uid for h in ordered),
         series_uid=first.series_uid,
         modality=first.modality,
         n_slices=len(ordered),
@@ -167,6 +354,35 @@ def order_series(
         cols=first.cols,
         spacing=(spacing_z, float(ps[0]), float(ps[1])),
         z_mm=tuple(float(v) for v in z),
+        warnings=tuple(warnings),
+    )
+
+
+def order_frames(volume_id: str, header: DicomHeader, *, allow_gaps: bool = False) -> VolumeSource:
+    """Order the frames of one multi-frame file along the slice normal and check them like a series."""
+    if header.problem:
+        raise VolumeError(f"{header.path}: {header.problem}")
+    normal = slice_normal(header.orientation)  # type: ignore[arg-type]
+    positions = np.array([np.dot(p, normal) for p in header.frame_positions])
+    if len(positions) == 1:
+        order, spacing_z, warnings = np.zeros(1, dtype=int), float("nan"), [f"{header.path}: single-frame file"]
+    else:
+        labels = [f"{header.path} frame {k + 1}" for k in range(len(positions))]
+        order, spacing_z, warnings = _order(positions, labels, allow_gaps)
+    ps = header.pixel_spacing or (float("nan"), float("nan"))
+    return VolumeSource(
+        volume_id=volume_id,
+        format="dicom",
+        paths=(header.path,),
+        sop_uids=(header.sop_uid,),
+        frames=tuple(int(k) for k in order),
+        series_uid=header.series_uid,
+        modality=header.modality,
+        n_slices=len(order),
+        rows=header.rows,
+        cols=header.cols,
+        spacing=(spacing_z, float(ps[0]), float(ps[1])),
+        z_mm=tuple(float(v) for v in positions[order]),
         warnings=tuple(warnings),
     )
 
@@ -182,13 +398,12 @@ def read_series(source: VolumeSource) -> Volume:
     lut_slices: dict[int, np.ndarray] = {}
     for i, path in enumerate(source.paths):
         try:
-            ds = pydicom.dcmread(path)
-            arr = ds.pixel_array
+            with quiet():
+                ds = pydicom.dcmread(path)
+                arr = ds.pixel_array
         except Exception as exc:
-            ts = _transfer_syntax(path)
-            raise VolumeError(
-                f"{path}: cannot read pixel data{ts} ({type(exc).__name__}: {exc})"
-            ) from exc
+            raise VolumeError(f"{path}: cannot read pixel data{_transfer_syntax(path)} ({type(exc).__name__}: {exc})"
+                              ) from exc
         if arr.shape != (rows, cols):
             raise VolumeError(f"{path}: pixel data has shape {arr.shape}, expected {(rows, cols)}")
         if raw is None:
@@ -199,20 +414,52 @@ def read_series(source: VolumeSource) -> Volume:
             lut_slices[i] = apply_modality_lut(arr, ds).astype(np.float32)
             arr = np.zeros_like(arr)
         raw[i] = arr
-        slopes[i] = float(ds.get("RescaleSlope", 1) or 1)
-        intercepts[i] = float(ds.get("RescaleIntercept", 0) or 0)
+        slopes[i], intercepts[i] = _rescale(ds)
     assert raw is not None
     hu = hu_array(raw, slopes, intercepts)
     if lut_slices:
         hu = hu.astype(np.float32)
         for i, values in lut_slices.items():
             hu[i] = values
+    return _volume(source, hu, source.paths)
+
+
+def read_frames(source: VolumeSource) -> Volume:
+    """Read a multi-frame file: its frames in the scanned order, rescaled per frame to HU."""
+    import pydicom
+
+    path = source.paths[0]
+    try:
+        with quiet():
+            ds = pydicom.dcmread(path)
+            arr = ds.pixel_array
+    except Exception as exc:
+        raise VolumeError(f"{path}: cannot read pixel data{_transfer_syntax(path)} ({type(exc).__name__}: {exc})"
+                          ) from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.shape != (frames, source.rows, source.cols) or max(source.frames) >= frames:
+        raise VolumeError(f"{path}: pixel data has shape {arr.shape}, expected "
+                          f"{(len(source.frames), source.rows, source.cols)}")
+    rescale = np.array([_rescale(_frame_group(ds, k, "PixelValueTransformationSequence") or ds)
+                        for k in range(frames)])
+    index = np.asarray(source.frames, dtype=np.intp)
+    hu = hu_array(arr[index], rescale[index, 0], rescale[index, 1])
+    return _volume(source, hu, (path,) * len(index))
+
+
+def _rescale(ds) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _volume(source: VolumeSource, hu: np.ndarray, slice_sources: tuple[str, ...]) -> Volume:
     return Volume(
         volume_id=source.volume_id,
         hu=hu,
         spacing=source.spacing,
         z_mm=np.asarray(source.z_mm, dtype=np.float64),
-        slice_sources=source.paths,
+        slice_sources=slice_sources,
         modality=source.modality,
         series_uid=source.series_uid,
         format="dicom",
@@ -224,7 +471,8 @@ def _transfer_syntax(path: str) -> str:
     import pydicom
 
     try:
-        uid = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        with quiet():
+            uid = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
         return f" (transfer syntax {uid.name})"
     except Exception:
         return ""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +19,8 @@ class VolumeSource:
     """A volume found on disk, described from headers only (no pixel data read).
 
     ``paths`` holds one file for single-file formats and every slice file of a DICOM series,
-    already in anatomical order (ascending position along the slice normal).
+    already in anatomical order (ascending position along the slice normal). A multi-frame DICOM
+    file is one volume: ``paths`` is that file and ``frames[i]`` the 0-based frame of slice ``i``.
     """
 
     volume_id: str
@@ -30,11 +34,13 @@ class VolumeSource:
     spacing: tuple[float, float, float] = (float("nan"),) * 3  # (z, row, col) in mm
     z_mm: tuple[float, ...] = ()  # per-slice position along the normal, DICOM only
     warnings: tuple[str, ...] = ()
+    sop_uids: tuple[str, ...] = ()  # DICOM only: SOPInstanceUID of each file in ``paths``
+    frames: tuple[int, ...] = ()  # multi-frame DICOM only: frame index of each slice, in slice order
 
     @property
     def source(self) -> str:
         """One path that identifies the volume: the file, or the folder of a DICOM series."""
-        if self.format == "dicom":
+        if self.format == "dicom" and not self.frames:
             return str(_common_dir(self.paths))
         return self.paths[0]
 
@@ -68,6 +74,18 @@ class Volume:
     @property
     def n_slices(self) -> int:
         return int(self.hu.shape[0])
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the readers' warnings about non-conformant values while reading one file.
+
+    In an archive of 500k files they would flood the terminal; a file is either used or listed
+    with the reason it cannot be.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _common_dir(paths: tuple[str, ...]):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
+
+from ..store.run import RunFolder
 
 
 def _kept_pairs(manifest: pd.DataFrame) -> set[tuple[str, int]]:
@@ -19,11 +20,9 @@ def compare_runs(run_dirs: list[str | os.PathLike]) -> tuple[pd.DataFrame, pd.Da
     wall time) and the Jaccard overlap of the kept (volume, slice) sets between every two runs."""
     rows, kept_sets, names = [], [], []
     for run_dir in map(Path, run_dirs):
-        manifest_path = run_dir / "manifest.parquet"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{manifest_path}: no manifest; is {run_dir} a 'ctreduce reduce' run folder?")
-        manifest = pd.read_parquet(manifest_path, columns=["volume_id", "slice_index", "kept", "method", "threshold"])
-        summary = json.loads((run_dir / "summary.json").read_text())
+        run = RunFolder.open(run_dir)
+        manifest = run.manifest(columns=["volume_id", "slice_index", "kept", "method", "threshold"])
+        summary = run.summary()
         per_volume = manifest.groupby("volume_id")["kept"].sum()
         config = summary.get("config", {})
         target = summary.get("target", {})

@@ -1,26 +1,19 @@
 """Reduce volumes and whole archives: one engine for every method, resumable run folders.
 
-Run folder layout (``DIR``)::
-
-    run.json           settings and inputs of the run (a rerun must match them)
-    volumes.parquet    every volume found: id, format, source files in anatomical order
-    parts/*.parquet    one manifest part per finished volume (written atomically)
-    progress.jsonl     journal of finished volumes (ok or error), appended as they finish
-    manifest.parquet   one row per slice, all volumes in input order
-    summary.json       counts, kept fractions, timings, errors, skipped files, library versions
+The run folder's layout, journal and locks belong to ``ctreduce.store.run``; this module
+decides what goes in it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
-import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +21,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import ReduceConfig
+from ..config import SELECTORS, ReduceConfig
 from ..io.discover import ScanResult, load, scan
-from ..io.volume import Volume, VolumeError, VolumeSource
+from ..io.volume import Volume, VolumeSource
+from ..store.files import DiskFull, disk_full, is_disk_full
+from ..store.fingerprint import Fingerprint, same_content
+from ..store.run import RunConflict, RunFolder, check_output_dir, write_part
 from .intensity import Intensity
 from .leader import Selection, every_n, greedy_leader, keep_all, memoize
 
-MANAGED = ("run.json", "volumes.parquet", "parts", "progress.jsonl", "manifest.parquet",
-           "manifest.csv", "summary.json")
+__all__ = ["RunConflict", "NoVolumes", "reduce", "reduce_volume", "select"]
 
 
-class RunConflict(Exception):
-    """The output folder holds a run with other settings or inputs."""
+class NoVolumes(ValueError):
+    """The inputs hold no volume at all (nothing is written)."""
 
 
 def make_config(config: ReduceConfig | None = None, **overrides: Any) -> ReduceConfig:
@@ -54,6 +49,13 @@ def make_config(config: ReduceConfig | None = None, **overrides: Any) -> ReduceC
 
 def kept_column(threshold: float) -> str:
     return f"kept@{threshold:g}"
+
+
+def score_column(config: ReduceConfig) -> str:
+    """The manifest column of each slice's score to its leader, named for what it holds."""
+    if config.method in SELECTORS or not config.measure().higher_is_similar:
+        return "distance"  # Hamming bits (hash); empty for all/every-n
+    return "similarity"  # SSIM, NMI or cosine
 
 
 def select(volume: Volume, config: ReduceConfig) -> tuple[dict[float, Selection], dict[str, list[Any]]]:
@@ -94,7 +96,7 @@ def _volume_frame(volume: Volume, config: ReduceConfig) -> pd.DataFrame:
         "z_mm": np.asarray(volume.z_mm, dtype=np.float64),
         "kept": primary.kept,
         "leader": primary.leader.astype(np.int32),
-        "distance": primary.score,
+        score_column(config): primary.score,
         "method": config.method,
         "threshold": np.nan if config.threshold is None else float(config.threshold),
         "params": params,
@@ -106,7 +108,7 @@ def _volume_frame(volume: Volume, config: ReduceConfig) -> pd.DataFrame:
         if config.target_fraction is not None:
             for t, sel in selections.items():
                 extra[f"_leader@{t:g}"] = sel.leader.astype(np.int32)
-                extra[f"_distance@{t:g}"] = sel.score
+                extra[f"_score@{t:g}"] = sel.score
         frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)
     return frame
 
@@ -121,7 +123,7 @@ def resolve_target(manifest: pd.DataFrame, config: ReduceConfig) -> tuple[pd.Dat
     manifest = manifest.copy()
     manifest["kept"] = manifest[kept_column(best)]
     manifest["leader"] = manifest[f"_leader@{best:g}"]
-    manifest["distance"] = manifest[f"_distance@{best:g}"]
+    manifest[score_column(config)] = manifest[f"_score@{best:g}"]
     manifest["threshold"] = best
     manifest = manifest.drop(columns=[c for c in manifest.columns if c.startswith("_")])
     return manifest, {"target_fraction": config.target_fraction, "threshold": best,
@@ -159,15 +161,18 @@ class VolumeResult:
     error: str | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    fingerprint: Fingerprint | None = None
 
     def entry(self) -> dict[str, Any]:
         """The journal line of this volume (also what the summary is built from)."""
         entry: dict[str, Any] = {"volume_id": self.volume_id, "source": self.source,
                                  "seconds": round(self.seconds, 4), "warnings": self.warnings,
-                                 "error": self.error, "part": _part_name(self.volume_id)}
+                                 "error": self.error}
         if self.frame is not None:
             entry["slices"] = len(self.frame)
             entry["kept"] = int(self.frame["kept"].sum())
+        if self.fingerprint is not None:
+            entry["fingerprint"] = self.fingerprint.to_json()
         return entry
 
 
@@ -175,19 +180,36 @@ def process_source(source: VolumeSource, config: ReduceConfig, parts: Path | Non
     """Read and reduce one scanned volume; never raises for bad data (the error is returned).
 
     With ``parts``, the worker also writes the volume's manifest part (atomically), so that
-    Parquet encoding runs in parallel; the parent only appends the journal line.
+    Parquet encoding runs in parallel; the parent only appends the journal line. A full disk is
+    the one error that is raised: every later volume would fail the same way.
     """
     start = time.perf_counter()
     try:
+        before = Fingerprint.of(source)  # stat before reading: a file changed meanwhile shows up later
         volume = load(source)
         frame = _volume_frame(volume, config)
         if parts is not None:
-            _atomic_write(parts / _part_name(source.volume_id), lambda p: frame.to_parquet(p, index=False))
-        return VolumeResult(source.volume_id, source.source, frame,
-                            seconds=time.perf_counter() - start, warnings=volume.warnings)
-    except (VolumeError, ValueError, MemoryError, OSError) as exc:
-        return VolumeResult(source.volume_id, source.source, error=str(exc),
+            write_part(parts, source.volume_id, frame)
+        return VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
+                            warnings=volume.warnings, fingerprint=before.with_content(source))
+    except DiskFull:
+        raise
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(parts or source.source, exc) from exc
+        return VolumeResult(source.volume_id, source.source, error=_named(source, exc),
                             seconds=time.perf_counter() - start)
+    except Exception as exc:  # one bad volume never stops the others
+        return VolumeResult(source.volume_id, source.source, error=_named(source, exc),
+                            seconds=time.perf_counter() - start)
+
+
+def _named(source: VolumeSource, exc: Exception) -> str:
+    """The error in words, naming the volume's file or folder when the message does not."""
+    text = str(exc) or type(exc).__name__
+    if any(p in text for p in (source.source, *source.paths[:1])):
+        return text
+    return f"{source.source}: {type(exc).__name__}: {text}"
 
 
 # --- archives ------------------------------------------------------------------------------------
@@ -198,105 +220,6 @@ def library_versions() -> dict[str, str]:
 
     return package_versions(["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "nibabel", "SimpleITK",
                              "pandas", "pyarrow"])
-
-
-def _part_name(volume_id: str) -> str:
-    return hashlib.sha1(volume_id.encode()).hexdigest()[:20] + ".parquet"
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def check_output_dir(out: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output folder inside an input tree or one that cannot be written."""
-    resolved = out.resolve()
-    for root in inputs:
-        root = root.resolve()
-        base = root if root.is_dir() else root.parent
-        if root.is_dir() and (resolved == base or base in resolved.parents):
-            raise ValueError(f"output folder {out} is inside the input folder {root}; input "
-                             "folders are never written to, choose a folder outside it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".ctreduce-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
-
-
-class RunFolder:
-    """The files of one reduction run and its journal of finished volumes."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.parts = out / "parts"
-        self.journal = out / "progress.jsonl"
-
-    def start(self, identity: dict[str, Any], overwrite: bool) -> None:
-        run_file = self.out / "run.json"
-        if run_file.exists() and not overwrite:
-            previous = json.loads(run_file.read_text())
-            if previous != identity:
-                diff = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-                raise RunConflict(
-                    f"{self.out} holds a run with other settings ({', '.join(diff)}: "
-                    + "; ".join(f"{k} was {previous.get(k)!r}, now {identity.get(k)!r}" for k in diff)
-                    + "); use another output folder or --overwrite"
-                )
-        elif overwrite:
-            for name in MANAGED:
-                path = self.out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-        self.parts.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_file, lambda p: p.write_text(json.dumps(identity, indent=2)))
-
-    def finished(self) -> dict[str, dict[str, Any]]:
-        """Journal entries of volumes already reduced successfully (last entry wins)."""
-        done: dict[str, dict[str, Any]] = {}
-        if not self.journal.exists():
-            return done
-        for line in self.journal.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if entry.get("error") is None and (self.parts / entry["part"]).exists():
-                done[entry["volume_id"]] = entry
-            else:
-                done.pop(entry["volume_id"], None)
-        return done
-
-    def record(self, result: VolumeResult) -> dict[str, Any]:
-        entry = result.entry()
-        with self.journal.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        return entry
-
-
-def _write_sources(out: Path, sources: list[VolumeSource]) -> None:
-    fields = [f.name for f in dataclasses.fields(VolumeSource)]
-    table = pd.DataFrame({name: [_plain(getattr(s, name)) for s in sources] for name in fields})
-    _atomic_write(out / "volumes.parquet", lambda p: table.to_parquet(p, index=False))
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def read_sources(out: str | os.PathLike) -> list[VolumeSource]:
-    """The volumes of a run folder, as scanned (for export and reports)."""
-    table = pd.read_parquet(Path(out) / "volumes.parquet")
-    return [VolumeSource(**{k: tuple(v) if isinstance(v, np.ndarray) else v for k, v in row.items()})
-            for row in table.to_dict("records")]
 
 
 def _pool_context():
@@ -316,7 +239,8 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
             yield process_source(source, config, parts)
         return
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(),
-                               initializer=_single_threaded_blas)
+                               initializer=worker_init, initargs=(os.getpid(),))
+    finished = False
     try:
         pending: set[Future] = set()
         queue = iter(todo)
@@ -332,8 +256,14 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                 nxt = next(queue, None)
                 if nxt is not None:
                     pending.add(pool.submit(process_source, nxt, config, parts))
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if not finished:
+            # Interrupted or failed: stop the workers now rather than after their current volume
+            # (ProcessPoolExecutor has no public terminate before Python 3.14).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, address: str | None,
@@ -385,9 +315,21 @@ class _RayReducer:
         return process_source(source, config, parts)
 
 
-def _single_threaded_blas() -> None:
-    # The workers are the parallelism; BLAS or torch threads on top of them only contend for
-    # cores (measured: 4x slower SSIM with 2 torch threads in each of 2 workers).
+def worker_init(parent_pid: int | None = None) -> None:
+    """Pool worker set-up: end with the parent, and one BLAS/torch thread.
+
+    The kernel sends SIGKILL to the worker when its parent dies (kill -9 included), so no worker
+    outlives the run and keeps writing parts while a rerun works. The workers are the
+    parallelism; BLAS or torch threads on top of them only contend for cores (measured: 4x
+    slower SSIM with 2 torch threads in each of 2 workers).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if parent_pid is not None and os.getppid() != parent_pid:
+            os._exit(1)  # the parent died before the signal was armed
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
@@ -413,14 +355,18 @@ def reduce(
 
     Columns: volume_id, source (the slice's file), slice_index (0-based, anatomical), z_mm,
     kept, leader (slice_index of the kept slice representing it; itself when kept), distance
-    (score to the leader in the measure's unit; NaN when kept or for all/every-n), method,
-    threshold, params (JSON), intensity, hash (hex, hash method only).
+    (hash: Hamming bits to the leader) or similarity (ssim/mi/deepnet: score to the leader),
+    NaN when kept or for all/every-n, method, threshold, params (JSON), intensity, hash.
 
-    With ``out``, results are written to a resumable run folder (see module docstring); the
-    summary (counts, errors, skipped files, versions) is in ``manifest.attrs["summary"]``.
+    With ``out``, results are written to a resumable, locked run folder (``ctreduce.store.run``);
+    the summary (counts, errors, skipped files, changed inputs, versions) is in
+    ``manifest.attrs["summary"]``. A volume whose input files changed since it was reduced is
+    reduced again; one that was only moved or touched (same content) is not.
     ``settings`` are ReduceConfig fields (method, threshold, every_n, intensity, ...).
     ``backend="ray"`` runs the volumes as Ray tasks (``ray_address`` or RAY_ADDRESS, else a
     local Ray with ``workers`` CPUs); the output is identical to the local process pool.
+    Raises ValueError (NoVolumes, RunConflict, LockHeld is a RuntimeError) before any volume is
+    read for unusable settings, and DiskFull when the disk fills (a rerun resumes).
     """
     config = make_config(config, **settings)
     if backend not in ("local", "ray"):
@@ -428,11 +374,16 @@ def reduce(
     paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     if not paths:
         raise ValueError("no input paths given")
+    if config.method not in SELECTORS:
+        config.measure().preflight()  # a setting that cannot work for any volume fails here, once
     t0 = time.perf_counter()
     if out is not None:
         check_output_dir(Path(out), paths)
     found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps,
                  workers=workers if backend == "local" else 1)
+    if not found.volumes and not found.errors:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in found.skipped[:5])
+        raise NoVolumes(f"no volumes found in {', '.join(map(str, paths))}" + (f" ({reasons})" if reasons else ""))
     scan_seconds = time.perf_counter() - t0
     run_config = config
     if config.method == "every-n" and config.target_fraction is not None:
@@ -440,18 +391,29 @@ def reduce(
         run_config = make_config(config, every_n=every_n_for_target(
             [s.n_slices for s in found.volumes], config.target_fraction))
 
-    run = RunFolder(Path(out)) if out is not None else None
+    run = RunFolder(out) if out is not None else None
+    with run.lock() if run is not None else nullcontext():
+        return _reduce_found(found, run, config, run_config, paths, t0, scan_seconds, workers=workers,
+                             overwrite=overwrite, csv=csv, progress=progress, backend=backend,
+                             ray_address=ray_address)
+
+
+def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig, run_config: ReduceConfig,
+                  paths: list[Path], t0: float, scan_seconds: float, *, workers: int, overwrite: bool, csv: bool,
+                  progress: bool, backend: str, ray_address: str | None) -> pd.DataFrame:
     done: dict[str, dict[str, Any]] = {}
+    fingerprints: dict[str, Fingerprint] = {}
+    changed: dict[str, str] = {}
+    moved: list[str] = []
     if run is not None:
-        identity = {**config.identity(), "inputs": [str(p.resolve()) for p in paths]}
-        run.start(identity, overwrite)
-        _write_sources(run.out, found.volumes)
-        done = run.finished()
+        run.start(config.identity(), [str(p.resolve()) for p in paths], overwrite)
+        done = _still_valid(run, found.volumes, run.finished(), fingerprints, changed, moved)
     todo = [s for s in found.volumes if s.volume_id not in done]
 
     frames: dict[str, pd.DataFrame] = {}
     entries: dict[str, dict[str, Any]] = dict(done)
     interrupted = False
+    full: DiskFull | None = None
     t1 = time.perf_counter()
     bar = _progress(len(found.volumes), len(done), progress)
     try:
@@ -459,7 +421,9 @@ def reduce(
         results = (_run_ray(todo, run_config, workers, ray_address, parts) if backend == "ray"
                    else _run_pool(todo, run_config, workers, parts))
         for result in results:
-            entries[result.volume_id] = run.record(result) if run is not None else result.entry()
+            entries[result.volume_id] = run.record(result.entry()) if run is not None else result.entry()
+            if result.fingerprint is not None:
+                fingerprints[result.volume_id] = result.fingerprint
             if result.frame is not None:
                 frames[result.volume_id] = result.frame
             if bar is not None:
@@ -468,6 +432,8 @@ def reduce(
                     bar.write(f"error: {result.error}")
     except KeyboardInterrupt:
         interrupted = True
+    except DiskFull as exc:
+        interrupted, full = True, exc
     finally:
         if bar is not None:
             bar.close()
@@ -482,19 +448,54 @@ def reduce(
                   "kept_fraction": float(manifest["kept"].mean()) if len(manifest) else 0.0}
     summary = _summary(found, entries, manifest, run_config, paths, scan_seconds, reduce_seconds,
                        time.perf_counter() - t0, complete=not interrupted, workers=workers)
+    if changed or moved:
+        summary["inputs_changed"] = changed
+        summary["inputs_moved"] = moved
     if sweep:
         summary["sweep"] = {f"{t:g}": f for t, f in sweep.items()}
     if target is not None:
         summary["target"] = target
     if run is not None:
-        _atomic_write(run.out / "manifest.parquet", lambda p: manifest.to_parquet(p, index=False))
-        if csv:
-            _atomic_write(run.out / "manifest.csv", lambda p: manifest.to_csv(p, index=False))
-        _atomic_write(run.out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+        try:
+            run.write_results(manifest, found.volumes, fingerprints, summary, csv)
+        except DiskFull as exc:
+            full = full or exc
     manifest.attrs["summary"] = summary
+    if full is not None:
+        raise full
     if interrupted:
-        raise KeyboardInterrupt(f"interrupted; partial results in {out}" if out else "interrupted")
+        raise KeyboardInterrupt(f"interrupted; partial results in {run.path}" if run else "interrupted")
     return manifest
+
+
+def _still_valid(run: RunFolder, sources: list[VolumeSource], done: dict[str, dict[str, Any]],
+                 fingerprints: dict[str, Fingerprint], changed: dict[str, str], moved: list[str]
+                 ) -> dict[str, dict[str, Any]]:
+    """The finished volumes whose inputs are unchanged; fills ``fingerprints``, ``changed``, ``moved``.
+
+    Unchanged files (paths, sizes, mtimes): kept. Other files with the same content (a copied,
+    moved or touched archive): kept, the part is pointed at the new paths. Anything else: the
+    volume is reduced again and the change reported.
+    """
+    valid = {}
+    for source in sources:
+        entry = done.get(source.volume_id)
+        if entry is None:
+            continue
+        now = Fingerprint.of(source)
+        recorded = Fingerprint.from_json(entry["fingerprint"]) if "fingerprint" in entry else None
+        if recorded is not None and now.files == recorded.files:
+            fingerprints[source.volume_id] = recorded
+        elif recorded is not None and same_content(recorded, source, now):
+            run.relocate_part(source)
+            fingerprints[source.volume_id] = Fingerprint(now.files, recorded.content)
+            entry = run.record({**entry, "fingerprint": fingerprints[source.volume_id].to_json()})
+            moved.append(source.volume_id)
+        else:
+            changed[source.volume_id] = (recorded.change(now) if recorded else "") or "content differs"
+            continue
+        valid[source.volume_id] = entry
+    return valid
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -510,9 +511,7 @@ def _assemble(found: ScanResult, frames: dict[str, pd.DataFrame], run: RunFolder
     for source in found.volumes:
         frame = frames.get(source.volume_id)
         if frame is None and run is not None:
-            part = run.parts / _part_name(source.volume_id)
-            if part.exists():
-                frame = pd.read_parquet(part)
+            frame = run.read_part(source.volume_id)
         if frame is not None:
             ordered.append(frame)
     if not ordered:

@@ -51,6 +51,10 @@ class Measure(ABC):
         lo = max(lo, 0.0)
         return [round(v, 3) for v in np.linspace(lo, hi, 101)[:-1]]
 
+    def preflight(self) -> None:
+        """Raise ValueError when this measure cannot work on this machine for any volume
+        (e.g. a missing GPU or weights), before any volume is read."""
+
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """Parameters that change results; recorded in the manifest and run config."""

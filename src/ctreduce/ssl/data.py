@@ -7,7 +7,6 @@ workers never receive a copy of the data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..store.export import ARRAY, INDEX, META, ExportError, ExportStore
+from ..store.files import read_json
 
-class ExportError(ValueError):
-    """The export folder is missing, incomplete or corrupt."""
+__all__ = ["ExportError", "PngFolderDataset", "SliceArrayDataset", "export_info", "intensity_stats", "open_export"]
 
 
 class SliceArrayDataset(Dataset):
-    """``slices.npy`` (N, S, S) uint8 written by ``ctreduce export --format npy``."""
+    """The (N, S, S) uint8 array of an npy export (``ctreduce export --format npy``)."""
 
-    def __init__(self, root: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> None:
-        self.root = Path(root)
-        self.path = self.root / "slices.npy"
-        try:
-            header = np.load(self.path, mmap_mode="r")
-        except FileNotFoundError as exc:
-            raise ExportError(f"{self.path}: missing; run 'ctreduce export RUN --format npy --out {root}'") from exc
-        except (ValueError, OSError) as exc:
-            raise ExportError(f"{self.path}: not a readable .npy array store ({exc})") from exc
-        if header.dtype != np.uint8 or header.ndim != 3:
-            raise ExportError(f"{self.path}: expected a (N, S, S) uint8 array, got {header.dtype} {header.shape}")
+    def __init__(self, path: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> None:
+        self.path = Path(path)
+        header = np.load(self.path, mmap_mode="r")
         self.shape = tuple(int(v) for v in header.shape)
         self.transform = transform
         self._array: np.ndarray | None = None
@@ -58,14 +50,10 @@ class SliceArrayDataset(Dataset):
 
 
 class PngFolderDataset(Dataset):
-    """``images/*.png`` written by ``ctreduce export --format png`` (or any folder of PNGs)."""
+    """PNG images: those listed by a png export, or every PNG of a plain folder."""
 
-    def __init__(self, root: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> None:
-        self.root = Path(root)
-        folder = self.root / "images" if (self.root / "images").is_dir() else self.root
-        self.files = sorted(folder.glob("*.png"))
-        if not self.files:
-            raise ExportError(f"{folder}: no PNG images")
+    def __init__(self, files: list[Path], transform: Callable[[torch.Tensor], Any] | None = None) -> None:
+        self.files = files
         self.transform = transform
 
     def __len__(self) -> int:
@@ -88,22 +76,23 @@ class PngFolderDataset(Dataset):
 
 
 def open_export(root: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> Dataset:
-    """The dataset of an export folder: the array store when present, else the PNG folder."""
-    root = Path(root)
-    if not root.exists():
-        raise ExportError(f"{root}: no such export folder")
-    if (root / "slices.npy").exists():
-        dataset = SliceArrayDataset(root, transform)
-        index = root / "index.parquet"
-        if index.exists():
-            import pandas as pd
+    """The dataset of an export folder, checked complete and consistent before any training.
 
-            rows = len(pd.read_parquet(index, columns=["row"]))
-            if rows != len(dataset):
-                raise ExportError(f"{root}: index.parquet has {rows} rows but slices.npy {len(dataset)}; "
-                                  "the export is incomplete, export it again")
-        return dataset
-    return PngFolderDataset(root, transform)
+    A folder with any trace of a ctreduce export must be a whole one (``ExportStore.open``);
+    a plain folder of PNGs from elsewhere (no ctreduce files at all) is read as it is.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ExportError(f"{root}: no such export folder")
+    if any((root / name).exists() for name in (META, INDEX, ARRAY)):
+        store = ExportStore.open(root)
+        if store.format == "npy":
+            return SliceArrayDataset(store.array_path, transform)
+        return PngFolderDataset(store.image_paths(), transform)
+    files = sorted(root.glob("*.png"))
+    if not files:
+        raise ExportError(f"{root}: neither a ctreduce export (no {META}) nor a folder of PNG images")
+    return PngFolderDataset(files, transform)
 
 
 def intensity_stats(dataset: Dataset, max_items: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -123,5 +112,6 @@ def intensity_stats(dataset: Dataset, max_items: int = 2000, seed: int = 0) -> t
 
 
 def export_info(root: str | Path) -> dict[str, Any]:
-    path = Path(root) / "export.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The settings and counts of a ctreduce export ({} for a plain image folder)."""
+    path = Path(root) / META
+    return read_json(path) if path.exists() else {}

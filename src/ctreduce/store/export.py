@@ -1,0 +1,231 @@
+"""The export store: what training reads. File names, schema, writer and reader in one place.
+
+Layout (``OUT``)::
+
+    export.json      schema, settings, counts, source run; ``complete: true`` is written last
+    index.parquet    one row per exported slice: row, volume_id, slice_index, z_mm, source (+ file)
+    slices.npy       npy: (N, size, size) uint8, row i = index row i
+    images/*.png     png: 8-bit grey at native size, names listed in the index's ``file`` column
+
+An export is written into a staging folder beside ``OUT`` and moved into place when complete,
+so ``OUT`` holds a whole export or none: an interrupted export leaves the old one (or nothing),
+and ``--overwrite`` replaces an old export whole (no old image survives). Readers refuse an
+export whose ``export.json`` is missing or incomplete, or whose array, index and images disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from .files import atomic_write, disk_full, is_disk_full, read_json, write_json
+from .lock import FolderLock
+
+SCHEMA = 2
+META = "export.json"
+INDEX = "index.parquet"
+ARRAY = "slices.npy"
+IMAGES = "images"
+FORMATS = ("png", "npy")
+INDEX_COLUMNS = ["row", "volume_id", "slice_index", "z_mm", "source"]
+
+
+class ExportError(ValueError):
+    """The export folder is missing, incomplete, inconsistent, or may not be written."""
+
+
+def png_name(volume_id: str, slice_index: int) -> str:
+    """A file name that is unique by construction: percent-encoding is injective, so "CT 1",
+    "CT_1" and any two non-ASCII ids get different, stable names."""
+    encoded = quote(volume_id, safe="")
+    if encoded.startswith("."):
+        encoded = "%2E" + encoded[1:]  # no hidden files
+    return f"{encoded}__{int(slice_index):04d}.png"
+
+
+class ExportWriter:
+    """Writes one export beside ``out`` and moves it into place on ``commit``.
+
+    Use as a context manager: leaving it without ``commit`` (an error, Ctrl-C) removes the
+    staging folder and leaves ``out`` as it was.
+    """
+
+    def __init__(self, out: str | os.PathLike, fmt: str, *, size: int | None, overwrite: bool) -> None:
+        if fmt not in FORMATS:
+            raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        self.out = Path(out)
+        self.format = fmt
+        self.size = size
+        self.overwrite = overwrite
+        self.stage = self.out.parent / f".{self.out.name}.partial"
+        self._lock = FolderLock(self.out.parent / f".{self.out.name}.lock", f"export folder {self.out}")
+        self._array: np.ndarray | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    def __enter__(self) -> ExportWriter:
+        refuse_existing(self.out, self.overwrite)
+        self._lock.__enter__()
+        try:
+            if self.stage.exists():
+                shutil.rmtree(self.stage)  # left by an interrupted export; we hold the lock
+            (self.stage / IMAGES if self.format == "png" else self.stage).mkdir(parents=True)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self.stage.exists():
+                self._array = None
+                shutil.rmtree(self.stage, ignore_errors=True)
+        finally:
+            self._lock.__exit__(exc_type, exc, tb)
+
+    def allocate(self, n: int) -> None:
+        """npy: the array of ``n`` rows (shrunk on commit when fewer were written)."""
+        assert self.format == "npy" and self.size is not None
+        self._array = np.lib.format.open_memmap(self.stage / ARRAY, mode="w+", dtype=np.uint8,
+                                                shape=(n, self.size, self.size))
+
+    def add(self, image: np.ndarray, record: dict[str, Any]) -> None:
+        """One exported slice: an uint8 image (already resized for npy) and its index record."""
+        from PIL import Image
+
+        record = dict(record)
+        try:
+            if self._array is not None:
+                self._array[len(self.rows)] = image
+            else:
+                name = png_name(record["volume_id"], record["slice_index"])
+                Image.fromarray(image).save(self.stage / IMAGES / name, compress_level=1)
+                record["file"] = f"{IMAGES}/{name}"
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.stage, exc) from exc
+            raise
+        self.rows.append(record)
+
+    def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Write index and export.json (``complete: true``) and move the export into place."""
+        n = len(self.rows)
+        if self._array is not None:
+            self._array.flush()
+            allocated = self._array.shape[0]
+            self._array = None
+            if n != allocated:  # unreadable volumes: shrink the store to the rows written
+                data = np.load(self.stage / ARRAY, mmap_mode="r")[:n].copy()
+                atomic_write(self.stage / ARRAY, lambda p: _save_npy(p, data))
+        columns = INDEX_COLUMNS + (["file"] if self.format == "png" else [])
+        index = pd.DataFrame(self.rows, columns=columns[1:])
+        index.insert(0, "row", np.arange(n, dtype=np.int64))
+        atomic_write(self.stage / INDEX, lambda p: index.to_parquet(p, index=False))
+        meta = {"schema": SCHEMA, "complete": True, "format": self.format,
+                "size": self.size if self.format == "npy" else None, "slices": n, **meta}
+        write_json(self.stage / META, meta)
+        old = self.out.parent / f".{self.out.name}.old"
+        if self.out.exists():
+            os.replace(self.out, old)
+        os.replace(self.stage, self.out)
+        shutil.rmtree(old, ignore_errors=True)
+        return meta
+
+
+def _save_npy(path: Path, data: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # np.save on a file object adds no suffix
+        np.save(fh, data)
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """An existing export is replaced only with ``overwrite``; a folder of other files never."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not (out / META).exists() and not (out / INDEX).exists() and not (out / ARRAY).exists():
+        raise ExportError(f"{out} holds files that are not a ctreduce export; choose a new or empty folder "
+                          "(ctreduce replaces an export folder whole, so it never writes into other files)")
+    if not overwrite:
+        raise ExportError(f"{out} already holds an export; use --overwrite to replace it whole, "
+                          "or choose another folder")
+
+
+@dataclass(frozen=True)
+class ExportStore:
+    """A complete, consistent export, opened for reading."""
+
+    root: Path
+    meta: dict[str, Any]
+    index: pd.DataFrame
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> ExportStore:
+        root = Path(root)
+        if not root.is_dir():
+            raise ExportError(f"{root}: no such export folder")
+        meta_path = root / META
+        if not meta_path.exists():
+            raise ExportError(f"{root}: no {META}, so this is not a finished ctreduce export (an interrupted "
+                              f"export, or files from elsewhere); export it again with 'ctreduce export RUN "
+                              f"--out {root} --overwrite'")
+        try:
+            meta = read_json(meta_path)
+        except ValueError as exc:
+            raise ExportError(f"{meta_path}: unreadable ({exc}); export it again with --overwrite") from exc
+        if not meta.get("complete"):
+            raise ExportError(f"{root}: the export is incomplete ({META} does not mark it complete); "
+                              "export it again with --overwrite")
+        try:
+            index = pd.read_parquet(root / INDEX)
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{root / INDEX}: unreadable ({type(exc).__name__}: {exc}); export it again "
+                              "with --overwrite") from exc
+        store = cls(root, meta, index)
+        store._check()
+        return store
+
+    @property
+    def format(self) -> str:
+        return str(self.meta["format"])
+
+    @property
+    def array_path(self) -> Path:
+        return self.root / ARRAY
+
+    def image_paths(self) -> list[Path]:
+        return [self.root / f for f in self.index["file"]]
+
+    def _check(self) -> None:
+        n = int(self.meta.get("slices", -1))
+        if len(self.index) != n:
+            raise ExportError(f"{self.root}: {INDEX} has {len(self.index)} rows but {META} says {n} slices; "
+                              "export it again with --overwrite")
+        if self.format == "npy":
+            try:
+                array = np.load(self.array_path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise ExportError(f"{self.array_path}: not a readable .npy array ({exc}); export it again "
+                                  "with --overwrite") from exc
+            size = self.meta.get("size")
+            if array.dtype != np.uint8 or array.shape != (n, size, size):
+                raise ExportError(f"{self.array_path}: expected ({n}, {size}, {size}) uint8, got {array.dtype} "
+                                  f"{array.shape}; export it again with --overwrite")
+        elif self.format == "png":
+            listed = set(self.index["file"])
+            on_disk = {f"{IMAGES}/{p.name}" for p in (self.root / IMAGES).glob("*.png")}
+            if listed != on_disk:
+                missing, extra = sorted(listed - on_disk), sorted(on_disk - listed)
+                raise ExportError(f"{self.root}: images and {INDEX} disagree ({len(missing)} listed but missing"
+                                  + (f", e.g. {missing[0]}" if missing else "") + f"; {len(extra)} not listed"
+                                  + (f", e.g. {extra[0]}" if extra else "") + "); export it again with --overwrite")
+        else:
+            raise ExportError(f"{self.root}: unknown export format {self.format!r} in {META}")

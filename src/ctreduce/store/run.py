@@ -1,0 +1,296 @@
+"""The reduction run folder: its file names, schema, writer and reader, in one place.
+
+Layout (``DIR``)::
+
+    run.json           schema, settings and inputs of the run (a rerun must match them)
+    volumes.parquet    every volume found: id, format, files in anatomical order, fingerprint
+    parts/*.parquet    one manifest part per finished volume (written atomically)
+    progress.jsonl     journal of finished volumes (ok or error, with input fingerprints)
+    manifest.parquet   one row per slice, all volumes in input order (manifest.csv with --csv)
+    summary.json       counts, kept fractions, timings, errors, skipped files, library versions
+    .lock              held while a process writes the folder
+
+Schema 2 (this version) adds input fingerprints and names the score column for what it holds
+(``distance`` for hashes, ``similarity`` for SSIM/NMI/cosine). Schema 1 folders still read; their
+inputs cannot be checked (no fingerprints), which readers report with the command to redo them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..io.volume import VolumeSource
+from .files import atomic_write, disk_full, is_disk_full, read_json, write_json
+from .fingerprint import Fingerprint, same_content
+from .lock import FolderLock
+
+SCHEMA = 2
+RUN_JSON = "run.json"
+VOLUMES = "volumes.parquet"
+PARTS = "parts"
+JOURNAL = "progress.jsonl"
+MANIFEST = "manifest.parquet"
+MANIFEST_CSV = "manifest.csv"
+SUMMARY = "summary.json"
+LOCK = ".lock"
+_MANAGED = (RUN_JSON, VOLUMES, PARTS, JOURNAL, MANIFEST, MANIFEST_CSV, SUMMARY)
+
+# Score columns by what they hold: hash methods measure a distance, the others a similarity.
+SCORE_COLUMNS = ("distance", "similarity")
+
+
+class RunFolderError(ValueError):
+    """The folder is not a usable run folder (missing, incomplete, other settings, changed inputs)."""
+
+
+class RunConflict(RunFolderError):
+    """The output folder holds a run with other settings or inputs."""
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """What checking a run's recorded inputs against the disk found."""
+
+    changed: dict[str, str]  # volume_id -> what changed, in words
+    moved: list[str]  # same content at other paths or times
+    unchecked: bool = False  # schema 1: nothing recorded to check against
+
+    def message(self, run: Path, limit: int = 5) -> str:
+        if self.unchecked:
+            return (f"{run} was written by an older ctreduce (run folder schema 1) and records no input "
+                    "fingerprints, so its sources cannot be checked; redo it with the same 'ctreduce reduce' "
+                    "command and --overwrite, or pass --allow-changed to use it unchecked")
+        items = list(self.changed.items())
+        listed = "; ".join(f"{vid}: {what}" for vid, what in items[:limit])
+        more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+        return (f"the inputs of {len(items)} volume(s) of {run} changed since they were reduced: {listed}{more}. "
+                "Rerun the same 'ctreduce reduce' command to redo them, or pass --allow-changed to go on "
+                "(recorded in the output)")
+
+
+def part_name(volume_id: str) -> str:
+    return hashlib.sha1(volume_id.encode()).hexdigest()[:20] + ".parquet"
+
+
+def write_part(parts: Path, volume_id: str, frame: pd.DataFrame) -> None:
+    """A finished volume's manifest rows; called by the worker that reduced it."""
+    atomic_write(parts / part_name(volume_id), lambda p: frame.to_parquet(p, index=False))
+
+
+def check_output_dir(out: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an output folder inside an input tree or one that cannot be created; creates nothing."""
+    resolved = out.resolve()
+    for root in inputs:
+        root = root.resolve()
+        if root.is_dir() and (resolved == root or root in resolved.parents):
+            raise ValueError(f"output folder {out} is inside the input folder {root}; input "
+                             "folders are never written to, choose a folder outside it")
+    existing = resolved
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to output folder {out}: {existing} is not a writable folder")
+
+
+class RunFolder:
+    """One reduction run on disk. Writers hold ``lock()``; readers use ``open``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.parts = self.path / PARTS
+        self.journal = self.path / JOURNAL
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def lock(self) -> FolderLock:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return FolderLock(self.path / LOCK, f"run folder {self.path}")
+
+    def start(self, settings: dict[str, Any], inputs: list[str], overwrite: bool) -> bool:
+        """Begin or resume a run (the lock is held). Returns True when the inputs moved (same names
+        under another parent folder): recorded volumes are then kept only when their content is unchanged."""
+        run_file = self.path / RUN_JSON
+        moved = False
+        if overwrite:
+            for name in _MANAGED:
+                target = self.path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        elif run_file.exists():
+            previous = read_json(run_file)
+            if previous.get("schema") != SCHEMA:
+                raise RunConflict(f"{self.path} holds a run of an older ctreduce (run folder schema "
+                                  f"{previous.get('schema', 1)}); rerun with --overwrite to redo it, or use "
+                                  "another output folder")
+            old = previous.get("settings", {})
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            if diff:
+                raise RunConflict(
+                    f"{self.path} holds a run with other settings ("
+                    + "; ".join(f"{k} was {old.get(k)!r}, now {settings.get(k)!r}" for k in diff)
+                    + "); use another output folder or --overwrite")
+            if previous.get("inputs") != inputs:
+                if [Path(p).name for p in previous.get("inputs", [])] != [Path(p).name for p in inputs]:
+                    raise RunConflict(f"{self.path} holds a run of other inputs ({previous.get('inputs')}, now "
+                                      f"{inputs}); use another output folder or --overwrite")
+                moved = True
+        self.parts.mkdir(parents=True, exist_ok=True)
+        write_json(run_file, {"schema": SCHEMA, "settings": settings, "inputs": inputs})
+        return moved
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Journal entries of volumes already reduced successfully (last entry wins)."""
+        done: dict[str, dict[str, Any]] = {}
+        if not self.journal.exists():
+            return done
+        for line in self.journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if entry.get("error") is None and (self.parts / entry["part"]).exists():
+                done[entry["volume_id"]] = entry
+            else:
+                done.pop(entry["volume_id"], None)
+        return done
+
+    def record(self, entry: dict[str, Any]) -> dict[str, Any]:
+        entry = {**entry, "part": part_name(entry["volume_id"])}
+        try:
+            with self.journal.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.journal, exc) from exc
+            raise
+        return entry
+
+    def read_part(self, volume_id: str) -> pd.DataFrame | None:
+        part = self.parts / part_name(volume_id)
+        return pd.read_parquet(part) if part.exists() else None
+
+    def relocate_part(self, source: VolumeSource) -> None:
+        """Point a finished volume's rows at the files of ``source`` (same content, moved)."""
+        frame = self.read_part(source.volume_id)
+        if frame is not None:
+            frame["source"] = list(slice_files(source))[: len(frame)]
+            write_part(self.parts, source.volume_id, frame)
+
+    def write_results(self, manifest: pd.DataFrame, sources: list[VolumeSource],
+                      fingerprints: dict[str, Fingerprint], summary: dict[str, Any], csv: bool) -> None:
+        fields = [f.name for f in dataclasses.fields(VolumeSource)]
+        table = pd.DataFrame({name: [_plain(getattr(s, name)) for s in sources] for name in fields})
+        table["fingerprint"] = [json.dumps(fingerprints[s.volume_id].to_json()) if s.volume_id in fingerprints
+                                else None for s in sources]
+        atomic_write(self.path / VOLUMES, lambda p: table.to_parquet(p, index=False))
+        atomic_write(self.path / MANIFEST, lambda p: manifest.to_parquet(p, index=False))
+        if csv:
+            atomic_write(self.path / MANIFEST_CSV, lambda p: manifest.to_csv(p, index=False))
+        write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
+
+    # --- reading ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunFolder:
+        """A finished (or interrupted) run to read; raises RunFolderError when there is none."""
+        run = cls(path)
+        if not (run.path / MANIFEST).exists():
+            raise RunFolderError(f"{run.path / MANIFEST}: no manifest; run 'ctreduce reduce ... --out {run.path}' "
+                                 "first (or let the interrupted run finish)")
+        return run
+
+    @property
+    def schema(self) -> int:
+        run_file = self.path / RUN_JSON
+        return int(read_json(run_file).get("schema", 1)) if run_file.exists() else 1
+
+    def settings(self) -> dict[str, Any]:
+        data = read_json(self.path / RUN_JSON)
+        return data["settings"] if "schema" in data else data  # schema 1 held the settings at the top
+
+    def manifest(self, columns: list[str] | None = None) -> pd.DataFrame:
+        manifest = pd.read_parquet(self.path / MANIFEST)
+        if "distance" in manifest.columns and self.schema == 1 and len(manifest):
+            if str(manifest["method"].iloc[0]) in ("ssim", "mi", "deepnet"):  # schema 1 called every score distance
+                manifest = manifest.rename(columns={"distance": "similarity"})
+        return manifest if columns is None else manifest[[c for c in columns if c in manifest.columns]]
+
+    def summary(self) -> dict[str, Any]:
+        path = self.path / SUMMARY
+        return read_json(path) if path.exists() else {}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.summary().get("complete", False))
+
+    def sources(self) -> list[VolumeSource]:
+        table = pd.read_parquet(self.path / VOLUMES)
+        fields = {f.name for f in dataclasses.fields(VolumeSource)}
+        return [VolumeSource(**{k: tuple(v) if isinstance(v, np.ndarray) else v
+                                for k, v in row.items() if k in fields})
+                for row in table.to_dict("records")]
+
+    def fingerprints(self) -> dict[str, Fingerprint]:
+        table = pd.read_parquet(self.path / VOLUMES)
+        if "fingerprint" not in table.columns:
+            return {}
+        return {vid: Fingerprint.from_json(json.loads(fp))
+                for vid, fp in zip(table["volume_id"], table["fingerprint"], strict=True) if fp}
+
+    def check_sources(self, volume_ids: Iterable[str] | None = None) -> SourceCheck:
+        """Compare the recorded inputs of ``volume_ids`` (default: all) with the files on disk."""
+        if self.schema < 2:
+            return SourceCheck({}, [], unchecked=True)
+        try:
+            recorded = self.fingerprints()
+            sources = {s.volume_id: s for s in self.sources()}
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"cannot read {self.path / VOLUMES} ({type(exc).__name__}: {exc}), so the "
+                                 "sources cannot be checked; rerun the same 'ctreduce reduce' command to "
+                                 "write it again") from exc
+        wanted = list(sources) if volume_ids is None else list(volume_ids)
+        changed, moved = {}, []
+        for vid in wanted:
+            source, before = sources.get(vid), recorded.get(vid)
+            if source is None or before is None:
+                changed[vid] = "no recorded input fingerprint"
+                continue
+            now = Fingerprint.of(source)
+            if now.files == before.files:
+                continue
+            if same_content(before, source, now):
+                moved.append(vid)
+            else:
+                changed[vid] = before.change(now) or "content differs"
+        return SourceCheck(changed, moved)
+
+
+def slice_files(source: VolumeSource) -> tuple[str, ...]:
+    """The file each slice of ``source`` comes from, in slice order."""
+    if len(source.paths) == source.n_slices:
+        return source.paths
+    return (source.paths[0],) * source.n_slices
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def read_sources(path: str | os.PathLike) -> list[VolumeSource]:
+    """The volumes of a run folder, as scanned."""
+    return RunFolder(path).sources()
