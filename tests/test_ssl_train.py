@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -121,10 +126,10 @@ def test_errors_before_training(export_dir, tmp_path):
         pretrain(settings(export_dir, tmp_path / "o", batch_size=64))
     with pytest.raises(PretrainError, match="unknown backbone"):
         pretrain(settings(export_dir, tmp_path / "o", backbone="vgg16"))
-    (tmp_path / "corrupt").mkdir()
-    (tmp_path / "corrupt" / "slices.npy").write_bytes(b"garbage")
-    with pytest.raises(PretrainError, match="not a readable"):
-        pretrain(settings(tmp_path / "corrupt", tmp_path / "o"))
+    corrupt = Path(shutil.copytree(export_dir, tmp_path / "corrupt"))
+    (corrupt / "slices.npy").write_bytes(b"garbage")
+    with pytest.raises(PretrainError, match=re.escape(str(corrupt))):  # the message names the export
+        pretrain(settings(corrupt, tmp_path / "o"))
     with pytest.raises(ValueError, match="swav.bogus|bogus"):
         make_pretrain_config({**TINY, "swav": {"bogus": 1}})
     assert not (tmp_path / "o").exists()
@@ -143,10 +148,40 @@ def test_collapse_warning_after_patience_epochs():
     assert len(caught) == 1 and "sinkhorn_epsilon" in str(caught[0].message)
 
 
-def test_ddp_on_cpu_with_two_processes(export_dir, tmp_path):
-    out = tmp_path / "ddp"
-    summary = pretrain(settings(export_dir, out, method="swav", epochs=1, devices=2, accelerator="cpu",
-                                strategy="ddp_spawn", batch_size=4))
-    assert summary["devices"] == 2
-    assert summary["images_seen"] == summary["steps"] * 4 * 2
-    assert (out / "backbone.pt").exists()
+# Records each rank's exit status: Lightning's "ddp" launcher re-runs this script (sys.argv) once per extra device.
+RANK_EXITS = """
+import os, sys
+from pathlib import Path
+
+from ctreduce.cli import main
+
+code = 1  # any exception but SystemExit
+try:
+    main()
+    code = 0
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    raise
+finally:
+    Path(os.environ["RANK_EXITS"], "rank" + os.environ.get("LOCAL_RANK", "0")).write_text(str(code))
+"""
+
+
+def test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0(export_dir, tmp_path):
+    script, exits, out = tmp_path / "ctreduce_cli.py", tmp_path / "exits", tmp_path / "ddp"
+    script.write_text(RANK_EXITS)
+    exits.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    command = [sys.executable, str(script), "pretrain", "--method", "swav", "--data", str(export_dir),
+               "--out", str(out), "--devices", "2", "--epochs", "1", "--batch-size", "4", "preset=cpu",
+               "backbone=resnet18", "input_size=32", "accelerator=cpu", "strategy=ddp", "num_workers=0",
+               "swav.local_crop_size=16", "swav.n_prototypes=16"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**env, "RANK_EXITS": str(exits)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name: p.read_text() for p in exits.iterdir()} == {"rank0": "0", "rank1": "0"}, proc.stderr[-3000:]
+    assert proc.stdout.count("swav resnet18: 1 epochs") == 1  # rank 0 reports
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["devices"] == 2
+    assert summary["images_seen"] == summary["steps"] * 4 * 2 == (48 // 8) * 8
+    missing, _ = torchvision.models.resnet18().load_state_dict(torch.load(out / "backbone.pt"), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"]

@@ -188,24 +188,11 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
         mean, std = intensity_stats(raw, seed=config.seed)
         config = config.model_copy(update={"mean": config.mean or round(mean, 5), "std": config.std or round(std, 5)})
 
-    resolved = config.model_dump(mode="json")
-    config_file = out / "config.yaml"
     ckpt = out / "checkpoints" / "last.ckpt"
-    if config_file.exists() and not overwrite:
-        previous = yaml.safe_load(config_file.read_text())
-        if previous != resolved:
-            diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
-            raise PretrainError(f"{out} holds a run with other settings ({', '.join(diff)}); "
-                                "use another --out or --overwrite")
-    elif overwrite and out.exists():
-        import shutil
-
-        for name in ("checkpoints", "logs", "metrics.jsonl", "summary.json", "backbone.pt"):
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    (out / "versions.json").write_text(json.dumps(library_versions(), indent=2))
+    # Under strategy "ddp" Lightning re-runs this command once per extra device: rank 0 has prepared the
+    # run folder before launching them, and another rank must not check, clear or rewrite it meanwhile.
+    if launched_rank() == 0:
+        _prepare_run_folder(out, config.model_dump(mode="json"), overwrite)
 
     pl.seed_everything(config.seed, workers=True)
     cls = method_class(config.method)
@@ -239,6 +226,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                          deterministic=settings["accelerator"] == "cpu", benchmark=False,
                          enable_progress_bar=True, default_root_dir=out, **settings)
     resume = ckpt if ckpt.exists() else None
+    # Read before training: at its end rank 0 rewrites summary.json while the other ranks build their summary.
+    earlier_s = _earlier_wall_time(out) if resume is not None else 0.0
     start = time.perf_counter()
     status = "running"
     try:
@@ -252,12 +241,46 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
         raise
     finally:
         seconds = time.perf_counter() - start
+        # Every rank returns the same summary (the CLI runs on every rank under "ddp"); rank 0 writes the files.
+        summary = _summary(config, trainer, len(dataset), earlier_s, seconds, settings, status, resume)
         if trainer.is_global_zero:
-            summary = _summary(out, config, trainer, len(dataset), seconds, settings, status, resume)
             if status == "finished":
                 torch.save(module.export_backbone(), out / "backbone.pt")
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def launched_rank() -> int:
+    """Global rank of this process as set by the launcher (Lightning's "ddp", torchrun, SLURM); 0 otherwise."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank
+
+
+def _prepare_run_folder(out: Path, resolved: dict[str, Any], overwrite: bool) -> None:
+    """Refuse a folder holding other settings (or clear it with ``overwrite``); write config and versions."""
+    config_file = out / "config.yaml"
+    if config_file.exists() and not overwrite:
+        previous = yaml.safe_load(config_file.read_text())
+        if previous != resolved:
+            diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise PretrainError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+                                "use another --out or --overwrite")
+    elif overwrite and out.exists():
+        import shutil
+
+        for name in ("checkpoints", "logs", "metrics.jsonl", "summary.json", "backbone.pt"):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    (out / "versions.json").write_text(json.dumps(library_versions(), indent=2))
+
+
+def _earlier_wall_time(out: Path) -> float:
+    """Wall time of the sessions before a resume, from the summary they left."""
+    path = out / "summary.json"
+    return json.loads(path.read_text()).get("wall_time_s", 0.0) if path.exists() else 0.0
 
 
 def _world_size(config: PretrainConfig) -> int:
@@ -269,12 +292,9 @@ def _world_size(config: PretrainConfig) -> int:
     return config.num_nodes
 
 
-def _summary(out: Path, config: PretrainConfig, trainer: pl.Trainer, n_images: int, seconds: float,
+def _summary(config: PretrainConfig, trainer: pl.Trainer, n_images: int, earlier_s: float, seconds: float,
              settings: dict[str, Any], status: str, resumed_from: Path | None) -> dict[str, Any]:
-    previous = {}
-    if resumed_from is not None and (out / "summary.json").exists():
-        previous = json.loads((out / "summary.json").read_text())
-    total_seconds = previous.get("wall_time_s", 0.0) + seconds
+    total_seconds = earlier_s + seconds
     gpus = trainer.num_devices * trainer.num_nodes if settings["accelerator"] == "gpu" else 0
     steps = trainer.global_step
     info = export_info(config.data)
