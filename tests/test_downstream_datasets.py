@@ -17,11 +17,14 @@ from ctreduce.downstream.datasets import (
     DownstreamData,
     ImageDataset,
     Split,
+    check_task_spec,
     load_covid_ct,
     load_image_folder,
     load_medmnist,
     load_task,
     read_image_uint8,
+    task_source,
+    task_spec_for,
 )
 from ctreduce.downstream.synthetic import CLASSES, _knobs, lesion_samples, make_lesion_task
 from ctreduce.phantom import make_phantom, write_dicom_series
@@ -435,3 +438,30 @@ def test_load_task_dispatch(generated) -> None:
         load_task({"format": "covid_ct", "root": "x", "val_fraction": 0.2})
     with pytest.raises(DataError, match="needs 'root'"):
         load_task({"format": "folder"})
+
+
+def test_task_spec_for_a_path_is_what_load_task_takes(generated, tmp_path) -> None:
+    npz = task_spec_for(generated["medmnist"])
+    assert npz == {"format": "medmnist", "path": str(generated["medmnist"])}
+    assert task_source(npz) == str(generated["medmnist"])
+    assert task_spec_for(generated["covid_ct"])["format"] == "covid_ct"
+    assert task_spec_for(generated["folder"]) == {"format": "folder", "root": str(generated["folder"])}
+    for spec in (npz, task_spec_for(generated["covid_ct"]), task_spec_for(generated["folder"])):
+        assert len(load_task(spec).train) > 0
+    spec_file = tmp_path / "task.yaml"
+    spec_file.write_text(f"format: folder\nroot: {generated['folder']}\nsplit_csv: split.csv\n")
+    assert task_spec_for(spec_file)["split_csv"] == "split.csv"
+    spec_file.write_text(f"format: medmnist\npath_or_flag: {generated['medmnist']}\n")
+    with pytest.raises(DataError, match=r"task.yaml: .*unknown key\(s\) \['path_or_flag'\]"):
+        task_spec_for(spec_file)
+    with pytest.raises(DataError, match="task spec file not found"):
+        task_spec_for(tmp_path / "missing.yaml")
+
+
+def test_check_task_spec_reads_nothing() -> None:
+    assert check_task_spec({"format": "medmnist", "path": "/no/such/file.npz"})["path"] == "/no/such/file.npz"
+    assert check_task_spec({"format": "folder", "root": "/no/such/folder", "seed": 3})["seed"] == 3
+    with pytest.raises(DataError, match="'path' .* or 'flag', not both"):
+        check_task_spec({"format": "medmnist", "path": "x.npz", "flag": "organsmnist"})
+    with pytest.raises(DataError, match="must be a mapping"):
+        check_task_spec(["folder"])

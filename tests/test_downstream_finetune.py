@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from ctreduce.downstream.datasets import _ORGAN_LABELS
 from ctreduce.downstream.evaluate import EvaluateError, evaluate_run
 from ctreduce.downstream.finetune import FinetuneError, finetune, set_trainable
 from ctreduce.downstream.synthetic import make_lesion_task
@@ -125,3 +128,34 @@ def test_evaluate_recomputes_the_saved_metrics(task, tmp_path):
     assert np.isclose(again["per_seed"][0]["f1"], first["per_seed"][0]["f1"])
     with pytest.raises(EvaluateError, match="no config.yaml"):
         evaluate_run(tmp_path)
+
+
+def organsmnist_npz(path: Path, per_class: dict[str, int]) -> Path:
+    """A tiny MedMNIST-format file: every one of OrganSMNIST's 11 classes in every split, 28x28 uint8."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in per_class.items():
+        labels = np.repeat(np.arange(len(_ORGAN_LABELS), dtype=np.uint8), n)[:, None]  # (N, 1) as MedMNIST
+        arrays[f"{split}_images"] = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = labels
+    np.savez(path, **arrays)
+    return path
+
+
+def test_cli_finetune_on_a_medmnist_npz_then_evaluate(tmp_path):
+    npz = organsmnist_npz(tmp_path / "organsmnist.npz", {"train": 2, "val": 1, "test": 1})
+    ctreduce = str(Path(sys.executable).with_name("ctreduce"))
+    out = tmp_path / "ft"
+    proc = subprocess.run([ctreduce, "finetune", "--task", str(npz), "--init", "random", "--out", str(out),
+                           "epochs=1", "head_only_epochs=0", "backbone=resnet18", "input_size=32", "batch_size=8",
+                           "num_workers=0", "bootstrap=10"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["classes"] == _ORGAN_LABELS and results["split_sizes"] == {"train": 22, "val": 11, "test": 11}
+    (out / "results.json").unlink()  # evaluate then names the task from the saved spec
+    proc = subprocess.run([ctreduce, "evaluate", str(out), "--bootstrap", "10"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accuracy:" in proc.stdout and "auc:" in proc.stdout
+    again = json.loads((out / "results.json").read_text())
+    assert again["task"] == str(npz) and again["accuracy"] == results["accuracy"]

@@ -11,8 +11,10 @@ Three formats, as used in the paper's downstream evaluation (Wolf et al. 2024):
 Every loader returns a validated :class:`DownstreamData`: images are uint8 grey arrays (H, W)
 (sizes may differ between images), labels int64 in 0..K-1, ``classes[k]`` names label k.
 Problems are reported as :class:`DataError` naming the offending file or folder, before any
-training starts. :func:`load_task` dispatches on a spec dict for the experiment runner, and
-:class:`ImageDataset` wraps a split for a torch ``DataLoader``.
+training starts. A task spec is a dict such as ``{"format": "medmnist", "path": "x.npz"}``:
+:func:`check_task_spec` checks it without reading data, :func:`task_spec_for` makes one from a
+path given on the command line, :func:`load_task` loads it (the CLI, experiment files and
+``ctreduce evaluate`` all use these), and :class:`ImageDataset` wraps a split for a torch ``DataLoader``.
 
 Images are read eagerly into memory (COVID-CT: ~750 images; OrganSMNIST: 25k of 28x28).
 """
@@ -673,11 +675,63 @@ def load_image_folder(root: str | Path, *, split_csv: str | Path | None = None, 
 
 # --- dispatch ------------------------------------------------------------------------------------
 
+# The one spelling of a task spec: its "format" and the keys each format takes (the loader's keyword
+# arguments, plus "path"/"flag" for MedMNIST). The CLI, the experiment files and evaluate use it.
 _SPEC_KEYS = {
     "covid_ct": {"root", "covid_label", "name"},
     "medmnist": {"path", "flag", "root", "size", "download", "name"},
     "folder": {"root", "split_csv", "val_fraction", "test_fraction", "seed", "extensions", "name"},
 }
+SPEC_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def check_task_spec(spec: Any) -> dict[str, Any]:
+    """Raise :class:`DataError` unless ``spec`` is a well-formed task spec (format, keys); return a copy.
+
+    Nothing is read: paths that do not exist yet pass, a misspelt key does not.
+    """
+    if not isinstance(spec, dict):
+        raise DataError(f"a task spec must be a mapping, got {type(spec).__name__}")
+    fmt = spec.get("format")
+    if fmt not in _SPEC_KEYS:
+        raise DataError(f"task spec 'format' must be one of {sorted(_SPEC_KEYS)}, got {fmt!r}")
+    unknown = sorted(set(spec) - _SPEC_KEYS[fmt] - {"format"})
+    if unknown:
+        raise DataError(f"task spec for format {fmt!r}: unknown key(s) {unknown}; allowed {sorted(_SPEC_KEYS[fmt])}")
+    if fmt == "medmnist" and "path" in spec and "flag" in spec:
+        raise DataError("task spec for format 'medmnist': give 'path' (an .npz file) or 'flag', not both")
+    if fmt != "medmnist" and "root" not in spec:
+        raise DataError(f"task spec for format {fmt!r} needs 'root'")
+    return dict(spec)
+
+
+def task_spec_for(target: str | Path) -> dict[str, Any]:
+    """The spec of a task named by one path (``ctreduce finetune --task``): a YAML/JSON spec file,
+    a MedMNIST ``.npz``, a COVID-CT root (it has ``Images-processed/``) or a folder of class folders."""
+    import yaml
+
+    path = Path(target)
+    if path.suffix.lower() in SPEC_FILE_SUFFIXES:
+        if not path.is_file():
+            raise DataError(f"{path}: task spec file not found")
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise DataError(f"{path}: unreadable task spec ({exc})") from exc
+        try:
+            return check_task_spec(spec)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc
+    if path.suffix.lower() == ".npz":
+        return {"format": "medmnist", "path": str(path)}
+    if (path / "Images-processed").is_dir():
+        return {"format": "covid_ct", "root": str(path)}
+    return {"format": "folder", "root": str(path)}
+
+
+def task_source(spec: dict[str, Any]) -> str:
+    """What a task spec reads: its file or folder (or MedMNIST flag); "" when it names none."""
+    return str(spec.get("path") or spec.get("root") or spec.get("flag") or "")
 
 
 def load_task(spec: dict[str, Any]) -> DownstreamData:
@@ -685,22 +739,11 @@ def load_task(spec: dict[str, Any]) -> DownstreamData:
     ``{"format": "medmnist", "flag": "organsmnist", "root": "...", "size": 28}`` (or ``"path"``:
     an .npz) or ``{"format": "folder", "root": "...", "split_csv": "..."}``; the other keys are
     the loader's keyword arguments."""
-    if not isinstance(spec, dict):
-        raise DataError(f"a task spec must be a dict, got {type(spec).__name__}")
-    spec = dict(spec)
-    fmt = spec.pop("format", None)
-    if fmt not in _SPEC_KEYS:
-        raise DataError(f"task spec 'format' must be one of {sorted(_SPEC_KEYS)}, got {fmt!r}")
-    unknown = sorted(set(spec) - _SPEC_KEYS[fmt])
-    if unknown:
-        raise DataError(f"task spec for format {fmt!r}: unknown key(s) {unknown}; allowed {sorted(_SPEC_KEYS[fmt])}")
+    spec = check_task_spec(spec)
+    fmt = spec.pop("format")
     if fmt == "medmnist":
-        if "path" in spec and "flag" in spec:
-            raise DataError("task spec for format 'medmnist': give 'path' or 'flag', not both")
         target = spec.pop("path", None) or spec.pop("flag", "organsmnist")
         return load_medmnist(target, **spec)
-    if "root" not in spec:
-        raise DataError(f"task spec for format {fmt!r} needs 'root'")
     root = spec.pop("root")
     if fmt == "covid_ct":
         return load_covid_ct(root, **spec)

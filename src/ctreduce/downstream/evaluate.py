@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .datasets import task_source
 from .finetune import score, write_results
 
 
@@ -41,7 +42,7 @@ def evaluate_run(run_dir: str | Path, *, bootstrap: int = 1000, positive_label: 
         seed = int(folder.name.removeprefix("seed"))
         per_seed.append(score(folder, classes, table["label"].to_numpy(), table[prob_columns].to_numpy(np.float64),
                               positive_label=positive, bootstrap=bootstrap, seed=seed, extra=extra))
-    info = {"task": config.get("task", {}).get("root") or config.get("task", {}).get("path_or_flag", ""),
+    info = {"task": task_source(config.get("task") or {}),
             "classes": classes, "init": config.get("init"), "mode": config.get("mode"),
             "seeds": [r["seed"] for r in per_seed]}
     if (run_dir / "results.json").exists():
