@@ -49,6 +49,7 @@ _HEADER_TAGS = [
     "InstanceNumber",
 ]
 
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
@@ -106,6 +107,8 @@ def _read_header(path: str) -> DicomHeader:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except InvalidDicomError as exc:
         raise VolumeError(f"{path}: not a DICOM file (no 128-byte preamble and 'DICM' prefix)") from exc
+    if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _MEDIA_DIRECTORY:
+        raise VolumeError(f"{path}: DICOMDIR (the index of a DICOM medium), not an image")
     uid = str(ds.get("SeriesInstanceUID", "") or "")
     if not uid:
         raise VolumeError(f"{path}: {_absent(path, 'SeriesInstanceUID')}")

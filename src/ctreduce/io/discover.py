@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
+from typing import Any
 
 from . import dicom, single
 from .volume import Volume, VolumeError, VolumeSource
@@ -21,19 +25,91 @@ _DATA_FILES = {".raw", ".zraw", ".img"}
 
 @dataclass
 class ScanResult:
-    """Volumes found (in deterministic input order) and everything skipped, with reasons."""
+    """Volumes found (in deterministic input order) and everything skipped, with reasons.
+
+    Every file reached is accounted for once: in a volume, under ``skipped`` (``path``, ``reason``;
+    a skipped series also lists its files under ``paths``) or in an error (``volume_id``,
+    ``source``, ``error``, and the files of the failed volume under ``paths``).
+    """
 
     volumes: list[VolumeSource] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
-    errors: list[dict[str, str]] = field(default_factory=list)  # {"volume_id", "source", "error"}
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _walk(root: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        files.extend(Path(dirpath) / f for f in sorted(filenames))
+@dataclass
+class _Seen:
+    """Real paths already reached, over all inputs, mapped to the path that reached them first."""
+
+    folders: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]]) -> list[Path]:
+    """The files under ``root`` (or ``root`` itself) not reached before, in sorted order.
+
+    Symlinked folders are followed once: a folder or file reached again (a second link, an
+    overlapping input such as ``/tree /tree/patient000``) or a link back to one of its own
+    ancestors (a loop) is listed under ``skipped``, as are empty files, broken links and
+    anything that is not a regular file (a FIFO would block the reader).
+    """
+    files: list[Path] = []
+
+    def add_file(path: Path, real: str) -> None:
+        if real in seen.files:
+            skipped.append({"path": str(path), "reason": f"same file as {seen.files[real]}, already scanned"})
+            return
+        seen.files[real] = str(path)
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            reason = f"broken symbolic link to {os.readlink(path)}" if path.is_symlink() else exc.strerror
+            skipped.append({"path": str(path), "reason": reason or type(exc).__name__})
+            return
+        if not S_ISREG(stat.st_mode):
+            skipped.append({"path": str(path), "reason": "not a regular file"})
+        elif stat.st_size == 0:
+            skipped.append({"path": str(path), "reason": "empty file (0 bytes)"})
+        else:
+            files.append(path)
+
+    def visit(folder: Path, ancestors: frozenset[str]) -> None:
+        real = os.path.realpath(folder)
+        if real in ancestors:
+            skipped.append({"path": str(folder), "reason": f"symbolic link loop: leads back to {real}, "
+                            "a folder that contains it"})
+            return
+        if real in seen.folders:
+            skipped.append({"path": str(folder), "reason": f"same folder as {seen.folders[real]}, already scanned"})
+            return
+        seen.folders[real] = str(folder)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append({"path": str(folder), "reason": f"cannot list folder ({exc.strerror or exc})"})
+            return
+        folders = []
+        for entry in entries:
+            if _is_dir(entry):
+                folders.append(Path(entry.path))
+            else:  # realpath only for links: it costs a system call per path component
+                add_file(Path(entry.path), os.path.realpath(entry.path) if entry.is_symlink()
+                         else os.path.join(real, entry.name))
+        for sub in folders:
+            visit(sub, ancestors | {real})
+
+    if root.is_dir():
+        visit(root, frozenset())
+    else:
+        add_file(root, os.path.realpath(root))
     return files
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symbolic links
+    except OSError:
+        return False
 
 
 def _volume_id(root: Path, path: Path) -> str:
@@ -53,40 +129,34 @@ def scan(
 
     DICOM files are grouped by SeriesInstanceUID across each input; only series whose Modality
     equals ``modality`` are kept (``"any"`` keeps all). Series that cannot be ordered (duplicate
-    positions, missing slices unless ``allow_gaps``) are returned under ``errors``.
+    positions, missing slices unless ``allow_gaps``) are returned under ``errors``. An exception
+    while reading one file or one series never stops the scan: it becomes that file's skip
+    reason or that series' error. A file reached twice (links, overlapping inputs) counts once,
+    for the first input that reaches it.
     Raises FileNotFoundError for an input path that does not exist. With ``workers`` > 1 the
     DICOM headers are read in parallel (reading them is most of a scan's time).
     """
     result = ScanResult()
     want = modality.upper()
-    seen_ids: set[str] = set()
+    seen = _Seen()
     for raw in inputs:
         root = Path(raw)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
-        files = [root] if root.is_file() else _walk(root)
-        if not files:
+        n_skipped = len(result.skipped)
+        files = _collect(root, seen, result.skipped)
+        if not files and len(result.skipped) == n_skipped:
             result.skipped.append({"path": str(root), "reason": "empty folder"})
             continue
         base = root if root.is_dir() else root.parent
         candidates: list[Path] = []
         for path in files:
-            name = path.name.lower()
             try:
-                if single.has_suffix(path, single.NIFTI_SUFFIXES):
-                    vid = _volume_id(base, path.with_name(single._strip_suffix(path, single.NIFTI_SUFFIXES)))
-                    result.volumes.append(single.nifti_source(path, vid))
-                elif single.has_suffix(path, single.SITK_SUFFIXES):
-                    vid = _volume_id(base, path.with_name(single._strip_suffix(path, single.SITK_SUFFIXES)))
-                    result.volumes.append(single.sitk_source(path, vid))
-                elif path.suffix.lower() in _DATA_FILES or name.endswith(".raw.gz"):
-                    result.skipped.append({"path": str(path), "reason": "pixel-data file of a header file"})
-                elif path.suffix.lower() in _NOT_VOLUMES or name.startswith("."):
-                    result.skipped.append({"path": str(path), "reason": f"not a volume format ({path.suffix or name})"})
-                else:
+                if not _add_single_file(result, base, path):
                     candidates.append(path)
-            except VolumeError as exc:
-                result.skipped.append({"path": str(path), "reason": str(exc).removeprefix(f"{path}: ")})
+            except Exception as exc:
+                reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, VolumeError) else _describe(exc)
+                result.skipped.append({"path": str(path), "reason": reason})
         headers: list[dicom.DicomHeader] = []
         for path, header in zip(candidates, _read_headers(candidates, workers), strict=True):
             if isinstance(header, str):
@@ -94,8 +164,30 @@ def scan(
             else:
                 headers.append(header)
         _add_series(result, base, headers, want, allow_gaps)
-    _make_ids_unique(result.volumes, seen_ids)
+    _make_ids_unique(result)
     return result
+
+
+def _add_single_file(result: ScanResult, base: Path, path: Path) -> bool:
+    """Add a file that is not DICOM (a volume or a skip); False for a DICOM candidate."""
+    name = path.name.lower()
+    if single.has_suffix(path, single.NIFTI_SUFFIXES):
+        vid = _volume_id(base, path.with_name(single._strip_suffix(path, single.NIFTI_SUFFIXES)))
+        result.volumes.append(single.nifti_source(path, vid))
+    elif single.has_suffix(path, single.SITK_SUFFIXES):
+        vid = _volume_id(base, path.with_name(single._strip_suffix(path, single.SITK_SUFFIXES)))
+        result.volumes.append(single.sitk_source(path, vid))
+    elif path.suffix.lower() in _DATA_FILES or name.endswith(".raw.gz"):
+        result.skipped.append({"path": str(path), "reason": "pixel-data file of a header file"})
+    elif path.suffix.lower() in _NOT_VOLUMES or name.startswith("."):
+        result.skipped.append({"path": str(path), "reason": f"not a volume format ({path.suffix or name})"})
+    else:
+        return False
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
@@ -103,6 +195,8 @@ def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
         return dicom.read_header(path)
     except VolumeError as exc:
         return str(exc).removeprefix(f"{path}: ")
+    except Exception as exc:  # read_header converts everything; this keeps a worker alive regardless
+        return _describe(exc)
 
 
 def _read_headers(paths: list[Path], workers: int) -> list[dicom.DicomHeader | str]:
@@ -121,46 +215,61 @@ def _read_headers(paths: list[Path], workers: int) -> list[dicom.DicomHeader | s
 
 def _add_series(result: ScanResult, base: Path, headers: list[dicom.DicomHeader], want: str,
                 allow_gaps: bool) -> None:
-    series = dicom.group_series(headers)
-    by_folder: dict[str, int] = {}
-    for members in series.values():
-        folder = os.path.commonpath([str(Path(h.path).parent) for h in members])
-        by_folder[folder] = by_folder.get(folder, 0) + 1
-    for uid, members in series.items():
-        folder = os.path.commonpath([str(Path(h.path).parent) for h in members])
+    groups = dicom.group_series(headers)
+    folders = {key: os.path.commonpath([str(Path(h.path).parent) for h in members])
+               for key, members in groups.items()}
+    # Single-frame series sharing a folder get the end of their UID in their id; a multi-frame
+    # file is named by its own path.
+    per_folder = Counter(folder for (_, multiframe), folder in folders.items() if not multiframe)
+    for (uid, multiframe), members in groups.items():
+        paths = [h.path for h in members]
+        source = multiframe or folders[(uid, multiframe)]
         modality = members[0].modality
         if want != "ANY" and modality != want:
             result.skipped.append({
-                "path": folder,
+                "path": source,
                 "reason": f"series {uid} has modality {modality or 'unknown'} "
                 f"({len(members)} files), not {want}; use --modality any to include it",
+                "paths": paths,
             })
             continue
-        vid = _volume_id(base, Path(folder))
-        if by_folder[folder] > 1:
+        vid = _volume_id(base, Path(source))
+        if not multiframe and per_folder[source] > 1:
             vid = f"{vid}#{uid[-12:]}"
         try:
-            result.volumes.append(dicom.order_series(vid, members, allow_gaps=allow_gaps))
-        except VolumeError as exc:
-            result.errors.append({"volume_id": vid, "source": folder, "error": str(exc)})
+            if multiframe:
+                result.volumes.append(dicom.order_frames(vid, members[0], allow_gaps=allow_gaps))
+            else:
+                result.volumes.append(dicom.order_series(vid, members, allow_gaps=allow_gaps))
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, VolumeError) else f"{source}: {_describe(exc)}"
+            result.errors.append({"volume_id": vid, "source": source, "error": error, "paths": paths})
 
 
-def _make_ids_unique(volumes: list[VolumeSource], seen: set[str]) -> None:
-    import dataclasses
+def _make_ids_unique(result: ScanResult) -> None:
+    """Give every volume and every failed volume its own id (``~2``, ``~3``... on collisions).
 
-    for i, vol in enumerate(volumes):
-        vid, k = vol.volume_id, 1
-        while vid in seen:
+    Volumes are numbered first, so a failing series never changes the id of a good volume.
+    """
+    seen: set[str] = set()
+
+    def unique(vid: str) -> str:
+        k, candidate = 1, vid
+        while candidate in seen:
             k += 1
-            vid = f"{vol.volume_id}~{k}"
-        seen.add(vid)
-        if vid != vol.volume_id:
-            volumes[i] = dataclasses.replace(vol, volume_id=vid)
+            candidate = f"{vid}~{k}"
+        seen.add(candidate)
+        return candidate
+
+    result.volumes = [dataclasses.replace(v, volume_id=unique(v.volume_id)) for v in result.volumes]
+    for error in result.errors:
+        error["volume_id"] = unique(error["volume_id"])
 
 
 def load(source: VolumeSource) -> Volume:
     """Read the pixel data of a scanned volume; raises VolumeError naming the file and reason."""
-    reader = {"dicom": dicom.read_series, "nifti": single.read_nifti, "sitk": single.read_sitk}
+    reader = {"dicom": dicom.read_frames if source.frames else dicom.read_series,
+              "nifti": single.read_nifti, "sitk": single.read_sitk}
     try:
         volume = reader[source.format](source)
     except VolumeError:

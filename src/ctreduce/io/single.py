@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume import Volume, VolumeError, VolumeSource, hu_array
+from .volume import Volume, VolumeError, VolumeSource, hu_array, quiet
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".vtk", ".gipl", ".gipl.gz", ".nia")
@@ -56,9 +56,15 @@ def nifti_source(path: Path, volume_id: str) -> VolumeSource:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        with quiet():
+            img = nib.load(str(path))
     except Exception as exc:
         raise VolumeError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(img, nib.Nifti1Image):  # nib.load also returns CIFTI-2 and other non-volume images
+        raise VolumeError(f"{path}: {type(img).__name__} is not a NIfTI volume")
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "iuf":
+        raise VolumeError(f"{path}: NIfTI data type {dtype} is not a grey-level volume")
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -79,7 +85,8 @@ def read_nifti(source: VolumeSource) -> Volume:
 
     path = source.paths[0]
     try:
-        img = nib.load(path)
+        with quiet():
+            img = nib.load(path)
         # The unscaled on-disk array plus the header scaling, never get_fdata's float64 copy.
         raw = np.asarray(img.dataobj.get_unscaled())
     except Exception as exc:
