@@ -265,3 +265,35 @@ def test_resnet50_offline_error_is_clear(monkeypatch):
 def test_unavailable_cuda_refused(resnet18_file):
     with pytest.raises(ValueError, match="CUDA is not available"):
         DeepNetMeasure(str(resnet18_file), "cuda").prepare(tiny_volume())
+
+
+def test_preflight_loads_the_weights_once_for_the_run(resnet18_file, monkeypatch):
+    deepnet.load_backbone.cache_clear()
+    calls = []
+    real = deepnet.resnet_from_file
+    monkeypatch.setattr(deepnet, "resnet_from_file", lambda path: calls.append(path) or real(path))
+    measure = ReduceConfig(method="deepnet", backbone=str(resnet18_file), device="cpu", batch_size=4).measure()
+    measure.preflight()
+    measure.prepare(tiny_volume())  # an in-process reduction reuses the preflight's network
+    assert len(calls) == 1
+
+
+def test_preflight_without_cached_or_downloadable_resnet50_weights(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    deepnet.load_backbone.cache_clear()
+    with pytest.raises(ValueError, match="could not load the ImageNet weights of backbone 'resnet50'") as info:
+        ReduceConfig(method="deepnet", backbone="resnet50", device="cpu").measure().preflight()
+    assert "efficientnet-lite0" in str(info.value) and torch.hub.get_dir() in str(info.value)
+
+
+def test_preflight_checks_the_device_before_loading_weights(resnet18_file, monkeypatch):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("weights loaded for an unusable device")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(deepnet, "load_backbone", must_not_load)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        DeepNetMeasure(str(resnet18_file), "cuda").preflight()

@@ -7,6 +7,7 @@ import pytest
 from skimage.metrics import structural_similarity
 from sklearn.metrics import normalized_mutual_info_score
 
+from ctreduce.config import ReduceConfig
 from ctreduce.phantom import make_phantom
 from ctreduce.reduction.intensity import Intensity
 from ctreduce.reduction.leader import greedy_leader
@@ -69,3 +70,14 @@ def test_measure_arguments_are_validated():
         get_measure("mi", mi_bins=1)
     with pytest.raises(ValueError, match="unknown similarity measure"):
         get_measure("psnr")
+
+
+def test_preflight_refuses_a_device_this_machine_lacks(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # any machine: as if it had no GPU
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available; use device='cpu'"):
+        ReduceConfig(method="ssim", device="cuda").measure().preflight()
+    ReduceConfig(method="ssim", device="auto").measure().preflight()
+    ReduceConfig(method="mi", device="cuda").measure().preflight()  # MI runs on numpy: no device to check
+    ReduceConfig(method="hash").measure().preflight()

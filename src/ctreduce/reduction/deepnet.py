@@ -128,6 +128,17 @@ class DeepNetMeasure(Measure):
             raise ValueError(f"backbone file not found: {path}") from exc
         return str(path), stat.st_size, stat.st_mtime_ns
 
+    def _spec(self) -> str | tuple[str, int, int]:
+        """What :func:`load_backbone` caches on: the name, or the file's path, size and mtime."""
+        return self._file_key() if self.is_file else self.backbone
+
+    def preflight(self) -> None:
+        """The device exists and the weights load: a backbone file, the ResNet-50 ImageNet weights (cached or
+        downloadable), the EfficientNet packages. Loaded on the CPU, where in-process reductions reuse them
+        (workers load their own); a GPU is not touched before the run."""
+        resolve_device(self.device)
+        load_backbone(self._spec(), "cpu")
+
     def params(self) -> dict[str, Any]:
         if self.is_file:
             key = self._file_key()
@@ -141,8 +152,7 @@ class DeepNetMeasure(Measure):
         if u8.ndim != 3 or u8.dtype != np.uint8:
             raise ValueError(f"deepnet expects a (slices, rows, cols) uint8 volume, got {u8.dtype} {u8.shape}")
         device = resolve_device(self.device)
-        spec = self._file_key() if self.is_file else self.backbone
-        model = load_backbone(spec, device)
+        model = load_backbone(self._spec(), device)
         if len(u8):
             emb = embed(model, u8, device, self.batch_size).astype(np.float64)
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)

@@ -53,7 +53,8 @@ class Measure(ABC):
 
     def preflight(self) -> None:
         """Raise ValueError when this measure cannot work on this machine for any volume
-        (e.g. a missing GPU or weights), before any volume is read."""
+        (e.g. a missing GPU or weights), before any volume is read. Must be cheap when it passes."""
+        return None  # hash and MI need nothing beyond numpy and their validated parameters
 
     @abstractmethod
     def params(self) -> dict[str, Any]:

@@ -103,6 +103,10 @@ class SSIMMeasure(Measure):
         self.device = device
         self.batch_size = batch_size
 
+    def preflight(self) -> None:
+        """The requested device exists (``device='cuda'`` on a machine without CUDA fails here)."""
+        resolve_device(self.device)
+
     def params(self) -> dict[str, Any]:
         return {"ssim_size": self.ssim_size, "sigma": SSIM_SIGMA, "K1": SSIM_K1, "K2": SSIM_K2,
                 "data_range": SSIM_DATA_RANGE}
