@@ -175,3 +175,41 @@ def test_jpeg2000_compressed_ct_decodes_like_the_uncompressed_file():
     plain = read_volume(get_testdata_file("693_UNCI.dcm"))
     assert pydicom.dcmread(get_testdata_file("693_J2KI.dcm")).file_meta.TransferSyntaxUID.is_compressed
     np.testing.assert_array_equal(compressed.hu, plain.hu)
+
+
+@pytest.mark.parametrize("plane, orientation, axis, reverse", [
+    # normal = row x column = (-1, 0, 0): ascending along it is right-to-left, so slice k (x = k) comes last
+    ("sagittal", [0, 1, 0, 0, 0, -1], 0, True),
+    # normal = (0, 1, 0): ascending along it is anterior-to-posterior, slice k (y = k) in place
+    ("coronal", [1, 0, 0, 0, 0, -1], 1, False),
+])
+def test_non_axial_series_is_ordered_along_its_normal(tmp_path, phantom, plane, orientation, axis, reverse):
+    hu, spacing = phantom
+    files = write_dicom_series(hu, spacing, tmp_path / plane, seed=5)
+    numbers = np.random.default_rng(7).permutation(len(files)) + 1  # InstanceNumber says nothing either
+    for k, f in enumerate(files):
+        position = [-12.0, -12.0, 40.0]
+        position[axis] = k * 2.0
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient, ds.ImagePositionPatient, ds.InstanceNumber = orientation, position, int(numbers[k])
+        ds.save_as(f)
+    vol = read_volume(tmp_path / plane)
+    np.testing.assert_array_equal(vol.hu, hu[::-1] if reverse else hu)
+    assert [Path(p).name for p in vol.slice_sources] == [f.name for f in (files[::-1] if reverse else files)]
+    np.testing.assert_allclose(np.diff(vol.z_mm), 2.0)
+    assert vol.spacing[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("slopes", [[2.0], [0.5], [2.0, 0.5, 1.0]], ids=["2", "0.5", "per-slice"])
+def test_rescale_slope_gives_raw_times_slope_plus_intercept(tmp_path, phantom, slopes):
+    hu, spacing = phantom
+    files = write_dicom_series(hu, spacing, tmp_path / "s", seed=2)
+    expected = []
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope, ds.RescaleIntercept = slopes[k % len(slopes)], -1000 - k
+        ds.save_as(f)
+        expected.append(ds.pixel_array * ds.RescaleSlope + ds.RescaleIntercept)
+    vol = read_volume(tmp_path / "s")
+    np.testing.assert_array_equal(vol.hu, np.stack(expected))
+    assert vol.hu.dtype == (np.float32 if 0.5 in slopes else np.int16)
