@@ -12,8 +12,10 @@ table) and ``OUT/plots/*.png``.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .config import FinetuneConfig, ReduceConfig, make_pretrain_config
+from .store.run import RunFolder
 
 
 class ExperimentError(ValueError):
@@ -38,12 +41,27 @@ class DatasetSpec(BaseModel):
     samples: bool = False
     phantom: dict[str, Any] | None = None  # make_archive arguments: n_volumes, n_slices, size, ...
 
+    @field_validator("phantom")
+    @classmethod
+    def _phantom_arguments(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from .phantom import make_archive
+
+            _check_arguments(make_archive, value)
+        return value
+
 
 class ReductionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
     settings: dict[str, Any] = {}  # ReduceConfig fields: method, threshold, target_fraction, ...
+
+    @field_validator("settings")
+    @classmethod
+    def _reduce_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _validated(lambda: ReduceConfig(**value))
+        return value
 
 
 class SSLSpec(BaseModel):
@@ -53,6 +71,13 @@ class SSLSpec(BaseModel):
     settings: dict[str, Any] = {}  # PretrainConfig fields (preset, method, epochs, ...)
     reductions: list[str] | None = None  # None: every reduction
 
+    @field_validator("settings")
+    @classmethod
+    def _pretrain_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _set_by_the_experiment(value, {"data": "each reduction's export", "out": "the stage's cache folder"})
+        _validated(lambda: make_pretrain_config({**value, "data": "-", "out": "-"}))
+        return value
+
 
 class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -61,6 +86,27 @@ class TaskSpec(BaseModel):
     data: dict[str, Any] = {}  # load_task spec: format + its arguments
     synthetic: dict[str, Any] | None = None  # make_lesion_task arguments (generates the data)
     positive_label: int = 1
+
+    @model_validator(mode="after")
+    def _data_spec(self) -> TaskSpec:
+        """The spec the loader will get is well formed; its files need not exist yet."""
+        from .downstream.datasets import check_task_spec
+
+        if self.synthetic is None:
+            if not self.data:
+                raise ValueError(f"task {self.name!r} needs 'data' (a load_task spec) or 'synthetic'")
+            check_task_spec(self.data)
+        else:
+            from .downstream.synthetic import make_lesion_task
+
+            _check_arguments(make_lesion_task, self.synthetic)
+            check_task_spec(synthetic_task_spec(self, "-"))
+        return self
+
+
+def synthetic_task_spec(task: TaskSpec, root: str) -> dict[str, Any]:
+    """The load_task spec of a synthetic task generated in ``root``; ``data`` adds loader arguments."""
+    return {"format": (task.synthetic or {}).get("format", "folder"), "root": root, **task.data}
 
 
 class ExperimentConfig(BaseModel):
@@ -76,6 +122,8 @@ class ExperimentConfig(BaseModel):
     export_size: int | None = None  # None: the SSL input size
     seeds: list[int] = [0]
     workers: int = 1
+    # Reuse a cached reduction whose sources changed since (recorded in results.md); default: stop.
+    allow_changed: bool = False
 
     @field_validator("datasets", "reductions", "ssl", "tasks")
     @classmethod
@@ -85,6 +133,16 @@ class ExperimentConfig(BaseModel):
         names = [v.name for v in value]
         if len(set(names)) != len(names):
             raise ValueError(f"names must be unique, got {names}")
+        return value
+
+    @field_validator("finetune")
+    @classmethod
+    def _finetune_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _set_by_the_experiment(value, {"task": "each task", "init": "each pre-training run",
+                                       "out": "the stage's cache folder", "seeds": "the experiment's 'seeds'",
+                                       "positive_label": "each task's 'positive_label'"})
+        _validated(lambda: FinetuneConfig(**{**value, "task": {"format": "folder", "root": "-"}, "out": "-",
+                                             "init": "random"}))
         return value
 
     @model_validator(mode="after")
@@ -98,7 +156,33 @@ class ExperimentConfig(BaseModel):
         return self
 
 
+def _validated(build: Callable[[], Any]) -> Any:
+    """Build a settings object; its errors become one readable message for the experiment model."""
+    try:
+        return build()
+    except ValidationError as exc:
+        raise ValueError(_errors(exc)) from None
+
+
+def _check_arguments(generator: Callable[..., Any], arguments: dict[str, Any]) -> None:
+    """``generator(folder, **arguments)`` accepts these keywords (values are checked when it runs)."""
+    parameters = list(inspect.signature(generator).parameters)
+    try:
+        inspect.signature(generator).bind("-", **arguments)
+    except TypeError as exc:
+        raise ValueError(f"{generator.__name__}: {exc}; it takes {parameters[1:]}") from None
+
+
+def _set_by_the_experiment(settings: dict[str, Any], owners: dict[str, str]) -> None:
+    """Keys the runner fills in itself: a value here would be ignored or clash with it."""
+    clashes = [f"{key} (set from {owner})" for key, owner in owners.items() if key in settings]
+    if clashes:
+        raise ValueError(f"remove {', '.join(clashes)}: the experiment sets them")
+
+
 def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment file: every dataset, reduction, pre-training, task and
+    fine-tuning setting, without touching any data (paths need not exist yet, keys must be right)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -125,33 +209,31 @@ def _key(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# Stage keys hash the resolved settings, not the file's spelling: an omitted setting whose default
+# changes, or a preset that changes, gives a new key; equivalent spellings share one.
+def _reduce_identity(settings: dict[str, Any]) -> dict[str, Any]:
+    return ReduceConfig(**settings).identity()
+
+
+def _pretrain_identity(settings: dict[str, Any]) -> dict[str, Any]:
+    return make_pretrain_config({**settings, "data": "-", "out": "-"}).model_dump(mode="json",
+                                                                                  exclude={"data", "out"})
+
+
+def _finetune_identity(settings: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    config = FinetuneConfig(**settings, task=spec, init="-", out="-")
+    return config.model_dump(mode="json", exclude={"init", "out"})
+
+
 class Runner:
-    """Plans every cell, validates every setting up front, then runs the missing stages."""
+    """Plans every cell of a validated configuration (:func:`load_experiment`), then runs the missing stages."""
 
     def __init__(self, config: ExperimentConfig, log=print) -> None:
         self.config = config
         self.out = Path(config.out)
         self.log = log
-        self._validate()
 
     # -- planning ---------------------------------------------------------------------------------
-    def _validate(self) -> None:
-        """Every reduction, pre-training and fine-tuning setting is checked before anything runs."""
-        try:
-            for spec in self.config.reductions:
-                ReduceConfig(**spec.settings)
-            for spec in self.config.ssl:
-                make_pretrain_config({**spec.settings, "data": "-", "out": "-"})
-            FinetuneConfig(**{**self.config.finetune, "task": {"format": "folder", "root": "-"}, "out": "-",
-                              "init": "random"})
-        except ValidationError as exc:
-            raise ExperimentError(_errors(exc)) from exc
-        except ValueError as exc:
-            raise ExperimentError(str(exc)) from exc
-        for task in self.config.tasks:
-            if not task.data and task.synthetic is None:
-                raise ExperimentError(f"task {task.name!r} needs 'data' (a load_task spec) or 'synthetic'")
-
     def cells(self) -> list[tuple[DatasetSpec, ReductionSpec, SSLSpec]]:
         return [(d, r, s) for d in self.config.datasets for r in self.config.reductions for s in self.config.ssl
                 if s.reductions is None or r.name in s.reductions]
@@ -197,7 +279,7 @@ class Runner:
         from .reduction.engine import reduce
 
         inputs = self.dataset_inputs(dataset)
-        key = _key("reduce", inputs, reduction.settings)
+        key = _key("reduce", inputs, _reduce_identity(reduction.settings))
 
         def run(folder: Path) -> dict[str, Any]:
             manifest = reduce(inputs, folder / "run", workers=self.config.workers, **reduction.settings)
@@ -207,6 +289,12 @@ class Runner:
             return {"kept": summary["totals"]["kept"], "slices": summary["totals"]["slices"]}
 
         folder = self._stage("reduce", key, run, f"{dataset.name} / {reduction.name}")
+        check = RunFolder(folder / "run").check_sources()
+        if check.changed or check.unchecked:
+            if not self.config.allow_changed:
+                raise ExperimentError(f"[reduce] {dataset.name} / {reduction.name}: {check.message(folder / 'run')}"
+                                      " (in an experiment file: allow_changed: true)")
+            self.log(f"  warning: {len(check.changed)} volume(s) changed since reduced; allow_changed is set")
         return folder, key
 
     def export(self, reduce_folder: Path, reduce_key: str, size: int) -> tuple[Path, str]:
@@ -215,14 +303,17 @@ class Runner:
         key = _key("export", reduce_key, size)
 
         def run(folder: Path) -> dict[str, Any]:
-            return {"slices": export(reduce_folder / "run", folder / "data", format="npy", size=size)["slices"]}
+            # The stage owns its folder: an export left complete by a crash before done.json is replaced.
+            meta = export(reduce_folder / "run", folder / "data", format="npy", size=size, overwrite=True,
+                          allow_changed=self.config.allow_changed)
+            return {"slices": meta["slices"]}
 
         return self._stage("export", key, run, f"export {size}px"), key
 
     def pretrain(self, export_folder: Path, export_key: str, ssl: SSLSpec) -> tuple[Path, str]:
         from .ssl.train import pretrain
 
-        key = _key("pretrain", export_key, ssl.settings)
+        key = _key("pretrain", export_key, _pretrain_identity(ssl.settings))
 
         def run(folder: Path) -> dict[str, Any]:
             config = make_pretrain_config({**ssl.settings, "data": str(export_folder / "data"),
@@ -244,8 +335,7 @@ class Runner:
             return {}
 
         folder = self._stage("data", key, generate, f"synthetic task {task.name}")
-        fmt = task.synthetic.get("format", "folder")
-        return {"format": fmt, "root": str(folder / "task"), **task.data}
+        return synthetic_task_spec(task, str(folder / "task"))
 
     def finetune(self, init: str, init_key: str, task: TaskSpec) -> Path:
         from .downstream.finetune import finetune
@@ -253,7 +343,7 @@ class Runner:
         spec = self.task_spec(task)
         settings = {**self.config.finetune, "seeds": tuple(self.config.seeds),
                     "positive_label": task.positive_label}
-        key = _key("finetune", init_key, spec, settings)
+        key = _key("finetune", init_key, _finetune_identity(settings, spec))
 
         def run(folder: Path) -> dict[str, Any]:
             finetune(FinetuneConfig(**settings, task=spec, init=init, out=str(folder / "run")))
@@ -298,7 +388,7 @@ class Runner:
 
     def _cell_row(self, dataset: DatasetSpec, reduction: ReductionSpec, ssl: SSLSpec, reduce_folder: Path,
                   pretrain_folder: Path) -> dict[str, Any]:
-        summary = json.loads((reduce_folder / "run" / "summary.json").read_text())
+        summary = RunFolder(reduce_folder / "run").summary()
         target = summary.get("target", {})
         pre = json.loads((pretrain_folder / "run" / "summary.json").read_text())
         return {

@@ -485,10 +485,10 @@ def _still_valid(run: RunFolder, sources: list[VolumeSource], done: dict[str, di
         now = Fingerprint.of(source)
         recorded = Fingerprint.from_json(entry["fingerprint"]) if "fingerprint" in entry else None
         if recorded is not None and now.files == recorded.files:
-            fingerprints[source.volume_id] = recorded
+            fingerprints[source.volume_id] = Fingerprint(recorded.files, recorded.content, now.folders)
         elif recorded is not None and same_content(recorded, source, now):
             run.relocate_part(source)
-            fingerprints[source.volume_id] = Fingerprint(now.files, recorded.content)
+            fingerprints[source.volume_id] = Fingerprint(now.files, recorded.content, now.folders)
             entry = run.record({**entry, "fingerprint": fingerprints[source.volume_id].to_json()})
             moved.append(source.volume_id)
         else:

@@ -2,7 +2,10 @@
 
 Two levels, so that a check is cheap and a moved archive is not recomputed:
 
-- ``files``: (path, size, mtime_ns) of every input file, from ``stat`` alone. Equal -> unchanged.
+- ``files``: (path, size, mtime_ns) of every input file, from ``stat`` alone; for DICOM also
+  (path, mtime_ns) of the folders holding them, whose times change when a file is added or
+  removed there (a series that gained a slice is found by reading that folder's headers again).
+  Equal -> unchanged.
 - ``content``: a digest that does not depend on paths or times. DICOM: each file's
   SOPInstanceUID and size, in slice order (a UID names one instance for ever, so a copied or
   moved series keeps it); single-file formats: SHA-1 of the file's bytes (read once when the
@@ -24,22 +27,28 @@ from ..io.volume import VolumeSource
 class Fingerprint:
     files: tuple[tuple[str, int, int], ...]
     content: str = ""
+    folders: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def of(cls, source: VolumeSource, *, content: bool = False) -> Fingerprint:
         """Stat every file of ``source`` (missing files count as size -1); optionally the content."""
         files = tuple((path, *_stat(path)) for path in dict.fromkeys(source.paths))
-        return cls(files, content_digest(source, files) if content else "")
+        folders = ()
+        if source.format.startswith("dicom"):
+            folders = tuple((d, _stat(d)[1]) for d in sorted({os.path.dirname(p) for p in source.paths}))
+        return cls(files, content_digest(source, files) if content else "", folders)
 
     def with_content(self, source: VolumeSource) -> Fingerprint:
-        return self if self.content else Fingerprint(self.files, content_digest(source, self.files))
+        return self if self.content else Fingerprint(self.files, content_digest(source, self.files), self.folders)
 
     def to_json(self) -> dict[str, Any]:
-        return {"files": [list(f) for f in self.files], "content": self.content}
+        return {"files": [list(f) for f in self.files], "content": self.content,
+                "folders": [list(f) for f in self.folders]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fingerprint:
-        return cls(tuple((str(p), int(s), int(m)) for p, s, m in data["files"]), str(data.get("content", "")))
+        return cls(tuple((str(p), int(s), int(m)) for p, s, m in data["files"]), str(data.get("content", "")),
+                   tuple((str(p), int(m)) for p, m in data.get("folders", [])))
 
     def change(self, now: Fingerprint) -> str:
         """In words, how the files of ``now`` differ from these (empty when they do not)."""

@@ -221,7 +221,9 @@ class RunFolder:
 
     def settings(self) -> dict[str, Any]:
         data = read_json(self.path / RUN_JSON)
-        return data["settings"] if "schema" in data else data  # schema 1 held the settings at the top
+        if "schema" in data:
+            return data["settings"]
+        return {k: v for k, v in data.items() if k != "inputs"}  # schema 1: settings and inputs at the top
 
     def manifest(self, columns: list[str] | None = None) -> pd.DataFrame:
         manifest = pd.read_parquet(self.path / MANIFEST)
@@ -250,7 +252,7 @@ class RunFolder:
         if "fingerprint" not in table.columns:
             return {}
         return {vid: Fingerprint.from_json(json.loads(fp))
-                for vid, fp in zip(table["volume_id"], table["fingerprint"], strict=True) if fp}
+                for vid, fp in zip(table["volume_id"], table["fingerprint"], strict=True) if isinstance(fp, str)}
 
     def check_sources(self, volume_ids: Iterable[str] | None = None) -> SourceCheck:
         """Compare the recorded inputs of ``volume_ids`` (default: all) with the files on disk."""
@@ -271,13 +273,36 @@ class RunFolder:
                 changed[vid] = "no recorded input fingerprint"
                 continue
             now = Fingerprint.of(source)
-            if now.files == before.files:
+            if now == Fingerprint(before.files, "", before.folders):
                 continue
+            if now.folders != before.folders:  # files were added or removed beside the series
+                try:
+                    source = _rescan_series(source)
+                except ValueError as exc:
+                    changed[vid] = str(exc)
+                    continue
+                now = Fingerprint.of(source)
+                if now.files == before.files:
+                    continue
             if same_content(before, source, now):
                 moved.append(vid)
             else:
                 changed[vid] = before.change(now) or "content differs"
         return SourceCheck(changed, moved)
+
+
+def _rescan_series(source: VolumeSource) -> VolumeSource:
+    """The series ``source`` as its folders hold it now; ValueError when it cannot be read."""
+    from ..io.discover import scan
+
+    found = scan(sorted({os.path.dirname(p) for p in source.paths}), modality="any", allow_gaps=True)
+    for volume in found.volumes:
+        if volume.series_uid == source.series_uid:
+            return volume
+    for error in found.errors:
+        if source.series_uid in error.get("error", "") or error.get("source") == source.source:
+            raise ValueError(f"the series can no longer be read ({error['error']})")
+    raise ValueError(f"series {source.series_uid} is no longer in {source.source}")
 
 
 def slice_files(source: VolumeSource) -> tuple[str, ...]:
