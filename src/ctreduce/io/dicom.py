@@ -56,6 +56,9 @@ ENHANCED_CT_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
 }
 
+Position = tuple[float, float, float]
+Vector = tuple[float, ...]
+
 # A position step larger than this multiple of the median step means a slice is missing.
 GAP_FACTOR = 1.5
 # Positions closer than this (mm) are duplicates.
@@ -82,7 +85,7 @@ class DicomHeader:
     sop_uid: str = ""
     problem: str = ""
     multiframe: bool = False
-    frame_positions: tuple[tuple[float, float, float], ...] = ()
+    frame_positions: tuple[Position, ...] = ()
 
 
 def read_header(path: str | Path) -> DicomHeader:
@@ -129,7 +132,7 @@ def _read_header(path: str) -> DicomHeader:
     position = _vector(ds, "ImagePositionPatient", 3, problems)
     orientation = _orientation(ds, problems)
     spacing = _vector(ds, "PixelSpacing", 2, [])  # optional metadata: malformed means unknown
-    frame_positions: tuple[tuple[float, float, float], ...] = ()
+    frame_positions: tuple[Position, ...] = ()
     if multiframe and not problems:
         full = pydicom.dcmread(path, stop_before_pixels=True)
         frame_positions, orientation, spacing = _frame_geometry(full, frames, problems)
@@ -152,7 +155,7 @@ def _read_header(path: str) -> DicomHeader:
 
 def _absent(path: str, keyword: str, otherwise: str = "") -> str:
     """Why ``keyword`` is missing: the file is truncated, or it lacks the attribute."""
-    import warnings
+    import warnings  # a local name: ``warnings`` elsewhere in this module are a volume's warnings
 
     import pydicom
     from pydicom.dataelem import RawDataElement
@@ -235,10 +238,10 @@ def _frame_group(ds, frame: int, sequence: str):
     return None
 
 
-def _frame_geometry(ds, frames: int, problems: list[str]):
+def _frame_geometry(ds, frames: int, problems: list[str]) -> tuple[tuple[Position, ...], Vector | None, Vector | None]:
     """Per-frame positions, the frames' common orientation and the pixel spacing of a multi-frame file."""
-    positions: list[tuple[float, float, float]] = []
-    orientations = []
+    positions: list[Position] = []
+    orientations: list[Vector] = []
     for k in range(frames):
         plane = _frame_group(ds, k, "PlanePositionSequence")
         facing = _frame_group(ds, k, "PlaneOrientationSequence")
