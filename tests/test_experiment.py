@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ctreduce.experiment import ExperimentError, load_experiment, run_experiment
+from ctreduce.experiment import ExperimentError, run_experiment
 
 TINY = {
     "name": "tiny",
@@ -53,6 +53,20 @@ def test_tiny_grid_end_to_end_then_cached(tmp_path):
     run_experiment(write(tmp_path, grown), log=log.append)
     assert [line.split("]")[0] + "]" for line in log] == ["[reduce]", "[export]", "[pretrain]", "[finetune]"]
 
+    # One reduction setting changed: that reduce stage and all that depends on it run again, the ALL cell not.
+    log.clear()
+    hash4 = {**TINY, "reductions": [TINY["reductions"][0], {"name": "Hash-6", "settings": {"method": "hash",
+                                                                                             "threshold": 4}}]}
+    run_experiment(write(tmp_path, hash4), log=log.append)
+    assert [line.split("]")[0] + "]" for line in log] == ["[reduce]", "[export]", "[pretrain]", "[finetune]"]
+    assert "Hash-6" in log[0]
+
+    # Keys hash the resolved settings: the default threshold (6) left out is the cached Hash-6 cell.
+    log.clear()
+    implicit = {**TINY, "reductions": [TINY["reductions"][0], {"name": "Hash-6", "settings": {"method": "hash"}}]}
+    run_experiment(write(tmp_path, implicit), log=log.append)
+    assert log == []
+
 
 @pytest.mark.parametrize("change, message", [
     ({"bogus": 1}, "bogus"),
@@ -76,8 +90,3 @@ def test_task_with_a_missing_class_fails_before_training(tmp_path):
     with pytest.raises(ExperimentError, match="task 't'"):
         run_experiment(write(tmp_path, config))
     assert not (tmp_path / "out" / "cache" / "pretrain").exists()
-
-
-def test_shipped_configs_validate():
-    for name in ("configs/quick.yaml", "configs/paper.yaml"):
-        assert load_experiment(name).datasets

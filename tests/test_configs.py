@@ -1,0 +1,61 @@
+"""Every shipped experiment file validates without its data; a misspelt key in any section does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctreduce.experiment import ExperimentError, load_experiment
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.y*ml"))
+
+
+def test_configs_are_shipped():
+    assert {p.name for p in CONFIGS} >= {"paper.yaml", "quick.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_validates_without_its_data(path):
+    config = load_experiment(path)  # paper.yaml's /data/... paths do not exist here
+    assert config.datasets and config.reductions and config.ssl and config.tasks
+
+
+MISSPELT = {"reductions": "threshhold", "ssl": "epoch", "tasks": "pth", "finetune": "epoch", "datasets": "n_volume"}
+
+
+def _add_misspelt_key(data: dict, section: str) -> None:
+    key = MISSPELT[section]
+    if section == "finetune":
+        data["finetune"][key] = 1
+        return
+    entry = data[section][0]
+    if section in ("reductions", "ssl"):
+        entry["settings"][key] = 1
+    elif section == "tasks":
+        (entry.get("data") or entry["synthetic"])[key] = 1
+    else:
+        (entry.get("phantom") or entry)[key] = 1
+
+
+@pytest.mark.parametrize("section", list(MISSPELT))
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_a_misspelt_key_is_refused(path, section, tmp_path):
+    data = yaml.safe_load(path.read_text())
+    _add_misspelt_key(data, section)
+    copy = tmp_path / path.name
+    copy.write_text(yaml.safe_dump(data))
+    with pytest.raises(ExperimentError, match=f"{section}.*{MISSPELT[section]}"):
+        load_experiment(copy)
+
+
+def test_settings_the_experiment_sets_itself_are_refused(tmp_path):
+    data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "quick.yaml").read_text())
+    data["finetune"]["seeds"] = [3]
+    data["ssl"][0]["settings"]["data"] = "/elsewhere"
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ExperimentError, match=r"seeds \(set from the experiment's 'seeds'\)") as info:
+        load_experiment(path)
+    assert "data (set from each reduction's export)" in str(info.value)
