@@ -357,7 +357,7 @@ class ArchiveRun:
 
 
 def run_in_child(inputs: Sequence[Path], settings: dict[str, Any], workers: int, scratch: Path) -> ArchiveRun:
-    import pandas as pd
+    from ctreduce.store.run import RunFolder
 
     folder = Path(tempfile.mkdtemp(prefix=f"run-{settings['method']}-w{workers}-", dir=scratch))
     out = folder / "run"
@@ -368,10 +368,11 @@ def run_in_child(inputs: Sequence[Path], settings: dict[str, Any], workers: int,
     if done.returncode:
         raise RuntimeError(f"{settings} workers={workers} failed:\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    summary = json.loads((out / "summary.json").read_text())
+    run_folder = RunFolder.open(out)
+    summary = run_folder.summary()
     if summary["errors"]:
         raise RuntimeError(f"ctreduce.reduce reported errors: {summary['errors']}")
-    manifest = pd.read_parquet(out / "manifest.parquet", columns=["volume_id", "slice_index", "kept", "leader"])
+    manifest = run_folder.manifest(columns=["volume_id", "slice_index", "kept", "leader"])
     pairs = leader_pairs(manifest) if settings["method"] not in ("all", "every-n") else None
     run = ArchiveRun(len(inputs), summary["totals"]["slices"], workers, result["seconds"],
                      summary["totals"]["kept_fraction"], pairs, result["maxrss_kib"] / 1024, kept_sets(manifest))

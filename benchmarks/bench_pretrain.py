@@ -80,6 +80,7 @@ from ctreduce.config import PretrainConfig, make_pretrain_config
 from ctreduce.ssl.data import open_export
 from ctreduce.ssl.swav import SwAV
 from ctreduce.ssl.train import method_class
+from ctreduce.store.export import ExportStore
 
 PAPER_MEAN = 0.1806
 PAPER_STD = 0.1907
@@ -212,9 +213,7 @@ class PaperPngDataset(Dataset):
     """The paper's loading: every PNG opened with PIL and converted to RGB, then the transform."""
 
     def __init__(self, root: Path, transform: PaperMultiCrop) -> None:
-        self.files = sorted((root / "images").glob("*.png"))
-        if not self.files:
-            raise FileNotFoundError(f"{root / 'images'}: no PNG images")
+        self.files = ExportStore.open(root).image_paths()
         self.transform = transform
 
     def __len__(self) -> int:
