@@ -50,7 +50,8 @@ def scan(
     if as_json:
         volumes = [{"volume_id": v.volume_id, "format": v.format, "source": v.source,
                     "slices": v.n_slices, "rows": v.rows, "cols": v.cols, "spacing_mm": list(v.spacing),
-                    "modality": v.modality, "warnings": list(v.warnings)} for v in found.volumes]
+                    "modality": v.modality, "warnings": list(v.warnings), "paths": list(v.paths)}
+                   for v in found.volumes]
         typer.echo(dumps({"volumes": volumes, "skipped": found.skipped, "errors": found.errors}))
     else:
         typer.echo(f"{'volume':40} {'format':6} {'slices':>6} {'size':>9}  {'spacing z/y/x mm':18} modality")
