@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ctreduce.experiment import ExperimentError, run_experiment
+from ctreduce.experiment import ExperimentError, Runner, load_experiment, run_experiment
 
 TINY = {
     "name": "tiny",
@@ -90,3 +90,9 @@ def test_task_with_a_missing_class_fails_before_training(tmp_path):
     with pytest.raises(ExperimentError, match="task 't'"):
         run_experiment(write(tmp_path, config))
     assert not (tmp_path / "out" / "cache" / "pretrain").exists()
+
+
+@pytest.mark.parametrize("fmt", ["medmnist", "covid_ct"])
+def test_synthetic_tasks_in_every_format_load(tmp_path, fmt):
+    config = {**TINY, "tasks": [{"name": "t", "synthetic": {"n_per_class": 5, "size": 32, "format": fmt}}]}
+    Runner(load_experiment(write(tmp_path, config)), log=lambda line: None).check_tasks()

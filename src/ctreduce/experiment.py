@@ -106,7 +106,16 @@ class TaskSpec(BaseModel):
 
 def synthetic_task_spec(task: TaskSpec, root: str) -> dict[str, Any]:
     """The load_task spec of a synthetic task generated in ``root``; ``data`` adds loader arguments."""
-    return {"format": (task.synthetic or {}).get("format", "folder"), "root": root, **task.data}
+    from .downstream.datasets import medmnist_file
+    from .downstream.synthetic import make_lesion_task
+
+    bound = inspect.signature(make_lesion_task).bind(root, **(task.synthetic or {}))
+    bound.apply_defaults()
+    arguments = bound.arguments
+    if arguments["format"] == "medmnist":  # one .npz named by flag and size, not a folder
+        return {"format": "medmnist", "path": str(Path(root) / medmnist_file(arguments["flag"], arguments["size"])),
+                **task.data}
+    return {"format": arguments["format"], "root": root, **task.data}
 
 
 class ExperimentConfig(BaseModel):

@@ -331,7 +331,8 @@ def load_covid_ct(root: str | Path, *, covid_label: int = 0, name: str = "covid_
 # --- MedMNIST ------------------------------------------------------------------------------------
 
 
-def _medmnist_file(flag: str, size: int) -> str:
+def medmnist_file(flag: str, size: int) -> str:
+    """The file name MedMNIST gives a flag at a size (also the synthetic task's)."""
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
@@ -343,7 +344,7 @@ def _check_medmnist_flag(flag: str) -> None:
 
 
 def _download_medmnist(flag: str, root: Path, size: int) -> None:
-    target = root / _medmnist_file(flag, size)
+    target = root / medmnist_file(flag, size)
     manual = (f"download {target.name} from the MedMNIST Zenodo record {MEDMNIST_ZENODO} "
               f"(files/{target.name}) and place it at {target}")
     try:
@@ -409,7 +410,7 @@ def load_medmnist(path_or_flag: str | Path = "organsmnist", *, root: str | Path 
         if size not in MEDMNIST_SIZES:
             raise DataError(f"MedMNIST size must be one of {MEDMNIST_SIZES}, got {size}")
         base = Path(root).expanduser() if root is not None else Path("~/.medmnist").expanduser()
-        path = base / _medmnist_file(flag, size)
+        path = base / medmnist_file(flag, size)
         _check_medmnist_flag(flag)
         if not path.is_file():
             if download:

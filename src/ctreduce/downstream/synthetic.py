@@ -205,7 +205,9 @@ def make_lesion_task(root: str | Path, *, n_per_class: int = 150, size: int = 64
         mask = samples.splits == split
         arrays[f"{split}_images"] = samples.images[mask]
         arrays[f"{split}_labels"] = samples.labels[mask].astype(np.uint8)[:, None]
-    path = root / (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
+    from .datasets import medmnist_file  # torch: only for this format
+
+    path = root / medmnist_file(flag, size)
     np.savez_compressed(path, **arrays)
     return path
 
