@@ -66,12 +66,17 @@ def test_failed_volume_gives_exit_1_after_the_rest(archive, tmp_path):
     (["reduce", "{archive}", "--out", "{tmp}/o", "--workers", "0"], "--workers"),
     (["export", "{tmp}/none", "--out", "{tmp}/e"], "no manifest"),
     (["reduce", "{tmp}/empty", "--out", "{tmp}/o"], "no volumes found"),
+    # A setting that cannot work for any volume is one usage error before any volume is read.
+    (["reduce", "{archive}", "--out", "{tmp}/o", "--method", "ssim", "--device", "cuda:99"], "cuda:99' requested"),
+    (["reduce", "{archive}", "--out", "{tmp}/o", "--method", "deepnet", "--backbone", "{tmp}/none.pt"],
+     "none.pt"),
 ])
 def test_unusable_arguments_exit_2_with_a_message(archive, tmp_path, args, message):
     fill = {"missing": tmp_path / "missing", "tmp": tmp_path, "archive": archive}
     (tmp_path / "empty").mkdir()
     proc = run(*[a.format(**fill) for a in args], check_code=2)
-    assert message in proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_report_command(archive, tmp_path):
