@@ -203,14 +203,10 @@ def _read_headers(paths: list[Path], workers: int) -> list[dicom.DicomHeader | s
     """Each file's header, or the reason it is not usable DICOM; in input order."""
     if workers <= 1 or len(paths) < 64:
         return [_header_or_reason(p) for p in paths]
-    import multiprocessing as mp
-    import sys
-    from concurrent.futures import ProcessPoolExecutor
+    from ..workers import pool
 
-    # fork unless torch is loaded (forking an initialised torch is unsafe).
-    method = "fork" if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
-        return list(pool.map(_header_or_reason, paths, chunksize=max(16, len(paths) // (8 * workers))))
+    with pool(workers) as executor:
+        return list(executor.map(_header_or_reason, paths, chunksize=max(16, len(paths) // (8 * workers))))
 
 
 def _add_series(result: ScanResult, base: Path, headers: list[dicom.DicomHeader], want: str,

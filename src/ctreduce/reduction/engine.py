@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from ..io.volume import Volume, VolumeSource
 from ..store.files import DiskFull, disk_full, is_disk_full
 from ..store.fingerprint import Fingerprint, same_content
 from ..store.run import RunConflict, RunFolder, check_output_dir, write_part
+from ..workers import pool as process_pool
+from ..workers import terminate
 from .intensity import Intensity
 from .leader import Selection, every_n, greedy_leader, keep_all, memoize
 
@@ -222,24 +223,13 @@ def library_versions() -> dict[str, str]:
                              "pandas", "pyarrow"])
 
 
-def _pool_context():
-    """fork when the parent holds no CUDA/torch state (workers start instantly with every module
-    already imported), spawn otherwise (forking an initialised torch is unsafe)."""
-    import multiprocessing as mp
-
-    if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules:
-        return mp.get_context("fork")
-    return mp.get_context("spawn")
-
-
 def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
               parts: Path | None) -> Iterator[VolumeResult]:
     if workers <= 1:
         for source in todo:
             yield process_source(source, config, parts)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(),
-                               initializer=worker_init, initargs=(os.getpid(),))
+    pool = process_pool(workers)
     finished = False
     try:
         pending: set[Future] = set()
@@ -258,11 +248,8 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                     pending.add(pool.submit(process_source, nxt, config, parts))
         finished = True
     finally:
-        if not finished:
-            # Interrupted or failed: stop the workers now rather than after their current volume
-            # (ProcessPoolExecutor has no public terminate before Python 3.14).
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
+        if not finished:  # interrupted or failed: stop the workers now, not after their volume
+            terminate(pool)
         pool.shutdown(wait=finished, cancel_futures=True)
 
 
@@ -313,29 +300,6 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
 class _RayReducer:
     def run(self, source: VolumeSource, config: ReduceConfig, parts: Path | None) -> VolumeResult:
         return process_source(source, config, parts)
-
-
-def worker_init(parent_pid: int | None = None) -> None:
-    """Pool worker set-up: end with the parent, and one BLAS/torch thread.
-
-    The kernel sends SIGKILL to the worker when its parent dies (kill -9 included), so no worker
-    outlives the run and keeps writing parts while a rerun works. The workers are the
-    parallelism; BLAS or torch threads on top of them only contend for cores (measured: 4x
-    slower SSIM with 2 torch threads in each of 2 workers).
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-        if parent_pid is not None and os.getppid() != parent_pid:
-            os._exit(1)  # the parent died before the signal was armed
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # read when torch is imported
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
 
 
 def reduce(
