@@ -18,6 +18,7 @@ from ctreduce.reduction import deepnet  # noqa: E402
 from ctreduce.reduction.deepnet import DeepNetMeasure  # noqa: E402
 from ctreduce.reduction.leader import greedy_leader  # noqa: E402
 from ctreduce.reduction.measures import MEASURES, get_measure  # noqa: E402
+from ctreduce.reduction.settings import identity, measure_of, resolve  # noqa: E402
 
 
 def tiny_volume() -> np.ndarray:
@@ -76,12 +77,12 @@ def test_params_name_or_file_with_sha(resnet18_file):
 
 
 def test_config_threshold_and_identity(resnet18_file):
-    config = ReduceConfig(method="deepnet", backbone=str(resnet18_file), device="cpu")
+    config = resolve(ReduceConfig(method="deepnet", backbone=str(resnet18_file), device="cpu"))
     assert config.threshold == 0.95
-    assert config.identity()["input_size"] == 224
-    assert ReduceConfig(method="deepnet", threshold=-0.5).threshold == -0.5
+    assert identity(config)["input_size"] == 224
+    assert resolve(ReduceConfig(method="deepnet", threshold=-0.5)).threshold == -0.5
     with pytest.raises(ValueError, match="outside the range"):
-        ReduceConfig(method="deepnet", threshold=1.5)
+        resolve(ReduceConfig(method="deepnet", threshold=1.5))
 
 
 @pytest.mark.parametrize(
@@ -272,7 +273,7 @@ def test_preflight_loads_the_weights_once_for_the_run(resnet18_file, monkeypatch
     calls = []
     real = deepnet.resnet_from_file
     monkeypatch.setattr(deepnet, "resnet_from_file", lambda path: calls.append(path) or real(path))
-    measure = ReduceConfig(method="deepnet", backbone=str(resnet18_file), device="cpu", batch_size=4).measure()
+    measure = measure_of(ReduceConfig(method="deepnet", backbone=str(resnet18_file), device="cpu", batch_size=4))
     measure.preflight()
     measure.prepare(tiny_volume())  # an in-process reduction reuses the preflight's network
     assert len(calls) == 1
@@ -285,7 +286,7 @@ def test_preflight_without_cached_or_downloadable_resnet50_weights(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     deepnet.load_backbone.cache_clear()
     with pytest.raises(ValueError, match="could not load the ImageNet weights of backbone 'resnet50'") as info:
-        ReduceConfig(method="deepnet", backbone="resnet50", device="cpu").measure().preflight()
+        measure_of(ReduceConfig(method="deepnet", backbone="resnet50", device="cpu")).preflight()
     assert "efficientnet-lite0" in str(info.value) and torch.hub.get_dir() in str(info.value)
 
 

@@ -12,6 +12,7 @@ from ctreduce.phantom import make_phantom
 from ctreduce.reduction.intensity import Intensity
 from ctreduce.reduction.leader import greedy_leader
 from ctreduce.reduction.measures import get_measure
+from ctreduce.reduction.settings import measure_of
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_preflight_refuses_a_device_this_machine_lacks(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # any machine: as if it had no GPU
     with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available; use device='cpu'"):
-        ReduceConfig(method="ssim", device="cuda").measure().preflight()
-    ReduceConfig(method="ssim", device="auto").measure().preflight()
-    ReduceConfig(method="mi", device="cuda").measure().preflight()  # MI runs on numpy: no device to check
-    ReduceConfig(method="hash").measure().preflight()
+        measure_of(ReduceConfig(method="ssim", device="cuda")).preflight()
+    measure_of(ReduceConfig(method="ssim", device="auto")).preflight()
+    measure_of(ReduceConfig(method="mi", device="cuda")).preflight()  # MI runs on numpy: no device to check
+    measure_of(ReduceConfig(method="hash")).preflight()

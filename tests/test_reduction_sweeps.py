@@ -70,7 +70,7 @@ def test_target_and_sweep_survive_resume(archive, tmp_path):
 
 
 def test_bad_sweep_settings(archive):
-    with pytest.raises(ValidationError, match="outside the range"):
+    with pytest.raises(ValueError, match="outside the range"):
         ctreduce.reduce(archive, method="ssim", thresholds=[0.5, 1.5])
     with pytest.raises(ValidationError, match="target_fraction"):
         ctreduce.reduce(archive, method="hash", target_fraction=1.5)

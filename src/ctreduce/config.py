@@ -17,7 +17,12 @@ def _choice(value: str, options: tuple[str, ...] | dict, what: str) -> str:
 
 
 class ReduceConfig(BaseModel):
-    """How every volume is reduced. ``threshold`` defaults to the measure's own default."""
+    """How every volume is reduced: plain typed settings, no algorithm behind them.
+
+    What the names mean is the measure registry's business: ``ctreduce.reduction.settings.resolve``
+    checks the method, intensity policy and thresholds against it and fills the measure's default
+    threshold (``threshold=None``), before any volume is read.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -33,31 +38,15 @@ class ReduceConfig(BaseModel):
     mi_bins: int = 64
     backbone: str = "resnet50"
     device: str = "auto"
-    batch_size: int = 64
+    batch_size: AtLeastOne = 64
     modality: str = "CT"
     allow_gaps: bool = False
 
     @field_validator("method")
     @classmethod
-    def _known_method(cls, value: str) -> str:
-        from .reduction.measures import available_measures
-
-        measures = available_measures()
-
+    def _spelling(cls, value: str) -> str:
         value = value.lower().replace("_", "-")
-        if value in ("everyn", "every"):
-            value = "every-n"
-        if value not in SELECTORS and value not in measures:
-            known = ", ".join([*SELECTORS, *sorted(measures)])
-            raise ValueError(f"unknown method {value!r}; choose one of {known}")
-        return value
-
-    @field_validator("intensity")
-    @classmethod
-    def _known_intensity(cls, value: str) -> str:
-        from .reduction.intensity import Intensity
-
-        return str(Intensity.parse(value))
+        return "every-n" if value in ("everyn", "every") else value
 
     @field_validator("target_fraction")
     @classmethod
@@ -67,56 +56,15 @@ class ReduceConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _threshold_in_range(self) -> ReduceConfig:
+    def _selectors(self) -> ReduceConfig:
         if self.method in SELECTORS:
             if self.threshold is not None or self.thresholds:
                 raise ValueError(f"method {self.method!r} takes no threshold")
             if self.target_fraction is not None and self.method == "all":
                 raise ValueError("method 'all' keeps every slice; it takes no target fraction")
-            return self
-        measure = self.measure()
-        if self.thresholds is not None:
-            if not self.thresholds:
-                raise ValueError("thresholds is empty")
-            object.__setattr__(self, "thresholds",
-                               tuple(sorted({measure.check_threshold(t) for t in self.thresholds})))
-        default = self.thresholds[0] if self.thresholds else measure.default_threshold
-        object.__setattr__(
-            self, "threshold", measure.check_threshold(default if self.threshold is None else self.threshold)
-        )
+        elif self.thresholds is not None and not self.thresholds:
+            raise ValueError("thresholds is empty")
         return self
-
-    def sweep(self) -> tuple[float, ...]:
-        """Every threshold whose selection is computed: the sweep, the target grid, or one."""
-        if self.method in SELECTORS:
-            return ()
-        if self.thresholds:
-            values = set(self.thresholds)
-        elif self.target_fraction is not None:
-            values = set(self.measure().sweep_grid())
-        else:
-            values = set()
-        return tuple(sorted(values | {float(self.threshold)}))  # type: ignore[arg-type]
-
-    def measure(self):
-        from .reduction.measures import get_measure
-
-        return get_measure(self.method, **self.model_dump())
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that decide results: a rerun into the same folder must match them."""
-        data = {"method": self.method, "intensity": self.intensity, "modality": self.modality.upper(),
-                "allow_gaps": self.allow_gaps}
-        if self.method == "every-n":
-            data["every_n"] = self.every_n
-        elif self.method != "all":
-            data["threshold"] = self.threshold
-            if self.thresholds:
-                data["thresholds"] = list(self.thresholds)
-            data.update(self.measure().params())
-        if self.target_fraction is not None:
-            data["target_fraction"] = self.target_fraction
-        return data
 
 
 # --- pre-training --------------------------------------------------------------------------------

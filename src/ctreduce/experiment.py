@@ -60,7 +60,9 @@ class ReductionSpec(BaseModel):
     @field_validator("settings")
     @classmethod
     def _reduce_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _validated(lambda: ReduceConfig(**value))
+        from .reduction.settings import resolve
+
+        _validated(lambda: resolve(ReduceConfig(**value)))
         return value
 
 
@@ -221,7 +223,9 @@ def _key(*parts: Any) -> str:
 # Stage keys hash the resolved settings, not the file's spelling: an omitted setting whose default
 # changes, or a preset that changes, gives a new key; equivalent spellings share one.
 def _reduce_identity(settings: dict[str, Any]) -> dict[str, Any]:
-    return ReduceConfig(**settings).identity()
+    from .reduction.settings import identity, resolve
+
+    return identity(resolve(ReduceConfig(**settings)))
 
 
 def _pretrain_identity(settings: dict[str, Any]) -> dict[str, Any]:

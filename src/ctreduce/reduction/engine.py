@@ -30,6 +30,7 @@ from ..workers import pool as process_pool
 from ..workers import terminate
 from .intensity import Intensity
 from .leader import Selection, every_n, greedy_leader, keep_all, memoize
+from .settings import identity, measure_of, resolve, score_column, sweep
 
 __all__ = ["RunConflict", "NoVolumes", "reduce", "reduce_volume", "select"]
 
@@ -39,10 +40,11 @@ class NoVolumes(ValueError):
 
 
 def make_config(config: ReduceConfig | None = None, **overrides: Any) -> ReduceConfig:
-    if config is not None and not overrides:
-        return config
-    base = config.model_dump() if config is not None else {}
-    return ReduceConfig(**{**base, **overrides})
+    """The resolved settings (``settings.resolve``): ValueError for unusable ones."""
+    if config is None or overrides:
+        base = config.model_dump() if config is not None else {}
+        config = ReduceConfig(**{**base, **overrides})
+    return resolve(config)
 
 
 # --- one volume ----------------------------------------------------------------------------------
@@ -50,13 +52,6 @@ def make_config(config: ReduceConfig | None = None, **overrides: Any) -> ReduceC
 
 def kept_column(threshold: float) -> str:
     return f"kept@{threshold:g}"
-
-
-def score_column(config: ReduceConfig) -> str:
-    """The manifest column of each slice's score to its leader, named for what it holds."""
-    if config.method in SELECTORS or not config.measure().higher_is_similar:
-        return "distance"  # Hamming bits (hash); empty for all/every-n
-    return "similarity"  # SSIM, NMI or cosine
 
 
 def select(volume: Volume, config: ReduceConfig) -> tuple[dict[float, Selection], dict[str, list[Any]]]:
@@ -71,10 +66,10 @@ def select(volume: Volume, config: ReduceConfig) -> tuple[dict[float, Selection]
         return {float("nan"): keep_all(n)}, {}
     if config.method == "every-n":
         return {float("nan"): every_n(n, config.every_n)}, {}
-    measure = config.measure()
+    measure = measure_of(config)
     u8 = Intensity.parse(config.intensity).to_uint8(volume.hu)
     prepared = measure.prepare(u8)
-    thresholds = config.sweep()
+    thresholds = sweep(config)
     compare = memoize(prepared.compare, n) if len(thresholds) > 1 else prepared.compare
     selections = {t: greedy_leader(n, compare, t, higher_is_similar=measure.higher_is_similar)
                   for t in thresholds}
@@ -87,7 +82,7 @@ def _volume_frame(volume: Volume, config: ReduceConfig) -> pd.DataFrame:
     selections, columns = select(volume, config)
     primary = selections[config.threshold] if config.threshold is not None else next(iter(selections.values()))
     n = volume.n_slices
-    params = json.dumps({k: v for k, v in config.identity().items()
+    params = json.dumps({k: v for k, v in identity(config).items()
                          if k not in ("method", "threshold", "thresholds", "target_fraction", "intensity",
                                       "modality", "allow_gaps")}, sort_keys=True)
     frame = pd.DataFrame({
@@ -119,7 +114,7 @@ def resolve_target(manifest: pd.DataFrame, config: ReduceConfig) -> tuple[pd.Dat
     and make it the manifest's primary selection; returns the manifest and a report."""
     if config.target_fraction is None or config.method in ("all", "every-n") or manifest.empty:
         return manifest, None
-    fractions = {t: float(manifest[kept_column(t)].mean()) for t in config.sweep()}
+    fractions = {t: float(manifest[kept_column(t)].mean()) for t in sweep(config)}
     best = float(min(fractions, key=lambda t: (abs(fractions[t] - config.target_fraction), t)))
     manifest = manifest.copy()
     manifest["kept"] = manifest[kept_column(best)]
@@ -339,7 +334,7 @@ def reduce(
     if not paths:
         raise ValueError("no input paths given")
     if config.method not in SELECTORS:
-        config.measure().preflight()  # a setting that cannot work for any volume fails here, once
+        measure_of(config).preflight()  # a setting that cannot work for any volume fails here, once
     t0 = time.perf_counter()
     if out is not None:
         check_output_dir(Path(out), paths)
@@ -370,7 +365,7 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     changed: dict[str, str] = {}
     moved: list[str] = []
     if run is not None:
-        run.start(config.identity(), [str(p.resolve()) for p in paths], overwrite)
+        run.start(identity(config), [str(p.resolve()) for p in paths], overwrite)
         done = _still_valid(run, found.volumes, run.finished(), fingerprints, changed, moved)
     todo = [s for s in found.volumes if s.volume_id not in done]
 
@@ -404,8 +399,8 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     reduce_seconds = time.perf_counter() - t1
 
     manifest = _assemble(found, frames, run)
-    sweep = {t: float(manifest[kept_column(t)].mean()) for t in config.sweep()
-             if kept_column(t) in manifest.columns} if not manifest.empty else {}
+    fractions = {t: float(manifest[kept_column(t)].mean()) for t in sweep(config)
+                 if kept_column(t) in manifest.columns} if not manifest.empty else {}
     manifest, target = resolve_target(manifest, config)
     if config.method == "every-n" and config.target_fraction is not None:
         target = {"target_fraction": config.target_fraction, "every_n": run_config.every_n,
@@ -415,8 +410,8 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     if changed or moved:
         summary["inputs_changed"] = changed
         summary["inputs_moved"] = moved
-    if sweep:
-        summary["sweep"] = {f"{t:g}": f for t, f in sweep.items()}
+    if fractions:
+        summary["sweep"] = {f"{t:g}": f for t, f in fractions.items()}
     if target is not None:
         summary["target"] = target
     if run is not None:
