@@ -24,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .config import FinetuneConfig, ReduceConfig, make_pretrain_config
+from .store.finetune import FinetuneRun
+from .store.pretrain import PretrainRun
 from .store.run import RunFolder
 
 
@@ -387,8 +389,7 @@ class Runner:
             pretrain_folder, pretrain_key = self.pretrain(export_folder, export_key, ssl)
             row = self._cell_row(dataset, reduction, ssl, reduce_folder, pretrain_folder)
             for task in self.config.tasks:
-                result = self.finetune(str(pretrain_folder / "run"), pretrain_key, task) / "run" / "results.json"
-                metrics = json.loads(result.read_text())
+                metrics = FinetuneRun(self.finetune(str(pretrain_folder / "run"), pretrain_key, task) / "run").results()
                 for name, label in (("auc", "AUC"), ("f1", "F1"), ("accuracy", "ACC")):
                     stat = metrics.get(name) or {}
                     row[f"{task.name} {label}"] = stat.get("mean")
@@ -403,7 +404,7 @@ class Runner:
                   pretrain_folder: Path) -> dict[str, Any]:
         summary = RunFolder(reduce_folder / "run").summary()
         target = summary.get("target", {})
-        pre = json.loads((pretrain_folder / "run" / "summary.json").read_text())
+        pre = PretrainRun(pretrain_folder / "run").summary()
         return {
             "dataset": dataset.name,
             "reduction": reduction.name,

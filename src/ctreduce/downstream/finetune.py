@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from ..config import FinetuneConfig
+from ..store import finetune as store_finetune
+from ..store.finetune import FinetuneRun
+from ..store.pretrain import PretrainRun
 from .datasets import DownstreamData, ImageDataset, load_task
 from .metrics import (
     bootstrap_ci,
@@ -75,11 +77,10 @@ def build_model(config: FinetuneConfig, n_classes: int) -> tuple[nn.Module, floa
     else:
         path = Path(init)
         if path.is_dir():
-            run_config = path / "config.yaml"
-            if run_config.exists():
-                stats = yaml.safe_load(run_config.read_text())
-                mean, std = stats.get("mean") or mean, stats.get("std") or std
-            path = path / "backbone.pt"
+            pretrained = PretrainRun(path)
+            stats = pretrained.config()
+            mean, std = stats.get("mean") or mean, stats.get("std") or std
+            path = pretrained.backbone
         if not path.exists():
             raise FinetuneError(f"initial weights {path}: no such file (expected a pre-training run folder "
                                 "with backbone.pt, a state_dict file, 'imagenet' or 'random')")
@@ -223,12 +224,12 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, out: Path)
                 best_acc, best_epoch = val_acc, epoch
                 best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
         model.load_state_dict(best_state)
-        torch.save(best_state, out / "model.pt")
+        torch.save(best_state, out / store_finetune.MODEL)
         prob, labels = predict(model, eval_sets["test"], device)
-    with (out / "history.jsonl").open("w") as fh:
+    with (out / store_finetune.HISTORY).open("w") as fh:
         for row in history:
             fh.write(json.dumps(row) + "\n")
-    save_predictions(out / "predictions.csv", list(data.test.names), labels, prob, data.classes)
+    save_predictions(out / store_finetune.PREDICTIONS, list(data.test.names), labels, prob, data.classes)
     return score(out, data.classes, labels, prob, positive_label=config.positive_label, bootstrap=config.bootstrap,
                  seed=seed, extra={"best_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 2)})
 
@@ -248,10 +249,10 @@ def score(out: Path, classes: list[str], labels: np.ndarray, prob: np.ndarray, *
     metrics = classification_metrics(labels, prob, positive_label=positive_label)
     intervals = {name: bootstrap_ci(labels, prob, name, n=bootstrap, seed=seed, positive_label=positive_label)
                  for name in ("accuracy", "auc", "f1")}
-    save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png")
-    save_roc_png(labels, prob, classes, out / "roc.png", positive_label=positive_label)
+    save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), classes, out / store_finetune.CONFUSION)
+    save_roc_png(labels, prob, classes, out / store_finetune.ROC, positive_label=positive_label)
     result = {"seed": seed, **extra, **metrics, "ci95": intervals}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_plain))
+    (out / store_finetune.METRICS).write_text(json.dumps(result, indent=2, default=_plain))
     return result
 
 
@@ -279,14 +280,13 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     except (FileNotFoundError, ValueError) as exc:
         raise FinetuneError(str(exc)) from exc
     build_model(config, len(data.classes))  # bad initial weights fail here, before training
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    per_seed = [run_seed(config, data, seed, out / f"seed{seed}") for seed in config.seeds]
+    run = FinetuneRun(config.out)
+    run.write_config(config.model_dump(mode="json"))
+    per_seed = [run_seed(config, data, seed, run.seed_dir(seed)) for seed in config.seeds]
     info = {"task": data.name, "classes": list(data.classes), "init": config.init, "mode": config.mode,
             "seeds": list(config.seeds),
             "split_sizes": {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}}
-    return write_results(out, info, per_seed)
+    return write_results(run.path, info, per_seed)
 
 
 def write_results(out: Path, info: dict[str, Any], per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -299,10 +299,10 @@ def write_results(out: Path, info: dict[str, Any], per_seed: list[dict[str, Any]
         if values:
             summary[name] = mean_sd(values)
     summary["per_seed"] = per_seed
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=_plain))
+    (out / store_finetune.RESULTS).write_text(json.dumps(summary, indent=2, default=_plain))
     line = {k: info[k] for k in ("task", "init", "mode")} | {"seeds": len(per_seed)}
     for name in ("accuracy", "auc", "f1"):
         if name in summary:
             line[f"{name}_mean"], line[f"{name}_sd"] = summary[name]["mean"], summary[name]["sd"]
-    pd.DataFrame([line]).to_csv(out / "results.csv", index=False)
+    pd.DataFrame([line]).to_csv(out / store_finetune.RESULTS_LINE, index=False)
     return summary

@@ -1,14 +1,5 @@
-"""``ctreduce pretrain``: one run folder layout for every method, resumable, on CPU or GPUs.
-
-RUN_DIR layout::
-
-    config.yaml            the resolved configuration (preset + file + overrides, mean/std)
-    versions.json          library versions
-    checkpoints/last.ckpt  Lightning checkpoint after every epoch; rerunning resumes from it
-    backbone.pt            plain torchvision state_dict of the encoder (only fc missing)
-    metrics.jsonl          one line per epoch: loss, lr, images/s, epoch seconds, step
-    summary.json           wall time, GPU hours, images seen, dataset size, status
-    logs/                  Lightning CSV and TensorBoard logs
+"""``ctreduce pretrain``: one run folder for every method (``ctreduce.store.pretrain`` owns its
+layout), resumable, on CPU or GPUs.
 """
 
 from __future__ import annotations
@@ -23,9 +14,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import yaml
 
 from ..config import PretrainConfig, make_pretrain_config
+from ..store.pretrain import LAST, PretrainRun, PretrainRunError
 from .backbones import RESNETS
 from .data import ExportError, export_info, intensity_stats, open_export
 
@@ -173,7 +164,7 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     elif values:
         config = make_pretrain_config({**config.model_dump(), **values})
     _check(config)
-    out = Path(config.out)
+    run = PretrainRun(config.out)
     try:
         raw = open_export(config.data)
     except ExportError as exc:
@@ -188,11 +179,14 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
         mean, std = intensity_stats(raw, seed=config.seed)
         config = config.model_copy(update={"mean": config.mean or round(mean, 5), "std": config.std or round(std, 5)})
 
-    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpt = run.last_checkpoint
     # Under strategy "ddp" Lightning re-runs this command once per extra device: rank 0 has prepared the
     # run folder before launching them, and another rank must not check, clear or rewrite it meanwhile.
     if launched_rank() == 0:
-        _prepare_run_folder(out, config.model_dump(mode="json"), overwrite)
+        try:
+            run.prepare(config.model_dump(mode="json"), library_versions(), overwrite)
+        except PretrainRunError as exc:
+            raise PretrainError(str(exc)) from exc
 
     pl.seed_everything(config.seed, workers=True)
     cls = method_class(config.method)
@@ -208,26 +202,26 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     settings = _trainer_settings(config, cls)
     callbacks: list[pl.Callback] = [
         # One file, rewritten after every epoch: the newest checkpoint is the one to resume from.
-        pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1,
+        pl.callbacks.ModelCheckpoint(dirpath=run.checkpoints, filename=LAST, save_top_k=1,
                                      every_n_epochs=1, save_on_train_epoch_end=True,
                                      enable_version_counter=False),
         NonFiniteLossGuard(),
-        EpochMetrics(out / "metrics.jsonl", config.batch_size * world),
+        EpochMetrics(run.metrics, config.batch_size * world),
     ]
     if config.method == "swav":
         callbacks.append(CollapseWarning(config.swav.n_prototypes, config.collapse_patience))
-    loggers = [pl.loggers.CSVLogger(out / "logs", name="csv")]
+    loggers = [pl.loggers.CSVLogger(run.logs, name="csv")]
     try:
-        loggers.append(pl.loggers.TensorBoardLogger(out / "logs", name="tensorboard"))
+        loggers.append(pl.loggers.TensorBoardLogger(run.logs, name="tensorboard"))
     except ModuleNotFoundError:
         warnings.warn("tensorboard is not installed: only CSV logs are written", stacklevel=1)
     trainer = pl.Trainer(max_epochs=config.epochs, max_steps=config.max_steps, callbacks=callbacks, logger=loggers,
                          log_every_n_steps=min(config.log_every_n_steps, max(1, steps_per_epoch)),
                          deterministic=settings["accelerator"] == "cpu", benchmark=False,
-                         enable_progress_bar=True, default_root_dir=out, **settings)
+                         enable_progress_bar=True, default_root_dir=run.path, **settings)
     resume = ckpt if ckpt.exists() else None
     # Read before training: at its end rank 0 rewrites summary.json while the other ranks build their summary.
-    earlier_s = _earlier_wall_time(out) if resume is not None else 0.0
+    earlier_s = run.summary().get("wall_time_s", 0.0) if resume is not None else 0.0
     start = time.perf_counter()
     status = "running"
     try:
@@ -245,8 +239,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
         summary = _summary(config, trainer, len(dataset), earlier_s, seconds, settings, status, resume)
         if trainer.is_global_zero:
             if status == "finished":
-                torch.save(module.export_backbone(), out / "backbone.pt")
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+                torch.save(module.export_backbone(), run.backbone)
+            run.write_summary(summary)
     return summary
 
 
@@ -255,32 +249,6 @@ def launched_rank() -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     return rank_zero_only.rank
-
-
-def _prepare_run_folder(out: Path, resolved: dict[str, Any], overwrite: bool) -> None:
-    """Refuse a folder holding other settings (or clear it with ``overwrite``); write config and versions."""
-    config_file = out / "config.yaml"
-    if config_file.exists() and not overwrite:
-        previous = yaml.safe_load(config_file.read_text())
-        if previous != resolved:
-            diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
-            raise PretrainError(f"{out} holds a run with other settings ({', '.join(diff)}); "
-                                "use another --out or --overwrite")
-    elif overwrite and out.exists():
-        import shutil
-
-        for name in ("checkpoints", "logs", "metrics.jsonl", "summary.json", "backbone.pt"):
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    (out / "versions.json").write_text(json.dumps(library_versions(), indent=2))
-
-
-def _earlier_wall_time(out: Path) -> float:
-    """Wall time of the sessions before a resume, from the summary they left."""
-    path = out / "summary.json"
-    return json.loads(path.read_text()).get("wall_time_s", 0.0) if path.exists() else 0.0
 
 
 def _world_size(config: PretrainConfig) -> int:
