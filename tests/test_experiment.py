@@ -96,3 +96,16 @@ def test_task_with_a_missing_class_fails_before_training(tmp_path):
 def test_synthetic_tasks_in_every_format_load(tmp_path, fmt):
     config = {**TINY, "tasks": [{"name": "t", "synthetic": {"n_per_class": 5, "size": 32, "format": fmt}}]}
     Runner(load_experiment(write(tmp_path, config)), log=lambda line: None).check_tasks()
+
+
+def test_a_cell_pretrained_on_two_devices_runs_each_stage_once(tmp_path):
+    """strategy "ddp" re-runs the launching command per device: the pretrain stage is its own command,
+    so the experiment itself runs once (the real launcher, 2 CPU processes with gloo)."""
+    ddp = {**TINY, "reductions": TINY["reductions"][:1],
+           "ssl": [{"name": "MoCo", "settings": {**TINY["ssl"][0]["settings"], "devices": 2, "strategy": "ddp",
+                                                 "accelerator": "cpu"}}]}
+    log: list[str] = []
+    table = run_experiment(write(tmp_path, ddp), log=log.append)
+    stages = [line.split("]")[0] + "]" for line in log if line.startswith("[")]
+    assert sorted(stages) == ["[data]", "[data]", "[export]", "[finetune]", "[pretrain]", "[reduce]"]
+    assert table.loc[0, "epochs"] == 1 and table.loc[0, "pretrain_s"] > 0

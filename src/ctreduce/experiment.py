@@ -218,6 +218,23 @@ def _errors(exc: ValidationError) -> str:
                      for e in exc.errors())
 
 
+def _pretrain_in_own_process(config: Any, folder: Path) -> dict[str, Any]:
+    """Several devices: Lightning's "ddp" launcher re-runs the command line once per device, so the
+    stage runs as its own ``ctreduce pretrain`` command (re-running the whole experiment per device
+    would race the stages)."""
+    import subprocess
+    import sys
+
+    settings = folder / "pretrain.yaml"
+    settings.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "ctreduce.cli", "pretrain", "--config", str(settings)])
+    summary = PretrainRun(config.out).summary()
+    if done.returncode or summary.get("status") != "finished":
+        raise ValueError(f"ctreduce pretrain --config {settings} exited {done.returncode} "
+                         f"(status {summary.get('status', 'unknown')}); its output is above")
+    return summary
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -333,7 +350,10 @@ class Runner:
         def run(folder: Path) -> dict[str, Any]:
             config = make_pretrain_config({**ssl.settings, "data": str(export_folder / "data"),
                                            "out": str(folder / "run")})
-            summary = pretrain(config)
+            if config.devices == 1 and config.num_nodes == 1:
+                summary = pretrain(config)
+            else:
+                summary = _pretrain_in_own_process(config, folder)
             return {"wall_time_s": summary["wall_time_s"], "images_seen": summary["images_seen"]}
 
         return self._stage("pretrain", key, run, f"pretrain {ssl.name}"), key

@@ -333,8 +333,10 @@ def reduce(
     paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     if not paths:
         raise ValueError("no input paths given")
-    if config.method not in SELECTORS:
-        measure_of(config).preflight()  # a setting that cannot work for any volume fails here, once
+    if config.method not in SELECTORS and backend == "local":
+        # A setting that cannot work for any volume fails here, once. Not for Ray: its workers may have
+        # the GPUs (and the weights cache) that the driver lacks.
+        measure_of(config).preflight()
     t0 = time.perf_counter()
     if out is not None:
         check_output_dir(Path(out), paths)
