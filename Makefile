@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_reduce.py
 	$(BIN)/python benchmarks/bench_methods.py
 	$(BIN)/python benchmarks/bench_pretrain.py
+	$(BIN)/python benchmarks/bench_integrity.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
