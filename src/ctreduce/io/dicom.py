@@ -393,9 +393,21 @@ def order_frames(volume_id: str, header: DicomHeader, *, allow_gaps: bool = Fals
     )
 
 
+def _read_pixels(path: str):
+    """A file's dataset and pixel array; VolumeError naming the file and its transfer syntax."""
+    import pydicom
+
+    try:
+        with quiet():
+            ds = pydicom.dcmread(path)
+            return ds, ds.pixel_array
+    except Exception as exc:
+        raise VolumeError(f"{path}: cannot read pixel data{_transfer_syntax(path)} ({type(exc).__name__}: {exc})"
+                          ) from exc
+
+
 def read_series(source: VolumeSource) -> Volume:
     """Read every slice of an ordered series and apply the modality LUT (rescale to HU)."""
-    import pydicom
 
     n, rows, cols = source.n_slices, source.rows, source.cols
     raw: np.ndarray | None = None
@@ -403,13 +415,7 @@ def read_series(source: VolumeSource) -> Volume:
     intercepts = np.zeros(n)
     lut_slices: dict[int, np.ndarray] = {}
     for i, path in enumerate(source.paths):
-        try:
-            with quiet():
-                ds = pydicom.dcmread(path)
-                arr = ds.pixel_array
-        except Exception as exc:
-            raise VolumeError(f"{path}: cannot read pixel data{_transfer_syntax(path)} ({type(exc).__name__}: {exc})"
-                              ) from exc
+        ds, arr = _read_pixels(path)
         if arr.shape != (rows, cols):
             raise VolumeError(f"{path}: pixel data has shape {arr.shape}, expected {(rows, cols)}")
         if raw is None:
@@ -432,16 +438,9 @@ def read_series(source: VolumeSource) -> Volume:
 
 def read_frames(source: VolumeSource) -> Volume:
     """Read a multi-frame file: its frames in the scanned order, rescaled per frame to HU."""
-    import pydicom
 
     path = source.paths[0]
-    try:
-        with quiet():
-            ds = pydicom.dcmread(path)
-            arr = ds.pixel_array
-    except Exception as exc:
-        raise VolumeError(f"{path}: cannot read pixel data{_transfer_syntax(path)} ({type(exc).__name__}: {exc})"
-                          ) from exc
+    ds, arr = _read_pixels(path)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if arr.ndim == 2:
         arr = arr[None]
