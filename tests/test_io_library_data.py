@@ -21,8 +21,7 @@ def _library_data() -> dict[str, Path]:
     from pydicom.data.data_manager import external_data_sources
 
     sources = external_data_sources()
-    if "pydicom-data" not in sources:
-        pytest.skip("pydicom-data is not installed (dev extra)")
+    assert "pydicom-data" in sources, "pydicom-data is not installed: 'make test' installs the dev extra"
     return {
         "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",
         "pydicom-data": Path(sources["pydicom-data"].data_path),
