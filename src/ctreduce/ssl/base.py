@@ -74,15 +74,21 @@ class SSLMethod(pl.LightningModule):
         wd = self.config.weight_decay if self.config.weight_decay is not None else weight_decay
         return self.config.optimizer or kind, lr, wd
 
+    def parameter_groups(self, wd: float) -> list[dict[str, Any]]:
+        """One group, every parameter decayed (the official SwAV/MoCo code and the paper's scripts:
+        LARS then also scales every parameter), or, with ``decay_norm_and_bias=False``, norms and
+        biases in a second group without weight decay (SparK's official recipe; LARS and LAMB
+        then leave them unscaled)."""
+        params = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        if self.config.decay_norm_and_bias:
+            return [{"params": [p for _, p in params], "weight_decay": wd}]
+        decay = [p for name, p in params if p.ndim > 1 and not name.endswith(".bias")]
+        no_decay = [p for name, p in params if p.ndim <= 1 or name.endswith(".bias")]
+        return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
     def configure_optimizers(self):
         kind, lr, wd = self.optimiser_settings()
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            # Norm layers and biases are not decayed (standard for LARS/LAMB recipes).
-            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = self.parameter_groups(wd)
         if kind == "lars":
             from lightly.utils.lars import LARS
 
