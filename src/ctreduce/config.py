@@ -148,6 +148,7 @@ class PretrainConfig(BaseModel):
     std: float | None = None  # (paper preset: 0.1907)
     # Weight decay (and LARS/LAMB scaling) for norm layers and biases too; set by the preset per method.
     decay_norm_and_bias: bool = True
+    grad_clip: float | None = None  # global gradient-norm clipping before each step; None: off
     max_steps: int = -1
     log_every_n_steps: int = 10
     collapse_patience: int = 3
@@ -189,7 +190,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # The paper preset's values that differ per method (SparK: Tian et al.'s schedule).
 PAPER_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "spark": {"epochs": 1600, "batch_size": 32, "warmup_epochs": 40, "decay_norm_and_bias": False},
+    "spark": {"epochs": 1600, "batch_size": 32, "warmup_epochs": 40, "decay_norm_and_bias": False,
+              "grad_clip": 5.0},
 }
 
 

@@ -64,6 +64,10 @@ class SSLMethod(pl.LightningModule):
                  batch_size=self.config.batch_size)
         return loss
 
+    def summary_extra(self) -> dict[str, Any]:
+        """Method-specific facts of the finished run for summary.json (e.g. the queue length used)."""
+        return {}
+
     def export_backbone(self) -> dict[str, torch.Tensor]:
         return export_state_dict(self.backbone)
 

@@ -150,7 +150,9 @@ def _trainer_settings(config: PretrainConfig, method: type) -> dict[str, Any]:
     # SyncBN only exists on GPUs; MoCo relies on shuffled BN and SparK on its sparse BN instead.
     sync = several and accelerator == "gpu" and getattr(method, "sync_batchnorm", False)
     return {"accelerator": accelerator, "precision": precision, "devices": devices, "strategy": strategy,
-            "num_nodes": config.num_nodes, "sync_batchnorm": sync}
+            "num_nodes": config.num_nodes, "sync_batchnorm": sync,
+            # Global gradient-norm clipping before each optimiser step (SparK's official recipe: 5).
+            "gradient_clip_val": config.grad_clip, "gradient_clip_algorithm": "norm"}
 
 
 def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, **values: Any) -> dict[str, Any]:
@@ -236,7 +238,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     finally:
         seconds = time.perf_counter() - start
         # Every rank returns the same summary (the CLI runs on every rank under "ddp"); rank 0 writes the files.
-        summary = _summary(config, trainer, len(dataset), earlier_s, seconds, settings, status, resume)
+        summary = {**_summary(config, trainer, len(dataset), earlier_s, seconds, settings, status, resume),
+                   **module.summary_extra()}
         if trainer.is_global_zero:
             if status == "finished":
                 torch.save(module.export_backbone(), run.backbone)
