@@ -185,3 +185,27 @@ def test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0(export_dir, tmp_path):
     assert summary["images_seen"] == summary["steps"] * 4 * 2 == (48 // 8) * 8
     missing, _ = torchvision.models.resnet18().load_state_dict(torch.load(out / "backbone.pt"), strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"]
+
+
+@pytest.mark.parametrize("method", ["swav", "moco", "spark"])
+def test_a_paper_preset_run_records_every_resolved_setting(export_dir, tmp_path, method):
+    """config.yaml holds every setting as resolved, so a run can be checked against docs/paper-fidelity.md."""
+    from ctreduce.config import PretrainConfig
+
+    out = tmp_path / method
+    tiny = {"preset": "paper", "method": method, "backbone": "resnet18", "batch_size": 8, "epochs": 1,
+            "max_steps": 2, "num_workers": 0, "swav": {"local_crop_size": 16},
+            "input_size": 64 if method == "spark" else 32}  # SparK masks 32 px patches: 2x2 of them
+    pretrain(make_pretrain_config({**tiny, "data": str(export_dir), "out": str(out)}))
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    resolved = make_pretrain_config({**tiny, "data": str(export_dir), "out": str(out)}).model_dump(mode="json")
+
+    def keys(tree, prefix=""):
+        return {f"{prefix}{k}" for k, v in tree.items()} | {
+            key for k, v in tree.items() if isinstance(v, dict) for key in keys(v, f"{prefix}{k}.")}
+
+    assert keys(recorded) == keys(resolved) == keys(PretrainConfig().model_dump(mode="json"))
+    assert recorded == resolved  # nothing left for the code to fill in silently
+    assert (recorded["mean"], recorded["std"]) == (0.1806, 0.1907)  # the paper's fixed statistics
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["mean"], summary["std"]) == (0.1806, 0.1907)
