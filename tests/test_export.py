@@ -63,3 +63,46 @@ def test_export_errors(run, tmp_path):
         ctreduce.export(tmp_path / "nothing", tmp_path / "x")
     with pytest.raises(ValueError, match="unknown export format"):
         ctreduce.export(run, tmp_path / "x", format="jpeg")
+
+
+@pytest.mark.parametrize("fmt", ["png", "npy"])
+def test_two_workers_write_the_same_export_as_one(run, tmp_path, fmt):
+    from ctreduce.store.export import ExportStore
+
+    one = ctreduce.export(run, tmp_path / "one", format=fmt, size=32)
+    two = ctreduce.export(run, tmp_path / "two", format=fmt, size=32, workers=2)
+    assert one["slices"] == two["slices"] and two["workers"] == 2
+    a, b = ExportStore.open(tmp_path / "one"), ExportStore.open(tmp_path / "two")
+    pd.testing.assert_frame_equal(a.index, b.index)
+    if fmt == "npy":
+        np.testing.assert_array_equal(np.load(a.array_path), np.load(b.array_path))
+    else:
+        for x, y in zip(a.image_paths(), b.image_paths(), strict=True):
+            assert x.read_bytes() == y.read_bytes()
+
+
+def test_a_dicom_export_reads_only_the_kept_files(run, monkeypatch, tmp_path):
+    from ctreduce.io import dicom
+
+    read = []
+    real = dicom._read_pixels
+    monkeypatch.setattr(dicom, "_read_pixels", lambda path: read.append(path) or real(path))
+    ctreduce.export(run, tmp_path / "png")
+    manifest = pd.read_parquet(run / "manifest.parquet")
+    dicom_rows = manifest[manifest["source"].str.endswith(".dcm")]
+    assert sorted(read) == sorted(dicom_rows.loc[dicom_rows["kept"], "source"])
+    assert len(read) < len(dicom_rows)
+
+
+def test_a_dicom_file_rewritten_at_another_position_is_not_exported(run, tmp_path):
+    import pydicom
+
+    manifest = pd.read_parquet(run / "manifest.parquet")
+    kept = manifest[manifest["kept"] & manifest["source"].str.endswith(".dcm")]
+    path = kept["source"].iloc[-1]
+    ds = pydicom.dcmread(path)
+    ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [999.0]
+    ds.save_as(path)
+    meta = ctreduce.export(run, tmp_path / "png", allow_changed=True)
+    (error,) = meta["errors"]
+    assert error["volume_id"] == kept["volume_id"].iloc[-1] and "999.00 mm along the normal now" in error["error"]

@@ -98,9 +98,9 @@ def test_a_series_that_gained_files_is_reduced_again_and_export_checks_first(tmp
 
 
 def test_export_with_allow_changed_records_it_and_skips_volumes_that_no_longer_match(run_dir, archive, tmp_path):
-    series = archive / "patient0" / "ct"
-    victim = sorted(series.glob("*.dcm"))[0]
-    victim.unlink()
+    manifest = RunFolder.open(run_dir).manifest()
+    kept = manifest[manifest["kept"] & (manifest["volume_id"] == "archive/patient0/ct")]
+    Path(kept["source"].iloc[-1]).unlink()  # a kept slice's file: that volume cannot be exported
     with pytest.raises(ExportError, match="patient0/ct: 1 file"):
         ctreduce.export(run_dir, tmp_path / "png")
     meta = ctreduce.export(run_dir, tmp_path / "png", allow_changed=True)
@@ -193,14 +193,14 @@ def test_an_interrupted_export_leaves_the_old_one_whole(archive, tmp_path, monke
     out = tmp_path / "npy"
     ctreduce.export(tmp_path / "run", out, format="npy", size=16)
     before = ExportStore.open(out).meta
-    real = store_export.ExportWriter.add
+    real = store_export.ExportWriter.add_volume
 
-    def add_then_die(self, image, record):
-        if len(self.rows) == 10:
+    def add_then_die(self, images, records):
+        if len(self.rows) >= 10:
             raise KeyboardInterrupt
-        real(self, image, record)
+        real(self, images, records)
 
-    monkeypatch.setattr(store_export.ExportWriter, "add", add_then_die)
+    monkeypatch.setattr(store_export.ExportWriter, "add_volume", add_then_die)
     with pytest.raises(KeyboardInterrupt):
         ctreduce.export(tmp_path / "run", out, format="npy", size=24, overwrite=True)
     assert ExportStore.open(out).meta == before

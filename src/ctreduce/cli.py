@@ -176,6 +176,8 @@ def export(
                                                      "(recorded in export.json).")] = False,
     allow_incomplete: Annotated[bool, typer.Option(help="Export an interrupted run's finished volumes "
                                                         "(recorded in export.json).")] = False,
+    workers: Annotated[int, typer.Option(help="Volumes read and written in parallel (same output).")] = 1,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Write the kept slices as 8-bit PNGs or one memory-mappable uint8 array plus an index.
 
@@ -187,7 +189,8 @@ def export(
 
     try:
         summary = do_export(run_dir, out, format=format, size=size, intensity=intensity, overwrite=overwrite,
-                            allow_changed=allow_changed, allow_incomplete=allow_incomplete)
+                            allow_changed=allow_changed, allow_incomplete=allow_incomplete, workers=workers,
+                            progress=not quiet)
     except (ValueError, LockHeld) as exc:
         _fail(str(exc))
     except DiskFull as exc:

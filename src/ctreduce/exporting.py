@@ -8,6 +8,7 @@ are checked against the fingerprints recorded when they were reduced.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from .io.discover import load
-from .io.volume import VolumeError
+from .io.volume import VolumeError, VolumeSource
 from .reduction.intensity import Intensity
-from .store.export import FORMATS, ExportError, ExportWriter
+from .store.export import FORMATS, ExportError, ExportWriter, save_png
+from .store.files import DiskFull, disk_full, is_disk_full
 from .store.run import RunFolder, RunFolderError, check_output_dir
 from .versions import package_versions
 
@@ -47,6 +49,8 @@ def export(
     overwrite: bool = False,
     allow_changed: bool = False,
     allow_incomplete: bool = False,
+    workers: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Write the slices flagged in manifest column ``column`` of ``run_dir`` to ``out``.
 
@@ -55,12 +59,14 @@ def export(
     or when ``out`` holds an export (unless ``overwrite``, which replaces it whole). The intensity
     policy defaults to the run's own (minmax for all/every-n runs). Returns the export summary;
     volumes that can no longer be read, or no longer match their manifest rows, are listed under
-    ``errors``.
+    ``errors``. ``workers`` volumes are read and written in parallel (the same output as one).
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if size < 8:
         raise ExportError(f"--size must be at least 8, got {size}")
+    if workers < 1:
+        raise ExportError(f"--workers must be >= 1, got {workers}")
     run_dir, out = Path(run_dir), Path(out)
     try:
         run = RunFolder.open(run_dir)
@@ -86,42 +92,105 @@ def export(
 
     start = time.perf_counter()
     errors: list[dict[str, str]] = []
-    with ExportWriter(out, format, size=size if format == "npy" else None, overwrite=overwrite) as writer:
+    fmt_size = size if format == "npy" else None
+    with ExportWriter(out, format, size=fmt_size, overwrite=overwrite) as writer:
         if format == "npy":
             writer.allocate(len(chosen))
-        for volume_id, group in groups:
-            try:
-                volume = load(sources[volume_id])
-                index = group["slice_index"].to_numpy()
-                _check_matches(volume, group)
-            except (VolumeError, KeyError) as exc:
-                errors.append({"volume_id": volume_id, "error": str(exc)})
-                continue
-            u8 = policy.to_uint8(volume.hu[index])
-            for k, slice_index in enumerate(index):
-                record = {"volume_id": volume_id, "slice_index": int(slice_index),
-                          "z_mm": float(volume.z_mm[slice_index]), "source": volume.slice_sources[slice_index]}
-                writer.add(resize_pad(u8[k], size) if format == "npy" else u8[k], record)
+        jobs = [(sources.get(vid), vid, group["slice_index"].to_numpy(np.int64), group["z_mm"].to_numpy(np.float64))
+                for vid, group in groups]
+        bar = _progress(len(chosen), progress)
+        for (_, volume_id, index, _), result in zip(jobs, _in_order(jobs, policy, format, size, writer.images,
+                                                                    workers), strict=True):
+            if isinstance(result, str):
+                errors.append({"volume_id": volume_id, "error": result})
+            else:
+                writer.add_volume(*result)
+            if bar is not None:
+                bar.update(len(index))
+        if bar is not None:
+            bar.close()
         meta = writer.commit({
             "run_dir": str(run_dir.resolve()), "intensity": str(policy), "column": column,
             "volumes": len(groups) - len(errors), "errors": errors,
             "allow_incomplete": allow_incomplete and not summary.get("complete", False),
             "allow_changed": sorted(check.changed) if allow_changed else [],
-            "unchecked_sources": check.unchecked,
+            "unchecked_sources": check.unchecked, "workers": workers,
             "seconds": round(time.perf_counter() - start, 3),
             "versions": package_versions(["ctreduce", "numpy", "Pillow", "pandas", "pyarrow"]),
         })
     return meta
 
 
-def _check_matches(volume, group) -> None:
-    """The volume read now must be the one the manifest describes: same slice count, same positions."""
-    index = group["slice_index"].to_numpy()
-    if index.size and int(index.max()) >= volume.n_slices:
-        raise VolumeError(f"{volume.volume_id}: the manifest keeps slice {int(index.max())} but the volume now has "
-                          f"{volume.n_slices} slices; its source changed since it was reduced")
-    z_now = np.asarray(volume.z_mm, dtype=np.float64)[index]
-    z_then = group["z_mm"].to_numpy(np.float64)
+def export_volume(source: VolumeSource | None, volume_id: str, index: np.ndarray, z_then: np.ndarray,
+                  policy: Intensity, fmt: str, size: int, images: Path | None
+                  ) -> tuple[np.ndarray | None, list[dict[str, Any]]] | str:
+    """One volume's exported rows: npy images to store, or PNGs written into ``images``; the error
+    in words instead when the volume cannot be read or no longer matches its manifest rows."""
+    try:
+        if source is None:
+            raise VolumeError(f"{volume_id}: not listed in the run's volumes")
+        volume = load(source, index)  # a DICOM series reads only the kept slices' files
+        _check_matches(volume, index, z_then)
+        u8 = policy.to_uint8(volume.hu)
+        records = [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(volume.z_mm[k]),
+                    "source": volume.slice_sources[k]} for k, i in enumerate(index)]
+        if fmt == "npy":
+            return np.stack([resize_pad(image, size) for image in u8]), records
+        for image, record in zip(u8, records, strict=True):
+            record["file"] = save_png(images, record["volume_id"], record["slice_index"], image)
+        return None, records
+    except DiskFull:
+        raise
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(images or volume_id, exc) from exc
+        return str(exc)
+    except (VolumeError, ValueError, MemoryError) as exc:
+        return str(exc)
+
+
+def _in_order(jobs: list, policy: Intensity, fmt: str, size: int, images: Path | None, workers: int):
+    """Each job's result in manifest order; with workers, volumes are read in parallel, at most
+    2 per worker ahead of the one written next (memory stays bounded)."""
+    if workers <= 1:
+        for source, vid, index, z in jobs:
+            yield export_volume(source, vid, index, z, policy, fmt, size, images)
+        return
+    from .workers import pool, terminate
+
+    executor = pool(workers)
+    finished = False
+    try:
+        futures = {}
+        ahead = 2 * workers
+        for k, (source, vid, index, z) in enumerate(jobs[:ahead]):
+            futures[k] = executor.submit(export_volume, source, vid, index, z, policy, fmt, size, images)
+        for k in range(len(jobs)):
+            result = futures.pop(k).result()
+            nxt = k + ahead
+            if nxt < len(jobs):
+                source, nvid, index, z = jobs[nxt]
+                futures[nxt] = executor.submit(export_volume, source, nvid, index, z, policy, fmt, size, images)
+            yield result
+        finished = True
+    finally:
+        if not finished:
+            terminate(executor)
+        executor.shutdown(wait=finished, cancel_futures=True)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="slice", desc="export", file=sys.stderr)
+
+
+def _check_matches(volume, index: np.ndarray, z_then: np.ndarray) -> None:
+    """The slices read now must be those the manifest describes: same positions (a DICOM file is also
+    checked against its header's position when read)."""
+    z_now = np.asarray(volume.z_mm, dtype=np.float64)
     moved = ~np.isclose(z_now, z_then, atol=1e-3, equal_nan=True)
     if moved.any():
         k = int(np.flatnonzero(moved)[0])

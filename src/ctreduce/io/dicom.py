@@ -427,6 +427,8 @@ def read_series(source: VolumeSource) -> Volume:
             arr = np.zeros_like(arr)
         raw[i] = arr
         slopes[i], intercepts[i] = _rescale(ds)
+        if source.z_mm:
+            _check_position(ds, path, source.z_mm[i])
     assert raw is not None
     hu = hu_array(raw, slopes, intercepts)
     if lut_slices:
@@ -452,6 +454,18 @@ def read_frames(source: VolumeSource) -> Volume:
     index = np.asarray(source.frames, dtype=np.intp)
     hu = hu_array(arr[index], rescale[index, 0], rescale[index, 1])
     return _volume(source, hu, (path,) * len(index))
+
+
+def _check_position(ds, path: str, z_scanned: float) -> None:
+    """The file read now sits where the scan put it: a file rewritten since is not silently misplaced."""
+    try:
+        z = float(np.dot([float(v) for v in ds.ImagePositionPatient],
+                         slice_normal(tuple(float(v) for v in ds.ImageOrientationPatient))))
+    except (AttributeError, TypeError, ValueError):
+        return  # single-slice series without geometry; the scan accepted it as such
+    if abs(z - z_scanned) > DUPLICATE_TOL_MM:
+        raise VolumeError(f"{path}: slice is at {z:.2f} mm along the normal now but was at {z_scanned:.2f} mm "
+                          "when the series was scanned; the file changed, scan or reduce again")
 
 
 def _rescale(ds) -> tuple[float, float]:

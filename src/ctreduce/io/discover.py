@@ -262,8 +262,28 @@ def _make_ids_unique(result: ScanResult) -> None:
         error["volume_id"] = unique(error["volume_id"])
 
 
-def load(source: VolumeSource) -> Volume:
-    """Read the pixel data of a scanned volume; raises VolumeError naming the file and reason."""
+def load(source: VolumeSource, slices: Sequence[int] | None = None) -> Volume:
+    """Read the pixel data of a scanned volume; raises VolumeError naming the file and reason.
+
+    With ``slices`` (indices in anatomical order), the Volume holds only those slices, in that
+    order; a single-frame DICOM series then reads only their files (an export of the ~10% of
+    slices a reduction keeps reads ~10% of the series).
+    """
+    if slices is not None:
+        index = [int(i) for i in slices]
+        if any(not 0 <= i < source.n_slices for i in index):
+            raise VolumeError(f"{source.source}: slice index out of range 0..{source.n_slices - 1}")
+        if source.format == "dicom" and not source.frames:
+            subset = dataclasses.replace(
+                source, paths=tuple(source.paths[i] for i in index), n_slices=len(index),
+                sop_uids=tuple(source.sop_uids[i] for i in index) if source.sop_uids else (),
+                z_mm=tuple(source.z_mm[i] for i in index) if source.z_mm else ())
+            return load(subset)
+        whole = load(source)
+        if any(i >= whole.n_slices for i in index):
+            raise VolumeError(f"{source.source}: has {whole.n_slices} slices now, {source.n_slices} when scanned")
+        return dataclasses.replace(whole, hu=whole.hu[index], z_mm=whole.z_mm[index],
+                                   slice_sources=tuple(whole.slice_sources[i] for i in index))
     reader = {"dicom": dicom.read_frames if source.frames else dicom.read_series,
               "nifti": single.read_nifti, "sitk": single.read_sitk}
     try:

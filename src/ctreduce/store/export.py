@@ -95,23 +95,20 @@ class ExportWriter:
         self._array = np.lib.format.open_memmap(self.stage / ARRAY, mode="w+", dtype=np.uint8,
                                                 shape=(n, self.size, self.size))
 
-    def add(self, image: np.ndarray, record: dict[str, Any]) -> None:
-        """One exported slice: an uint8 image (already resized for npy) and its index record."""
-        from PIL import Image
+    @property
+    def images(self) -> Path | None:
+        """png: the staging folder that ``save_png`` writes into (from any process)."""
+        return self.stage / IMAGES if self.format == "png" else None
 
-        record = dict(record)
-        try:
-            if self._array is not None:
-                self._array[len(self.rows)] = image
-            else:
-                name = png_name(record["volume_id"], record["slice_index"])
-                Image.fromarray(image).save(self.stage / IMAGES / name, compress_level=1)
-                record["file"] = f"{IMAGES}/{name}"
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise disk_full(self.stage, exc) from exc
-            raise
-        self.rows.append(record)
+    def add_volume(self, images: np.ndarray | None, records: list[dict[str, Any]]) -> None:
+        """One volume's rows, in order: npy, its uint8 images (already resized); png, the records of
+        the images ``save_png`` wrote."""
+        if self._array is not None:
+            assert images is not None and len(images) == len(records)
+            self._array[len(self.rows): len(self.rows) + len(records)] = images
+        else:
+            assert all("file" in r for r in records)
+        self.rows.extend(records)
 
     def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
         """Write index and export.json (``complete: true``) and move the export into place."""
@@ -136,6 +133,21 @@ class ExportWriter:
         os.replace(self.stage, self.out)
         shutil.rmtree(old, ignore_errors=True)
         return meta
+
+
+def save_png(images: Path, volume_id: str, slice_index: int, u8: np.ndarray) -> str:
+    """Write one slice as 8-bit grey PNG (compression level 1, as the paper's OpenCV default);
+    returns its name relative to the export folder."""
+    from PIL import Image
+
+    name = png_name(volume_id, slice_index)
+    try:
+        Image.fromarray(u8).save(images / name, compress_level=1)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(images, exc) from exc
+        raise
+    return f"{IMAGES}/{name}"
 
 
 def _save_npy(path: Path, data: np.ndarray) -> None:
