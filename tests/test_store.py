@@ -393,3 +393,22 @@ def test_the_score_column_is_named_for_what_it_holds(archive, tmp_path):
     assert "similarity" in ssim.columns and "distance" not in ssim.columns
     dropped = ssim[~ssim["kept"]]
     assert (dropped["similarity"] >= 0.9).all()
+
+
+def test_a_rerun_reads_only_the_headers_of_changed_files(run_dir, archive, monkeypatch):
+    from ctreduce.io import discover
+
+    read = []
+    real = discover._header_or_reason
+    monkeypatch.setattr(discover, "_header_or_reason", lambda path: read.append(path.name) or real(path))
+    first = RunFolder.open(run_dir).manifest()
+    again = ctreduce.reduce(archive, run_dir)
+    assert read == [] and again.attrs["summary"]["complete"]
+    pd.testing.assert_frame_equal(again, first)
+
+    touched = sorted((archive / "patient1" / "ct").glob("*.dcm"))[3]
+    os.utime(touched, ns=(5, 5))
+    (archive / "patient0" / "ct" / "stray.dcm").write_bytes(b"not dicom")
+    ctreduce.reduce(archive, run_dir)
+    assert sorted(read) == sorted([touched.name, "stray.dcm"])
+    assert RunFolder(run_dir).header_cache()[str(touched)][:2] == (touched.stat().st_size, 5)

@@ -35,6 +35,11 @@ class ScanResult:
     volumes: list[VolumeSource] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    headers: HeaderCache = field(default_factory=dict)  # every DICOM candidate's header or reason
+
+
+# path -> (size, mtime_ns, header or the reason the file is not usable DICOM)
+HeaderCache = dict[str, tuple[int, int, "dicom.DicomHeader | str"]]
 
 
 @dataclass
@@ -124,6 +129,7 @@ def scan(
     modality: str = "CT",
     allow_gaps: bool = False,
     workers: int = 1,
+    header_cache: HeaderCache | None = None,
 ) -> ScanResult:
     """Find every volume under ``inputs`` (files or folders) from headers alone.
 
@@ -134,7 +140,8 @@ def scan(
     reason or that series' error. A file reached twice (links, overlapping inputs) counts once,
     for the first input that reaches it.
     Raises FileNotFoundError for an input path that does not exist. With ``workers`` > 1 the
-    DICOM headers are read in parallel (reading them is most of a scan's time).
+    DICOM headers are read in parallel (reading them is most of a scan's time). A file whose size
+    and mtime equal its entry in ``header_cache`` (the ``headers`` of an earlier scan) is not read.
     """
     result = ScanResult()
     want = modality.upper()
@@ -158,7 +165,8 @@ def scan(
                 reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, VolumeError) else _describe(exc)
                 result.skipped.append({"path": str(path), "reason": reason})
         headers: list[dicom.DicomHeader] = []
-        for path, header in zip(candidates, _read_headers(candidates, workers), strict=True):
+        for path, header in zip(candidates, _read_headers(candidates, workers, header_cache, result.headers),
+                                strict=True):
             if isinstance(header, str):
                 result.skipped.append({"path": str(path), "reason": header})
             else:
@@ -199,14 +207,40 @@ def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
         return _describe(exc)
 
 
-def _read_headers(paths: list[Path], workers: int) -> list[dicom.DicomHeader | str]:
-    """Each file's header, or the reason it is not usable DICOM; in input order."""
-    if workers <= 1 or len(paths) < 64:
-        return [_header_or_reason(p) for p in paths]
-    from ..workers import pool
+def _read_headers(paths: list[Path], workers: int, cache: HeaderCache | None,
+                  seen: HeaderCache) -> list[dicom.DicomHeader | str]:
+    """Each file's header, or the reason it is not usable DICOM; in input order. A file whose size
+    and mtime equal its ``cache`` entry is not read again; every result is added to ``seen``."""
+    stats = [_stat(p) for p in paths]
+    results: list[dicom.DicomHeader | str | None] = [None] * len(paths)
+    misses = []
+    for k, (path, stat) in enumerate(zip(paths, stats, strict=True)):
+        hit = cache.get(str(path)) if cache else None
+        if hit is not None and hit[:2] == stat:
+            results[k] = hit[2]
+        else:
+            misses.append(k)
+    todo = [paths[k] for k in misses]
+    if workers <= 1 or len(todo) < 64:
+        read = [_header_or_reason(p) for p in todo]
+    else:
+        from ..workers import pool
 
-    with pool(workers) as executor:
-        return list(executor.map(_header_or_reason, paths, chunksize=max(16, len(paths) // (8 * workers))))
+        with pool(workers) as executor:
+            read = list(executor.map(_header_or_reason, todo, chunksize=max(16, len(todo) // (8 * workers))))
+    for k, header in zip(misses, read, strict=True):
+        results[k] = header
+    for path, stat, header in zip(paths, stats, results, strict=True):
+        seen[str(path)] = (*stat, header)
+    return results  # type: ignore[return-value]
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return -1, 0
+    return int(st.st_size), int(st.st_mtime_ns)
 
 
 def _add_series(result: ScanResult, base: Path, headers: list[dicom.DicomHeader], want: str,

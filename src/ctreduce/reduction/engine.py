@@ -340,8 +340,10 @@ def reduce(
     t0 = time.perf_counter()
     if out is not None:
         check_output_dir(Path(out), paths)
+    # A rerun reads only the headers of files that changed since the last scan.
+    cache = RunFolder(out).header_cache() if out is not None and not overwrite else None
     found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps,
-                 workers=workers if backend == "local" else 1)
+                 workers=workers if backend == "local" else 1, header_cache=cache)
     if not found.volumes and not found.errors:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in found.skipped[:5])
         raise NoVolumes(f"no volumes found in {', '.join(map(str, paths))}" + (f" ({reasons})" if reasons else ""))
@@ -368,6 +370,7 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     moved: list[str] = []
     if run is not None:
         run.start(identity(config), [str(p.resolve()) for p in paths], overwrite)
+        run.write_header_cache(found.headers)
         done = _still_valid(run, found.volumes, run.finished(), fingerprints, changed, moved)
     todo = [s for s in found.volumes if s.volume_id not in done]
 

@@ -8,6 +8,8 @@ Layout (``DIR``)::
     progress.jsonl     journal of finished volumes (ok or error, with input fingerprints)
     manifest.parquet   one row per slice, all volumes in input order (manifest.csv with --csv)
     summary.json       counts, kept fractions, timings, errors, skipped files, library versions
+    headers.parquet    the DICOM header (or skip reason) of every file scanned, with its size and mtime:
+                       a rerun reads again only the files that changed (a cache: deleting it is safe)
     .lock              held while a process writes the folder
 
 Schema 2 (this version) adds input fingerprints and names the score column for what it holds
@@ -30,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..io.dicom import header_from_json, header_to_json
+from ..io.discover import HeaderCache
 from ..io.volume import VolumeSource
 from .files import atomic_write, disk_full, is_disk_full, read_json, write_json
 from .fingerprint import Fingerprint, same_content
@@ -43,8 +47,9 @@ JOURNAL = "progress.jsonl"
 MANIFEST = "manifest.parquet"
 MANIFEST_CSV = "manifest.csv"
 SUMMARY = "summary.json"
+HEADERS = "headers.parquet"
 LOCK = ".lock"
-_MANAGED = (RUN_JSON, VOLUMES, PARTS, JOURNAL, MANIFEST, MANIFEST_CSV, SUMMARY)
+_MANAGED = (RUN_JSON, VOLUMES, PARTS, JOURNAL, MANIFEST, MANIFEST_CSV, SUMMARY, HEADERS)
 
 # Score columns by what they hold: hash methods measure a distance, the others a similarity.
 SCORE_COLUMNS = ("distance", "similarity")
@@ -202,6 +207,29 @@ class RunFolder:
         if csv:
             atomic_write(self.path / MANIFEST_CSV, lambda p: manifest.to_csv(p, index=False))
         write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
+
+    def write_header_cache(self, cache: HeaderCache) -> None:
+        table = pd.DataFrame({
+            "path": list(cache),
+            "size": [v[0] for v in cache.values()],
+            "mtime_ns": [v[1] for v in cache.values()],
+            "header": [None if isinstance(v[2], str) else header_to_json(v[2]) for v in cache.values()],
+            "reason": [v[2] if isinstance(v[2], str) else None for v in cache.values()],
+        })
+        atomic_write(self.path / HEADERS, lambda p: table.to_parquet(p, index=False))
+
+    def header_cache(self) -> HeaderCache:
+        """The headers of the last scan ({} when there is none or it cannot be read: it is a cache)."""
+        path = self.path / HEADERS
+        try:
+            table = pd.read_parquet(path) if path.exists() else None
+            if table is None:
+                return {}
+            return {p: (int(size), int(mtime), header_from_json(h) if isinstance(h, str) else str(reason))
+                    for p, size, mtime, h, reason in zip(table["path"], table["size"], table["mtime_ns"],
+                                                          table["header"], table["reason"], strict=True)}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
 
     # --- reading ------------------------------------------------------------------------------
 
