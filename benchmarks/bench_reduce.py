@@ -6,7 +6,9 @@ What is measured (slices per second, each pipeline timed once over a whole datas
   (a) paper     read each volume (scan + load), write every slice min-max scaled to uint8 as
                 PNG (Pillow, compress_level=1, ``<volume>_<index>.png``), ``imagehash.dhash`` of
                 each PNG re-opened from disk, greedy leader selection (Hamming <= 6) with
-                imagehash objects; one process.
+                imagehash objects, then a copy (``shutil.copy2``) of each kept PNG; one process.
+                Compression level 1 is what the paper's scripts get from OpenCV's ``cv2.imwrite``
+                default, so this is the reference as it really runs.
   (b) in-memory read, min-max to uint8 in memory, ``imagehash.dhash(Image.fromarray(u8))`` per
                 slice, the same greedy selection.
   (c) read      scan + load of every volume, nothing else.
@@ -166,6 +168,8 @@ def read_volumes(inputs: Sequence[Path]):
 def paper_pipeline(inputs: Sequence[Path], scratch: Path) -> KeptSets:
     minmax = ctreduce.Intensity.parse("minmax")
     png_dir = Path(tempfile.mkdtemp(prefix="paper-png-", dir=scratch))
+    kept_dir = png_dir / "kept"
+    kept_dir.mkdir()
     kept = []
     for volume in read_volumes(inputs):
         stem = volume.volume_id.replace("/", "_")
@@ -180,6 +184,8 @@ def paper_pipeline(inputs: Sequence[Path], scratch: Path) -> KeptSets:
             with Image.open(path) as png:
                 hashes.append(imagehash.dhash(png))
         kept.append(greedy_imagehash(hashes))
+        for index in sorted(kept[-1]):  # the paper's scripts then copy the kept PNGs
+            shutil.copy2(paths[index], kept_dir / paths[index].name)
     shutil.rmtree(png_dir)
     return kept
 
