@@ -412,3 +412,50 @@ def test_a_rerun_reads_only_the_headers_of_changed_files(run_dir, archive, monke
     ctreduce.reduce(archive, run_dir)
     assert sorted(read) == sorted([touched.name, "stray.dcm"])
     assert RunFolder(run_dir).header_cache()[str(touched)][:2] == (touched.stat().st_size, 5)
+
+
+# --- reduce --export: one pass ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["npy", "png"])
+def test_reduce_with_export_equals_reduce_then_export_and_reads_each_volume_once(archive, tmp_path, monkeypatch,
+                                                                                  fmt):
+    loads = []
+    real = engine.load
+    monkeypatch.setattr(engine, "load", lambda source, *a: loads.append(source.volume_id) or real(source, *a))
+    manifest = ctreduce.reduce(archive, tmp_path / "run", export=fmt, export_size=32)
+    assert sorted(loads) == sorted(manifest["volume_id"].unique())  # one read per volume
+    assert manifest.attrs["summary"]["export"]["slices"] == int(manifest["kept"].sum())
+    ctreduce.export(tmp_path / "run", tmp_path / "separate", format=fmt, size=32)
+    fused, separate = ExportStore.open(tmp_path / "run" / "export"), ExportStore.open(tmp_path / "separate")
+    pd.testing.assert_frame_equal(fused.index, separate.index)
+    if fmt == "npy":
+        np.testing.assert_array_equal(np.load(fused.array_path), np.load(separate.array_path))
+    else:
+        for a, b in zip(fused.image_paths(), separate.image_paths(), strict=True):
+            assert a.read_bytes() == b.read_bytes()
+    assert_export_is_the_manifest(tmp_path / "run", tmp_path / "run" / "export")
+
+
+def test_reduce_with_export_is_complete_or_absent_and_resumes(archive, tmp_path, monkeypatch):
+    real = engine.process_source
+    count = []
+
+    def stop_after_two(source, config, outputs=None):
+        if len(count) == 2:
+            raise KeyboardInterrupt
+        count.append(1)
+        return real(source, config, outputs)
+
+    monkeypatch.setattr(engine, "process_source", stop_after_two)
+    out = tmp_path / "exported"
+    with pytest.raises(KeyboardInterrupt):
+        ctreduce.reduce(archive, tmp_path / "run", export="npy", export_size=32, export_out=out)
+    assert not out.exists()
+    monkeypatch.setattr(engine, "process_source", real)
+    proc = cli("reduce", archive, "--out", tmp_path / "run", "--export", "npy", "--size", "32", "--export-out", out,
+               "--quiet")
+    assert f"export:   {out} (" in proc.stdout
+    assert_export_is_the_manifest(tmp_path / "run", out)
+    with pytest.raises(ValueError, match="target-fraction"):
+        ctreduce.reduce(archive, tmp_path / "t", target_fraction=0.3, export="npy")

@@ -102,6 +102,10 @@ def reduce(
                                                          "else a local Ray).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a previous run with other settings.")] = False,
     csv: Annotated[bool, typer.Option("--csv", help="Also write manifest.csv.")] = False,
+    export: Annotated[str | None, typer.Option(help="Also export the kept slices in the same pass: npy or png "
+                                                    "(each volume is read once).")] = None,
+    size: Annotated[int, typer.Option(help="--export npy: side of the square slices.")] = 224,
+    export_out: Annotated[Path | None, typer.Option(help="--export: the export folder (default OUT/export).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Reduce every volume; write DIR/manifest.parquet and DIR/summary.json (resumable)."""
@@ -128,7 +132,8 @@ def reduce(
     _terminate_as_interrupt()
     try:
         manifest = do_reduce(inputs, out, config=config, workers=workers, overwrite=overwrite,
-                             csv=csv, progress=not quiet, backend=backend, ray_address=ray_address)
+                             csv=csv, progress=not quiet, backend=backend, ray_address=ray_address,
+                             export=export, export_size=size, export_out=export_out)
     except (FileNotFoundError, ValueError, LockHeld) as exc:  # before any volume is read
         _fail(str(exc))
     except DiskFull as exc:
@@ -160,6 +165,9 @@ def reduce(
                    + ", ".join(f"{k} {v:g}" for k, v in chosen.items())
                    + f", kept fraction {summary['target']['kept_fraction']:.1%}")
     typer.echo(f"manifest: {out / 'manifest.parquet'}\nsummary:  {out / 'summary.json'}")
+    if "export" in summary:
+        typer.echo(f"export:   {summary['export']['path']} ({summary['export']['slices']} slices, "
+                   f"{summary['export']['format']})")
     if totals["volumes_failed"]:
         raise typer.Exit(1)
 

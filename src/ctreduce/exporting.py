@@ -18,24 +18,10 @@ import numpy as np
 from .io.discover import load
 from .io.volume import VolumeError, VolumeSource
 from .reduction.intensity import Intensity
-from .store.export import FORMATS, ExportError, ExportWriter, save_png
+from .store.export import FORMATS, ExportError, ExportWriter, resize_pad, save_png
 from .store.files import DiskFull, disk_full, is_disk_full
 from .store.run import RunFolder, RunFolderError, check_output_dir
 from .versions import package_versions
-
-
-def resize_pad(u8: np.ndarray, size: int) -> np.ndarray:
-    """Resize a uint8 slice so its longer side is ``size`` (Pillow bicubic), pad to a square."""
-    from PIL import Image
-
-    h, w = u8.shape
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = np.asarray(Image.fromarray(u8).resize((nw, nh), Image.Resampling.BICUBIC))
-    out = np.zeros((size, size), dtype=np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top : top + nh, left : left + nw] = small
-    return out
 
 
 def export(

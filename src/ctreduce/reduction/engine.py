@@ -23,7 +23,10 @@ import pandas as pd
 from ..config import SELECTORS, ReduceConfig
 from ..io.discover import ScanResult, load, scan
 from ..io.volume import Volume, VolumeSource
-from ..store.files import DiskFull, disk_full, is_disk_full
+from ..store.export import FORMATS as EXPORT_FORMATS
+from ..store.export import META as EXPORT_META
+from ..store.export import ExportError, ExportParts, ExportWriter
+from ..store.files import DiskFull, disk_full, is_disk_full, read_json
 from ..store.fingerprint import Fingerprint, same_content
 from ..store.run import RunConflict, RunFolder, check_output_dir, write_part
 from ..workers import pool as process_pool
@@ -172,20 +175,33 @@ class VolumeResult:
         return entry
 
 
-def process_source(source: VolumeSource, config: ReduceConfig, parts: Path | None = None) -> VolumeResult:
+@dataclass(frozen=True)
+class Outputs:
+    """What a worker writes beside its result: the volume's manifest part, and with ``reduce
+    --export`` its export part (the kept slices, while the volume is in memory)."""
+
+    parts: Path
+    export: ExportParts | None = None
+
+
+def process_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs | None = None) -> VolumeResult:
     """Read and reduce one scanned volume; never raises for bad data (the error is returned).
 
-    With ``parts``, the worker also writes the volume's manifest part (atomically), so that
-    Parquet encoding runs in parallel; the parent only appends the journal line. A full disk is
-    the one error that is raised: every later volume would fail the same way.
+    With ``outputs``, the worker also writes the volume's manifest part (atomically), so that
+    Parquet encoding runs in parallel, and its export part; the parent only appends the journal
+    line. A full disk is the one error that is raised: every later volume would fail the same way.
     """
     start = time.perf_counter()
+    parts = outputs.parts if outputs is not None else None
     try:
         before = Fingerprint.of(source)  # stat before reading: a file changed meanwhile shows up later
         volume = load(source)
         frame = _volume_frame(volume, config)
-        if parts is not None:
-            write_part(parts, source.volume_id, frame)
+        if outputs is not None and outputs.export is not None:
+            kept = np.flatnonzero(frame["kept"].to_numpy())
+            outputs.export.write(source.volume_id, kept, Intensity.parse(config.intensity).to_uint8(volume.hu[kept]))
+        if outputs is not None:
+            write_part(outputs.parts, source.volume_id, frame)
         return VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
                             warnings=volume.warnings, fingerprint=before.with_content(source))
     except DiskFull:
@@ -219,7 +235,7 @@ def library_versions() -> dict[str, str]:
 
 
 def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
-              parts: Path | None) -> Iterator[VolumeResult]:
+              parts: Outputs | None) -> Iterator[VolumeResult]:
     if workers <= 1:
         for source in todo:
             yield process_source(source, config, parts)
@@ -249,7 +265,7 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
 
 
 def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, address: str | None,
-             parts: Path | None) -> Iterator[VolumeResult]:
+             parts: Outputs | None) -> Iterator[VolumeResult]:
     """The same per-volume work as Ray tasks (actors holding the network for deepnet).
 
     Connects to ``address`` (or RAY_ADDRESS); without one, starts a local Ray with ``workers``
@@ -293,7 +309,7 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
 
 
 class _RayReducer:
-    def run(self, source: VolumeSource, config: ReduceConfig, parts: Path | None) -> VolumeResult:
+    def run(self, source: VolumeSource, config: ReduceConfig, parts: Outputs | None) -> VolumeResult:
         return process_source(source, config, parts)
 
 
@@ -308,6 +324,9 @@ def reduce(
     progress: bool = False,
     backend: str = "local",
     ray_address: str | None = None,
+    export: str | None = None,
+    export_size: int = 224,
+    export_out: str | os.PathLike | None = None,
     **settings: Any,
 ) -> pd.DataFrame:
     """Reduce every volume under ``inputs``; returns the manifest (one row per slice).
@@ -324,12 +343,17 @@ def reduce(
     ``settings`` are ReduceConfig fields (method, threshold, every_n, intensity, ...).
     ``backend="ray"`` runs the volumes as Ray tasks (``ray_address`` or RAY_ADDRESS, else a
     local Ray with ``workers`` CPUs); the output is identical to the local process pool.
+    ``export="npy"|"png"`` writes the export of the kept slices in the same pass (each volume is
+    read once; ``export_size`` for npy) to ``export_out`` (default ``out/export``), whole, once the
+    run is complete: the same export as ``ctreduce export`` of the run folder.
     Raises ValueError (NoVolumes, RunConflict, LockHeld is a RuntimeError) before any volume is
     read for unusable settings, and DiskFull when the disk fills (a rerun resumes).
     """
     config = make_config(config, **settings)
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+    if export is not None:
+        _check_export(export, export_size, out, config)
     paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     if not paths:
         raise ValueError("no input paths given")
@@ -356,14 +380,67 @@ def reduce(
 
     run = RunFolder(out) if out is not None else None
     with run.lock() if run is not None else nullcontext():
-        return _reduce_found(found, run, config, run_config, paths, t0, scan_seconds, workers=workers,
-                             overwrite=overwrite, csv=csv, progress=progress, backend=backend,
-                             ray_address=ray_address)
+        parts = None
+        if run is not None and export is not None:
+            parts = ExportParts(run.export_parts, export, export_size if export == "npy" else None, config.intensity)
+            export_out = Path(export_out) if export_out is not None else run.default_export
+        manifest = _reduce_found(found, run, config, run_config, paths, t0, scan_seconds, workers=workers,
+                                 overwrite=overwrite, csv=csv, progress=progress, backend=backend,
+                                 ray_address=ray_address, export=parts)
+        if parts is not None and manifest.attrs["summary"]["complete"]:
+            manifest.attrs["summary"]["export"] = _assemble_export(run, manifest, parts, Path(export_out),
+                                                                   {s.volume_id: s for s in found.volumes}, overwrite)
+            run.update_summary(manifest.attrs["summary"])
+        return manifest
+
+
+def _check_export(fmt: str, size: int, out: Any, config: ReduceConfig) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if out is None:
+        raise ValueError("--export writes beside a run folder: give --out")
+    if fmt == "npy" and size < 8:
+        raise ValueError(f"--size must be at least 8, got {size}")
+    if config.target_fraction is not None and config.method not in SELECTORS:
+        raise ValueError("--export needs each volume's kept slices when it is reduced, but with --target-fraction "
+                         "they are known only when every volume is done: reduce first, then 'ctreduce export'")
+
+
+def _assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts, out: Path,
+                     sources: dict[str, VolumeSource], overwrite: bool) -> dict[str, Any]:
+    """The export of a complete run from its parts (volumes without one, e.g. reduced before
+    ``--export`` was asked for, are read once more); replaces an export of this same run."""
+    kept = manifest[manifest["kept"]]
+    start = time.perf_counter()
+    if out.exists() and (out / EXPORT_META).exists() and not overwrite:
+        previous = read_json(out / EXPORT_META)
+        if previous.get("run_dir") != str(run.path.resolve()):
+            raise ExportError(f"{out} holds an export of another run ({previous.get('run_dir')}); use --overwrite "
+                              "or another --export-out")
+    with ExportWriter(out, parts.format, size=parts.size, overwrite=True) as writer:
+        if parts.format == "npy":
+            writer.allocate(len(kept))
+        for volume_id, group in kept.groupby("volume_id", sort=False):
+            index = group["slice_index"].to_numpy(np.int64)
+            if not parts.has(volume_id):
+                volume = load(sources[volume_id], index)
+                parts.write(volume_id, index, Intensity.parse(parts.intensity).to_uint8(volume.hu))
+            records = [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(z), "source": str(src)}
+                       for i, z, src in zip(index, group["z_mm"], group["source"], strict=True)]
+            parts.add_to(writer, volume_id, records)
+        meta = writer.commit({"run_dir": str(run.path.resolve()), "intensity": parts.intensity, "column": "kept",
+                              "volumes": int(kept["volume_id"].nunique()), "errors": [], "fused": True,
+                              "allow_incomplete": False, "allow_changed": [], "unchecked_sources": False,
+                              "seconds": round(time.perf_counter() - start, 3),
+                              "versions": library_versions()})
+    return {"path": str(out), "format": meta["format"], "size": meta["size"], "slices": meta["slices"],
+            "assemble_s": meta["seconds"]}
 
 
 def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig, run_config: ReduceConfig,
                   paths: list[Path], t0: float, scan_seconds: float, *, workers: int, overwrite: bool, csv: bool,
-                  progress: bool, backend: str, ray_address: str | None) -> pd.DataFrame:
+                  progress: bool, backend: str, ray_address: str | None,
+                  export: ExportParts | None = None) -> pd.DataFrame:
     done: dict[str, dict[str, Any]] = {}
     fingerprints: dict[str, Fingerprint] = {}
     changed: dict[str, str] = {}
@@ -371,6 +448,8 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     if run is not None:
         run.start(identity(config), [str(p.resolve()) for p in paths], overwrite)
         run.write_header_cache(found.headers)
+        if export is not None:
+            export.prepare()  # after start: --overwrite has cleared the old parts
         done = _still_valid(run, found.volumes, run.finished(), fingerprints, changed, moved)
     todo = [s for s in found.volumes if s.volume_id not in done]
 
@@ -381,7 +460,7 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     t1 = time.perf_counter()
     bar = _progress(len(found.volumes), len(done), progress)
     try:
-        parts = run.parts if run is not None else None
+        parts = Outputs(run.parts, export) if run is not None else None
         results = (_run_ray(todo, run_config, workers, ray_address, parts) if backend == "ray"
                    else _run_pool(todo, run_config, workers, parts))
         for result in results:

@@ -41,6 +41,20 @@ class ExportError(ValueError):
     """The export folder is missing, incomplete, inconsistent, or may not be written."""
 
 
+def resize_pad(u8: np.ndarray, size: int) -> np.ndarray:
+    """An npy row: the slice resized so its longer side is ``size`` (Pillow bicubic), zero-padded to a square."""
+    from PIL import Image
+
+    h, w = u8.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = np.asarray(Image.fromarray(u8).resize((nw, nh), Image.Resampling.BICUBIC))
+    out = np.zeros((size, size), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = small
+    return out
+
+
 def png_name(volume_id: str, slice_index: int) -> str:
     """A file name that is unique by construction: percent-encoding is injective, so "CT 1",
     "CT_1" and any two non-ASCII ids get different, stable names."""
@@ -241,3 +255,70 @@ class ExportStore:
                                   + (f", e.g. {extra[0]}" if extra else "") + "); export it again with --overwrite")
         else:
             raise ExportError(f"{self.root}: unknown export format {self.format!r} in {META}")
+
+
+@dataclass(frozen=True)
+class ExportParts:
+    """Per-volume pieces of an export, written by the workers of ``reduce --export`` while each volume
+    is in memory, and assembled into an export store when the run is complete.
+
+    ``folder`` (inside the run folder) holds ``spec.json`` (format, size, intensity), one
+    ``<part>.npy`` per volume (npy: the resized kept slices) or the volume's PNGs under
+    ``images/`` (png). Parts stay after assembly, so a rerun that redoes some volumes reassembles
+    the export without reading the others (PNGs are hard-linked into the export where possible).
+    """
+
+    folder: Path
+    format: str
+    size: int | None
+    intensity: str
+
+    def prepare(self) -> None:
+        """Create the folder; parts of another format, size or intensity are removed."""
+        spec = {"format": self.format, "size": self.size, "intensity": self.intensity}
+        marker = self.folder / "spec.json"
+        if self.folder.exists() and (not marker.exists() or read_json(marker) != spec):
+            shutil.rmtree(self.folder)
+        (self.folder / IMAGES).mkdir(parents=True, exist_ok=True)
+        write_json(marker, spec)
+
+    def _array(self, volume_id: str) -> Path:
+        return self.folder / (_digest(volume_id) + ".npy")
+
+    def _done(self, volume_id: str) -> Path:
+        return self.folder / (_digest(volume_id) + ".done")
+
+    def has(self, volume_id: str) -> bool:
+        return self._done(volume_id).exists()
+
+    def write(self, volume_id: str, slice_indices: np.ndarray, u8: np.ndarray) -> None:
+        """One volume's kept slices (uint8, native size), in manifest order."""
+        self._done(volume_id).unlink(missing_ok=True)
+        if self.format == "npy":
+            stack = np.stack([resize_pad(image, self.size) for image in u8]) if len(u8) else \
+                np.zeros((0, self.size, self.size), np.uint8)
+            atomic_write(self._array(volume_id), lambda p: _save_npy(p, stack))
+        else:
+            for index, image in zip(slice_indices, u8, strict=True):
+                save_png(self.folder / IMAGES, volume_id, int(index), image)
+        self._done(volume_id).write_text("")
+
+    def add_to(self, writer: ExportWriter, volume_id: str, records: list[dict[str, Any]]) -> None:
+        if self.format == "npy":
+            writer.add_volume(np.load(self._array(volume_id)), records)
+            return
+        for record in records:
+            name = png_name(volume_id, record["slice_index"])
+            target = writer.stage / IMAGES / name
+            try:
+                os.link(self.folder / IMAGES / name, target)
+            except OSError:  # another file system: copy
+                shutil.copyfile(self.folder / IMAGES / name, target)
+            record["file"] = f"{IMAGES}/{name}"
+        writer.add_volume(None, records)
+
+
+def _digest(volume_id: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(volume_id.encode()).hexdigest()[:20]

@@ -10,6 +10,8 @@ Layout (``DIR``)::
     summary.json       counts, kept fractions, timings, errors, skipped files, library versions
     headers.parquet    the DICOM header (or skip reason) of every file scanned, with its size and mtime:
                        a rerun reads again only the files that changed (a cache: deleting it is safe)
+    export-parts/      reduce --export: each volume's exported slices, assembled into the export
+    export/            reduce --export: the export (unless --export-out puts it elsewhere)
     .lock              held while a process writes the folder
 
 Schema 2 (this version) adds input fingerprints and names the score column for what it holds
@@ -48,8 +50,10 @@ MANIFEST = "manifest.parquet"
 MANIFEST_CSV = "manifest.csv"
 SUMMARY = "summary.json"
 HEADERS = "headers.parquet"
+EXPORT_PARTS = "export-parts"
+EXPORT = "export"
 LOCK = ".lock"
-_MANAGED = (RUN_JSON, VOLUMES, PARTS, JOURNAL, MANIFEST, MANIFEST_CSV, SUMMARY, HEADERS)
+_MANAGED = (RUN_JSON, VOLUMES, PARTS, JOURNAL, MANIFEST, MANIFEST_CSV, SUMMARY, HEADERS, EXPORT_PARTS, EXPORT)
 
 # Score columns by what they hold: hash methods measure a distance, the others a similarity.
 SCORE_COLUMNS = ("distance", "similarity")
@@ -117,6 +121,14 @@ class RunFolder:
         self.journal = self.path / JOURNAL
 
     # --- writing ------------------------------------------------------------------------------
+
+    @property
+    def export_parts(self) -> Path:
+        return self.path / EXPORT_PARTS
+
+    @property
+    def default_export(self) -> Path:
+        return self.path / EXPORT
 
     def lock(self) -> FolderLock:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -206,6 +218,9 @@ class RunFolder:
         atomic_write(self.path / MANIFEST, lambda p: manifest.to_parquet(p, index=False))
         if csv:
             atomic_write(self.path / MANIFEST_CSV, lambda p: manifest.to_csv(p, index=False))
+        write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
+
+    def update_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
 
     def write_header_cache(self, cache: HeaderCache) -> None:
