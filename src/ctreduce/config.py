@@ -71,7 +71,8 @@ class ReduceConfig(BaseModel):
 
 
 class SwavSettings(BaseModel):
-    """SwAV (Caron et al. 2020) as in the paper: 2 global + 6 local crops, 500 prototypes."""
+    """SwAV (Caron et al. 2020) as in the paper: 2 global + 6 local crops, 500 prototypes (bias-free,
+    as the official ``nn.Linear(128, K, bias=False)``). Sources of every value: docs/fidelity/swav.md."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -83,12 +84,19 @@ class SwavSettings(BaseModel):
     sinkhorn_iterations: int = 3
     freeze_prototypes_steps: int = 313  # counted in optimiser steps, not epochs
     queue_length: int = 0  # 0 = no queue (the paper's setting)
-    queue_start_epoch: int = 15
-    global_crops: int = 2
+    queue_start_epoch: int = 15  # the queue is filled from this epoch on and used once full
+    global_crops: int = 2  # the codes (Sinkhorn) come from these crops only
     global_crop_scale: tuple[float, float] = (0.9, 1.0)
     local_crops: int = 6
     local_crop_size: int = 96
     local_crop_scale: tuple[float, float] = (0.10, 0.33)
+    # Views. The paper's ColorJitter(0.4, 0.4, 0.2, 0.2) p=0.8 and RandomGrayscale(0.2) on grey slices
+    # reduce to brightness and contrast jitter (saturation, hue and grayscale leave grey pixels as they are).
+    jitter: tuple[float, float] = (0.4, 0.4)  # brightness, contrast
+    jitter_p: float = 0.8
+    gamma_p: float = 0.0  # random gamma (0.7-1.4): not in the paper; the cpu preset uses 0.3
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
 
 
 class MocoSettings(BaseModel):
@@ -181,7 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_workers": 2,
         "decay_norm_and_bias": False,  # the common modern recipe; statistics computed per export
         "swav": {"n_prototypes": 64, "projection_hidden_dim": 256, "projection_dim": 64,
-                 "freeze_prototypes_steps": 20, "local_crop_size": 32, "local_crops": 2},
+                 "freeze_prototypes_steps": 20, "local_crop_size": 32, "local_crops": 2, "gamma_p": 0.3},
         "moco": {"projection_hidden_dim": 256, "projection_dim": 64, "queue_length": 1024},
         "spark": {"patch_size": 16, "decoder_width": 128},
     },
@@ -190,6 +198,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # The paper preset's values that differ per method (SparK: Tian et al.'s schedule).
 PAPER_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # SwAV: LARS (LARC trust 0.001, momentum 0.9) with wd 1e-6 on every parameter, as the official code and
+    # the paper's script; lr 0.15 at batch 128 (linear scaling with the global batch).
+    "swav": {"optimizer": "lars", "weight_decay": 1e-6, "decay_norm_and_bias": True},
     "spark": {"epochs": 1600, "batch_size": 32, "warmup_epochs": 40, "decay_norm_and_bias": False,
               "grad_clip": 5.0},
 }

@@ -90,8 +90,12 @@ def ct_view(
     gamma_p: float = 0.3,
     blur_p: float = 0.5,
     noise_p: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    blur_kernel: int | None = None,
 ) -> v2.Compose:
-    """One random view of a uint8 (1, H, W) slice as a normalised float (3, size, size)."""
+    """One random view of a uint8 (1, H, W) slice as a normalised float (3, size, size).
+
+    ``blur_kernel`` None: 10% of ``size`` (odd, at least 3), torchvision's/SimCLR's rule."""
     steps: list[torch.nn.Module] = [
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomResizedCrop(size, scale=scale, antialias=True),
@@ -107,8 +111,8 @@ def ct_view(
         RandomGamma(p=gamma_p),
     ]
     if blur_p > 0:
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        steps.append(v2.RandomApply([SeparableGaussianBlur(kernel, (0.1, 2.0))], p=blur_p))
+        kernel = blur_kernel if blur_kernel is not None else max(3, int(0.1 * size) // 2 * 2 + 1)
+        steps.append(v2.RandomApply([SeparableGaussianBlur(kernel, blur_sigma)], p=blur_p))
     if noise_p > 0:
         steps.append(GaussianNoise(p=noise_p))
     steps += [ToThreeChannels(), v2.Normalize([mean] * 3, [std] * 3)]

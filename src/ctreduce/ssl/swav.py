@@ -19,7 +19,10 @@ whose solution is Q* = Diag(u) exp(C^T Z / eps) Diag(v); u and v come from a few
 iterations (alternate row and column normalisation). Every crop predicts the code of every other
 global crop (multi-crop, Sec. 3.2). With a queue, projections of earlier batches join the
 Sinkhorn problem (more samples per equal partition) but not the loss (Sec. 4 / App. A).
-The loss, sinkhorn and prototype layer are lightly's ``SwaVLoss`` and ``SwaVPrototypes``.
+The loss and sinkhorn are lightly's ``SwaVLoss``, the prototype layer lightly's ``SwaVPrototypes``
+with bias-free heads (the official ``nn.Linear(128, K, bias=False)``: scores are cosine
+similarities). Every setting, its source in the official code and the paper's script, and the
+quirks of the paper's script not copied: docs/fidelity/swav.md.
 """
 
 from __future__ import annotations
@@ -31,12 +34,30 @@ import torch
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
 from lightly.models.modules.memory_bank import MemoryBankModule
+from torch import nn
 from torch.nn import functional as F
 
 from ..config import PretrainConfig
 from .augment import MultiView, ct_view
 from .base import SSLMethod
 from .moco import fit_queue_length, world_size_of
+
+
+def bias_free_prototypes(input_dim: int, n_prototypes: int, n_steps_frozen: int) -> SwaVPrototypes:
+    """lightly's ``SwaVPrototypes`` with ``nn.Linear(input_dim, K, bias=False)`` heads, as the official
+    code (lightly's heads have a bias, which ``normalize()`` leaves alone: scores z^T c_k + b_k would
+    no longer be cosine similarities). Same default initialisation as the official layer."""
+    prototypes = SwaVPrototypes(input_dim, n_prototypes, n_steps_frozen_prototypes=n_steps_frozen)
+    prototypes.heads = nn.ModuleList([nn.Linear(input_dim, k, bias=False) for k in prototypes.n_prototypes])
+    return prototypes
+
+
+def blur_kernel(size: int, sigma_max: float) -> int:
+    """Odd kernel covering +-3 sigma_max, as Pillow's ``GaussianBlur`` of the paper's views (three box
+    blurs: support about 3 sigma), and at least torchvision's 10%-of-size kernel; the radius stays
+    below ``size`` (reflect padding)."""
+    radius = max(math.ceil(3 * sigma_max), int(0.1 * size) // 2, 1)
+    return 2 * min(radius, size - 1) + 1
 
 
 class SwAV(SSLMethod):
@@ -52,9 +73,9 @@ class SwAV(SSLMethod):
 
     With ``swav.queue_length > 0`` each global crop keeps a queue of earlier projections
     (``queue_length`` is global, as in the official code: capped to a multiple of batch_size x
-    devices and to ``dataset_size``; each device holds ``queue_length / devices``). The queue is
-    filled from the first step and joins the Sinkhorn problem once it is full and the epoch is
-    at least ``swav.queue_start_epoch``. The queues (lightly ``MemoryBankModule``s) are kept out
+    devices and to ``dataset_size``; each device holds ``queue_length / devices``). As in the
+    official code and the paper's script, the queue is filled from epoch ``swav.queue_start_epoch``
+    on and joins the Sinkhorn problem once it is full. The queues (lightly ``MemoryBankModule``s) are kept out
     of the module tree, like the plain tensors of the official code: DDP broadcasts registered
     buffers from rank 0 before every forward, which would replace each device's queue by rank
     0's. They are not checkpointed (lightly's banks are non-persistent anyway) and refill after
@@ -75,9 +96,8 @@ class SwAV(SSLMethod):
         self.projection_head = SwaVProjectionHead(
             self.feature_dim, settings.projection_hidden_dim, settings.projection_dim
         )
-        self.prototypes = SwaVPrototypes(
-            settings.projection_dim, settings.n_prototypes, n_steps_frozen_prototypes=settings.freeze_prototypes_steps
-        )
+        self.prototypes = bias_free_prototypes(settings.projection_dim, settings.n_prototypes,
+                                               settings.freeze_prototypes_steps)
         self.prototypes.normalize()
         self.world_size = 1
         self.queue_length = 0  # global
@@ -128,14 +148,18 @@ class SwAV(SSLMethod):
     @staticmethod
     def views(config: PretrainConfig, mean: float, std: float) -> MultiView:
         """Multi-crop: ``global_crops`` x input_size (scale global_crop_scale), then ``local_crops``
-        x local_crop_size (scale local_crop_scale). Brightness/contrast jitter (0.4, 0.4) p=0.8
-        and random gamma replace colour jitter (saturation, hue and grayscale do nothing on grey
-        slices), Gaussian blur p=0.5, no flips (as in the paper)."""
+        x local_crop_size (scale local_crop_scale), each: brightness/contrast jitter
+        ``swav.jitter`` with probability ``swav.jitter_p`` (what the paper's colour jitter and
+        random grayscale do to a grey slice), random gamma with ``swav.gamma_p`` (0 in the paper
+        preset), Gaussian blur ``swav.blur_p`` with sigma in ``swav.blur_sigma``, no flips, no
+        noise (as in the paper)."""
         settings = config.swav
 
         def view(size: int, scale: tuple[float, float]) -> Any:
-            return ct_view(size, scale, mean, std, hflip=False, vflip=False, rotate180_p=0.0,
-                           jitter=(0.4, 0.4), jitter_p=0.8, blur_p=0.5, noise_p=0.0)
+            return ct_view(size, tuple(scale), mean, std, hflip=False, vflip=False, rotate180_p=0.0,
+                           jitter=tuple(settings.jitter), jitter_p=settings.jitter_p, gamma_p=settings.gamma_p,
+                           blur_p=settings.blur_p, blur_sigma=tuple(settings.blur_sigma),
+                           blur_kernel=blur_kernel(size, settings.blur_sigma[1]), noise_p=0.0)
 
         return MultiView(
             [view(config.input_size, settings.global_crop_scale) for _ in range(settings.global_crops)]
@@ -165,14 +189,14 @@ class SwAV(SSLMethod):
     @torch.no_grad()
     def queue_scores(self, high_z: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """Scores of the queued projections (before this batch is added), then enqueue the batch.
-        None until the queue is full and ``queue_start_epoch`` is reached."""
-        if not self.queues:
+        Nothing is enqueued before epoch ``queue_start_epoch``; None until the queue is full."""
+        if not self.queues or self.current_epoch < self.config.swav.queue_start_epoch:
             return None
         banks = [queue.to(z.device)(z.detach().float(), update=True)[1]
                  for queue, z in zip(self.queues, high_z, strict=True)]
         full = self._queue_filled >= self.queue_length // self.world_size
         self._queue_filled += high_z[0].shape[0]
-        if not full or self.current_epoch < self.config.swav.queue_start_epoch:
+        if not full:
             return None
         return [self.scores(bank.to(high_z[0].dtype)) for bank in banks]
 
@@ -182,9 +206,10 @@ class SwAV(SSLMethod):
         if len(crops) != settings.global_crops + settings.local_crops:
             raise ValueError(f"SwAV expects {settings.global_crops} global + {settings.local_crops} local crops, "
                              f"got {len(crops)} views")
-        self.prototypes.normalize()  # prototypes stay on the unit sphere
+        self.prototypes.normalize()  # back on the unit sphere before every step (official: copy_ of F.normalize)
         z = self.project(crops)
         all_scores = torch.split(self.scores(torch.cat(z)), [t.shape[0] for t in z])
+        # Codes (Sinkhorn) only from the global crops (official crops_for_assign [0, 1]); every crop predicts them.
         high, low = list(all_scores[: settings.global_crops]), list(all_scores[settings.global_crops:])
         queue = self.queue_scores(z[: settings.global_crops])
         return self.criterion(high, low, queue).squeeze()
