@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import yaml
@@ -43,6 +45,8 @@ def test_tiny_grid_end_to_end_then_cached(tmp_path):
     assert (out / "plots" / "auc_vs_kept_nodule.png").exists() and (out / "plots" / "pretrain_time.png").exists()
     stages = [line.split("]")[0] + "]" for line in log]
     assert stages.count("[pretrain]") == 2 and stages.count("[finetune]") == 2
+    exports = [json.loads(p.read_text()) for p in (out / "cache" / "export").glob("*/done.json")]
+    assert len(exports) == 2 and all(e["fused"] for e in exports)  # written in the reduce pass, linked
 
     log.clear()
     run_experiment(write(tmp_path, TINY), log=log.append)

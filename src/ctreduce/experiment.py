@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .config import FinetuneConfig, ReduceConfig, make_pretrain_config
+from .store.export import ExportError, ExportStore
 from .store.finetune import FinetuneRun
 from .store.pretrain import PretrainRun
 from .store.run import RunFolder
@@ -307,14 +308,18 @@ class Runner:
             raise ExperimentError(f"dataset {spec.name!r} has no inputs, samples or phantom")
         return inputs
 
-    def reduce(self, dataset: DatasetSpec, reduction: ReductionSpec) -> tuple[Path, str]:
+    def reduce(self, dataset: DatasetSpec, reduction: ReductionSpec, size: int) -> tuple[Path, str]:
         from .reduction.engine import reduce
 
         inputs = self.dataset_inputs(dataset)
         key = _key("reduce", inputs, _reduce_identity(reduction.settings))
+        # One pass: the export the first cell needs is written while reducing (not possible when a target
+        # fraction decides the kept slices only at the end).
+        fused = reduction.settings.get("target_fraction") is None or reduction.settings.get("method") == "every-n"
 
         def run(folder: Path) -> dict[str, Any]:
-            manifest = reduce(inputs, folder / "run", workers=self.config.workers, **reduction.settings)
+            manifest = reduce(inputs, folder / "run", workers=self.config.workers,
+                              **({"export": "npy", "export_size": size} if fused else {}), **reduction.settings)
             summary = manifest.attrs["summary"]
             if summary["totals"]["volumes_failed"]:
                 self.log(f"  {summary['totals']['volumes_failed']} volume(s) failed; see {folder / 'run'}")
@@ -335,6 +340,13 @@ class Runner:
         key = _key("export", reduce_key, size)
 
         def run(folder: Path) -> dict[str, Any]:
+            try:  # written in the reduce pass: link it, nothing is read again
+                fused = ExportStore.open(RunFolder(reduce_folder / "run").default_export)
+                if fused.format == "npy" and fused.meta.get("size") == size:
+                    fused.clone(folder / "data")
+                    return {"slices": fused.meta["slices"], "fused": True}
+            except ExportError:
+                pass
             # The stage owns its folder: an export left complete by a crash before done.json is replaced.
             meta = export(reduce_folder / "run", folder / "data", format="npy", size=size, overwrite=True,
                           allow_changed=self.config.allow_changed)
@@ -403,8 +415,8 @@ class Runner:
         (self.out / "experiment.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         rows = []
         for dataset, reduction, ssl in self.cells():
-            reduce_folder, reduce_key = self.reduce(dataset, reduction)
             size = self.config.export_size or make_pretrain_config(dict(ssl.settings)).input_size
+            reduce_folder, reduce_key = self.reduce(dataset, reduction, size)
             export_folder, export_key = self.export(reduce_folder, reduce_key, size)
             pretrain_folder, pretrain_key = self.pretrain(export_folder, export_key, ssl)
             row = self._cell_row(dataset, reduction, ssl, reduce_folder, pretrain_folder)

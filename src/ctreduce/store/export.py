@@ -230,6 +230,15 @@ class ExportStore:
     def image_paths(self) -> list[Path]:
         return [self.root / f for f in self.index["file"]]
 
+    def clone(self, out: Path) -> None:
+        """This export at ``out`` too (hard links where possible), replacing what is there, whole."""
+        stage = out.parent / f".{out.name}.partial"
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.copytree(self.root, stage, copy_function=_link_or_copy)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+
     def _check(self) -> None:
         n = int(self.meta.get("slices", -1))
         if len(self.index) != n:
@@ -316,6 +325,13 @@ class ExportParts:
                 shutil.copyfile(self.folder / IMAGES / name, target)
             record["file"] = f"{IMAGES}/{name}"
         writer.add_volume(None, records)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
 
 def _digest(volume_id: str) -> str:
