@@ -209,3 +209,4 @@ def test_a_paper_preset_run_records_every_resolved_setting(export_dir, tmp_path,
     assert (recorded["mean"], recorded["std"]) == (0.1806, 0.1907)  # the paper's fixed statistics
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["mean"], summary["std"]) == (0.1806, 0.1907)
+    assert summary["optimizer"]["lr"] > 0 and summary["optimizer"]["groups"] == (2 if method == "spark" else 1)

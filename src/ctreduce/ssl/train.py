@@ -238,7 +238,10 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     finally:
         seconds = time.perf_counter() - start
         # Every rank returns the same summary (the CLI runs on every rank under "ddp"); rank 0 writes the files.
+        kind, lr, wd = module.optimiser_settings()  # as resolved for this world size
         summary = {**_summary(config, trainer, len(dataset), earlier_s, seconds, settings, status, resume),
+                   "optimizer": {"kind": kind, "lr": lr, "weight_decay": wd,
+                                 "groups": len(module.parameter_groups(wd))},
                    **module.summary_extra()}
         if trainer.is_global_zero:
             if status == "finished":
