@@ -219,17 +219,22 @@ def test_pretrain_refuses_an_interrupted_npy_export(tmp_path):
     assert not (tmp_path / "pre" / "backbone.pt").exists()
 
 
-def test_an_incomplete_run_exports_only_when_asked(archive, tmp_path, monkeypatch):
+def interrupt_after_two_volumes(monkeypatch) -> None:
+    """Ctrl-C after two volumes of a run (in-process, one worker)."""
     real = engine.process_source
     count = []
 
-    def stop_after_two(source, config, parts=None):
+    def stop_after_two(source, config, outputs=None):
         if len(count) == 2:
             raise KeyboardInterrupt
         count.append(1)
-        return real(source, config, parts)
+        return real(source, config, outputs)
 
     monkeypatch.setattr(engine, "process_source", stop_after_two)
+
+
+def test_an_incomplete_run_exports_only_when_asked(archive, tmp_path, monkeypatch):
+    interrupt_after_two_volumes(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         ctreduce.reduce(archive, tmp_path / "run")
     with pytest.raises(ExportError, match="incomplete run .*2 pending.*--allow-incomplete"):
@@ -439,15 +444,7 @@ def test_reduce_with_export_equals_reduce_then_export_and_reads_each_volume_once
 
 def test_reduce_with_export_is_complete_or_absent_and_resumes(archive, tmp_path, monkeypatch):
     real = engine.process_source
-    count = []
-
-    def stop_after_two(source, config, outputs=None):
-        if len(count) == 2:
-            raise KeyboardInterrupt
-        count.append(1)
-        return real(source, config, outputs)
-
-    monkeypatch.setattr(engine, "process_source", stop_after_two)
+    interrupt_after_two_volumes(monkeypatch)
     out = tmp_path / "exported"
     with pytest.raises(KeyboardInterrupt):
         ctreduce.reduce(archive, tmp_path / "run", export="npy", export_size=32, export_out=out)
