@@ -99,18 +99,38 @@ class SwavSettings(BaseModel):
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
 
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class MocoSettings(BaseModel):
-    """MoCo v2 (Chen et al. 2020): momentum key encoder, queue of negatives, MLP head."""
+    """MoCo v2 as the paper ran it (Wolfda95/SSL-MedicalImagining-CL-MAE: moco2_module.py and
+    moco_data_module.py; sources per setting in docs/fidelity/moco.md): momentum key encoder,
+    queue of negatives, a linear head (the published command has no ``--use_mlp``) and the
+    paper's CT views, in the paper script's order: rotation, crop, jitter, blur, flips, noise."""
 
     model_config = ConfigDict(extra="forbid")
 
-    projection_hidden_dim: int = 2048
+    mlp_head: bool = False  # True: MoCo v2's MLP head (Linear, ReLU, Linear); False: one Linear (paper)
+    projection_hidden_dim: int = 2048  # hidden width of the MLP head (the linear head has none)
     projection_dim: int = 128
-    mlp_head: bool = True
     queue_length: int = 65536
-    momentum: float = 0.999
+    queue_cap_to_data: bool = False  # True: at most the number of training slices (cpu preset)
+    momentum: Probability = 0.999
     temperature: float = 0.07
+    rotation_degrees: float = 180.0  # uniform angle in [-d, d] degrees, before the crop (nearest, fill 0)
+    rotation_p: Probability = 0.5
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    # brightness, contrast, saturation, hue as torchvision's ColorJitter; on grey slices the
+    # saturation and hue factors change nothing, brightness and contrast act in random order
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: Probability = 1.0  # the paper's script jitters every view (MoCo v2's code: 0.8)
+    gamma_p: Probability = 0.0  # random gamma 0.7-1.4 (not in the paper)
+    blur_p: Probability = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels of the cropped view
+    hflip: bool = True
+    vflip: bool = True
+    noise_p: Probability = 0.5
+    noise_var: tuple[float, float] = (1e-5, 1e-4)  # variance, log-uniform, on [0, 1]; clamped to [0, 1]
 
 
 class SparkSettings(BaseModel):
@@ -190,7 +210,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decay_norm_and_bias": False,  # the common modern recipe; statistics computed per export
         "swav": {"n_prototypes": 64, "projection_hidden_dim": 256, "projection_dim": 64,
                  "freeze_prototypes_steps": 20, "local_crop_size": 32, "local_crops": 2, "gamma_p": 0.3},
-        "moco": {"projection_hidden_dim": 256, "projection_dim": 64, "queue_length": 1024},
+        # MoCo v2's MLP head; the queue capped to the (small) export, a multiple of the batch
+        "moco": {"mlp_head": True, "projection_hidden_dim": 256, "projection_dim": 64, "queue_length": 1024,
+                 "queue_cap_to_data": True},
         "spark": {"patch_size": 16, "decoder_width": 128},
     },
 }
@@ -198,6 +220,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # The paper preset's values that differ per method (SparK: Tian et al.'s schedule).
 PAPER_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # MoCo: no warm-up and full precision, as the paper's script and the official code.
+    "moco": {"warmup_epochs": 0, "precision": "32-true"},
     # SwAV: LARS (LARC trust 0.001, momentum 0.9) with wd 1e-6 on every parameter, as the official code and
     # the paper's script; lr 0.15 at batch 128 (linear scaling with the global batch).
     "swav": {"optimizer": "lars", "weight_decay": 1e-6, "decay_norm_and_bias": True},

@@ -129,3 +129,85 @@ class MultiView:
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [view(x) for view in self.views]
+
+
+# --- MoCo: the paper's views -------------------------------------------------------------------
+
+
+class LogUniformGaussianNoise(torch.nn.Module):
+    """Additive Gaussian noise as the paper's MoCo views (``GaussNoise`` in its
+    ``moco_data_module.py``): with probability p, a variance drawn log-uniformly from
+    ``var_range`` (images on [0, 1]), independent noise for every element (each channel of a
+    3-channel image gets its own), then clamped to [0, 1]."""
+
+    def __init__(self, var_range: tuple[float, float] = (1e-5, 1e-4), p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 < var_range[0] <= var_range[1]:
+            raise ValueError(f"var_range must be positive and ordered, got {var_range}")
+        self.var_range, self.p = var_range, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return x
+        lo, hi = math.log(self.var_range[0]), math.log(self.var_range[1])
+        sigma = math.exp(0.5 * (lo + (hi - lo) * float(torch.rand(()))))
+        noise = torch.randn(x.shape, dtype=x.dtype, device=x.device) * sigma
+        return (x + noise).clamp(0, 1)
+
+
+def moco_view(
+    size: int,
+    scale: tuple[float, float],
+    mean: float,
+    std: float,
+    *,
+    rotation_degrees: float = 180.0,
+    rotation_p: float = 0.5,
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+    jitter_p: float = 1.0,
+    gamma_p: float = 0.0,
+    blur_p: float = 0.5,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    hflip: bool = True,
+    vflip: bool = True,
+    noise_p: float = 0.5,
+    noise_var: tuple[float, float] = (1e-5, 1e-4),
+) -> v2.Compose:
+    """One MoCo view of a uint8 (1, H, W) slice as a normalised float (3, size, size), in the
+    order of the paper's script (``moco_data_module.py``: RandomApply(RandomRotation(180), 0.5),
+    RandomResizedCrop(224, (0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.1), RandomApply(GaussianBlur
+    (0.1-2), 0.5), horizontal and vertical flips, ToTensor, GaussNoise(p=0.5), Normalize):
+
+    - rotation by an angle uniform in [-rotation_degrees, rotation_degrees], nearest neighbour,
+      corners filled with 0, on the whole slice before the crop (torchvision's defaults);
+    - torchvision's ColorJitter with ``jitter`` (brightness, contrast, saturation, hue) applied to
+      every view (``jitter_p`` 1): on a grey slice saturation and hue change nothing (torchvision
+      returns a 1-channel image unchanged, as Pillow does for grey RGB), so it is brightness and
+      contrast factors in [0.6, 1.4] in random order;
+    - optional random gamma (``gamma_p``, not in the paper);
+    - Gaussian blur with sigma uniform in ``blur_sigma`` pixels (kernel covers +-3 sigma, at least
+      10% of ``size``), flips, then the 3 channels, noise on each, normalisation.
+    """
+    steps: list[torch.nn.Module] = [v2.ToDtype(torch.float32, scale=True)]
+    if rotation_p > 0 and rotation_degrees > 0:
+        rotation = v2.RandomRotation(rotation_degrees, interpolation=v2.InterpolationMode.NEAREST, fill=0)
+        steps.append(v2.RandomApply([rotation], p=rotation_p))
+    steps.append(v2.RandomResizedCrop(size, scale=scale, antialias=True))
+    if jitter_p > 0 and any(jitter):
+        brightness, contrast, saturation, hue = jitter
+        colour = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+        steps.append(colour if jitter_p >= 1 else v2.RandomApply([colour], p=jitter_p))
+    if gamma_p > 0:
+        steps.append(RandomGamma(p=gamma_p))
+    if blur_p > 0:
+        radius = min(max(math.ceil(3 * blur_sigma[1]), int(0.1 * size) // 2, 1), size - 1)
+        steps.append(v2.RandomApply([SeparableGaussianBlur(2 * radius + 1, blur_sigma)], p=blur_p))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if vflip:
+        steps.append(v2.RandomVerticalFlip())
+    steps.append(ToThreeChannels())
+    if noise_p > 0:
+        steps.append(LogUniformGaussianNoise(noise_var, p=noise_p))
+    steps.append(v2.Normalize([mean] * 3, [std] * 3))
+    return v2.Compose(steps)

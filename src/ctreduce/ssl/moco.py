@@ -12,10 +12,18 @@ MoCo Eq. (1)::
     L_q = -log( exp(q . k+ / tau) / sum_{i=0..K} exp(q . k_i / tau) )
 
 with q, k L2-normalised, k+ the key of the other view of the same slice and k_1..k_K the queue
-of keys from previous batches (lightly's ``NTXentLoss`` with ``memory_bank_size``; the current
-keys are enqueued after the loss is computed). The key encoder follows the query encoder by
-momentum, MoCo Eq. (2): theta_k <- m * theta_k + (1 - m) * theta_q, applied once per training
-step before the keys are computed. Keys are computed with shuffled BN (MoCo Sec. 3.3).
+of keys from previous batches (lightly's ``NTXentLoss`` with ``memory_bank_size``: the negatives
+are the queue as it was before the step, and the current keys are enqueued after the logits
+are computed, as ``moco/builder.py``). The key encoder follows the query encoder by momentum,
+MoCo Eq. (2): theta_k <- m * theta_k + (1 - m) * theta_q, applied once per training step before
+the keys are computed. Keys are computed with shuffled BN (MoCo Sec. 3.3).
+
+As the paper ran it (Wolfda95/SSL-MedicalImagining-CL-MAE, ``moco2_module.py`` with the published
+command): the head is one linear layer (the command has no ``--use_mlp``; ``moco.mlp_head`` gives
+MoCo v2's MLP), the queue holds 65,536 keys whatever the data set size (``moco.queue_cap_to_data``
+caps it, cpu preset), no warm-up, cosine schedule, SGD with weight decay on every parameter. The
+queue is saved in checkpoints, so a resumed run goes on with its negatives. Every setting and its
+source: docs/fidelity/moco.md.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from lightly.models.utils import (
 from torch import nn
 
 from ..config import PretrainConfig
-from .augment import MultiView, ct_view
+from .augment import MultiView, moco_view
 from .base import SSLMethod
 
 
@@ -83,11 +91,12 @@ def world_size_of(module: SSLMethod) -> int:
 class MoCoV2(SSLMethod):
     """MoCo v2 on CT slices.
 
-    ``dataset_size`` (number of training slices) caps the queue; ``queue_length`` is the length
-    actually used, capped to the data set and to a multiple of ``batch_size`` x world size (the
-    world size is known in ``setup``; until then one device is assumed). Under DDP the queue is
-    global (keys are gathered from all devices before they are enqueued, as in the official
-    code) and the keys use lightly's distributed batch shuffle.
+    ``queue_length`` is the length actually used: ``moco.queue_length`` rounded down to a
+    multiple of ``batch_size`` x world size (the world size is known in ``setup``; until then one
+    device is assumed) and, only with ``moco.queue_cap_to_data``, capped to ``dataset_size``
+    (number of training slices). summary.json records it. Under DDP the queue is global (keys
+    are gathered from all devices before they are enqueued, as in the official code) and the
+    keys use lightly's distributed batch shuffle.
 
     Note: on one device shuffling the key batch does not change BatchNorm statistics; shuffled
     BN only separates query and key statistics when the batch is split over several devices.
@@ -104,11 +113,11 @@ class MoCoV2(SSLMethod):
         if not 0.0 <= settings.momentum <= 1.0:
             raise ValueError(f"moco.momentum must be in [0, 1], got {settings.momentum}")
         self.dataset_size = dataset_size
-        if settings.mlp_head:  # MoCo v2: 2-layer MLP head (hidden 2048, ReLU)
+        if settings.mlp_head:  # MoCo v2: Linear(d, hidden), ReLU, Linear(hidden, dim), as moco/builder.py
             self.projection_head: nn.Module = MoCoProjectionHead(
                 self.feature_dim, settings.projection_hidden_dim, settings.projection_dim
             )
-        else:  # MoCo v1: a single fc layer
+        else:  # one fc layer, as torchvision's resnet(num_classes=dim) of the paper's script
             self.projection_head = nn.Linear(self.feature_dim, settings.projection_dim)
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
@@ -125,7 +134,8 @@ class MoCoV2(SSLMethod):
         settings = self.config.moco
         self.world_size = world_size
         self.queue_length = fit_queue_length(
-            settings.queue_length, self.config.batch_size * world_size, self.dataset_size, "moco.queue_length"
+            settings.queue_length, self.config.batch_size * world_size,
+            self.dataset_size if settings.queue_cap_to_data else None, "moco.queue_length"
         )
         bank = (self.queue_length, settings.projection_dim) if self.queue_length > 0 else 0
         self.criterion = NTXentLoss(
@@ -141,16 +151,50 @@ class MoCoV2(SSLMethod):
 
     @staticmethod
     def views(config: PretrainConfig, mean: float, std: float) -> MultiView:
-        """Two views with the paper's MoCo augmentations (rotation 180 p=0.5, random resized crop,
-        brightness/contrast jitter 0.4/0.4 p=0.8, blur p=0.5, h+v flips, Gaussian noise p=0.5).
-        Saturation/hue jitter do nothing on grey slices; ``ct_view``'s random gamma stands in."""
-        settings = config.moco
+        """Two views, each from ``augment.moco_view`` with the ``moco.*`` view settings (paper
+        preset: the paper's script: rotation by a uniform angle in [-180, 180] p=0.5 before the
+        crop, crop scale 0.2-1, colour jitter (0.4, 0.4, 0.4, 0.1) on every view, blur p=0.5
+        sigma 0.1-2, h+v flips, noise p=0.5 with variance 1e-5..1e-4 clamped to [0, 1], no gamma)."""
+        s = config.moco
 
         def one() -> Any:
-            return ct_view(config.input_size, settings.crop_scale, mean, std, hflip=True, vflip=True,
-                           rotate180_p=0.5, jitter=(0.4, 0.4), jitter_p=0.8, blur_p=0.5, noise_p=0.5)
+            return moco_view(config.input_size, tuple(s.crop_scale), mean, std,
+                             rotation_degrees=s.rotation_degrees, rotation_p=s.rotation_p,
+                             jitter=tuple(s.jitter), jitter_p=s.jitter_p, gamma_p=s.gamma_p,
+                             blur_p=s.blur_p, blur_sigma=tuple(s.blur_sigma), hflip=s.hflip, vflip=s.vflip,
+                             noise_p=s.noise_p, noise_var=tuple(s.noise_var))
 
         return MultiView([one(), one()])
+
+    # --- run facts and checkpoints ----------------------------------------------------------------
+
+    def summary_extra(self) -> dict[str, Any]:
+        """summary.json: the queue actually used (it can differ from ``moco.queue_length``) and the head."""
+        settings = self.config.moco
+        return {"moco": {"queue_length": self.queue_length, "queue_length_setting": settings.queue_length,
+                         "queue_cap_to_data": settings.queue_cap_to_data, "dataset_size": self.dataset_size,
+                         "global_batch": self.config.batch_size * self.world_size,
+                         "head": "mlp" if settings.mlp_head else "linear"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The queue and its pointer (lightly's memory bank is a non-persistent buffer; the
+        official code keeps the queue in its state_dict)."""
+        if self.queue_length > 0:
+            bank = self.criterion.memory_bank
+            checkpoint["moco_queue"] = {"keys": bank.bank.detach().cpu().clone(), "ptr": int(bank.bank_ptr)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("moco_queue")
+        if saved is None or self.queue_length == 0:
+            return
+        bank = self.criterion.memory_bank
+        if tuple(saved["keys"].shape) != tuple(bank.bank.shape):
+            warnings.warn(f"the checkpoint's MoCo queue has shape {tuple(saved['keys'].shape)}, this run's "
+                          f"{tuple(bank.bank.shape)}: the queue starts again from random keys", stacklevel=1)
+            return
+        with torch.no_grad():
+            bank.bank.copy_(saved["keys"].to(bank.bank.device, bank.bank.dtype))
+            bank.bank_ptr.fill_(int(saved["ptr"]))
 
     # --- training -------------------------------------------------------------------------------
 
