@@ -134,15 +134,24 @@ class MocoSettings(BaseModel):
 
 
 class SparkSettings(BaseModel):
-    """SparK (Tian et al. 2023): sparse masked modelling for CNNs."""
+    """SparK (Tian et al. 2023): sparse masked modelling for CNNs, laid out as the official code
+    (keyu-tian/SparK ``pretrain/``). Sources of every value: docs/fidelity/spark.md."""
 
     model_config = ConfigDict(extra="forbid")
 
     mask_ratio: float = 0.6
     patch_size: int = 32
-    decoder_width: int = 512
+    decoder_width: int = 768  # official LightDecoder width (stride-32 stage); halves per stage
     weight_decay_end: float = 0.2
     crop_scale: tuple[float, float] = (0.67, 1.0)
+    # Stochastic depth on each residual branch, linear in the block index up to this rate (timm's rule);
+    # official SparK pre-trains ResNet-50 with 0.05 (paper preset).
+    drop_path_rate: float = 0.0
+    zero_init_last_bn: bool = True  # last BN of each residual branch starts at 0 (timm's ResNet init, official)
+    # Per-channel input normalisation; None: the run's mean/std on all three channels. The paper's
+    # SparK script (official SparK) normalises with ImageNet's, which the paper preset sets.
+    input_mean: tuple[float, float, float] | None = None
+    input_std: tuple[float, float, float] | None = None
 
 
 PRETRAIN_METHODS = ("swav", "moco", "spark")
@@ -225,8 +234,12 @@ PAPER_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # SwAV: LARS (LARC trust 0.001, momentum 0.9) with wd 1e-6 on every parameter, as the official code and
     # the paper's script; lr 0.15 at batch 128 (linear scaling with the global batch).
     "swav": {"optimizer": "lars", "weight_decay": 1e-6, "decay_norm_and_bias": True},
+    # SparK: official SparK as run by the paper's script (--bs=32 --ep=1600): fp32 as the official loop,
+    # ImageNet input normalisation as its data pipeline, drop path 0.05 as its ResNet-50 (docs/fidelity/spark.md).
     "spark": {"epochs": 1600, "batch_size": 32, "warmup_epochs": 40, "decay_norm_and_bias": False,
-              "grad_clip": 5.0},
+              "grad_clip": 5.0, "precision": "32-true",
+              "spark": {"drop_path_rate": 0.05, "input_mean": (0.485, 0.456, 0.406),
+                        "input_std": (0.229, 0.224, 0.225)}},
 }
 
 

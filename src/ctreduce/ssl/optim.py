@@ -1,49 +1,34 @@
-"""LAMB (You et al. 2020), the optimiser SparK pre-trains with; torch has none built in."""
+"""LAMB (You et al. 2020), the optimiser SparK pre-trains with: timm's ``Lamb`` with SparK's settings.
+
+Official SparK (keyu-tian/SparK ``pretrain/utils/lamb.py``) uses a verbatim copy of timm 0.5.4's
+``Lamb`` ("TheSameAsTimmLAMB"), built in ``pretrain/main.py`` with ``betas=(0.9, 0.95)`` (ResNets,
+``utils/arg_util.py``), ``max_grad_norm=5.0`` and timm's defaults ``eps=1e-6``, ``trust_clip=False``
+(no cap on the trust ratio), ``always_adapt=False`` (no trust ratio for a group without weight
+decay). timm's current ``Lamb`` computes the same update (``tests/test_ssl_spark.py`` checks it
+step by step against that copy). The global gradient-norm clipping at 5 is left to the Trainer
+(``PretrainConfig.grad_clip`` -> ``gradient_clip_val``, the same ``||g|| > 5 -> g * 5 / ||g||``),
+so that it also applies when another optimiser is chosen, as in official SparK.
+"""
 
 from __future__ import annotations
 
 import torch
 
+SPARK_BETAS = (0.9, 0.95)  # official SparK for ResNets: betas=(0.9, args.ada), ada = 0.95
 
-class LAMB(torch.optim.Optimizer):
-    """Adam moments with a layer-wise trust ratio ||w|| / ||update|| (LAMB, Algorithm 2)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, max_trust: float = 10.0) -> None:
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                                  "max_trust": max_trust})
+def LAMB(params, lr: float, betas: tuple[float, float] = SPARK_BETAS, eps: float = 1e-6,
+         weight_decay: float = 0.0, max_grad_norm: float | None = None, trust_clip: bool = False,
+         always_adapt: bool = False) -> torch.optim.Optimizer:
+    """timm's ``Lamb`` with official SparK's settings; per-group ``weight_decay`` comes with ``params``.
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["m"] = torch.zeros_like(p)
-                    state["v"] = torch.zeros_like(p)
-                state["step"] += 1
-                m, v = state["m"], state["v"]
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                m_hat = m / (1 - beta1 ** state["step"])
-                v_hat = v / (1 - beta2 ** state["step"])
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update = update.add(p, alpha=group["weight_decay"])
-                w_norm, u_norm = p.norm(), update.norm()
-                trust = torch.where((w_norm > 0) & (u_norm > 0), (w_norm / u_norm).clamp(max=group["max_trust"]),
-                                    torch.ones_like(w_norm))
-                p.add_(update, alpha=-group["lr"] * float(trust))
-        return loss
+    A group with weight decay 0 gets plain Adam steps (no trust ratio) unless ``always_adapt``;
+    ``max_grad_norm`` (None: off) clips inside the step, ``trust_clip`` caps the trust ratio at 1.
+    """
+    try:
+        from timm.optim import Lamb
+    except ModuleNotFoundError as exc:  # pragma: no cover - timm is part of the train extra
+        raise ModuleNotFoundError("the LAMB optimiser needs timm: pip install 'ctreduce[train]'") from exc
+
+    return Lamb(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                trust_clip=trust_clip, always_adapt=always_adapt)

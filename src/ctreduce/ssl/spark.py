@@ -1,34 +1,43 @@
 """SparK: sparse and hierarchical masked modelling for torchvision ResNets.
 
 Tian et al., "Designing BERT for Convolutional Networks: Sparse and Hierarchical Masked
-Modeling", ICLR 2023 (arXiv:2301.03580). Written from the paper's description; no package
-provides it. The pieces and the sections they come from:
+Modeling", ICLR 2023 (arXiv:2301.03580), laid out as the official code (keyu-tian/SparK
+``pretrain/``, commit a63e386, which the paper's SparK script copies unchanged in these parts).
+No package provides it. The pieces, and the official file each one follows
+(settings and their sources: docs/fidelity/spark.md):
 
-* Random masking of a patch grid, the same ratio for every image (Sec. 3.1; ratio 0.6, Sec. 4).
-* Sparse encoding (Sec. 3.1-3.2): the masked image is treated as a sparse point set, so
-  masked positions carry nothing through the encoder. Emulated with dense ops, as the
-  official code does: the input is zeroed at masked pixels, every ``Conv2d``, ``MaxPool2d``
-  and residual block output is multiplied by the active mask resized to its resolution
-  (forward hooks), and every ``BatchNorm2d`` becomes a *sparse* batch norm that normalises
-  with, and updates its running statistics from, the active positions only. Without a mask
-  set, hooks and sparse BN are exact no-ops, and the backbone's ``state_dict`` keys are those
-  of a plain torchvision ResNet, so exported weights load into ``torchvision.models.resnetXX``.
-* Hierarchical encoding (Sec. 3.3): the outputs of ``layer1``..``layer4`` (strides 4-32).
-* Densifying and a light UNet-style decoder (Sec. 3.3): empty positions of each scale are
-  filled with a learned mask embedding ``[M]_i`` (one per scale), then a decoder of
-  upsampling blocks with halving widths adds the densified skip features scale by scale up to
-  the input resolution; a final 1x1 conv gives 3 channels.
-* Loss (Sec. 3.4): MSE on per-patch normalised pixels, averaged over masked patches only.
-* Optimisation (Sec. 4 / appendix): LAMB (``ssl/optim.py``, chosen by the base class) and a
-  weight decay that follows a cosine from ``weight_decay`` (0.04) to ``spark.weight_decay_end``
-  (0.2) over the whole run.
+* Random masking (``spark.py: SparK.mask``): per image, ``round(L * (1 - ratio))`` of the
+  ``L`` patches stay visible, drawn as the first indices of ``argsort(rand(B, L))`` (ratio 0.6).
+* Sparse encoding (``encoder.py``): the masked image is treated as a sparse point set,
+  emulated with dense ops: the input is zeroed at masked pixels, every ``Conv2d``, ``MaxPool2d``
+  and residual block output is multiplied by the active mask at its resolution (forward hooks),
+  and every ``BatchNorm2d`` becomes a *sparse* batch norm that normalises with, and updates its
+  running statistics from, the active positions only. Without a mask set, hooks and sparse BN
+  are exact no-ops, and the backbone's ``state_dict`` keys are those of a plain torchvision
+  ResNet, so exported weights load into ``torchvision.models.resnetXX``. Official SparK builds
+  its ResNet with timm: stochastic depth on each residual branch (``drop_path_rate``, forward hook
+  on the branch's last BN) and a zero-initialised last BN per branch (``zero_init_last_bn``).
+* Hierarchical encoding: the outputs of ``layer1``..``layer4`` (strides 4-32).
+* Densifying (``spark.py``): per scale, deepest first, a sparse BN (``densify_norms``), then the
+  empty positions are filled with that scale's mask token ``[M]_i`` in *encoder* space
+  (``mask_tokens``), then a projection to the decoder width of that stage (``densify_projs``:
+  1x1 conv for the deepest scale, or identity if the widths already match, 3x3 convs for the
+  others, all with bias).
+* Light decoder (``decoder.py: LightDecoder``): five x2 ``UNetBlock``s with halving widths from
+  ``decoder_width`` (768): transposed conv, then conv3x3-BN-ReLU6-conv3x3-BN (no activation
+  after the last BN); the densified scale of each resolution is added before its block; a final
+  1x1 conv gives 3 channels. Initialised as the official ``LightDecoder.initialize``.
+* Loss (``spark.py: SparK.forward``): MSE on per-patch normalised pixels (unbiased variance,
+  eps 1e-6), averaged over masked patches only.
+* Optimisation (``main.py``, ``utils/lr_control.py``): LAMB (``ssl/optim.py``), learning rate
+  warming up linearly from 0.5 % of the peak, then a cosine to 0.1 % of it; weight decay on
+  weights only, a cosine from ``weight_decay`` (0.04) to ``spark.weight_decay_end`` (0.2).
 
 Conventions: ``mask`` is a bool tensor (N, gh, gw) on the patch grid with ``True`` = masked
 (hidden); ``active = ~mask``. With ``patch_size`` 32 every patch is one position of the
-stride-32 map, exactly as in the paper. Smaller patches (16, 8) are also supported: the mask is
-repeated (nearest neighbour) to finer maps and max-pooled ("active if any covered patch is
-active", the rule of a strided sparse convolution) to coarser ones. At a resolution that is a
-multiple of the grid the two rules coincide with nearest-neighbour resizing.
+stride-32 map, exactly as official SparK. Smaller patches (16, 8; the cpu preset) are also
+supported: the mask is repeated (nearest neighbour) to finer maps and max-pooled ("active if
+any covered patch is active", the rule of a strided sparse convolution) to coarser ones.
 """
 
 from __future__ import annotations
@@ -40,9 +49,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import v2
 
 from ..config import PretrainConfig
-from .augment import MultiView, ct_view
+from .augment import MultiView, ToThreeChannels
 from .base import SSLMethod
 
 ENCODER_STRIDE = 32  # total stride of a torchvision ResNet
@@ -54,20 +64,25 @@ NORM_EPS = 1e-6  # per-patch target normalisation (Sec. 3.4)
 
 def random_mask(batch: int, grid: tuple[int, int], ratio: float, *, device: torch.device | str | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bool (batch, gh, gw), ``True`` = masked; exactly ``round(ratio * gh * gw)`` per image (Sec. 3.1)."""
+    """Bool (batch, gh, gw), ``True`` = masked, drawn as official ``SparK.mask``.
+
+    ``round(L * (1 - ratio))`` of the ``L`` patches stay visible: the first indices of
+    ``argsort(rand(batch, L))``, drawn on the CPU (from ``generator`` or the default generator),
+    so the same seed gives the official code's mask.
+    """
     gh, gw = grid
     patches = gh * gw
-    n_masked = masked_count(patches, ratio)
-    noise = torch.rand(batch, patches, generator=generator, device="cpu" if generator is not None else device)
-    order = noise.argsort(dim=1)
-    mask = torch.zeros(batch, patches, dtype=torch.bool, device=order.device)
-    mask.scatter_(1, order[:, :n_masked], True)
-    return mask.view(batch, gh, gw).to(device) if device is not None else mask.view(batch, gh, gw)
+    n_keep = patches - masked_count(patches, ratio)
+    order = torch.rand(batch, patches, generator=generator).argsort(dim=1)
+    active = torch.zeros(batch, patches, dtype=torch.bool).scatter_(1, order[:, :n_keep], True)
+    mask = ~active.view(batch, gh, gw)
+    return mask.to(device) if device is not None else mask
 
 
 def masked_count(patches: int, ratio: float) -> int:
-    """How many of ``patches`` are masked; at least one stays visible and one masked."""
-    n_masked = round(ratio * patches)
+    """How many of ``patches`` are masked: ``patches - round(patches * (1 - ratio))`` (official ``len_keep``);
+    at least one stays visible and one masked."""
+    n_masked = patches - round(patches * (1 - ratio))
     if not 0 < n_masked < patches:
         raise ValueError(f"mask_ratio {ratio} masks {n_masked} of {patches} patches; need 1..{patches - 1}")
     return n_masked
@@ -197,69 +212,134 @@ class ZeroMasked:
         return output * active.to(output.dtype)
 
 
+class DropPath:
+    """Forward hook on a residual branch's last BN: timm's ``DropPath`` (stochastic depth) in train mode.
+
+    timm's ResNet blocks apply it to the branch output right after that BN, before the shortcut
+    is added; each sample's branch is kept with probability ``1 - rate`` and then scaled by
+    ``1 / (1 - rate)`` (``x.new_empty((N, 1, 1, 1)).bernoulli_(keep) / keep``, the same draw).
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if self.rate <= 0 or not module.training:
+            return None
+        keep = 1.0 - self.rate
+        shape = (output.shape[0],) + (1,) * (output.ndim - 1)
+        return output * output.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+def residual_blocks(backbone: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(block, last BN of its residual branch) for every block of a torchvision ResNet, in forward order."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    out = []
+    for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
+        for block in layer:
+            if isinstance(block, Bottleneck):
+                out.append((block, block.bn3))
+            elif isinstance(block, BasicBlock):
+                out.append((block, block.bn2))
+    return out
+
+
+def add_drop_path(backbone: nn.Module, rate: float) -> list[torch.utils.hooks.RemovableHandle]:
+    """Stochastic depth as timm's ResNet: block ``k`` of ``n`` drops its branch with ``rate * k / (n - 1)``."""
+    blocks = residual_blocks(backbone)
+    handles = []
+    for k, (_, last_bn) in enumerate(blocks):
+        block_rate = rate * k / max(1, len(blocks) - 1)
+        if block_rate > 0:
+            handles.append(last_bn.register_forward_hook(DropPath(block_rate)))
+    return handles
+
+
+def zero_init_last_bn(backbone: nn.Module) -> None:
+    """Zero the weight of each residual branch's last BN (timm's ``zero_init_last``, torchvision's
+    ``zero_init_residual``): every block starts as its shortcut."""
+    for _, last_bn in residual_blocks(backbone):
+        nn.init.zeros_(last_bn.weight)
+
+
 # --- decoder -----------------------------------------------------------------------------------
 
 
-class UpBlock(nn.Module):
-    """One decoder stage (SparK's UNetBlock): x2 transposed-conv upsampling, two 3x3 conv-BN-ReLU6."""
+class UNetBlock(nn.Module):
+    """Official ``decoder.py: UNetBlock``: x2 transposed conv, conv3x3-BN-ReLU6-conv3x3-BN (no final activation)."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(c_in, c_in, kernel_size=4, stride=2, padding=1)
+        self.up_sample = nn.ConvTranspose2d(c_in, c_in, kernel_size=4, stride=2, padding=1, bias=True)
         self.conv = nn.Sequential(
-            nn.Conv2d(c_in, c_in, 3, padding=1, bias=False), nn.BatchNorm2d(c_in), nn.ReLU6(inplace=True),
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU6(inplace=True),
+            nn.Conv2d(c_in, c_in, kernel_size=3, stride=1, padding=1, bias=False), nn.BatchNorm2d(c_in),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=False), nn.BatchNorm2d(c_out),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.up(x))
+        return self.conv(self.up_sample(x))
 
 
 class LightDecoder(nn.Module):
-    """Densify + light UNet-like decoder (Sec. 3.3).
+    """Official ``decoder.py: LightDecoder``: ``log2(32) = 5`` UNet blocks of widths ``width / 2**i``.
 
-    ``encoder_channels`` are the channels of layer1..layer4 (strides 4..32). Widths run
-    ``width, width/2, ...`` from stride 32 up to stride 1 (five x2 stages). Each encoder scale
-    is projected by a 1x1 conv to the decoder width of its stage, its empty (masked) positions
-    are filled with that scale's mask embedding ``[M]_i``, and it is added to the decoder state
-    before the stage at that resolution. (The official code fills in encoder space and then
-    projects; for a 1x1 projection the two are the same function class, since
-    ``proj(fill(S, M)) = fill(proj(S), proj(M))``.)
+    ``forward`` takes the densified scales deepest first; scale ``i`` is added to the state
+    before block ``i`` (the first block starts from scale 0 alone); a 1x1 conv gives 3 channels.
     """
 
-    def __init__(self, encoder_channels: Sequence[int], width: int, out_channels: int = 3) -> None:
+    def __init__(self, width: int, up_sample_ratio: int = ENCODER_STRIDE, out_channels: int = 3) -> None:
         super().__init__()
-        stages = int(round(math.log2(ENCODER_STRIDE)))
-        widths = [max(1, width // 2**i) for i in range(stages + 1)]
-        deep_first = list(reversed(encoder_channels))  # layer4, layer3, layer2, layer1
-        if len(deep_first) > stages:
-            raise ValueError(f"at most {stages} encoder scales, got {len(deep_first)}")
-        self.widths = widths
-        self.proj = nn.ModuleList(nn.Conv2d(c, widths[i], 1) for i, c in enumerate(deep_first))
-        # One mask embedding per scale; stored 1-D so the optimiser does not decay it.
-        self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(widths[i])) for i in range(len(deep_first)))
-        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1]) for i in range(stages))
-        self.head = nn.Conv2d(widths[-1], out_channels, 1)
-        for token in self.mask_tokens:
-            nn.init.trunc_normal_(token, std=0.02, a=-0.02 * 2, b=0.02 * 2)
+        stages = int(round(math.log2(up_sample_ratio)))
+        if 2**stages != up_sample_ratio:
+            raise ValueError(f"up_sample_ratio must be a power of 2, got {up_sample_ratio}")
+        self.width = width
+        self.widths = [width // 2**i for i in range(stages + 1)]
+        if self.widths[-1] < 1:
+            raise ValueError(f"spark.decoder_width must be at least {2**stages}, got {width}")
+        self.dec = nn.ModuleList(UNetBlock(c_in, c_out)
+                                 for c_in, c_out in zip(self.widths[:-1], self.widths[1:], strict=True))
+        self.proj = nn.Conv2d(self.widths[-1], out_channels, kernel_size=1, stride=1, bias=True)
+        self.initialize()
 
-    def densify(self, features: Sequence[torch.Tensor], actives: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Deepest first: ``where(active, proj_i(S_i), [M]_i)`` for each scale."""
-        out = []
-        for i, (feat, active) in enumerate(zip(reversed(features), reversed(actives), strict=True)):
-            projected = self.proj[i](feat)
-            token = self.mask_tokens[i].view(1, -1, 1, 1).to(projected.dtype)
-            out.append(torch.where(active, projected, token))
-        return out
+    def initialize(self) -> None:
+        """Official ``LightDecoder.initialize``: convs trunc-normal(0.02), transposed convs Kaiming
+        (fan-out), biases 0, BN weight 1 and bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.ConvTranspose2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
-    def forward(self, features: Sequence[torch.Tensor], actives: Sequence[torch.Tensor]) -> torch.Tensor:
-        skips = self.densify(features, actives)
+    def forward(self, to_dec: Sequence[torch.Tensor]) -> torch.Tensor:
         x: torch.Tensor | float = 0.0
-        for i, block in enumerate(self.blocks):
-            if i < len(skips):
-                x = x + skips[i]
+        for i, block in enumerate(self.dec):
+            if i < len(to_dec):
+                x = x + to_dec[i]
             x = block(x)
-        return self.head(x)
+        return self.proj(x)
+
+
+def densify_layout(encoder_channels: Sequence[int], width: int) -> list[tuple[int, int, int]]:
+    """Official densify layers, deepest scale first: (encoder width, decoder width, projection kernel).
+
+    Kernel 1 for the deepest scale, 3 for the others; 0 means identity (the deepest scale's
+    widths already match: official ``nn.Identity()``).
+    """
+    out = []
+    for i, e_width in enumerate(reversed(list(encoder_channels))):
+        d_width = width // 2**i
+        kernel = 0 if i == 0 and e_width == d_width else (1 if i == 0 else 3)
+        out.append((e_width, d_width, kernel))
+    return out
 
 
 # --- loss ----------------------------------------------------------------------------------------
@@ -287,24 +367,44 @@ def spark_loss(prediction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor
     ``prediction`` and ``image`` are (N, C, H, W); ``mask`` is bool (N, gh, gw), True = masked.
     Visible patches contribute nothing, whatever the prediction there.
     """
-    target = normalised_patches(image.float(), patch_size)
-    pred = patchify(prediction.float(), patch_size)
+    dtype = torch.promote_types(torch.promote_types(prediction.dtype, image.dtype), torch.float32)  # fp32 under AMP
+    target = normalised_patches(image.to(dtype), patch_size)
+    pred = patchify(prediction.to(dtype), patch_size)
     per_patch = (pred - target).pow(2).mean(dim=-1)  # (N, L)
     weight = mask.reshape(mask.shape[0], -1).to(per_patch.dtype)
     return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def weight_decay_at(step: int, total: int, start: float, end: float) -> float:
-    """Cosine from ``start`` (step 0) to ``end`` (last step ``total - 1``), then constant."""
+    """Cosine from ``start`` (step 0) to ``end`` (last step ``total - 1``), then constant (official
+    ``lr_wd_annealing``)."""
     progress = min(1.0, max(0.0, step / max(1, total - 1)))
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Official ``lr_wd_annealing`` learning-rate factor of the peak lr.
+
+    Linear warm-up from 0.005 at step 0 (reaching 1 at step ``warmup``), then a cosine from 1 to
+    0.001 at the last step ``total - 1``; constant after it.
+    """
+    if step < warmup:
+        return 0.005 + 0.995 * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+    return 0.001 + 0.999 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # --- the method ----------------------------------------------------------------------------------
 
 
 class SparK(SSLMethod):
-    """SparK pre-training (Tian et al., ICLR 2023) of a torchvision ResNet backbone."""
+    """SparK pre-training (Tian et al., ICLR 2023) of a torchvision ResNet backbone.
+
+    Module names follow official ``spark.py``/``decoder.py`` (``densify_norms``, ``densify_projs``,
+    ``mask_tokens``, ``dense_decoder.dec``, ``dense_decoder.proj``); the mask tokens are stored
+    1-D (C,) instead of (1, C, 1, 1), so the optimiser's "1-D parameters get no weight decay" rule
+    covers them as official SparK's ``'mask_token'`` name rule does.
+    """
 
     name = "spark"
 
@@ -321,23 +421,50 @@ class SparK(SSLMethod):
         self.grid = (size // patch, size // patch)
         self.mask_ratio = settings.mask_ratio
         masked_count(self.grid[0] * self.grid[1], self.mask_ratio)  # validates the ratio
+        if settings.zero_init_last_bn:
+            zero_init_last_bn(self.backbone)
         self._active = ActiveState()
-        self._hooks = sparsify(self.backbone, self._active)
+        self._hooks = sparsify(self.backbone, self._active) + add_drop_path(self.backbone, settings.drop_path_rate)
         dim = self.feature_dim
         self.encoder_channels = [dim // 8, dim // 4, dim // 2, dim]  # layer1..layer4
-        self.decoder = LightDecoder(self.encoder_channels, settings.decoder_width)
+
+        # Densify (official spark.py): per scale, deepest first, sparse BN, mask token, projection.
+        self.densify_norms = nn.ModuleList()
+        self.densify_projs = nn.ModuleList()
+        self.mask_tokens = nn.ParameterList()
+        for e_width, d_width, kernel in densify_layout(self.encoder_channels, settings.decoder_width):
+            token = nn.Parameter(torch.zeros(e_width))
+            nn.init.trunc_normal_(token, mean=0.0, std=0.02, a=-0.02, b=0.02)
+            self.mask_tokens.append(token)
+            norm = SparseBatchNorm2d(e_width)
+            norm.state = self._active
+            self.densify_norms.append(norm)
+            self.densify_projs.append(nn.Identity() if kernel == 0 else
+                                      nn.Conv2d(e_width, d_width, kernel_size=kernel, stride=1,
+                                                padding=kernel // 2, bias=True))
+        self.dense_decoder = LightDecoder(settings.decoder_width)
 
     @staticmethod
     def views(config: PretrainConfig, mean: float, std: float) -> MultiView:
-        """One view: random resized crop (``spark.crop_scale``), horizontal flip, no colour changes."""
-        return MultiView([ct_view(config.input_size, tuple(config.spark.crop_scale), mean, std, hflip=True,
-                                  jitter_p=0.0, gamma_p=0.0, blur_p=0.0)])
+        """One view as official SparK's data pipeline: random resized crop (``spark.crop_scale``) with
+        bicubic resampling of the 8-bit slice, horizontal flip, per-channel normalisation
+        (``spark.input_mean``/``input_std``, else ``mean``/``std`` on every channel)."""
+        return MultiView([spark_view(config, mean, std)])
 
-    # -- masking and the sparse encoder --
+    def summary_extra(self) -> dict[str, Any]:
+        """The per-channel input normalisation SparK trained with (the paper preset's is ImageNet's,
+        not the run's ``mean``/``std``)."""
+        try:
+            mean, std = input_normalisation(self.config, self.config.mean, self.config.std)
+        except ValueError:
+            return {}
+        return {"input_mean": list(mean), "input_std": list(std)}
+
+    # -- masking, the sparse encoder and densifying --
 
     def random_mask(self, batch: int, device: torch.device | str | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Bool (batch, gh, gw), True = masked, ``round(mask_ratio * patches)`` per image."""
+        """Bool (batch, gh, gw), True = masked, as official ``SparK.mask``."""
         return random_mask(batch, self.grid, self.mask_ratio, device=device, generator=generator)
 
     def _check_mask(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -346,33 +473,47 @@ class SparK(SSLMethod):
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match {expected} for input {tuple(x.shape)}")
         return ~mask.to(device=x.device, dtype=torch.bool)
 
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b = self.backbone
+        x = x * self._active.at(x.shape[-2:]).to(x.dtype)
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        features = []
+        for layer in (b.layer1, b.layer2, b.layer3, b.layer4):
+            x = layer(x)
+            features.append(x)
+        return features
+
+    def _densify(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Deepest first: ``proj_i(where(active, norm_i(S_i), [M]_i))`` (official ``SparK.forward`` step 3)."""
+        out = []
+        for i, feat in enumerate(reversed(features)):
+            feat = self.densify_norms[i](feat)
+            token = self.mask_tokens[i].view(1, -1, 1, 1).to(feat.dtype)
+            feat = torch.where(self._active.at(feat.shape[-2:]), feat, token)
+            out.append(self.densify_projs[i](feat))
+        return out
+
     def masked_forward(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Sparse hierarchical encoding (Sec. 3.1-3.3): features of layer1..layer4 for ``mask``.
+        """Sparse hierarchical encoding: features of layer1..layer4 for ``mask``.
 
         Masked input pixels are zeroed and stay zero after every conv, BN, pooling and residual
         block; BN statistics come from visible positions only (in train mode). The result does
         not depend on the masked pixels' values.
         """
-        active = self._check_mask(x, mask)
-        b = self.backbone
-        self._active.set(active)
+        self._active.set(self._check_mask(x, mask))
         try:
-            x = x * self._active.at(x.shape[-2:]).to(x.dtype)
-            x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-            features = []
-            for layer in (b.layer1, b.layer2, b.layer3, b.layer4):
-                x = layer(x)
-                features.append(x)
+            return self._encode(x)
         finally:
             self._active.set(None)
-        return features
 
     def reconstruct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Decoder output (N, 3, H, W) in per-patch-normalised pixel units (Sec. 3.3)."""
-        features = self.masked_forward(x, mask)
-        active = self._check_mask(x, mask)
-        actives = [resize_active(active, f.shape[-2:]) for f in features]
-        return self.decoder(features, actives)
+        """Decoder output (N, 3, H, W) in per-patch-normalised pixel units."""
+        self._active.set(self._check_mask(x, mask))
+        try:
+            to_dec = self._densify(self._encode(x))
+        finally:
+            self._active.set(None)
+        return self.dense_decoder(to_dec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dense backbone features (no mask): what fine-tuning sees."""
@@ -383,14 +524,18 @@ class SparK(SSLMethod):
         mask = self.random_mask(x.shape[0], device=x.device)
         return spark_loss(self.reconstruct(x, mask), x, mask, self.patch_size)
 
-    # -- weight-decay schedule --
+    # -- learning-rate and weight-decay schedules (official lr_wd_annealing) --
 
     def configure_optimizers(self):
         out = super().configure_optimizers()
-        for group in out["optimizer"].param_groups:
+        optimiser = out["optimizer"]
+        for group in optimiser.param_groups:
             group["initial_weight_decay"] = group["weight_decay"]
             # Scheduled: the decayed group (weights; norms, biases and mask tokens stay at 0).
             group["schedule_weight_decay"] = group["weight_decay"] > 0 or any(p.ndim > 1 for p in group["params"])
+        warmup, total = self.config.warmup_epochs * self.steps_per_epoch, self.total_steps
+        out["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: lr_factor(step, total, warmup))
         return out
 
     def apply_weight_decay(self, optimiser: torch.optim.Optimizer, step: int) -> float:
@@ -408,3 +553,37 @@ class SparK(SSLMethod):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         for optimiser in self.trainer.optimizers:
             self.apply_weight_decay(optimiser, self.global_step)
+
+
+# --- views ---------------------------------------------------------------------------------------
+
+
+def input_normalisation(config: PretrainConfig, mean: float | None, std: float | None
+                        ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of SparK's inputs: ``spark.input_mean``/``input_std`` or the run's on each channel."""
+    settings = config.spark
+    if (settings.input_mean is None) != (settings.input_std is None):
+        raise ValueError("set both spark.input_mean and spark.input_std, or neither")
+    if settings.input_mean is not None:
+        return tuple(settings.input_mean), tuple(settings.input_std)
+    if mean is None or std is None:
+        raise ValueError("SparK needs the input mean and std (spark.input_mean/input_std or mean/std)")
+    return (mean,) * 3, (std,) * 3
+
+
+def spark_view(config: PretrainConfig, mean: float | None, std: float | None) -> v2.Compose:
+    """Official SparK's ``build_dataset_to_pretrain`` on a uint8 (1, H, W) slice.
+
+    ``RandomResizedCrop(size, scale=crop_scale, interpolation=BICUBIC)`` on the 8-bit image (as
+    PIL: rounded and clipped to 0..255), ``RandomHorizontalFlip()``, to [0, 1], grey to 3 channels,
+    ``Normalize(mean, std)`` per channel.
+    """
+    mean3, std3 = input_normalisation(config, mean, std)
+    return v2.Compose([
+        v2.RandomResizedCrop(config.input_size, scale=tuple(config.spark.crop_scale),
+                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        ToThreeChannels(),
+        v2.Normalize(list(mean3), list(std3)),
+    ])
