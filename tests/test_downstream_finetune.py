@@ -13,9 +13,10 @@ import pytest
 import torch
 import torchvision
 
+from ctreduce.config import FinetuneConfig
 from ctreduce.downstream.datasets import _ORGAN_LABELS
 from ctreduce.downstream.evaluate import EvaluateError, evaluate_run
-from ctreduce.downstream.finetune import FinetuneError, finetune, set_trainable
+from ctreduce.downstream.finetune import FinetuneError, build_model, finetune, set_trainable, transforms
 from ctreduce.downstream.synthetic import make_lesion_task
 
 TINY = {"backbone": "resnet18", "input_size": 32, "batch_size": 8, "num_workers": 0, "bootstrap": 20}
@@ -100,6 +101,16 @@ def test_init_from_a_pretraining_run_folder_uses_its_statistics(task, tmp_path, 
     out = tmp_path / "ft"
     finetune(task=task, out=str(out), init=str(run), epochs=1, head_only_epochs=1, **TINY)
     assert (out / "seed0" / "model.pt").exists()
+    config = FinetuneConfig(task=task, out=str(out), init=str(run), **TINY)
+    assert build_model(config, 2)[1:] == (0.25, 0.2)
+    norm = transforms(config, 0.25, 0.2, train=False).transforms[-1]
+    assert list(norm.mean) == [0.25] * 3 and list(norm.std) == [0.2] * 3
+    # SparK normalises per channel (ImageNet statistics in the paper preset): fine-tuning follows it.
+    (run / "config.yaml").write_text("method: spark\nmean: 0.25\nstd: 0.2\n"
+                                     "spark: {input_mean: [0.485, 0.456, 0.406], input_std: [0.229, 0.224, 0.225]}\n")
+    _, mean, std = build_model(config, 2)
+    assert mean == (0.485, 0.456, 0.406) and std == (0.229, 0.224, 0.225)
+    assert list(transforms(config, mean, std, train=False).transforms[-1].mean) == [0.485, 0.456, 0.406]
 
 
 def test_bad_inputs_fail_before_training(task, tmp_path):

@@ -52,8 +52,12 @@ class FinetuneError(ValueError):
 # --- model -------------------------------------------------------------------------------------
 
 
-def build_model(config: FinetuneConfig, n_classes: int) -> tuple[nn.Module, float, float]:
-    """The ResNet with a new linear head, and the normalisation statistics to use."""
+Stats = float | tuple[float, ...]  # one grey value, or one per channel of the 3 grey copies
+
+
+def build_model(config: FinetuneConfig, n_classes: int) -> tuple[nn.Module, Stats, Stats]:
+    """The ResNet with a new linear head, and the normalisation statistics to use (those of the
+    pre-training run when initialised from one)."""
     import torchvision
 
     from ..reduction import deepnet
@@ -79,7 +83,11 @@ def build_model(config: FinetuneConfig, n_classes: int) -> tuple[nn.Module, floa
         if path.is_dir():
             pretrained = PretrainRun(path)
             stats = pretrained.config()
-            mean, std = stats.get("mean") or mean, stats.get("std") or std
+            if stats.get("method") == "spark" and (stats.get("spark") or {}).get("input_mean"):
+                # SparK normalises its inputs per channel (ImageNet statistics in the paper preset).
+                mean, std = tuple(stats["spark"]["input_mean"]), tuple(stats["spark"]["input_std"])
+            else:
+                mean, std = stats.get("mean") or mean, stats.get("std") or std
             path = pretrained.backbone
         if not path.exists():
             raise FinetuneError(f"initial weights {path}: no such file (expected a pre-training run folder "
@@ -92,7 +100,11 @@ def build_model(config: FinetuneConfig, n_classes: int) -> tuple[nn.Module, floa
     model.fc = nn.Linear(features, n_classes)
     if config.mean is not None and config.std is not None:
         mean, std = config.mean, config.std
-    return model, float(mean), float(std)
+    return model, mean, std
+
+
+def _per_channel(value: Stats) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, (tuple, list)) else [float(value)] * 3
 
 
 def _feature_dim(model: nn.Module) -> int:
@@ -113,13 +125,13 @@ def set_trainable(model: nn.Module, phase: str) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def transforms(config: FinetuneConfig, mean: float, std: float, train: bool):
+def transforms(config: FinetuneConfig, mean: Stats, std: Stats, train: bool):
     from torchvision.transforms import v2
 
     steps = [v2.ToDtype(torch.float32, scale=True), v2.Resize((config.input_size, config.input_size), antialias=True)]
     if train and config.flips:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    steps += [v2.Lambda(lambda x: x.expand(3, *x.shape[1:])), v2.Normalize([mean] * 3, [std] * 3)]
+    steps += [v2.Lambda(lambda x: x.expand(3, *x.shape[1:])), v2.Normalize(_per_channel(mean), _per_channel(std))]
     return v2.Compose(steps)
 
 
