@@ -72,7 +72,7 @@ class ReduceConfig(BaseModel):
 
 class SwavSettings(BaseModel):
     """SwAV (Caron et al. 2020) as in the paper: 2 global + 6 local crops, 500 prototypes (bias-free,
-    as the official ``nn.Linear(128, K, bias=False)``). Sources of every value: docs/fidelity/swav.md."""
+    as the official ``nn.Linear(128, K, bias=False)``). Sources of every value: docs/paper-fidelity.md (SwAV)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -104,7 +104,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 class MocoSettings(BaseModel):
     """MoCo v2 as the paper ran it (Wolfda95/SSL-MedicalImagining-CL-MAE: moco2_module.py and
-    moco_data_module.py; sources per setting in docs/fidelity/moco.md): momentum key encoder,
+    moco_data_module.py; sources per setting in docs/paper-fidelity.md (MoCo)): momentum key encoder,
     queue of negatives, a linear head (the published command has no ``--use_mlp``) and the
     paper's CT views, in the paper script's order: rotation, crop, jitter, blur, flips, noise."""
 
@@ -135,7 +135,7 @@ class MocoSettings(BaseModel):
 
 class SparkSettings(BaseModel):
     """SparK (Tian et al. 2023): sparse masked modelling for CNNs, laid out as the official code
-    (keyu-tian/SparK ``pretrain/``). Sources of every value: docs/fidelity/spark.md."""
+    (keyu-tian/SparK ``pretrain/``). Sources of every value: docs/paper-fidelity.md (SparK)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -235,7 +235,7 @@ PAPER_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # the paper's script; lr 0.15 at batch 128 (linear scaling with the global batch).
     "swav": {"optimizer": "lars", "weight_decay": 1e-6, "decay_norm_and_bias": True},
     # SparK: official SparK as run by the paper's script (--bs=32 --ep=1600): fp32 as the official loop,
-    # ImageNet input normalisation as its data pipeline, drop path 0.05 as its ResNet-50 (docs/fidelity/spark.md).
+    # ImageNet input normalisation as its data pipeline, drop path 0.05 as its ResNet-50 (docs/paper-fidelity.md).
     "spark": {"epochs": 1600, "batch_size": 32, "warmup_epochs": 40, "decay_norm_and_bias": False,
               "grad_clip": 5.0, "precision": "32-true",
               "spark": {"drop_path_rate": 0.05, "input_mean": (0.485, 0.456, 0.406),

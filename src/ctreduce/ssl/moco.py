@@ -23,7 +23,7 @@ command): the head is one linear layer (the command has no ``--use_mlp``; ``moco
 MoCo v2's MLP), the queue holds 65,536 keys whatever the data set size (``moco.queue_cap_to_data``
 caps it, cpu preset), no warm-up, cosine schedule, SGD with weight decay on every parameter. The
 queue is saved in checkpoints, so a resumed run goes on with its negatives. Every setting and its
-source: docs/fidelity/moco.md.
+source: docs/paper-fidelity.md (MoCo).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Tian et al., "Designing BERT for Convolutional Networks: Sparse and Hierarchical
 Modeling", ICLR 2023 (arXiv:2301.03580), laid out as the official code (keyu-tian/SparK
 ``pretrain/``, commit a63e386, which the paper's SparK script copies unchanged in these parts).
 No package provides it. The pieces, and the official file each one follows
-(settings and their sources: docs/fidelity/spark.md):
+(settings and their sources: docs/paper-fidelity.md (SparK)):
 
 * Random masking (``spark.py: SparK.mask``): per image, ``round(L * (1 - ratio))`` of the
   ``L`` patches stay visible, drawn as the first indices of ``argsort(rand(B, L))`` (ratio 0.6).

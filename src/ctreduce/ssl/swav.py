@@ -22,7 +22,7 @@ Sinkhorn problem (more samples per equal partition) but not the loss (Sec. 4 / A
 The loss and sinkhorn are lightly's ``SwaVLoss``, the prototype layer lightly's ``SwaVPrototypes``
 with bias-free heads (the official ``nn.Linear(128, K, bias=False)``: scores are cosine
 similarities). Every setting, its source in the official code and the paper's script, and the
-quirks of the paper's script not copied: docs/fidelity/swav.md.
+quirks of the paper's script not copied: docs/paper-fidelity.md (SwAV).
 """
 
 from __future__ import annotations
