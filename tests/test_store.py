@@ -454,5 +454,9 @@ def test_reduce_with_export_is_complete_or_absent_and_resumes(archive, tmp_path,
                "--quiet")
     assert f"export:   {out} (" in proc.stdout
     assert_export_is_the_manifest(tmp_path / "run", out)
+    written = (out / "export.json").stat().st_mtime_ns
+    again = ctreduce.reduce(archive, tmp_path / "run", export="npy", export_size=32, export_out=out)
+    assert again.attrs["summary"]["export"]["assemble_s"] == 0.0  # nothing changed: not assembled again
+    assert (out / "export.json").stat().st_mtime_ns == written
     with pytest.raises(ValueError, match="target-fraction"):
         ctreduce.reduce(archive, tmp_path / "t", target_fraction=0.3, export="npy")

@@ -411,6 +411,10 @@ def _assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts,
     """The export of a complete run from its parts (volumes without one, e.g. reduced before
     ``--export`` was asked for, are read once more); replaces an export of this same run."""
     kept = manifest[manifest["kept"]]
+    if parts.current(out, run.path, list(zip(kept["volume_id"], kept["slice_index"].astype(int), strict=True))):
+        meta = read_json(out / EXPORT_META)
+        return {"path": str(out), "format": meta["format"], "size": meta["size"], "slices": meta["slices"],
+                "assemble_s": 0.0}
     start = time.perf_counter()
     if out.exists() and (out / EXPORT_META).exists() and not overwrite:
         previous = read_json(out / EXPORT_META)

@@ -312,6 +312,19 @@ class ExportParts:
                 save_png(self.folder / IMAGES, volume_id, int(index), image)
         self._done(volume_id).write_text("")
 
+    def current(self, out: Path, run_dir: Path, kept: list[tuple[str, int]]) -> bool:
+        """Whether ``out`` already holds this run's export of exactly ``kept`` (volume_id, slice_index),
+        written after every part: a rerun that changed nothing does not assemble it again."""
+        try:
+            store = ExportStore.open(out)
+        except ExportError:
+            return False
+        newest = max((p.stat().st_mtime_ns for p in self.folder.glob("*.done")), default=0)
+        rows = list(zip(store.index["volume_id"], store.index["slice_index"].astype(int), strict=True))
+        return (store.meta.get("run_dir") == str(run_dir.resolve()) and store.format == self.format
+                and store.meta.get("size") == self.size and store.meta.get("intensity") == self.intensity
+                and rows == kept and (out / META).stat().st_mtime_ns >= newest)
+
     def add_to(self, writer: ExportWriter, volume_id: str, records: list[dict[str, Any]]) -> None:
         if self.format == "npy":
             writer.add_volume(np.load(self._array(volume_id)), records)
