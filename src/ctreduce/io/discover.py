@@ -146,27 +146,34 @@ def scan(
     result = ScanResult()
     want = modality.upper()
     seen = _Seen()
+    roots: list[tuple[Path, ScanResult, list[Path]]] = []
     for raw in inputs:
         root = Path(raw)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
-        n_skipped = len(result.skipped)
-        files = _collect(root, seen, result.skipped)
-        if not files and len(result.skipped) == n_skipped:
-            result.skipped.append({"path": str(root), "reason": "empty folder"})
-            continue
+        part = ScanResult()  # this input's single-file volumes and skips, in order
+        files = _collect(root, seen, part.skipped)
+        if not files and not part.skipped:
+            part.skipped.append({"path": str(root), "reason": "empty folder"})
         base = root if root.is_dir() else root.parent
         candidates: list[Path] = []
         for path in files:
             try:
-                if not _add_single_file(result, base, path):
+                if not _add_single_file(part, base, path):
                     candidates.append(path)
             except Exception as exc:
                 reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, VolumeError) else _describe(exc)
-                result.skipped.append({"path": str(path), "reason": reason})
+                part.skipped.append({"path": str(path), "reason": reason})
+        roots.append((base, part, candidates))
+    # One pass (and one worker pool) over the DICOM candidates of every input.
+    every = [path for _, _, candidates in roots for path in candidates]
+    read = iter(_read_headers(every, workers, header_cache, result.headers))
+    for base, part, candidates in roots:
+        result.volumes += part.volumes
+        result.skipped += part.skipped
         headers: list[dicom.DicomHeader] = []
-        for path, header in zip(candidates, _read_headers(candidates, workers, header_cache, result.headers),
-                                strict=True):
+        for path in candidates:
+            header = next(read)
             if isinstance(header, str):
                 result.skipped.append({"path": str(path), "reason": header})
             else:
