@@ -4,7 +4,7 @@ Writes (once, reused while its parameters match) ``--series`` DICOM series of ``
 slices of ``--size`` px under ``--data``, then for the first 500 and for all series runs, as a
 user would, in its own process::
 
-    ctreduce reduce SERIES... --out RUN --workers 2 --export npy --size 64 --quiet
+    ctreduce reduce ARCHIVE --out RUN --workers 2 --export npy --size 64 --quiet
 
 and reports wall time, the scan's share (``summary.json``), the peak RSS of the largest process
 (``getrusage(RUSAGE_CHILDREN)``: the parent or a worker), the sizes of the run folder's tables,
@@ -66,11 +66,21 @@ def timed(args: list[str]) -> tuple[float, float]:
     return float(seconds), int(rss_kib) / 1024
 
 
+def subset_root(folders: list[Path], scratch: Path) -> Path:
+    """One input folder holding ``folders`` (symbolic links, followed once), as a user's archive root."""
+    root = scratch / f"archive{len(folders)}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for folder in folders:
+        (root / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+    return root
+
+
 def measure(folders: list[Path], scratch: Path, size: int) -> dict[str, float]:
     run = scratch / f"run{len(folders)}"
     shutil.rmtree(run, ignore_errors=True)
-    args = [CTREDUCE, "reduce", *map(str, folders), "--out", str(run), "--workers", "2", "--export", "npy",
-            "--size", str(size), "--quiet"]
+    args = [CTREDUCE, "reduce", str(subset_root(folders, scratch)), "--out", str(run), "--workers", "2",
+            "--export", "npy", "--size", str(size), "--quiet"]
     seconds, rss = timed(args)
     folder = RunFolder(run)
     summary = folder.summary()
