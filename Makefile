@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/ctreduce samples
 	$(BIN)/ctreduce reduce "$$($(BIN)/python -c 'from ctreduce.samples import sample_dir; print(sample_dir())')" \
 		--out $(DEMO)/hash6 --method hash --threshold 6 --workers 2 --csv --quiet
-	$(BIN)/ctreduce export $(DEMO)/hash6 --format png --out $(DEMO)/png
-	$(BIN)/ctreduce export $(DEMO)/hash6 --format npy --size 224 --out $(DEMO)/npy
+	$(BIN)/ctreduce export $(DEMO)/hash6 --format png --out $(DEMO)/png --overwrite --quiet
+	$(BIN)/ctreduce export $(DEMO)/hash6 --format npy --size 224 --out $(DEMO)/npy --overwrite --quiet
 	$(BIN)/ctreduce report $(DEMO)/hash6 -o $(DEMO)/report.html
 	@echo
 	@echo "Outputs:"
