@@ -86,3 +86,18 @@ def slices():
 
     hu, _ = make_phantom(n_slices=16, size=48)
     return torch.from_numpy(Intensity().to_uint8(hu))
+
+
+@pytest.fixture(scope="session")
+def export_48(tmp_path_factory) -> Path:
+    """An npy export (40 px) of 48 phantom slices, 3 NRRD volumes of 16, reduced with method all."""
+    import ctreduce
+    from ctreduce.phantom import make_phantom, write_nrrd
+
+    root = tmp_path_factory.mktemp("export48")
+    for seed in range(3):
+        hu, spacing = make_phantom(n_slices=16, size=48, slice_thickness=5.0, seed=seed)
+        write_nrrd(hu, spacing, root / "ct" / f"p{seed}.nrrd")
+    ctreduce.reduce(root / "ct", root / "run", method="all")
+    ctreduce.export(root / "run", root / "export", format="npy", size=40)
+    return root / "export"

@@ -379,21 +379,6 @@ def test_queue_is_kept_in_checkpoints(slices):
     assert torch.equal(other.criterion.memory_bank.bank, before)
 
 
-@pytest.fixture(scope="module")
-def export_48(tmp_path_factory):
-    """An npy export of 48 phantom slices (3 volumes of 16)."""
-    import ctreduce
-    from ctreduce.phantom import make_phantom, write_nrrd
-
-    root = tmp_path_factory.mktemp("moco")
-    for seed in range(3):
-        hu, spacing = make_phantom(n_slices=16, size=48, slice_thickness=5.0, seed=seed)
-        write_nrrd(hu, spacing, root / "ct" / f"p{seed}.nrrd")
-    ctreduce.reduce(root / "ct", root / "run", method="all")
-    ctreduce.export(root / "run", root / "export", format="npy", size=40)
-    return root / "export"
-
-
 @pytest.mark.parametrize(("preset", "used"), [("cpu", 48), ("paper", 64)])
 def test_run_folder_records_the_queue(export_48, tmp_path, preset, used):
     """A 48-slice export: the cpu preset caps the queue to the data, the paper preset keeps its length;

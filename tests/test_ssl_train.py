@@ -16,7 +16,6 @@ import torch
 import torchvision
 import yaml
 
-import ctreduce
 from ctreduce.config import make_pretrain_config
 from ctreduce.ssl import train as train_module
 from ctreduce.ssl.train import CollapseWarning, PretrainError, TrainingStopped, pretrain
@@ -25,17 +24,9 @@ TINY = {"preset": "cpu", "backbone": "resnet18", "input_size": 32, "batch_size":
         "num_workers": 0, "swav": {"local_crop_size": 16, "n_prototypes": 16}}
 
 
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    from ctreduce.phantom import make_phantom, write_nrrd
-
-    root = tmp_path_factory.mktemp("ssl")
-    for seed in range(3):
-        hu, spacing = make_phantom(n_slices=16, size=48, slice_thickness=5.0, seed=seed)
-        write_nrrd(hu, spacing, root / "ct" / f"p{seed}.nrrd")
-    ctreduce.reduce(root / "ct", root / "run", method="all")
-    ctreduce.export(root / "run", root / "export", format="npy", size=40)
-    return root / "export"
+@pytest.fixture
+def export_dir(export_48: Path) -> Path:
+    return export_48
 
 
 def settings(export_dir: Path, out: Path, **extra):
