@@ -51,7 +51,7 @@ def assert_export_is_the_manifest(run: Path, out: Path) -> None:
         volume = ctreduce.io.discover.load(sources[row.volume_id])
         expected = Intensity.parse(manifest["intensity"].iloc[0] or "minmax").to_uint8(volume.hu[[row.slice_index]])[0]
         if array is not None:
-            from ctreduce.exporting import resize_pad
+            from ctreduce.store.export import resize_pad
 
             np.testing.assert_array_equal(array[row.row], resize_pad(expected, store.meta["size"]))
         else:

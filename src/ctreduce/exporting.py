@@ -18,7 +18,7 @@ import numpy as np
 from .io.discover import load
 from .io.volume import VolumeError, VolumeSource
 from .reduction.intensity import Intensity
-from .store.export import FORMATS, ExportError, ExportWriter, resize_pad, save_png
+from .store.export import FORMATS, ExportError, ExportWriter, npy_rows, save_png
 from .store.files import DiskFull, disk_full, is_disk_full
 from .store.run import RunFolder, RunFolderError, check_output_dir
 from .versions import package_versions
@@ -121,7 +121,7 @@ def export_volume(source: VolumeSource | None, volume_id: str, index: np.ndarray
         records = [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(volume.z_mm[k]),
                     "source": volume.slice_sources[k]} for k, i in enumerate(index)]
         if fmt == "npy":
-            return np.stack([resize_pad(image, size) for image in u8]), records
+            return npy_rows(u8, size), records
         for image, record in zip(u8, records, strict=True):
             record["file"] = save_png(images, record["volume_id"], record["slice_index"], image)
         return None, records

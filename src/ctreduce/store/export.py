@@ -55,6 +55,14 @@ def resize_pad(u8: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def npy_rows(u8: np.ndarray, size: int) -> np.ndarray:
+    """The npy rows of a stack of uint8 slices: (n, size, size), empty when n is 0."""
+    rows = np.zeros((len(u8), size, size), np.uint8)
+    for k, image in enumerate(u8):
+        rows[k] = resize_pad(image, size)
+    return rows
+
+
 def png_name(volume_id: str, slice_index: int) -> str:
     """A file name that is unique by construction: percent-encoding is injective, so "CT 1",
     "CT_1" and any two non-ASCII ids get different, stable names."""
@@ -304,8 +312,7 @@ class ExportParts:
         """One volume's kept slices (uint8, native size), in manifest order."""
         self._done(volume_id).unlink(missing_ok=True)
         if self.format == "npy":
-            stack = np.stack([resize_pad(image, self.size) for image in u8]) if len(u8) else \
-                np.zeros((0, self.size, self.size), np.uint8)
+            stack = npy_rows(u8, self.size)
             atomic_write(self._array(volume_id), lambda p: _save_npy(p, stack))
         else:
             for index, image in zip(slice_indices, u8, strict=True):
