@@ -11,7 +11,7 @@ DEMO := demo-out
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,dev,ray,deepnet]'
+	$(BIN)/python -m pip install -q -e '.[train,dev,ray,deepnet,curate]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +35,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench_reduce.py
 	$(BIN)/python benchmarks/bench_methods.py
 	$(BIN)/python benchmarks/bench_pretrain.py
