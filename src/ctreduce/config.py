@@ -7,6 +7,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SELECTORS = ("all", "every-n")
+# The paper's fixed input statistics of grey slices on [0, 1] (of LIDC), used for ALL and every reduced subset.
+PAPER_GREY_MEAN, PAPER_GREY_STD = 0.1806, 0.1907
 AtLeastOne = Annotated[int, Field(ge=1)]
 
 
@@ -181,8 +183,8 @@ class PretrainConfig(BaseModel):
     precision: str = "auto"  # "auto": 16-mixed on GPU, 32 on CPU
     num_workers: int = 4
     seed: int = 0
-    mean: float | None = None  # None: computed from the training data (paper preset: the paper's 0.1806)
-    std: float | None = None  # (paper preset: 0.1907)
+    mean: float | None = None  # None: computed from the training data (paper preset: PAPER_GREY_MEAN)
+    std: float | None = None  # (paper preset: PAPER_GREY_STD)
     # Weight decay (and LARS/LAMB scaling) for norm layers and biases too; set by the preset per method.
     decay_norm_and_bias: bool = True
     grad_clip: float | None = None  # global gradient-norm clipping before each step; None: off
@@ -208,7 +210,7 @@ class PretrainConfig(BaseModel):
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper normalised every data set with the same fixed statistics (of LIDC), so ALL and the
     # reduced subsets see identical inputs.
-    "paper": {"mean": 0.1806, "std": 0.1907},
+    "paper": {"mean": PAPER_GREY_MEAN, "std": PAPER_GREY_STD},
     "cpu": {
         "backbone": "resnet18",
         "epochs": 5,

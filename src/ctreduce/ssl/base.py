@@ -13,8 +13,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from .. import backbones
 from ..config import PretrainConfig
-from .backbones import build_backbone, export_state_dict
 from .optim import LAMB
 
 # Per method: optimiser, base learning rate at batch 256 (linear scaling), weight decay.
@@ -36,7 +36,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 class SSLMethod(pl.LightningModule):
-    """Base LightningModule: ``self.backbone`` is a torchvision ResNet without ``fc``."""
+    """Base LightningModule: ``self.backbone`` is a torchvision ResNet without ``fc`` (``ctreduce.backbones``)."""
 
     name = "base"
 
@@ -44,7 +44,8 @@ class SSLMethod(pl.LightningModule):
         super().__init__()
         self.config = config
         self.steps_per_epoch = max(1, steps_per_epoch)
-        self.backbone, self.feature_dim = build_backbone(config.backbone)
+        self.backbone = backbones.build(config.backbone)
+        self.feature_dim = backbones.feature_dim(self.backbone)
         self.save_hyperparameters({"config": config.model_dump(), "steps_per_epoch": self.steps_per_epoch})
 
     # Subclasses define ``views(config, mean, std)`` (a staticmethod returning the per-slice
@@ -69,7 +70,7 @@ class SSLMethod(pl.LightningModule):
         return {}
 
     def export_backbone(self) -> dict[str, torch.Tensor]:
-        return export_state_dict(self.backbone)
+        return backbones.export_state_dict(self.backbone)
 
     def optimiser_settings(self) -> tuple[str, float, float]:
         kind, base_lr, weight_decay = OPTIMISER_DEFAULTS[self.name]

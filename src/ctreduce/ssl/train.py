@@ -15,10 +15,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from .. import trainer as lightning_setup
+from ..backbones import RESNETS
 from ..config import PretrainConfig, make_pretrain_config
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
-from .backbones import RESNETS
+from ..trainer import launched_rank
 from .data import ExportError, export_info, intensity_stats, open_export
+
+__all__ = ["PretrainError", "TrainingStopped", "launched_rank", "method_class", "pretrain"]
 
 
 class PretrainError(ValueError):
@@ -138,21 +142,13 @@ def _check(config: PretrainConfig) -> None:
 
 
 def _trainer_settings(config: PretrainConfig, method: type) -> dict[str, Any]:
-    accelerator = config.accelerator
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    precision = config.precision
-    if precision == "auto":
-        precision = "16-mixed" if accelerator == "gpu" else "32-true"
-    devices = config.devices
-    several = config.num_nodes > 1 or (isinstance(devices, int) and devices > 1) or devices == -1
-    strategy = config.strategy if config.strategy != "auto" else ("ddp" if several else "auto")
-    # SyncBN only exists on GPUs; MoCo relies on shuffled BN and SparK on its sparse BN instead.
-    sync = several and accelerator == "gpu" and getattr(method, "sync_batchnorm", False)
-    return {"accelerator": accelerator, "precision": precision, "devices": devices, "strategy": strategy,
-            "num_nodes": config.num_nodes, "sync_batchnorm": sync,
-            # Global gradient-norm clipping before each optimiser step (SparK's official recipe: 5).
-            "gradient_clip_val": config.grad_clip, "gradient_clip_algorithm": "norm"}
+    """The shared Lightning set-up for ``config`` (SyncBN where the method asks for it: SwAV; MoCo relies on
+    shuffled BN and SparK on its sparse BN) plus SparK's global gradient-norm clipping (``grad_clip``)."""
+    settings = lightning_setup.resolve(accelerator=config.accelerator, devices=config.devices,
+                                       strategy=config.strategy, precision=config.precision,
+                                       num_nodes=config.num_nodes,
+                                       sync_batchnorm=getattr(method, "sync_batchnorm", False))
+    return {**settings, "gradient_clip_val": config.grad_clip, "gradient_clip_algorithm": "norm"}
 
 
 def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, **values: Any) -> dict[str, Any]:
@@ -171,7 +167,9 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
         raw = open_export(config.data)
     except ExportError as exc:
         raise PretrainError(str(exc)) from exc
-    world = _world_size(config)
+    cls = method_class(config.method)
+    settings = _trainer_settings(config, cls)
+    world = lightning_setup.world_size(settings)
     if len(raw) < config.batch_size * world:
         raise PretrainError(
             f"the export {config.data} has {len(raw)} slices, fewer than one batch "
@@ -191,17 +189,16 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
             raise PretrainError(str(exc)) from exc
 
     pl.seed_everything(config.seed, workers=True)
-    cls = method_class(config.method)
+    threads = lightning_setup.threads(settings, config.num_workers)
     dataset = open_export(config.data, cls.views(config, config.mean, config.std))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
-        num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        num_workers=threads.loader_workers, persistent_workers=threads.loader_workers > 0,
+        worker_init_fn=threads.worker_init, pin_memory=torch.cuda.is_available(),
     )
     steps_per_epoch = len(dataset) // (config.batch_size * world)
     extra = {"dataset_size": len(dataset)} if "dataset_size" in inspect.signature(cls).parameters else {}
     module = cls(config, steps_per_epoch, **extra)
-    settings = _trainer_settings(config, cls)
     callbacks: list[pl.Callback] = [
         # One file, rewritten after every epoch: the newest checkpoint is the one to resume from.
         pl.callbacks.ModelCheckpoint(dirpath=run.checkpoints, filename=LAST, save_top_k=1,
@@ -212,22 +209,17 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     ]
     if config.method == "swav":
         callbacks.append(CollapseWarning(config.swav.n_prototypes, config.collapse_patience))
-    loggers = [pl.loggers.CSVLogger(run.logs, name="csv")]
-    try:
-        loggers.append(pl.loggers.TensorBoardLogger(run.logs, name="tensorboard"))
-    except ModuleNotFoundError:
-        warnings.warn("tensorboard is not installed: only CSV logs are written", stacklevel=1)
-    trainer = pl.Trainer(max_epochs=config.epochs, max_steps=config.max_steps, callbacks=callbacks, logger=loggers,
-                         log_every_n_steps=min(config.log_every_n_steps, max(1, steps_per_epoch)),
-                         deterministic=settings["accelerator"] == "cpu", benchmark=False,
-                         enable_progress_bar=True, default_root_dir=run.path, **settings)
+    trainer = lightning_setup.build(settings, root=run.path, logs=run.logs, callbacks=callbacks,
+                                    max_epochs=config.epochs, max_steps=config.max_steps,
+                                    steps_per_epoch=steps_per_epoch, log_every_n_steps=config.log_every_n_steps)
     resume = ckpt if ckpt.exists() else None
     # Read before training: at its end rank 0 rewrites summary.json while the other ranks build their summary.
     earlier_s = run.summary().get("wall_time_s", 0.0) if resume is not None else 0.0
     start = time.perf_counter()
     status = "running"
     try:
-        trainer.fit(module, loader, ckpt_path=resume)
+        with threads.handed_on():
+            trainer.fit(module, loader, ckpt_path=resume)
         status = "interrupted" if trainer.interrupted else "finished"
     except TrainingStopped:
         status = "stopped: non-finite loss"
@@ -242,28 +234,13 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
         summary = {**_summary(config, trainer, len(dataset), earlier_s, seconds, settings, status, resume),
                    "optimizer": {"kind": kind, "lr": lr, "weight_decay": wd,
                                  "groups": len(module.parameter_groups(wd))},
+                   "threads": threads.as_dict(),
                    **module.summary_extra()}
         if trainer.is_global_zero:
             if status == "finished":
                 torch.save(module.export_backbone(), run.backbone)
             run.write_summary(summary)
     return summary
-
-
-def launched_rank() -> int:
-    """Global rank of this process as set by the launcher (Lightning's "ddp", torchrun, SLURM); 0 otherwise."""
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    return rank_zero_only.rank
-
-
-def _world_size(config: PretrainConfig) -> int:
-    devices = config.devices
-    if isinstance(devices, int) and devices > 0:
-        return devices * config.num_nodes
-    if devices == -1 or (devices == "auto" and torch.cuda.is_available()):
-        return max(1, torch.cuda.device_count()) * config.num_nodes
-    return config.num_nodes
 
 
 def _summary(config: PretrainConfig, trainer: pl.Trainer, n_images: int, earlier_s: float, seconds: float,
