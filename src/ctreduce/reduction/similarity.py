@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .deepnet import resolve_device
+from ..devices import device_name, resolve_device
 from .measures import Measure, Prepared, register_measure
 
 SSIM_SIGMA = 1.5
@@ -22,12 +22,12 @@ CPU_CHUNK = 16
 
 
 @contextmanager
-def cpu_threads(device: str, n: int = 1):
+def cpu_threads(device: Any, n: int = 1):
     """Run small per-batch tensor work on ``n`` CPU threads: intra-op threads cost more than they
     save at these sizes (measured 3-8x slower SSIM with 2 threads on a busy 2-core machine)."""
     import torch
 
-    if device != "cpu":
+    if torch.device(device).type != "cpu":
         yield
         return
     previous = torch.get_num_threads()
@@ -100,7 +100,7 @@ class SSIMMeasure(Measure):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.ssim_size = ssim_size
-        self.device = device
+        self.device = device_name(device)
         self.batch_size = batch_size
 
     def preflight(self) -> None:
@@ -132,7 +132,7 @@ class SSIMMeasure(Measure):
         sq = _valid_filter(images * images, kernel)
 
         # On CPU, chunks of 16 slices keep the float32 maps in cache (measured 1.4x faster than 64).
-        chunk = self.batch_size if device != "cpu" else min(self.batch_size, CPU_CHUNK)
+        chunk = self.batch_size if device.type != "cpu" else min(self.batch_size, CPU_CHUNK)
 
         def compare(ref: int, others: np.ndarray) -> np.ndarray:
             out = []
