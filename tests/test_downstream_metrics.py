@@ -203,3 +203,25 @@ def test_plot_argument_errors(tmp_path) -> None:
     y, prob = _binary()
     with pytest.raises(ValueError, match="3 class names for 2"):
         save_roc_png(y, prob, ["a", "b", "c"], tmp_path / "y.png")
+
+
+def test_bootstrap_interval_is_the_percentile_of_sklearn_metrics_on_the_same_resamples() -> None:
+    y, prob = _binary(n=60)
+    rng = np.random.default_rng(7)  # the draws bootstrap_ci makes from seed 7, one resample after another
+    resamples = [rng.integers(0, len(y), size=len(y)) for _ in range(50)]
+    aucs = [sk.roc_auc_score(y[i] == 1, prob[i, 1]) for i in resamples]
+    f1s = [sk.f1_score(y[i], prob[i].argmax(1), pos_label=1) for i in resamples]
+    for name, values in (("auc", aucs), ("f1", f1s)):
+        ci = bootstrap_ci(y, prob, name, n=50, seed=7)
+        assert (ci["low"], ci["high"]) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])))
+
+
+def test_multiclass_test_split_of_one_class_reports_undefined_auc_not_an_error() -> None:
+    y, prob = _multiclass(k=3)
+    y = np.zeros_like(y)
+    with pytest.raises(ValueError):  # what sklearn alone does with such a split
+        sk.roc_auc_score(y, prob, multi_class="ovr")
+    with pytest.warns(MetricWarning, match=r"class\(es\) \[0, 1, 2\] absent"):  # class 0 lacks negatives
+        m = classification_metrics(y, prob)
+    assert np.isnan(m["auc"]) and all(np.isnan(a) for a in m["auc_per_class"])
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, prob.argmax(1)))

@@ -4,21 +4,22 @@ Inputs are integer labels ``y_true`` (N,) in 0..K-1 and class probabilities ``pr
 rows sum to 1 (apply softmax to logits first); for a binary task ``prob`` may also be the (N,)
 probability of class 1. Predictions are ``argmax(prob)`` (ties go to the lower class).
 
-* accuracy;
+Every number comes from scikit-learn (``accuracy_score``, ``roc_auc_score``, ``f1_score``,
+``confusion_matrix``, ``roc_curve``); this module adds what sklearn lacks:
+
 * ROC AUC: binary, the AUC of ``prob[:, positive_label]`` for ``y == positive_label`` (the paper:
   ``positive_label=1``; with two softmax probabilities both choices give the same number);
-  multiclass, the macro average of one-vs-rest AUCs, as
-  ``sklearn.metrics.roc_auc_score(multi_class="ovr", average="macro")``;
+  multiclass, the one-vs-rest AUC per class (``auc_per_class``) and their macro average, equal to
+  ``roc_auc_score(multi_class="ovr", average="macro")``;
+* undefined AUC: when a class is absent from ``y_true`` (a binary test split of one class, or a
+  multiclass one missing a class) the AUC is ``nan`` and a :class:`MetricWarning` names the
+  class; nothing is raised, so a finished training run still reports its other metrics (sklearn
+  raises for the multiclass case and only warns, without naming the class, for the binary one);
 * F1: binary, of the class ``positive_label``; multiclass, micro (equal to accuracy, the paper's
-  "F1" for OrganSMNIST) and macro (unweighted mean over all K classes; a class never true and never
-  predicted counts 0, as sklearn's ``zero_division`` default);
-* the confusion matrix (rows true, columns predicted, as sklearn).
-
-Undefined AUC: when a class is absent from ``y_true`` (a binary test set of one class, or a
-multiclass one missing a class) the AUC is ``nan`` and a :class:`MetricWarning` names the class;
-nothing is raised, so a finished training run still reports its other metrics. sklearn raises
-instead. The AUCs are computed with NumPy (Mann-Whitney U with mid-ranks for ties, identical to
-the trapezoidal ROC area), so neither the metrics nor the bootstrap need scikit-learn.
+  "F1" for OrganSMNIST) and macro over all K classes (a class never true and never predicted
+  counts 0, ``zero_division=0``);
+* the confusion matrix over all K classes (rows true, columns predicted);
+* percentile bootstrap intervals that skip resamples on which a metric is undefined.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
+from sklearn import metrics as sk
 
 METRICS = ("accuracy", "auc", "f1", "f1_macro", "f1_micro")
 
@@ -97,7 +99,7 @@ def _check_positive(positive_label: int, k: int) -> int:
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> np.ndarray:
-    """(K, K) int64 counts, rows = true class, columns = predicted class."""
+    """(K, K) int64 counts, rows = true class, columns = predicted class (sklearn's, over 0..K-1)."""
     y = np.asarray(y_true, dtype=np.int64).ravel()
     pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if y.shape != pred.shape:
@@ -105,41 +107,15 @@ def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> 
     k = int(max(y.max(initial=-1), pred.max(initial=-1)) + 1) if n_classes is None else int(n_classes)
     if y.size and (min(y.min(), pred.min()) < 0 or max(y.max(), pred.max()) >= k):
         raise ValueError(f"labels outside 0..{k - 1}")
-    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    return sk.confusion_matrix(y, pred, labels=np.arange(k)).astype(np.int64)
 
 
 def binary_auc(is_positive: Any, score: Any) -> float:
-    """ROC AUC of ``score`` for the boolean ``is_positive``; nan when either group is empty."""
+    """sklearn's ROC AUC of ``score`` for the boolean ``is_positive``; nan when either group is empty."""
     pos = np.asarray(is_positive, dtype=bool)
-    s = np.asarray(score, dtype=np.float64)
-    n1 = int(pos.sum())
-    n0 = pos.size - n1
-    if n1 == 0 or n0 == 0:
+    if pos.all() or not pos.any():
         return float("nan")
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    midrank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mid-ranks of the distinct scores
-    rank_sum = float(midrank[inverse][pos].sum())
-    return (rank_sum - n1 * (n1 + 1) / 2.0) / (n1 * n0)
-
-
-def roc_curve(is_positive: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) from (0, 0) to (1, 1), one point per distinct score (descending thresholds)."""
-    pos = np.asarray(is_positive, dtype=bool)
-    s = np.asarray(score, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, pos = s[order], pos[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each distinct score
-    tp = np.cumsum(pos)[last]
-    fp = (last + 1) - tp
-    n1, n0 = max(int(pos.sum()), 1), max(int((~pos).sum()), 1)
-    return np.r_[0.0, fp / n0], np.r_[0.0, tp / n1]
-
-
-def _f1_per_class(cm: np.ndarray) -> np.ndarray:
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2 tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
+    return float(sk.roc_auc_score(pos, np.asarray(score, dtype=np.float64)))
 
 
 def _aucs(y: np.ndarray, p: np.ndarray, positive: int, warn: bool) -> tuple[float, list[float]]:
@@ -147,18 +123,22 @@ def _aucs(y: np.ndarray, p: np.ndarray, positive: int, warn: bool) -> tuple[floa
     if k == 2:
         auc = binary_auc(y == positive, p[:, positive])
         if np.isnan(auc) and warn:
-            present = int(y[0])
-            warnings.warn(f"ROC AUC undefined: y_true holds only class {present}; reported as nan",
+            warnings.warn(f"ROC AUC undefined: y_true holds only class {int(y[0])}; reported as nan",
                           MetricWarning, stacklevel=3)
         return auc, []
     per_class = [binary_auc(y == c, p[:, c]) for c in range(k)]
     missing = [c for c, a in enumerate(per_class) if np.isnan(a)]
     if missing:
         if warn:
-            warnings.warn(f"macro ROC AUC undefined: class(es) {missing} absent from y_true; reported as nan",
+            warnings.warn(f"macro ROC AUC undefined: class(es) {missing} absent from y_true or alone in it; "
+                          "reported as nan",
                           MetricWarning, stacklevel=3)
         return float("nan"), per_class
     return float(np.mean(per_class)), per_class
+
+
+def _f1_per_class(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    return sk.f1_score(y, pred, labels=np.arange(k), average=None, zero_division=0.0)
 
 
 def _metric(y: np.ndarray, p: np.ndarray, name: str, positive: int, warn: bool = True) -> float:
@@ -167,11 +147,9 @@ def _metric(y: np.ndarray, p: np.ndarray, name: str, positive: int, warn: bool =
         return _aucs(y, p, positive, warn)[0]
     pred = p.argmax(axis=1)
     if name in ("accuracy", "f1_micro") or (name == "f1" and k > 2):
-        return float(np.mean(pred == y))
-    f1 = _f1_per_class(confusion_matrix(y, pred, k))
-    if name == "f1":
-        return float(f1[positive])
-    return float(f1.mean())
+        return float(sk.accuracy_score(y, pred))
+    f1 = _f1_per_class(y, pred, k)
+    return float(f1[positive]) if name == "f1" else float(f1.mean())
 
 
 def classification_metrics(y_true: Any, prob: Any, *, positive_label: int = 1) -> dict[str, Any]:
@@ -186,9 +164,8 @@ def classification_metrics(y_true: Any, prob: Any, *, positive_label: int = 1) -
     k = p.shape[1]
     positive = _check_positive(positive_label, k)
     pred = p.argmax(axis=1)
-    cm = confusion_matrix(y, pred, k)
-    f1 = _f1_per_class(cm)
-    accuracy = float(np.trace(cm) / y.size)
+    f1 = _f1_per_class(y, pred, k)
+    accuracy = float(sk.accuracy_score(y, pred))
     auc, per_class = _aucs(y, p, positive, warn=True)
     out: dict[str, Any] = {
         "n": int(y.size),
@@ -198,7 +175,7 @@ def classification_metrics(y_true: Any, prob: Any, *, positive_label: int = 1) -
         "f1": float(f1[positive]) if k == 2 else accuracy,
         "f1_micro": accuracy,
         "f1_macro": float(f1.mean()),
-        "confusion_matrix": cm.tolist(),
+        "confusion_matrix": confusion_matrix(y, pred, k).tolist(),
     }
     if k == 2:
         out["positive_label"] = positive
@@ -215,7 +192,8 @@ def bootstrap_ci(y_true: Any, prob: Any, metric_name: str, n: int = 1000, seed: 
     Returns a dict (JSON-ready) ``estimate`` (on all samples), ``low``, ``high``, ``confidence``,
     ``n`` and ``n_valid``: resamples on which the metric is undefined (an AUC whose resample lacks
     a class) are skipped, ``n_valid`` says how many counted (a :class:`MetricWarning` if fewer
-    than half did; low and high are nan if none did).
+    than half did; low and high are nan if none did). A loop rather than ``scipy.stats.bootstrap``,
+    whose percentile interval is nan as soon as one resample is (measured with scipy 1.17).
     """
     if metric_name not in METRICS:
         raise ValueError(f"metric_name must be one of {', '.join(METRICS)}, got {metric_name!r}")
@@ -225,22 +203,17 @@ def bootstrap_ci(y_true: Any, prob: Any, metric_name: str, n: int = 1000, seed: 
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     y, p = _as_inputs(y_true, prob)
     positive = _check_positive(positive_label, p.shape[1])
-    estimate = _metric(y, p, metric_name, positive)
     rng = np.random.default_rng(seed)
-    values = np.empty(n)
-    for i in range(n):
-        idx = rng.integers(0, y.size, size=y.size)
-        values[i] = _metric(y[idx], p[idx], metric_name, positive, warn=False)
+    values = np.array([_metric(y[idx], p[idx], metric_name, positive, warn=False)
+                       for idx in (rng.integers(0, y.size, size=y.size) for _ in range(n))])
     valid = values[~np.isnan(values)]
     if valid.size < n / 2:
         warnings.warn(f"bootstrap of {metric_name}: only {valid.size} of {n} resamples defined the metric",
                       MetricWarning, stacklevel=2)
-    low = high = float("nan")
-    if valid.size:
-        alpha = (1.0 - confidence) / 2.0
-        low, high = (float(v) for v in np.quantile(valid, [alpha, 1.0 - alpha]))
-    return BootstrapCI(estimate=float(estimate), low=low, high=high, confidence=float(confidence), n=int(n),
-                       n_valid=int(valid.size))
+    alpha = (1.0 - confidence) / 2.0
+    low, high = (float(v) for v in np.quantile(valid, [alpha, 1.0 - alpha])) if valid.size else (np.nan, np.nan)
+    return BootstrapCI(estimate=_metric(y, p, metric_name, positive), low=low, high=high,
+                       confidence=float(confidence), n=int(n), n_valid=int(valid.size))
 
 
 def mean_sd(values: Sequence[float] | np.ndarray) -> MeanSD:
@@ -330,7 +303,7 @@ def save_roc_png(y_true: Any, prob: Any, classes: Sequence[str], path: str | Pat
         is_c = y == c
         if is_c.all() or not is_c.any():
             continue
-        fpr, tpr = roc_curve(is_c, p[:, c])
+        fpr, tpr, _ = sk.roc_curve(is_c, p[:, c], drop_intermediate=False)
         ax.plot(fpr, tpr, linewidth=1.5, label=f"{classes[c]} (AUC {binary_auc(is_c, p[:, c]):.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
