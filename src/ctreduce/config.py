@@ -317,7 +317,10 @@ class FinetuneConfig(BaseModel):
     flips: bool = True
     seeds: tuple[int, ...] = (0,)
     num_workers: int = 2
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    devices: int | str = 1  # per machine: N (DDP when > 1, gloo on CPU), -1 or "auto" (every GPU)
+    precision: str = "auto"  # "auto": 16-mixed on GPU, 32-true on CPU; or 32-true, 16-mixed, bf16-mixed
+    resume: bool = True  # a rerun into the same --out continues (finished seeds kept, the others from last.ckpt)
     knn_k: AtLeastOne = 20
     positive_label: int = 1
     bootstrap: int = 1000
@@ -328,6 +331,20 @@ class FinetuneConfig(BaseModel):
     @classmethod
     def _known_mode(cls, value: str) -> str:
         return _choice(value, FINETUNE_MODES, "mode")
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        return _choice(value, ("auto", "32-true", "16-mixed", "bf16-mixed"), "precision")
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            value = int(value)
+        if value != "auto" and not (isinstance(value, int) and (value >= 1 or value == -1)):
+            raise ValueError(f"devices must be a number >= 1, -1 or 'auto', got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _schedule(self) -> FinetuneConfig:
