@@ -59,3 +59,26 @@ def test_settings_the_experiment_sets_itself_are_refused(tmp_path):
     with pytest.raises(ExperimentError, match=r"seeds \(set from the experiment's 'seeds'\)") as info:
         load_experiment(path)
     assert "data (set from each reduction's export)" in str(info.value)
+
+
+def test_overrides_are_dotted_keys_with_yaml_values():
+    from ctreduce.config import parse_overrides
+
+    values = parse_overrides(["swav.n_prototypes=64", "lr=1e-3", " epochs = 3", "data=", "optimizer=null",
+                              "spark.input_mean=[0.5, 0.5, 0.5]", "swav.n_prototypes=32"])
+    assert values == {"swav": {"n_prototypes": 32}, "lr": 0.001, "epochs": 3, "data": "", "optimizer": None,
+                      "spark": {"input_mean": [0.5, 0.5, 0.5]}}
+    with pytest.raises(ValueError, match="expected key=value, got 'epochs'"):
+        parse_overrides(["epochs"])
+    with pytest.raises(ValueError, match=r"cannot read the setting 'lr=\[1,'"):
+        parse_overrides(["lr=[1,"])
+
+
+def test_preset_file_and_values_merge_nested_settings(tmp_path):
+    from ctreduce.config import make_pretrain_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text("method: spark\nspark: {patch_size: 16}\nepochs: 7\n")
+    config = make_pretrain_config({"spark": {"mask_ratio": 0.5}, "epochs": 3}, yaml_file=str(path))
+    assert (config.spark.patch_size, config.spark.mask_ratio, config.epochs) == (16, 0.5, 3)
+    assert config.spark.input_mean == (0.485, 0.456, 0.406)  # the paper preset's SparK value, kept by the merge

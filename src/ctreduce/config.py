@@ -245,32 +245,34 @@ PAPER_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers override earlier ones key by key, nested mappings merged (OmegaConf's merge); plain dict out."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(*layers), resolve=False)
+    except OmegaConfBaseException as exc:  # e.g. a value of a type settings cannot hold
+        raise ValueError(f"unusable setting: {exc}") from exc
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` strings (dotted keys for nested settings, YAML values) -> nested dict."""
+    """``key=value`` strings (dotted keys for nested settings, YAML values; ``key=`` is the empty string) ->
+    nested dict, later pairs winning: OmegaConf's dotlist."""
     import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    out: dict[str, Any] = {}
+    layers = []
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"expected key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
+        try:  # OmegaConf reads a bare "key=" as null
+            layers.append(OmegaConf.from_dotlist([f"{key.strip()}={raw or repr('')}"]))
+        except (OmegaConfBaseException, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read the setting {pair!r}: {exc}") from exc
+    return _merge({}, *layers)
 
 
 def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str | None = None) -> PretrainConfig:
@@ -282,15 +284,15 @@ def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str
         loaded = yaml.safe_load(open(yaml_file)) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{yaml_file}: expected a mapping of settings")
-        merged = _deep_merge(merged, loaded)
-    merged = _deep_merge(merged, values or {})
+        merged = loaded
+    merged = _merge(merged, values or {})
     preset = merged.get("preset", "paper")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     defaults = PRESETS[preset]
     if preset == "paper":
-        defaults = _deep_merge(defaults, PAPER_METHOD_DEFAULTS.get(str(merged.get("method", "swav")).lower(), {}))
-    return PretrainConfig(**_deep_merge(defaults, merged))
+        defaults = _merge(defaults, PAPER_METHOD_DEFAULTS.get(str(merged.get("method", "swav")).lower(), {}))
+    return PretrainConfig(**_merge(defaults, merged))
 
 
 # --- downstream evaluation -----------------------------------------------------------------------

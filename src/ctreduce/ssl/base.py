@@ -7,15 +7,14 @@ counted in optimiser steps so that they do not depend on how an epoch is cut.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightly.utils.scheduler import cosine_schedule
 
 from .. import backbones
 from ..config import PretrainConfig
-from .optim import LAMB
 
 # Per method: optimiser, base learning rate at batch 256 (linear scaling), weight decay.
 OPTIMISER_DEFAULTS = {
@@ -23,16 +22,19 @@ OPTIMISER_DEFAULTS = {
     "moco": ("sgd", 0.015 * 256 / 128, 1e-4),  # paper: lr 0.015 at batch 128
     "spark": ("lamb", 2e-4, 0.04),
 }
+SPARK_BETAS = (0.9, 0.95)  # official SparK for ResNets: betas=(0.9, args.ada), ada = 0.95
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up to 1, then cosine to 0."""
-    if total <= 0:
-        return 1.0
-    if warmup > 0 and step < warmup:
+    """Learning-rate factor: linear warm-up ``(step + 1) / warmup``, then a cosine from 1 to 0 after the last step.
+
+    The cosine is lightly's ``cosine_schedule`` over ``total - warmup + 1`` steps: lightly reaches its end value
+    at the last of its steps, the official SwAV and MoCo schedules one step after training (``t / N``, t < N).
+    The warm-up is not lightly's ``cosine_warmup_schedule``, which refuses a warm-up longer than the run.
+    """
+    if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine_schedule(min(step, total) - warmup, total - warmup + 1, 1.0, 0.0)
 
 
 class SSLMethod(pl.LightningModule):
@@ -83,7 +85,9 @@ class SSLMethod(pl.LightningModule):
         """One group, every parameter decayed (the official SwAV/MoCo code and the paper's scripts:
         LARS then also scales every parameter), or, with ``decay_norm_and_bias=False``, norms and
         biases in a second group without weight decay (SparK's official recipe; LARS and LAMB
-        then leave them unscaled)."""
+        then leave them unscaled). Not lightly's ``get_weight_decay_parameters``: it decays 1-D parameters
+        outside norm layers (SparK's mask tokens, which official SparK exempts) and returns frozen ones
+        (MoCo's key encoder)."""
         params = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
         if self.config.decay_norm_and_bias:
             return [{"params": [p for _, p in params], "weight_decay": wd}]
@@ -101,7 +105,7 @@ class SSLMethod(pl.LightningModule):
         elif kind == "sgd":
             optimiser = torch.optim.SGD(groups, lr=lr, momentum=0.9)
         elif kind == "lamb":
-            optimiser = LAMB(groups, lr=lr)
+            optimiser = lamb(groups, lr)
         elif kind == "adamw":
             optimiser = torch.optim.AdamW(groups, lr=lr)
         else:
@@ -110,3 +114,17 @@ class SSLMethod(pl.LightningModule):
         total = self.total_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lamb(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """timm's ``Lamb`` (You et al. 2020) as official SparK builds it: SparK's ``pretrain/utils/lamb.py`` is a copy
+    of timm 0.5.4's (``tests/test_ssl_spark.py`` checks timm's current one step by step against it), with
+    ``betas=(0.9, 0.95)``, timm's ``eps=1e-6``, no trust-ratio cap (``trust_clip=False``) and no trust ratio
+    for a group without weight decay (``always_adapt=False``). Its gradient-norm clipping at 5 is left to the
+    Trainer (``PretrainConfig.grad_clip`` -> ``gradient_clip_val``: the same ``g * 5 / ||g||``), so that it
+    also applies when another optimiser is chosen, as in official SparK."""
+    try:
+        from timm.optim import Lamb
+    except ModuleNotFoundError as exc:  # pragma: no cover - timm is part of the train extra
+        raise ModuleNotFoundError("the LAMB optimiser needs timm: pip install 'ctreduce[train]'") from exc
+    return Lamb(groups, lr=lr, betas=SPARK_BETAS, eps=1e-6, max_grad_norm=None, trust_clip=False, always_adapt=False)

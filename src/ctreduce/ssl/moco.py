@@ -44,6 +44,7 @@ from lightly.models.utils import (
     deactivate_requires_grad,
     update_momentum,
 )
+from lightly.utils import dist as lightly_dist
 from torch import nn
 
 from ..config import PretrainConfig
@@ -76,16 +77,6 @@ def fit_queue_length(requested: int, global_batch: int, dataset_size: int | None
     if length != requested:
         warnings.warn(f"{label}={requested} capped to {length}: " + "; ".join(reasons) + ".", stacklevel=3)
     return length
-
-
-def world_size_of(module: SSLMethod) -> int:
-    """Devices taking part in training: the trainer's world size, else torch.distributed's, else 1."""
-    trainer = module._trainer
-    if trainer is not None:
-        return max(1, int(getattr(trainer, "world_size", 1)))
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 class MoCoV2(SSLMethod):
@@ -143,7 +134,7 @@ class MoCoV2(SSLMethod):
         ).to(self.device)
 
     def setup(self, stage: str) -> None:
-        world = world_size_of(self)
+        world = lightly_dist.world_size()  # the process group exists by ``setup`` (Lightning's DDP)
         if world != self.world_size:
             self._configure(world)
 

@@ -29,7 +29,7 @@ No package provides it. The pieces, and the official file each one follows
   1x1 conv gives 3 channels. Initialised as the official ``LightDecoder.initialize``.
 * Loss (``spark.py: SparK.forward``): MSE on per-patch normalised pixels (unbiased variance,
   eps 1e-6), averaged over masked patches only.
-* Optimisation (``main.py``, ``utils/lr_control.py``): LAMB (``ssl/optim.py``), learning rate
+* Optimisation (``main.py``, ``utils/lr_control.py``): LAMB (``ssl/base.py: lamb``), learning rate
   warming up linearly from 0.5 % of the peak, then a cosine to 0.1 % of it; weight decay on
   weights only, a cosine from ``weight_decay`` (0.04) to ``spark.weight_decay_end`` (0.2).
 
@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 from torchvision.transforms import v2
 
@@ -375,23 +376,16 @@ def spark_loss(prediction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor
     return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def weight_decay_at(step: int, total: int, start: float, end: float) -> float:
-    """Cosine from ``start`` (step 0) to ``end`` (last step ``total - 1``), then constant (official
-    ``lr_wd_annealing``)."""
-    progress = min(1.0, max(0.0, step / max(1, total - 1)))
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Official ``lr_wd_annealing`` learning-rate factor of the peak lr.
 
-    Linear warm-up from 0.005 at step 0 (reaching 1 at step ``warmup``), then a cosine from 1 to
-    0.001 at the last step ``total - 1``; constant after it.
+    Linear warm-up from 0.005 at step 0 (reaching 1 at step ``warmup``; lightly's warm-up starts one step
+    further, ``(step + 1) / warmup``), then lightly's ``cosine_schedule`` from 1 to 0.001 at the last step
+    ``total - 1`` (the official formula); constant after it.
     """
     if step < warmup:
         return 0.005 + 0.995 * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
-    return 0.001 + 0.999 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine_schedule(max(0, min(step, total - 1) - warmup), total - warmup, 1.0, 0.001)
 
 
 # --- the method ----------------------------------------------------------------------------------
@@ -546,7 +540,8 @@ class SparK(SSLMethod):
             if not group.get("schedule_weight_decay", group["weight_decay"] > 0):
                 continue
             start = group.get("initial_weight_decay", self.optimiser_settings()[2])
-            value = weight_decay_at(step, self.total_steps, start, end)
+            # Official lr_wd_annealing: a cosine over the whole run, ending at the last step; lightly's formula.
+            value = cosine_schedule(min(step, self.total_steps - 1), self.total_steps, start, end)
             group["weight_decay"] = value
         return value
 

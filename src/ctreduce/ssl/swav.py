@@ -34,13 +34,14 @@ import torch
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
 from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.utils import dist as lightly_dist
 from torch import nn
 from torch.nn import functional as F
 
 from ..config import PretrainConfig
 from .augment import MultiView, ct_view
 from .base import SSLMethod
-from .moco import fit_queue_length, world_size_of
+from .moco import fit_queue_length
 
 
 def bias_free_prototypes(input_dim: int, n_prototypes: int, n_steps_frozen: int) -> SwaVPrototypes:
@@ -130,7 +131,7 @@ class SwAV(SSLMethod):
         self._queue_filled = 0
 
     def setup(self, stage: str) -> None:
-        world = world_size_of(self)
+        world = lightly_dist.world_size()  # the process group exists by ``setup`` (Lightning's DDP)
         if world != self.world_size:
             self._configure(world)
 
