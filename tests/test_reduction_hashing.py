@@ -81,3 +81,25 @@ def test_bad_hash_arguments_are_rejected():
         hashing.hash_bits(u8, "sha1")
     with pytest.raises(ValueError, match="uint8"):
         hashing.hash_bits(u8.astype(np.float32))
+
+
+@pytest.mark.parametrize("side", [512, 1024, 2048, 4096])
+def test_float32_split_passes_equal_pillow_at_their_largest_sums(side):
+    """The float32 products are exact only while every partial sum stays below 2**24; images that
+    push the sums to their bound (all 255, 255 exactly where a column's high or low weights are
+    positive) still resize as Pillow does, and a size with no safe split takes float64."""
+    split = hashing.split_weights(side, 9)
+    if side <= 2048:
+        halves, base = split
+        np.testing.assert_array_equal(halves[:, :9].astype(np.float64) * base + halves[:, 9:],
+                                      hashing.lanczos_weights(side, 9))
+        extremes = [np.where(halves[:, k] > 0, 255, 0) for k in (4, 13)]
+    else:
+        assert split is None
+        extremes = [np.where(hashing.lanczos_weights(side, 9)[:, 4] > 0, 255, 0)]
+    rows = 64  # the horizontal pass is the large one; a few rows make the test fast
+    images = [np.full((rows, side), 255), np.random.default_rng(side).integers(0, 256, (rows, side)),
+              *(np.tile(e, (rows, 1)) for e in extremes)]
+    u8 = np.stack(images).astype(np.uint8)
+    expected = np.stack([np.asarray(Image.fromarray(s).resize((9, 8), Image.Resampling.LANCZOS)) for s in u8])
+    np.testing.assert_array_equal(hashing.lanczos_resize(u8, 9, 8), expected)

