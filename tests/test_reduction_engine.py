@@ -16,7 +16,7 @@ from ctreduce.reduction import engine
 from ctreduce.reduction.engine import RunConflict
 
 COLUMNS = ["volume_id", "source", "slice_index", "z_mm", "kept", "leader", "distance", "method",
-           "threshold", "params", "intensity", "hash"]
+           "threshold", "params", "intensity", "hash", "dhash"]
 
 
 def paper_reference(hu: np.ndarray, threshold: int = 6) -> list[int]:
@@ -50,6 +50,17 @@ def test_manifest_rows_and_columns(archive, tmp_path):
     pd.testing.assert_frame_equal(on_disk, manifest, check_dtype=False)
 
 
+@pytest.mark.parametrize("method", ["all", "every-n", "ssim", "hash"])
+def test_every_manifest_carries_each_slices_dhash(archive, method):
+    """Part 9: the 64-bit dHash of each slice's 8-bit image, whatever the method, equal to imagehash's."""
+    manifest = ctreduce.reduce(archive / "nrrd", method=method)
+    volume = ctreduce.read_volume(archive / "nrrd" / "p6.nrrd")
+    expected = [str(imagehash.dhash(Image.fromarray(reference_uint8(s)))) for s in volume.hu]
+    assert manifest["dhash"].tolist() == expected
+    if method == "hash":
+        assert manifest["hash"].tolist() == expected
+
+
 def test_kept_slices_equal_the_paper_procedure(archive):
     manifest = ctreduce.reduce(archive)
     for vid, vol in manifest.groupby("volume_id"):
@@ -70,6 +81,23 @@ def test_same_result_whatever_the_number_of_workers(archive, tmp_path):
     one = ctreduce.reduce(archive, tmp_path / "w1", workers=1)
     two = ctreduce.reduce(archive, tmp_path / "w2", workers=2)
     pd.testing.assert_frame_equal(one, two)
+
+
+def test_a_single_large_series_is_read_by_every_worker_with_the_same_result(tmp_path):
+    from ctreduce.io.discover import scan
+    from ctreduce.phantom import make_phantom, write_dicom_series
+
+    hu, spacing = make_phantom(n_slices=40, size=32, slice_thickness=1.0, seed=3)
+    write_dicom_series(hu, spacing, tmp_path / "in" / "ct", seed=3)
+    config = engine.make_config(method="hash")
+    assert engine._chunkable(scan([tmp_path / "in"]).volumes, config, workers=2)  # fewer volumes than workers
+    one = ctreduce.reduce(tmp_path / "in", tmp_path / "w1", workers=1)
+    two = ctreduce.reduce(tmp_path / "in", tmp_path / "w2", workers=2, export="npy", export_size=32)
+    pd.testing.assert_frame_equal(one, two)
+    kept = np.flatnonzero(one["kept"])
+    exported = np.load(tmp_path / "w2" / "export" / "slices.npy")
+    expected = np.stack([reference_uint8(hu[k]) for k in kept])
+    assert exported.shape == (len(kept), 32, 32) and (exported == expected).all()
 
 
 def test_all_and_every_n(archive):

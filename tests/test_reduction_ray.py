@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -35,3 +36,20 @@ def test_ray_backend_sweeps_and_errors(archive, tmp_path, local_ray):
 def test_unknown_backend(archive):
     with pytest.raises(ValueError, match="unknown backend"):
         ctreduce.reduce(archive, backend="dask")
+
+
+def test_ray_export_matches_local_pool(archive, tmp_path, local_ray):
+    from ctreduce.exporting import export
+    from ctreduce.store.export import ExportStore
+
+    ctreduce.reduce(archive, tmp_path / "run")
+    for fmt in ("npy", "png"):
+        local = export(tmp_path / "run", tmp_path / f"local-{fmt}", format=fmt, size=32)
+        remote = export(tmp_path / "run", tmp_path / f"ray-{fmt}", format=fmt, size=32, backend="ray")
+        assert remote["backend"] == "ray" and remote["slices"] == local["slices"] > 0
+        a, b = ExportStore.open(tmp_path / f"local-{fmt}"), ExportStore.open(tmp_path / f"ray-{fmt}")
+        pd.testing.assert_frame_equal(a.index, b.index)
+        if fmt == "npy":
+            assert (np.load(a.array_path) == np.load(b.array_path)).all()
+        else:
+            assert [p.read_bytes() for p in a.image_paths()] == [p.read_bytes() for p in b.image_paths()]

@@ -456,7 +456,24 @@ def test_reduce_with_export_is_complete_or_absent_and_resumes(archive, tmp_path,
     assert_export_is_the_manifest(tmp_path / "run", out)
     written = (out / "export.json").stat().st_mtime_ns
     again = ctreduce.reduce(archive, tmp_path / "run", export="npy", export_size=32, export_out=out)
-    assert again.attrs["summary"]["export"]["assemble_s"] == 0.0  # nothing changed: not assembled again
+    assert again.attrs["summary"]["rerun"]["unchanged"]  # nothing changed: nothing read or assembled again
     assert (out / "export.json").stat().st_mtime_ns == written
     with pytest.raises(ValueError, match="target-fraction"):
         ctreduce.reduce(archive, tmp_path / "t", target_fraction=0.3, export="npy")
+
+
+def test_rerun_of_a_complete_run_reads_no_header_unless_a_file_changed(archive, tmp_path, monkeypatch):
+    first = ctreduce.reduce(archive, tmp_path / "run")
+    assert first.attrs["summary"]["inputs_digest"]
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("a complete run with unchanged inputs was scanned again")
+
+    monkeypatch.setattr(engine, "scan", no_scan)
+    again = ctreduce.reduce(archive, tmp_path / "run")
+    assert again.attrs["summary"]["rerun"]["unchanged"]
+    pd.testing.assert_frame_equal(again, first)
+    touched = sorted((archive).rglob("*.dcm"))[0]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 1_000_000_000))
+    with pytest.raises(AssertionError, match="scanned again"):
+        ctreduce.reduce(archive, tmp_path / "run")

@@ -22,6 +22,7 @@ from .store.export import FORMATS, ExportError, ExportWriter, npy_rows, save_png
 from .store.files import DiskFull, disk_full, is_disk_full
 from .store.run import RunFolder, RunFolderError, check_output_dir
 from .versions import package_versions
+from .workers import ray_session
 
 
 def export(
@@ -37,6 +38,8 @@ def export(
     allow_incomplete: bool = False,
     workers: int = 1,
     progress: bool = False,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Write the slices flagged in manifest column ``column`` of ``run_dir`` to ``out``.
 
@@ -45,7 +48,9 @@ def export(
     or when ``out`` holds an export (unless ``overwrite``, which replaces it whole). The intensity
     policy defaults to the run's own (minmax for all/every-n runs). Returns the export summary;
     volumes that can no longer be read, or no longer match their manifest rows, are listed under
-    ``errors``. ``workers`` volumes are read and written in parallel (the same output as one).
+    ``errors``. ``workers`` volumes are read and written in parallel (the same output as one);
+    ``backend="ray"`` runs them as Ray tasks (``ray_address`` or RAY_ADDRESS, else a local Ray
+    with ``workers`` CPUs; for PNG the export's parent folder must be shared with every node).
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -53,6 +58,8 @@ def export(
         raise ExportError(f"--size must be at least 8, got {size}")
     if workers < 1:
         raise ExportError(f"--workers must be >= 1, got {workers}")
+    if backend not in ("local", "ray"):
+        raise ExportError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
     run_dir, out = Path(run_dir), Path(out)
     try:
         run = RunFolder.open(run_dir)
@@ -85,8 +92,9 @@ def export(
         jobs = [(sources.get(vid), vid, group["slice_index"].to_numpy(np.int64), group["z_mm"].to_numpy(np.float64))
                 for vid, group in groups]
         bar = _progress(len(chosen), progress)
-        for (_, volume_id, index, _), result in zip(jobs, _in_order(jobs, policy, format, size, writer.images,
-                                                                    workers), strict=True):
+        ordered = (_in_order_ray(jobs, policy, format, size, writer.images, workers, ray_address)
+                   if backend == "ray" else _in_order(jobs, policy, format, size, writer.images, workers))
+        for (_, volume_id, index, _), result in zip(jobs, ordered, strict=True):
             if isinstance(result, str):
                 errors.append({"volume_id": volume_id, "error": result})
             else:
@@ -100,7 +108,7 @@ def export(
             "volumes": len(groups) - len(errors), "errors": errors,
             "allow_incomplete": allow_incomplete and not summary.get("complete", False),
             "allow_changed": sorted(check.changed) if allow_changed else [],
-            "unchecked_sources": check.unchecked, "workers": workers,
+            "unchecked_sources": check.unchecked, "workers": workers, "backend": backend,
             "seconds": round(time.perf_counter() - start, 3),
             "versions": package_versions(["ctreduce", "numpy", "Pillow", "pandas", "pyarrow"]),
         })
@@ -163,6 +171,20 @@ def _in_order(jobs: list, policy: Intensity, fmt: str, size: int, images: Path |
         if not finished:
             terminate(executor)
         executor.shutdown(wait=finished, cancel_futures=True)
+
+
+def _in_order_ray(jobs: list, policy: Intensity, fmt: str, size: int, images: Path | None, workers: int,
+                  address: str | None):
+    """``_in_order`` with Ray tasks: the same bounded window of volumes in flight, results in order."""
+    with ray_session(workers, address) as ray:
+        task = ray.remote(num_cpus=1)(export_volume)
+        ahead = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
+        refs = {k: task.remote(*job, policy, fmt, size, images) for k, job in enumerate(jobs[:ahead])}
+        for k in range(len(jobs)):
+            result = ray.get(refs.pop(k))
+            if k + ahead < len(jobs):
+                refs[k + ahead] = task.remote(*jobs[k + ahead], policy, fmt, size, images)
+            yield result
 
 
 def _progress(total: int, enabled: bool):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 
 def pool(workers: int) -> ProcessPoolExecutor:
@@ -51,3 +54,27 @@ def worker_init(parent_pid: int | None = None) -> None:
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # read when torch is imported
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+
+
+@contextmanager
+def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
+    """The ``ray`` module, connected to ``address`` (or RAY_ADDRESS), else to a local Ray started
+    with ``workers`` CPUs; a Ray started here is shut down on leaving. Every node needs ctreduce
+    installed (or a runtime_env that installs it)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("the Ray backend needs Ray: pip install 'ctreduce[ray]'") from exc
+    started = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()

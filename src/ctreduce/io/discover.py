@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ class ScanResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     headers: HeaderCache = field(default_factory=dict)  # every DICOM candidate's header or reason
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # every file walked: (size, mtime_ns)
+    digest: str = ""  # of the walk (``Listing.digest``)
 
 
 # path -> (size, mtime_ns, header or the reason the file is not usable DICOM)
@@ -50,8 +53,48 @@ class _Seen:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]]) -> list[Path]:
-    """The files under ``root`` (or ``root`` itself) not reached before, in sorted order.
+@dataclass
+class Listing:
+    """Every file under the inputs with its size and mtime (one ``stat`` each), before any is read.
+
+    ``digest`` covers every path, size, mtime and skip reason, so equal digests mean that no file
+    was added, removed, replaced or touched: a complete run can be recognised from it alone.
+    """
+
+    roots: list[tuple[Path, list[Path], list[dict[str, Any]]]]  # (input, files, skipped) per input
+    stats: dict[str, tuple[int, int]]  # path -> (size, mtime_ns)
+    digest: str
+
+
+def walk(inputs: Sequence[str | os.PathLike]) -> Listing:
+    """List (and stat) every file under ``inputs``; FileNotFoundError for a missing input."""
+    seen = _Seen()
+    stats: dict[str, tuple[int, int]] = {}
+    roots = []
+    for raw in inputs:
+        root = Path(raw)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such file or folder")
+        skipped: list[dict[str, Any]] = []
+        files = _collect(root, seen, skipped, stats)
+        if not files and not skipped:
+            skipped.append({"path": str(root), "reason": "empty folder"})
+        roots.append((root, files, skipped))
+    digest = hashlib.sha1()
+    for root, files, skipped in roots:
+        digest.update(f"input {root}\n".encode())
+        for path in files:
+            size, mtime = stats[str(path)]
+            digest.update(f"{path}\0{size}\0{mtime}\n".encode())
+        for skip in skipped:
+            digest.update(f"skip {skip['path']}\0{skip['reason']}\n".encode())
+    return Listing(roots, stats, digest.hexdigest())
+
+
+def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]],
+             stats: dict[str, tuple[int, int]]) -> list[Path]:
+    """The files under ``root`` (or ``root`` itself) not reached before, in sorted order; their
+    (size, mtime_ns) go to ``stats``.
 
     Symlinked folders are followed once: a folder or file reached again (a second link, an
     overlapping input such as ``/tree /tree/patient000``) or a link back to one of its own
@@ -60,13 +103,13 @@ def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]]) -> list[Pat
     """
     files: list[Path] = []
 
-    def add_file(path: Path, real: str) -> None:
+    def add_file(path: Path, real: str, entry: os.DirEntry | None = None) -> None:
         if real in seen.files:
             skipped.append({"path": str(path), "reason": f"same file as {seen.files[real]}, already scanned"})
             return
         seen.files[real] = str(path)
         try:
-            stat = path.stat()
+            stat = entry.stat() if entry is not None else path.stat()
         except OSError as exc:
             reason = f"broken symbolic link to {os.readlink(path)}" if path.is_symlink() else exc.strerror
             skipped.append({"path": str(path), "reason": reason or type(exc).__name__})
@@ -77,6 +120,7 @@ def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]]) -> list[Pat
             skipped.append({"path": str(path), "reason": "empty file (0 bytes)"})
         else:
             files.append(path)
+            stats[str(path)] = (int(stat.st_size), int(stat.st_mtime_ns))
 
     def visit(folder: Path, ancestors: frozenset[str]) -> None:
         real = os.path.realpath(folder)
@@ -99,7 +143,7 @@ def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]]) -> list[Pat
                 folders.append(Path(entry.path))
             else:  # realpath only for links: it costs a system call per path component
                 add_file(Path(entry.path), os.path.realpath(entry.path) if entry.is_symlink()
-                         else os.path.join(real, entry.name))
+                         else os.path.join(real, entry.name), entry)
         for sub in folders:
             visit(sub, ancestors | {real})
 
@@ -130,6 +174,7 @@ def scan(
     allow_gaps: bool = False,
     workers: int = 1,
     header_cache: HeaderCache | None = None,
+    listing: Listing | None = None,
 ) -> ScanResult:
     """Find every volume under ``inputs`` (files or folders) from headers alone.
 
@@ -142,19 +187,14 @@ def scan(
     Raises FileNotFoundError for an input path that does not exist. With ``workers`` > 1 the
     DICOM headers are read in parallel (reading them is most of a scan's time). A file whose size
     and mtime equal its entry in ``header_cache`` (the ``headers`` of an earlier scan) is not read.
+    ``listing``: the ``walk`` of these inputs when the caller already has it.
     """
     result = ScanResult()
     want = modality.upper()
-    seen = _Seen()
+    listing = listing if listing is not None else walk(inputs)
     roots: list[tuple[Path, ScanResult, list[Path]]] = []
-    for raw in inputs:
-        root = Path(raw)
-        if not root.exists():
-            raise FileNotFoundError(f"{root}: no such file or folder")
-        part = ScanResult()  # this input's single-file volumes and skips, in order
-        files = _collect(root, seen, part.skipped)
-        if not files and not part.skipped:
-            part.skipped.append({"path": str(root), "reason": "empty folder"})
+    for root, files, skipped in listing.roots:
+        part = ScanResult(skipped=list(skipped))  # this input's single-file volumes and skips, in order
         base = root if root.is_dir() else root.parent
         candidates: list[Path] = []
         for path in files:
@@ -167,7 +207,7 @@ def scan(
         roots.append((base, part, candidates))
     # One pass (and one worker pool) over the DICOM candidates of every input.
     every = [path for _, _, candidates in roots for path in candidates]
-    read = iter(_read_headers(every, workers, header_cache, result.headers))
+    read = iter(_read_headers(every, listing.stats, workers, header_cache, result.headers))
     for base, part, candidates in roots:
         result.volumes += part.volumes
         result.skipped += part.skipped
@@ -180,6 +220,7 @@ def scan(
                 headers.append(header)
         _add_series(result, base, headers, want, allow_gaps)
     _make_ids_unique(result)
+    result.stats, result.digest = listing.stats, listing.digest
     return result
 
 
@@ -214,11 +255,12 @@ def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
         return _describe(exc)
 
 
-def _read_headers(paths: list[Path], workers: int, cache: HeaderCache | None,
+def _read_headers(paths: list[Path], known: dict[str, tuple[int, int]], workers: int, cache: HeaderCache | None,
                   seen: HeaderCache) -> list[dicom.DicomHeader | str]:
     """Each file's header, or the reason it is not usable DICOM; in input order. A file whose size
-    and mtime equal its ``cache`` entry is not read again; every result is added to ``seen``."""
-    stats = [_stat(p) for p in paths]
+    and mtime (``known``, from the walk) equal its ``cache`` entry is not read again; every result
+    is added to ``seen``."""
+    stats = [known[str(p)] for p in paths]
     results: list[dicom.DicomHeader | str | None] = [None] * len(paths)
     misses = []
     for k, (path, stat) in enumerate(zip(paths, stats, strict=True)):
@@ -240,14 +282,6 @@ def _read_headers(paths: list[Path], workers: int, cache: HeaderCache | None,
     for path, stat, header in zip(paths, stats, results, strict=True):
         seen[str(path)] = (*stat, header)
     return results  # type: ignore[return-value]
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return -1, 0
-    return int(st.st_size), int(st.st_mtime_ns)
 
 
 def _add_series(result: ScanResult, base: Path, headers: list[dicom.DicomHeader], want: str,

@@ -6,22 +6,24 @@ decides what goes in it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..config import SELECTORS, ReduceConfig
-from ..io.discover import ScanResult, load, scan
+from ..io.discover import ScanResult, load, scan, walk
 from ..io.volume import Volume, VolumeSource
 from ..store.export import FORMATS as EXPORT_FORMATS
 from ..store.export import META as EXPORT_META
@@ -30,7 +32,8 @@ from ..store.files import DiskFull, disk_full, is_disk_full, read_json
 from ..store.fingerprint import Fingerprint, same_content
 from ..store.run import RunConflict, RunFolder, check_output_dir, write_part
 from ..workers import pool as process_pool
-from ..workers import terminate
+from ..workers import ray_session, terminate
+from . import hashing
 from .intensity import Intensity
 from .leader import Selection, every_n, greedy_leader, keep_all, memoize
 from .settings import identity, measure_of, resolve, score_column, sweep
@@ -57,7 +60,8 @@ def kept_column(threshold: float) -> str:
     return f"kept@{threshold:g}"
 
 
-def select(volume: Volume, config: ReduceConfig) -> tuple[dict[float, Selection], dict[str, list[Any]]]:
+def select(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None
+           ) -> tuple[dict[float, Selection], dict[str, list[Any]]]:
     """Run the configured method on one volume for every threshold of its sweep.
 
     Returns one Selection per threshold (a single entry keyed NaN for all/every-n) and the
@@ -65,24 +69,29 @@ def select(volume: Volume, config: ReduceConfig) -> tuple[dict[float, Selection]
     its most demanding threshold.
     """
     n = volume.n_slices
-    if config.method == "all":
-        return {float("nan"): keep_all(n)}, {}
-    if config.method == "every-n":
-        return {float("nan"): every_n(n, config.every_n)}, {}
+    if u8 is None:  # given when the slices were scaled where they were read (chunked reads)
+        u8 = Intensity.parse(config.intensity).to_uint8(volume.hu)
+    if config.method in SELECTORS:
+        selection = keep_all(n) if config.method == "all" else every_n(n, config.every_n)
+        return {float("nan"): selection}, {"dhash": hashing.dhash(u8)}
     measure = measure_of(config)
-    u8 = Intensity.parse(config.intensity).to_uint8(volume.hu)
     prepared = measure.prepare(u8)
     thresholds = sweep(config)
     compare = memoize(prepared.compare, n) if len(thresholds) > 1 else prepared.compare
     selections = {t: greedy_leader(n, compare, t, higher_is_similar=measure.higher_is_similar)
                   for t in thresholds}
-    return selections, prepared.columns
+    columns = dict(prepared.columns)
+    # Every manifest carries each slice's 64-bit dHash: archive-wide duplicate and leakage searches
+    # (``ctreduce.curate``) then need no second read of the archive.
+    columns["dhash"] = (columns["hash"] if measure.params() == {"hash": "dhash", "hash_size": 8}
+                        else hashing.dhash(u8))
+    return selections, columns
 
 
-def _volume_frame(volume: Volume, config: ReduceConfig) -> pd.DataFrame:
+def _volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None) -> pd.DataFrame:
     """Manifest rows of one volume; with a target fraction, also every threshold's leaders and
     distances (private ``_leader@``/``_distance@`` columns resolved across the dataset)."""
-    selections, columns = select(volume, config)
+    selections, columns = select(volume, config, u8)
     primary = selections[config.threshold] if config.threshold is not None else next(iter(selections.values()))
     n = volume.n_slices
     params = json.dumps({k: v for k, v in identity(config).items()
@@ -99,9 +108,10 @@ def _volume_frame(volume: Volume, config: ReduceConfig) -> pd.DataFrame:
         "method": config.method,
         "threshold": np.nan if config.threshold is None else float(config.threshold),
         "params": params,
-        "intensity": config.intensity if config.method not in ("all", "every-n") else "",
+        "intensity": config.intensity,  # of the 8-bit images hashed (dhash) and compared
     })
     frame["hash"] = columns.get("hash", [None] * n)
+    frame["dhash"] = columns["dhash"] if n else []
     if len(selections) > 1:
         extra: dict[str, np.ndarray] = {kept_column(t): sel.kept for t, sel in selections.items()}
         if config.target_fraction is not None:
@@ -192,28 +202,91 @@ def process_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs 
     line. A full disk is the one error that is raised: every later volume would fail the same way.
     """
     start = time.perf_counter()
-    parts = outputs.parts if outputs is not None else None
-    try:
+    with _errors_returned(source, outputs, start) as result:
         before = Fingerprint.of(source)  # stat before reading: a file changed meanwhile shows up later
-        volume = load(source)
-        frame = _volume_frame(volume, config)
-        if outputs is not None and outputs.export is not None:
-            kept = np.flatnonzero(frame["kept"].to_numpy())
-            outputs.export.write(source.volume_id, kept, Intensity.parse(config.intensity).to_uint8(volume.hu[kept]))
-        if outputs is not None:
-            write_part(outputs.parts, source.volume_id, frame)
-        return VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
-                            warnings=volume.warnings, fingerprint=before.with_content(source))
+        result.append(_finish(source, load(source), None, config, outputs, before, start))
+    return result[0]
+
+
+def _finish(source: VolumeSource, volume: Volume, u8: np.ndarray | None, config: ReduceConfig,
+            outputs: Outputs | None, before: Fingerprint, start: float) -> VolumeResult:
+    """Select, and write the manifest and export parts of a volume that was read."""
+    frame = _volume_frame(volume, config, u8)
+    if outputs is not None and outputs.export is not None:
+        kept = np.flatnonzero(frame["kept"].to_numpy())
+        outputs.export.write(source.volume_id, kept, u8[kept] if u8 is not None
+                             else Intensity.parse(config.intensity).to_uint8(volume.hu[kept]))
+    if outputs is not None:
+        write_part(outputs.parts, source.volume_id, frame)
+    return VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
+                        warnings=volume.warnings, fingerprint=before.with_content(source))
+
+
+@contextmanager
+def _errors_returned(source: VolumeSource, outputs: Outputs | None, start: float) -> Iterator[list[VolumeResult]]:
+    """Run the block; any error but a full disk becomes the volume's error result (one bad volume
+    never stops the others). The block appends its result to the list yielded."""
+    result: list[VolumeResult] = []
+    try:
+        yield result
     except DiskFull:
         raise
     except OSError as exc:
         if is_disk_full(exc):
-            raise disk_full(parts or source.source, exc) from exc
-        return VolumeResult(source.volume_id, source.source, error=_named(source, exc),
-                            seconds=time.perf_counter() - start)
-    except Exception as exc:  # one bad volume never stops the others
-        return VolumeResult(source.volume_id, source.source, error=_named(source, exc),
-                            seconds=time.perf_counter() - start)
+            raise disk_full(outputs.parts if outputs is not None else source.source, exc) from exc
+        result[:] = [VolumeResult(source.volume_id, source.source, error=_named(source, exc),
+                                  seconds=time.perf_counter() - start)]
+    except Exception as exc:
+        result[:] = [VolumeResult(source.volume_id, source.source, error=_named(source, exc),
+                                  seconds=time.perf_counter() - start)]
+
+
+# Few large volumes: the slices of one DICOM series are read (and scaled) by every worker, in
+# contiguous chunks, and the selection runs here. Only for methods whose work after scaling is
+# light (hash, all, every-n); SSIM/MI/DeepNet comparisons are the cost there, not reading.
+_CHUNKED_METHODS = ("hash", "all", "every-n")
+_MIN_CHUNK = 16  # slices: below this, one more task costs more than it saves
+
+
+def _chunkable(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> bool:
+    return (config.method in _CHUNKED_METHODS and 0 < len(todo) < workers
+            and all(s.format == "dicom" and not s.frames and s.n_slices >= 2 * _MIN_CHUNK for s in todo))
+
+
+def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str) -> tuple[Volume, np.ndarray]:
+    """Slices ``index`` of a series, and their 8-bit images (the volume keeps no pixels: they
+    would only travel back to be dropped)."""
+    volume = load(source, index)
+    u8 = Intensity.parse(intensity).to_uint8(volume.hu)
+    return dataclasses.replace(volume, hu=volume.hu[:, :0, :0]), u8
+
+
+def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
+                 outputs: Outputs | None) -> Iterator[VolumeResult]:
+    pool = process_pool(workers)
+    finished = False
+    try:
+        for source in todo:
+            start = time.perf_counter()
+            with _errors_returned(source, outputs, start) as result:
+                before = Fingerprint.of(source)
+                n_chunks = min(workers * 2, source.n_slices // _MIN_CHUNK)  # 2 per worker: even finish
+                chunks = np.array_split(np.arange(source.n_slices), n_chunks)
+                futures = [pool.submit(_read_chunk, source, index, config.intensity) for index in chunks]
+                pieces = [f.result() for f in futures]
+                volume = dataclasses.replace(
+                    pieces[0][0], hu=np.concatenate([v.hu for v, _ in pieces]),
+                    z_mm=np.concatenate([v.z_mm for v, _ in pieces]),
+                    slice_sources=tuple(p for v, _ in pieces for p in v.slice_sources),
+                    warnings=list(dict.fromkeys(w for v, _ in pieces for w in v.warnings)))
+                result.append(_finish(source, volume, np.concatenate([u8 for _, u8 in pieces]), config, outputs,
+                                      before, start))
+            yield result[0]
+        finished = True
+    finally:
+        if not finished:
+            terminate(pool)
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _named(source: VolumeSource, exc: Exception) -> str:
@@ -236,6 +309,9 @@ def library_versions() -> dict[str, str]:
 
 def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
               parts: Outputs | None) -> Iterator[VolumeResult]:
+    if _chunkable(todo, config, workers):
+        yield from _run_chunked(todo, config, workers, parts)
+        return
     if workers <= 1:
         for source in todo:
             yield process_source(source, config, parts)
@@ -271,19 +347,7 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
     Connects to ``address`` (or RAY_ADDRESS); without one, starts a local Ray with ``workers``
     CPUs. Every node needs ctreduce installed (or a runtime_env that installs it).
     """
-    try:
-        import ray
-    except ImportError as exc:
-        raise ValueError("the Ray backend needs Ray: pip install 'ctreduce[ray]'") from exc
-    started = False
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        started = True
-    try:
+    with ray_session(workers, address) as ray:
         if config.method == "deepnet":
             gpus = int(ray.cluster_resources().get("GPU", 0))
             # One actor per GPU (or per worker on CPUs): the network is loaded once per actor.
@@ -303,9 +367,6 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             yield ray.get(ready[0])
-    finally:
-        if started:
-            ray.shutdown()
 
 
 class _RayReducer:
@@ -334,7 +395,9 @@ def reduce(
     Columns: volume_id, source (the slice's file), slice_index (0-based, anatomical), z_mm,
     kept, leader (slice_index of the kept slice representing it; itself when kept), distance
     (hash: Hamming bits to the leader) or similarity (ssim/mi/deepnet: score to the leader),
-    NaN when kept or for all/every-n, method, threshold, params (JSON), intensity, hash.
+    NaN when kept or for all/every-n, method, threshold, params (JSON), intensity, hash (the
+    method's hash, hash methods only), dhash (every slice's 64-bit difference hash of its 8-bit
+    image, imagehash's hex, whatever the method).
 
     With ``out``, results are written to a resumable, locked run folder (``ctreduce.store.run``);
     the summary (counts, errors, skipped files, changed inputs, versions) is in
@@ -364,10 +427,16 @@ def reduce(
     t0 = time.perf_counter()
     if out is not None:
         check_output_dir(Path(out), paths)
+    listing = walk(paths)
+    if out is not None and not overwrite:
+        manifest = _unchanged(RunFolder(out), config, paths, listing.digest, export, export_size, export_out, t0)
+        if manifest is not None:
+            return manifest
     # A rerun reads only the headers of files that changed since the last scan.
     cache = RunFolder(out).header_cache() if out is not None and not overwrite else None
     found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps,
-                 workers=workers if backend == "local" else 1, header_cache=cache)
+                 workers=workers if backend == "local" else 1, header_cache=cache, listing=listing)
+    del cache, listing
     if not found.volumes and not found.errors:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in found.skipped[:5])
         raise NoVolumes(f"no volumes found in {', '.join(map(str, paths))}" + (f" ({reasons})" if reasons else ""))
@@ -392,6 +461,27 @@ def reduce(
                                                                    {s.volume_id: s for s in found.volumes}, overwrite)
             run.update_summary(manifest.attrs["summary"])
         return manifest
+
+
+def _unchanged(run: RunFolder, config: ReduceConfig, paths: list[Path], digest: str, export: str | None,
+               export_size: int, export_out: Any, t0: float) -> pd.DataFrame | None:
+    """The manifest of a complete run whose inputs did not change (nothing is read but the run
+    folder's summary and manifest), or None when there is work to do."""
+    if not run.path.is_dir():
+        return None
+    spec = None
+    if export is not None:
+        spec = {"path": str(Path(export_out) if export_out is not None else run.default_export), "format": export,
+                "size": export_size if export == "npy" else None}
+    with run.lock():
+        summary = run.unchanged_since_complete(identity(config), [str(p.resolve()) for p in paths], digest, spec)
+        if summary is None:
+            return None
+        manifest = run.manifest()
+    summary.pop("schema", None)
+    summary["rerun"] = {"unchanged": True, "seconds": round(time.perf_counter() - t0, 3)}
+    manifest.attrs["summary"] = summary
+    return manifest
 
 
 def _check_export(fmt: str, size: int, out: Any, config: ReduceConfig) -> None:
@@ -454,10 +544,11 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
         run.write_header_cache(found.headers)
         if export is not None:
             export.prepare()  # after start: --overwrite has cleared the old parts
-        done = _still_valid(run, found.volumes, run.finished(), fingerprints, changed, moved)
+        done = _still_valid(run, found.volumes, found.stats, run.finished(), fingerprints, changed, moved)
+    found.headers, found.stats = {}, {}  # written; one entry per file is the largest thing held
     todo = [s for s in found.volumes if s.volume_id not in done]
 
-    frames: dict[str, pd.DataFrame] = {}
+    frames: dict[str, pa.Table] = {}
     entries: dict[str, dict[str, Any]] = dict(done)
     interrupted = False
     full: DiskFull | None = None
@@ -468,11 +559,13 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
         results = (_run_ray(todo, run_config, workers, ray_address, parts) if backend == "ray"
                    else _run_pool(todo, run_config, workers, parts))
         for result in results:
-            entries[result.volume_id] = run.record(result.entry()) if run is not None else result.entry()
+            entry = run.record(result.entry()) if run is not None else result.entry()
+            entry.pop("fingerprint", None)  # kept in ``fingerprints``; one list entry per file otherwise
+            entries[result.volume_id] = entry
             if result.fingerprint is not None:
                 fingerprints[result.volume_id] = result.fingerprint
-            if result.frame is not None:
-                frames[result.volume_id] = result.frame
+            if result.frame is not None:  # Arrow: a few bytes a row, where pandas objects take ~10x
+                frames[result.volume_id] = pa.Table.from_pandas(result.frame, preserve_index=False)
             if bar is not None:
                 bar.update(1)
                 if result.error:
@@ -495,6 +588,8 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
                   "kept_fraction": float(manifest["kept"].mean()) if len(manifest) else 0.0}
     summary = _summary(found, entries, manifest, run_config, paths, scan_seconds, reduce_seconds,
                        time.perf_counter() - t0, complete=not interrupted, workers=workers)
+    if summary["complete"]:
+        summary["inputs_digest"] = found.digest  # a rerun with the same file listing has nothing to do
     if changed or moved:
         summary["inputs_changed"] = changed
         summary["inputs_moved"] = moved
@@ -515,9 +610,9 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     return manifest
 
 
-def _still_valid(run: RunFolder, sources: list[VolumeSource], done: dict[str, dict[str, Any]],
-                 fingerprints: dict[str, Fingerprint], changed: dict[str, str], moved: list[str]
-                 ) -> dict[str, dict[str, Any]]:
+def _still_valid(run: RunFolder, sources: list[VolumeSource], stats: dict[str, tuple[int, int]],
+                 done: dict[str, dict[str, Any]], fingerprints: dict[str, Fingerprint], changed: dict[str, str],
+                 moved: list[str]) -> dict[str, dict[str, Any]]:
     """The finished volumes whose inputs are unchanged; fills ``fingerprints``, ``changed``, ``moved``.
 
     Unchanged files (paths, sizes, mtimes): kept. Other files with the same content (a copied,
@@ -529,7 +624,7 @@ def _still_valid(run: RunFolder, sources: list[VolumeSource], done: dict[str, di
         entry = done.get(source.volume_id)
         if entry is None:
             continue
-        now = Fingerprint.of(source)
+        now = Fingerprint.of(source, stats=stats)
         recorded = Fingerprint.from_json(entry["fingerprint"]) if "fingerprint" in entry else None
         if recorded is not None and now.files == recorded.files:
             fingerprints[source.volume_id] = Fingerprint(recorded.files, recorded.content, now.folders)
@@ -541,7 +636,7 @@ def _still_valid(run: RunFolder, sources: list[VolumeSource], done: dict[str, di
         else:
             changed[source.volume_id] = (recorded.change(now) if recorded else "") or "content differs"
             continue
-        valid[source.volume_id] = entry
+        valid[source.volume_id] = {k: v for k, v in entry.items() if k != "fingerprint"}  # in ``fingerprints``
     return valid
 
 
@@ -553,17 +648,17 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="vol", desc="reduce", file=sys.stderr)
 
 
-def _assemble(found: ScanResult, frames: dict[str, pd.DataFrame], run: RunFolder | None) -> pd.DataFrame:
+def _assemble(found: ScanResult, frames: dict[str, pa.Table], run: RunFolder | None) -> pd.DataFrame:
     ordered = []
     for source in found.volumes:
-        frame = frames.get(source.volume_id)
-        if frame is None and run is not None:
-            frame = run.read_part(source.volume_id)
-        if frame is not None:
-            ordered.append(frame)
+        table = frames.get(source.volume_id)
+        if table is None and run is not None:
+            table = run.read_part_table(source.volume_id)
+        if table is not None:
+            ordered.append(table)
     if not ordered:
         return reduce_volume_empty()
-    return pd.concat(ordered, ignore_index=True)
+    return pa.concat_tables(ordered, promote_options="default").to_pandas()
 
 
 def reduce_volume_empty() -> pd.DataFrame:
@@ -573,7 +668,7 @@ def reduce_volume_empty() -> pd.DataFrame:
         "kept": pd.Series(dtype=bool), "leader": pd.Series(dtype=np.int32),
         "distance": pd.Series(dtype=np.float64), "method": pd.Series(dtype=str),
         "threshold": pd.Series(dtype=np.float64), "params": pd.Series(dtype=str),
-        "intensity": pd.Series(dtype=str), "hash": pd.Series(dtype=object),
+        "intensity": pd.Series(dtype=str), "hash": pd.Series(dtype=object), "dhash": pd.Series(dtype=str),
     })
 
 

@@ -30,9 +30,12 @@ class Fingerprint:
     folders: tuple[tuple[str, int], ...] = ()
 
     @classmethod
-    def of(cls, source: VolumeSource, *, content: bool = False) -> Fingerprint:
-        """Stat every file of ``source`` (missing files count as size -1); optionally the content."""
-        files = tuple((path, *_stat(path)) for path in dict.fromkeys(source.paths))
+    def of(cls, source: VolumeSource, *, content: bool = False,
+           stats: dict[str, tuple[int, int]] | None = None) -> Fingerprint:
+        """Stat every file of ``source`` (missing files count as size -1); optionally the content.
+        ``stats``: (size, mtime_ns) by path from a walk just made (``io.discover.walk``), not statted again."""
+        stats = stats or {}
+        files = tuple((path, *(stats.get(path) or _stat(path))) for path in dict.fromkeys(source.paths))
         folders = ()
         if source.format.startswith("dicom"):
             folders = tuple((d, _stat(d)[1]) for d in sorted({os.path.dirname(p) for p in source.paths}))
