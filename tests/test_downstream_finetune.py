@@ -1,8 +1,9 @@
-"""The fine-tuning protocol: outputs, head-only schedule, linear probe, kNN, init, errors."""
+"""The fine-tuning protocol: outputs, head-only schedule, best epoch, resume, DDP, linear probe, kNN, init, errors."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,13 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from ctreduce.config import FinetuneConfig
-from ctreduce.downstream.datasets import _ORGAN_LABELS
+from ctreduce.downstream.datasets import _ORGAN_LABELS, load_task
 from ctreduce.downstream.evaluate import EvaluateError, evaluate_run
-from ctreduce.downstream.finetune import FinetuneError, build_model, finetune, set_trainable, transforms
+from ctreduce.downstream.finetune import FinetuneError, build_model, finetune, transforms
+from ctreduce.downstream.module import FinetuneModule, knn_probabilities, trainable_names
 from ctreduce.downstream.synthetic import make_lesion_task
 
 TINY = {"backbone": "resnet18", "input_size": 32, "batch_size": 8, "num_workers": 0, "bootstrap": 20}
@@ -27,6 +30,27 @@ def task(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("task") / "lesion"
     make_lesion_task(root, n_per_class=10, size=32, format="folder")
     return {"format": "folder", "root": str(root)}
+
+
+def brightness_task(root: Path, *, per_split: dict[str, int], invert_val: bool = False) -> dict:
+    """Class ``dark`` (grey ~60) against ``bright`` (~190), 32 px with noise: a network separates them in an
+    epoch or two. ``invert_val``: the validation split is labelled the other way round."""
+    rng = np.random.default_rng(0)
+    rows = ["path,split,label"]
+    for split, n in per_split.items():
+        for label, (name, level) in enumerate((("dark", 60), ("bright", 190))):
+            for i in range(n):
+                path = root / name / f"{split}{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.clip(rng.normal(level, 25, (32, 32)), 0, 255).astype(np.uint8)).save(path)
+                shown = ("bright", "dark")[label] if invert_val and split == "val" else name
+                rows.append(f"{path.relative_to(root)},{split},{shown}")
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    return {"format": "folder", "root": str(root), "split_csv": "split.csv"}
+
+
+def history_of(out: Path, seed: int = 0) -> list[dict]:
+    return [json.loads(x) for x in (out / f"seed{seed}" / "history.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +71,15 @@ def test_outputs_for_every_seed_and_the_summary(task, tmp_path):
         metrics = json.loads((out / f"seed{seed}" / "metrics.json").read_text())
         assert {"accuracy", "auc", "f1", "ci95", "best_epoch"} <= set(metrics)
         assert metrics["ci95"]["auc"]["low"] <= metrics["auc"] <= metrics["ci95"]["auc"]["high"]
+        assert not (out / f"seed{seed}" / "checkpoints").exists()  # model.pt holds the best epoch
+        assert list((out / f"seed{seed}" / "logs" / "csv").rglob("metrics.csv"))
+        assert [h["epoch"] for h in history_of(out, seed)] == [0, 1]
     assert summary["accuracy"]["n"] == 2 and summary["split_sizes"]["train"] > 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["trainer"] == summary["trainer"] == {"accelerator": "cpu", "devices": 1, "strategy": "auto",
+                                                    "precision": "32-true"}
+    threads = run["threads"]
+    assert 1 <= threads["torch_threads"] <= threads["cores"] and threads["loader_workers"] == 0
     line = pd.read_csv(out / "results.csv")
     assert len(line) == 1 and {"accuracy_mean", "auc_sd", "f1_mean"} <= set(line.columns)
 
@@ -72,13 +104,17 @@ def test_schedule_unfreezes_after_the_head_only_epochs(task, tmp_path):
     assert history[0]["trainable_parameters"] < history[1]["trainable_parameters"]
 
 
-def test_set_trainable_phases():
-    model = torchvision.models.resnet18(num_classes=2)
+def test_trainable_parameters_per_phase():
+    module = FinetuneModule(torchvision.models.resnet18(num_classes=2), 2)
+    model = module.model
     head = sum(p.numel() for p in model.fc.parameters())
     bn = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
-    assert set_trainable(model, "head") == head
-    assert set_trainable(model, "head+bn") == head + bn
-    assert set_trainable(model, "all") == sum(p.numel() for p in model.parameters())
+    assert module.trainable_parameters("head") == head
+    assert module.trainable_parameters("head+bn") == head + bn
+    assert module.trainable_parameters("all") == sum(p.numel() for p in model.parameters())
+    assert trainable_names(model, "head") == {"fc.weight", "fc.bias"}
+    with pytest.raises(ValueError, match="phase"):
+        trainable_names(model, "bn")
 
 
 def test_linear_probe_changes_only_the_head(task, tmp_path, init_file):
@@ -88,29 +124,112 @@ def test_linear_probe_changes_only_the_head(task, tmp_path, init_file):
     assert all(torch.equal(start[k], trained[k]) for k in start)
 
 
-def test_knn_evaluation(task, tmp_path):
-    summary = finetune(task=task, out=str(tmp_path / "knn"), init="random", mode="knn", knn_k=5, **TINY)
-    assert 0 <= summary["accuracy"]["mean"] <= 1
+def test_knn_separates_a_separable_task(tmp_path):
+    spec = brightness_task(tmp_path / "task", per_split={"train": 6, "val": 2, "test": 5})
+    summary = finetune(task=spec, out=str(tmp_path / "knn"), init="random", mode="knn", knn_k=3, **TINY)
+    assert summary["accuracy"]["mean"] == 1.0 and summary["auc"]["mean"] == 1.0
+    assert summary["per_seed"][0]["best_epoch"] is None and not (tmp_path / "knn" / "seed0" / "model.pt").exists()
 
 
-def test_init_from_a_pretraining_run_folder_uses_its_statistics(task, tmp_path, init_file):
+def test_knn_votes_pick_the_class_lightly_picks():
+    from lightly.utils.benchmarking import knn_predict
+
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(40, 8, generator=gen), dim=1)
+    labels = torch.randint(0, 3, (40,), generator=gen)
+    query = torch.nn.functional.normalize(torch.randn(15, 8, generator=gen), dim=1)
+    prob = knn_probabilities(bank, labels, query, k=7, n_classes=3, temperature=0.1)
+    assert np.allclose(prob.sum(axis=1), 1.0)
+    expected = knn_predict(query, bank.T, labels, num_classes=3, knn_k=7, knn_t=0.1)[:, 0]
+    assert prob.argmax(axis=1).tolist() == expected.tolist()
+
+
+def test_best_epoch_is_the_best_validation_epoch_not_the_lowest_training_loss(tmp_path):
+    # Validation labels the other way round: the better the network learns, the worse it scores on them.
+    spec = brightness_task(tmp_path / "task", per_split={"train": 8, "val": 4, "test": 4}, invert_val=True)
+    out = tmp_path / "ft"
+    summary = finetune(task=spec, out=str(out), init="random", epochs=5, head_only_epochs=0,
+                       **{**TINY, "flips": False})
+    history = history_of(out)
+    val = [h["val_accuracy"] for h in history]
+    loss = [h["train_loss"] for h in history]
+    best = summary["per_seed"][0]["best_epoch"]
+    assert best == int(np.argmax(val))  # the first epoch reaching the maximum, as ModelCheckpoint's strict ">"
+    assert int(np.argmin(loss)) > best and val[-1] < val[best]  # the case this test is about
+    # model.pt is that epoch's model: it scores that epoch's validation accuracy, not the last epoch's.
+    config = FinetuneConfig(task=spec, out=str(out), init="random", **TINY)
+    model, norm = build_model(config, 2)
+    model.load_state_dict(torch.load(out / "seed0" / "model.pt"))
+    data = load_task(spec)
+    x = torch.stack([transforms(config, norm, train=False)(torch.from_numpy(im)[None]) for im in data.val.images])
+    with torch.no_grad():
+        acc = float((model.eval()(x).argmax(1).numpy() == data.val.labels).mean())
+    assert acc == pytest.approx(val[best])
+
+
+def test_rerun_continues_an_interrupted_seed_from_its_last_checkpoint(task, tmp_path, monkeypatch):
+    out = tmp_path / "ft"
+    real = FinetuneModule.on_train_epoch_start
+
+    def crash_in_second_epoch(self):
+        if self.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+        real(self)
+
+    monkeypatch.setattr(FinetuneModule, "on_train_epoch_start", crash_in_second_epoch)
+    settings = dict(task=task, out=str(out), init="random", epochs=3, head_only_epochs=1, seeds=(0,), **TINY)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(**settings)
+    first = history_of(out)
+    assert [h["epoch"] for h in first] == [0]
+    assert torch.load(out / "seed0" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    monkeypatch.setattr(FinetuneModule, "on_train_epoch_start", real)
+    summary = finetune(**{**settings, "seeds": (0, 1)})  # seeds: not a setting of what one seed computes
+    history = history_of(out)
+    assert [h["epoch"] for h in history] == [0, 1, 2] and history[0] == first[0]
+    assert [h["phase"] for h in history] == ["head+bn", "all", "all"]
+    assert summary["per_seed"][0]["resumed"] and not summary["per_seed"][1]["resumed"]
+    again = finetune(**{**settings, "seeds": (0, 1)})  # everything finished: read back, nothing trained
+    assert again["per_seed"] == summary["per_seed"]
+
+
+def test_other_settings_in_the_same_folder_are_refused_unless_starting_over(task, tmp_path):
+    out = tmp_path / "ft"
+    settings = dict(task=task, out=str(out), init="random", epochs=1, head_only_epochs=0, **TINY)
+    finetune(**settings)
+    with pytest.raises(FinetuneError, match=r"other settings \(lr\).*--no-resume"):
+        finetune(**{**settings, "lr": 1e-3})
+    (out / "seed0" / "stale.txt").write_text("from the first run")
+    summary = finetune(**{**settings, "lr": 1e-3, "resume": False})
+    assert not (out / "seed0" / "stale.txt").exists() and summary["accuracy"]["n"] == 1
+
+
+@pytest.mark.parametrize(("run_config", "mean", "std"), [
+    ("mean: 0.25\nstd: 0.2\n", [0.25] * 3, [0.2] * 3),
+    # SparK normalises per channel (ImageNet statistics in the paper preset): fine-tuning follows it.
+    ("method: spark\nmean: 0.25\nstd: 0.2\nspark: {input_mean: [0.485, 0.456, 0.406], "
+     "input_std: [0.229, 0.224, 0.225]}\n", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+])
+def test_init_from_a_pretraining_run_folder_uses_its_statistics(task, tmp_path, init_file, monkeypatch, run_config,
+                                                                mean, std):
     run = tmp_path / "pretrain"
     run.mkdir()
     (run / "backbone.pt").write_bytes(init_file.read_bytes())
-    (run / "config.yaml").write_text("mean: 0.25\nstd: 0.2\n")
+    (run / "config.yaml").write_text(run_config)
+    seen = []  # per channel: sum and count of every value the network is trained on in the epoch
+    real = FinetuneModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append((batch[0].sum(dim=(0, 2, 3)).double(), batch[0][:, 0].numel()))
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(FinetuneModule, "training_step", recording)
     out = tmp_path / "ft"
-    finetune(task=task, out=str(out), init=str(run), epochs=1, head_only_epochs=1, **TINY)
-    assert (out / "seed0" / "model.pt").exists()
-    config = FinetuneConfig(task=task, out=str(out), init=str(run), **TINY)
-    assert build_model(config, 2)[1:] == (0.25, 0.2)
-    norm = transforms(config, 0.25, 0.2, train=False).transforms[-1]
-    assert list(norm.mean) == [0.25] * 3 and list(norm.std) == [0.2] * 3
-    # SparK normalises per channel (ImageNet statistics in the paper preset): fine-tuning follows it.
-    (run / "config.yaml").write_text("method: spark\nmean: 0.25\nstd: 0.2\n"
-                                     "spark: {input_mean: [0.485, 0.456, 0.406], input_std: [0.229, 0.224, 0.225]}\n")
-    _, mean, std = build_model(config, 2)
-    assert mean == (0.485, 0.456, 0.406) and std == (0.229, 0.224, 0.225)
-    assert list(transforms(config, mean, std, train=False).transforms[-1].mean) == [0.485, 0.456, 0.406]
+    summary = finetune(task=task, out=str(out), init=str(run), epochs=1, head_only_epochs=1, **{**TINY, "flips": False})
+    assert summary["per_seed"][0]["normalisation"]["mean"] == mean
+    pixels = np.concatenate([im.ravel() for im in load_task(task).train.images]).astype(np.float64) / 255
+    trained_mean = (sum(s for s, _ in seen) / sum(n for _, n in seen)).numpy()
+    assert trained_mean == pytest.approx((pixels.mean() - np.array(mean)) / np.array(std), rel=1e-5)
 
 
 def test_bad_inputs_fail_before_training(task, tmp_path):
@@ -170,3 +289,21 @@ def test_cli_finetune_on_a_medmnist_npz_then_evaluate(tmp_path):
     assert "accuracy:" in proc.stdout and "auc:" in proc.stdout
     again = json.loads((out / "results.json").read_text())
     assert again["task"] == str(npz) and again["accuracy"] == results["accuracy"]
+
+
+def test_cli_finetune_on_two_cpu_devices_runs_ddp(task, tmp_path):
+    ctreduce = str(Path(sys.executable).with_name("ctreduce"))
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    proc = subprocess.run([ctreduce, "finetune", "--task", task["root"], "--init", "random", "--out", str(out),
+                           "--devices", "2", "device=cpu", "epochs=2", "head_only_epochs=1", "backbone=resnet18",
+                           "input_size=32", "batch_size=4", "num_workers=0", "bootstrap=10"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("accuracy:") == 1  # rank 0 reports
+    results = json.loads((out / "results.json").read_text())
+    assert results["trainer"]["devices"] == 2 and results["trainer"]["strategy"] == "ddp"
+    assert [h["epoch"] for h in history_of(out)] == [0, 1]
+    # Each of the two processes trained on half of every epoch's batches (DistributedSampler).
+    csv = pd.read_csv(next((out / "seed0" / "logs" / "csv").rglob("metrics.csv")))
+    assert csv["step"].max() + 1 == 2 * -(-results["split_sizes"]["train"] // 2 // 4)

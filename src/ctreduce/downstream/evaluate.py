@@ -37,12 +37,12 @@ def evaluate_run(run_dir: str | Path, *, bootstrap: int = 1000, positive_label: 
             raise EvaluateError(f"{folder / PREDICTIONS}: expected columns label and prob_<class>")
         classes = [c.removeprefix("prob_") for c in prob_columns]
         previous = json.loads((folder / METRICS).read_text()) if (folder / METRICS).exists() else {}
-        extra = {k: previous[k] for k in ("best_epoch", "seconds") if k in previous}
+        extra = {k: previous[k] for k in ("best_epoch", "resumed", "seconds", "normalisation") if k in previous}
         per_seed.append(score(folder, classes, table["label"].to_numpy(), table[prob_columns].to_numpy(np.float64),
                               positive_label=positive, bootstrap=bootstrap, seed=seed, extra=extra))
     info = {"task": task_source(config.get("task") or {}),
             "classes": classes, "init": config.get("init"), "mode": config.get("mode"),
             "seeds": [r["seed"] for r in per_seed]}
     previous = run.results()
-    info.update({k: previous[k] for k in ("task", "split_sizes") if k in previous})
+    info.update({k: previous[k] for k in ("task", "split_sizes", "trainer", "threads") if k in previous})
     return write_results(run.path, info, per_seed)

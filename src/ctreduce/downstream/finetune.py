@@ -3,36 +3,37 @@
 Fine-tuning (Wolf et al. 2024): torchvision ResNet initialised from the backbone, a new linear
 head, Adam (lr 1e-4, weight decay 5e-4), batch 64, 70 epochs; the first 10 epochs train only
 the head (BatchNorm layers stay trainable), then every layer. The epoch with the best
-validation accuracy is kept and scored on the test split. Every seed is a full repetition.
+validation accuracy (the first to reach the maximum) is kept and scored on the test split.
+Every seed is a full repetition.
 
-Output folder::
-
-    config.yaml                 the resolved settings
-    seed<k>/model.pt            the selected epoch's weights (torchvision ResNet with the head)
-    seed<k>/history.jsonl       per epoch: train loss, val accuracy, trainable parameters
-    seed<k>/predictions.csv     test set: name, label, probability per class
-    seed<k>/metrics.json        test metrics with bootstrap 95% intervals
-    seed<k>/confusion.png, roc.png
-    results.json                per seed and mean +- sd
-    results.csv                 one line for the whole run
+Training is :class:`.module.FinetuneModule` on the Lightning set-up shared with pre-training
+(:mod:`ctreduce.trainer`): ``devices`` per machine (DDP when more than one, gloo on CPU; the batch
+size is per device), ``precision`` (``auto``: 16-mixed on a GPU, 32-true on CPU), CSV and TensorBoard
+logs, a progress bar, a ``ModelCheckpoint`` keeping the best validation epoch and one keeping the
+last, from which a rerun of the same command continues (``resume``). CPU threads follow
+:func:`ctreduce.devices.thread_policy`. The folder layout is :mod:`ctreduce.store.finetune`'s.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from .. import backbones
+from .. import trainer as lightning_setup
+from ..backbones import BackboneError, Normalisation
 from ..config import FinetuneConfig
+from ..devices import DeviceError, ThreadPolicy, device_name, resolve_device
 from ..store import finetune as store_finetune
-from ..store.finetune import FinetuneRun
-from ..store.pretrain import PretrainRun
+from ..store.finetune import BEST, CHECKPOINTS, HISTORY, LAST, LOGS, MODEL, FinetuneRun, FinetuneRunError
 from .datasets import DownstreamData, ImageDataset, load_task
 from .metrics import (
     bootstrap_ci,
@@ -41,209 +42,137 @@ from .metrics import (
     save_confusion_matrix_png,
     save_roc_png,
 )
-
-IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226  # grey equivalent of ImageNet's per-channel statistics
+from .module import EpochHistory, FinetuneModule, knn_probabilities
 
 
 class FinetuneError(ValueError):
     """Settings, data or initial weights that cannot be used; raised before any training."""
 
 
-# --- model -------------------------------------------------------------------------------------
+# --- model and data ----------------------------------------------------------------------------
 
 
-Stats = float | tuple[float, ...]  # one grey value, or one per channel of the 3 grey copies
-
-
-def build_model(config: FinetuneConfig, n_classes: int) -> tuple[nn.Module, Stats, Stats]:
-    """The ResNet with a new linear head, and the normalisation statistics to use (those of the
-    pre-training run when initialised from one)."""
-    import torchvision
-
-    from ..reduction import deepnet
-
-    init = config.init
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if init == "random":
-        model = getattr(torchvision.models, config.backbone)(weights=None)
-        features = model.fc.in_features
-    elif init == "imagenet":
-        if config.backbone == "resnet50":
-            model = deepnet.torchvision_resnet50()
-        else:
-            try:
-                model = getattr(torchvision.models, config.backbone)(weights="DEFAULT")
-            except Exception as exc:
-                raise FinetuneError(f"could not load ImageNet weights for {config.backbone} ({exc}); "
-                                    "use --init random or a local state_dict file") from exc
-            model.fc = nn.Identity()
-        features = _feature_dim(model)
-    else:
-        path = Path(init)
-        if path.is_dir():
-            pretrained = PretrainRun(path)
-            stats = pretrained.config()
-            if stats.get("method") == "spark" and (stats.get("spark") or {}).get("input_mean"):
-                # SparK normalises its inputs per channel (ImageNet statistics in the paper preset).
-                mean, std = tuple(stats["spark"]["input_mean"]), tuple(stats["spark"]["input_std"])
-            else:
-                mean, std = stats.get("mean") or mean, stats.get("std") or std
-            path = pretrained.backbone
-        if not path.exists():
-            raise FinetuneError(f"initial weights {path}: no such file (expected a pre-training run folder "
-                                "with backbone.pt, a state_dict file, 'imagenet' or 'random')")
-        try:
-            model = deepnet.resnet_from_file(path)
-        except ValueError as exc:
-            raise FinetuneError(str(exc)) from exc
-        features = _feature_dim(model)
-    model.fc = nn.Linear(features, n_classes)
+def build_model(config: FinetuneConfig, n_classes: int) -> tuple[nn.Module, Normalisation]:
+    """The ResNet of ``config.init`` (:func:`ctreduce.backbones.load`) with a new linear head, and the
+    input statistics to use: the pre-training run's when initialised from one, ImageNet's otherwise,
+    ``config.mean``/``std`` (grey) when both are set."""
+    try:
+        model, norm = backbones.load(config.init, config.backbone)
+    except BackboneError as exc:
+        raise FinetuneError(str(exc)) from exc
+    model.fc = nn.Linear(backbones.feature_dim(model), n_classes)
     if config.mean is not None and config.std is not None:
-        mean, std = config.mean, config.std
-    return model, mean, std
+        norm = Normalisation.grey(config.mean, config.std, "config mean/std")
+    return model, norm
 
 
-def _per_channel(value: Stats) -> list[float]:
-    return [float(v) for v in value] if isinstance(value, (tuple, list)) else [float(value)] * 3
-
-
-def _feature_dim(model: nn.Module) -> int:
-    last = model.layer4[-1]
-    return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
-
-
-def set_trainable(model: nn.Module, phase: str) -> int:
-    """``head+bn``: the head and every BatchNorm layer train (the paper's first epochs);
-    ``head``: only the head (linear probe); ``all``: every layer. Returns trainable parameters."""
-    for name, param in model.named_parameters():
-        param.requires_grad = phase == "all" or name.startswith("fc.")
-    if phase == "head+bn":
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                for param in module.parameters():
-                    param.requires_grad = True
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def transforms(config: FinetuneConfig, mean: Stats, std: Stats, train: bool):
+def transforms(config: FinetuneConfig, norm: Normalisation, train: bool):
+    """uint8 (1, H, W) -> float on [0, 1], resized to ``input_size``, flips when training, three grey
+    copies normalised per channel."""
     from torchvision.transforms import v2
 
     steps = [v2.ToDtype(torch.float32, scale=True), v2.Resize((config.input_size, config.input_size), antialias=True)]
     if train and config.flips:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    steps += [v2.Lambda(lambda x: x.expand(3, *x.shape[1:])), v2.Normalize(_per_channel(mean), _per_channel(std))]
+    steps += [v2.Lambda(lambda x: x.expand(3, *x.shape[1:])), v2.Normalize(list(norm.mean), list(norm.std))]
     return v2.Compose(steps)
 
 
-def _device(name: str) -> torch.device:
-    from ..reduction.deepnet import resolve_device
+def _loaders(config: FinetuneConfig, data: DownstreamData, norm: Normalisation, seed: int,
+             threads: ThreadPolicy) -> dict[str, torch.utils.data.DataLoader]:
+    """``train`` (shuffled with ``seed``, augmented) and ``train_eval``/``val``/``test`` in order, unaugmented."""
+    common = {"batch_size": config.batch_size, "num_workers": threads.loader_workers,
+              "persistent_workers": threads.loader_workers > 0, "worker_init_fn": threads.worker_init,
+              "pin_memory": torch.cuda.is_available()}
+    loaders = {"train": torch.utils.data.DataLoader(ImageDataset(data.train, transforms(config, norm, True)),
+                                                    shuffle=True, generator=torch.Generator().manual_seed(seed),
+                                                    **common)}
+    for name, split in (("train_eval", data.train), ("val", data.val), ("test", data.test)):
+        loaders[name] = torch.utils.data.DataLoader(ImageDataset(split, transforms(config, norm, False)),
+                                                    shuffle=False, **common)
+    return loaders
 
-    return torch.device(resolve_device(name))
+
+def trainer_settings(config: FinetuneConfig) -> dict[str, Any]:
+    """Lightning's accelerator, devices, strategy and precision for ``config.device``/``devices``/``precision``."""
+    try:
+        device = device_name(config.device)
+        accelerator = {"auto": "auto", "cpu": "cpu", "mps": "mps"}.get(device, "gpu")
+        devices = config.devices
+        if ":" in device:  # cuda:N names one GPU
+            if devices != 1:
+                raise FinetuneError(f"device {device} names one GPU; use device=cuda devices={devices} for several")
+            devices = [int(device.split(":")[1])]
+        return lightning_setup.resolve(accelerator=accelerator, devices=devices, precision=config.precision,
+                                       sync_batchnorm=True)
+    except (DeviceError, ValueError) as exc:
+        raise FinetuneError(str(exc)) from exc
 
 
 # --- one seed ----------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    model.eval()
-    probs, labels = [], []
-    for x, y in loader:
-        probs.append(torch.softmax(model(x.to(device)), dim=1).cpu())
-        labels.append(y)
-    return torch.cat(probs).numpy().astype(np.float64), torch.cat(labels).numpy()
+def _fit(module: FinetuneModule, loaders: dict[str, Any], run: FinetuneRun, seed: int, config: FinetuneConfig,
+         settings: dict[str, Any], threads: ThreadPolicy) -> tuple[int, bool] | None:
+    """Train, resuming from the seed's last checkpoint when there is one; load the best validation epoch's
+    weights into ``module`` and save them as ``model.pt``. Returns (best epoch, resumed) on rank 0, None on
+    the other DDP ranks."""
+    folder = run.seed_dir(seed)
+    best = pl.callbacks.ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename=BEST, monitor="val_accuracy",
+                                        mode="max", save_top_k=1, save_weights_only=True,
+                                        enable_version_counter=False)
+    last = pl.callbacks.ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename=LAST, save_top_k=1,
+                                        enable_version_counter=False)
+    trainer = lightning_setup.build(settings, root=folder, logs=folder / LOGS,
+                                    callbacks=[EpochHistory(folder / HISTORY), best, last], max_epochs=config.epochs,
+                                    steps_per_epoch=len(loaders["train"]), num_sanity_val_steps=0)
+    resume = run.checkpoint(seed, LAST)
+    resume = resume if config.resume and resume.exists() else None
+    with threads.handed_on():
+        trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=resume)
+    if not trainer.is_global_zero:
+        return None
+    # Our own file (Lightning's checkpoint holds more than tensors), so a full load is safe.
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    module.model.load_state_dict(weights)
+    torch.save(weights, folder / MODEL)
+    return int(checkpoint["epoch"]), resume is not None
 
 
-@torch.no_grad()
-def features_of(model: nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    head, model.fc = model.fc, nn.Identity()
-    model.eval()
-    feats, labels = [], []
-    for x, y in loader:
-        feats.append(nn.functional.normalize(model(x.to(device)), dim=1).cpu())
-        labels.append(y)
-    model.fc = head
-    return torch.cat(feats), torch.cat(labels)
-
-
-def knn_probabilities(train_f: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor, k: int,
-                      n_classes: int, temperature: float = 0.07) -> np.ndarray:
-    """Weighted kNN on cosine similarity (Wu et al. 2018): votes exp(sim / T) of the k nearest."""
-    sims = query @ train_f.T
-    k = min(k, train_f.shape[0])
-    top, idx = sims.topk(k, dim=1)
-    votes = torch.zeros(query.shape[0], n_classes)
-    votes.scatter_add_(1, train_y[idx], (top / temperature).exp())
-    return (votes / votes.sum(dim=1, keepdim=True)).numpy().astype(np.float64)
-
-
-def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, out: Path) -> dict[str, Any]:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    out.mkdir(parents=True, exist_ok=True)
+def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: FinetuneRun, settings: dict[str, Any],
+             threads: ThreadPolicy) -> dict[str, Any] | None:
+    """Train (or, for ``knn``, embed) and score one seed; a seed an earlier session finished is read back.
+    None on the other DDP ranks (rank 0 scores)."""
+    folder = run.seed_dir(seed)
+    if config.resume and (folder / store_finetune.METRICS).exists():
+        return json.loads((folder / store_finetune.METRICS).read_text())
+    pl.seed_everything(seed, verbose=False)
     n_classes = len(data.classes)
-    model, mean, std = build_model(config, n_classes)
-    device = _device(config.device)
-    model.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    common = {"num_workers": config.num_workers, "persistent_workers": False}
-    train_loader = torch.utils.data.DataLoader(ImageDataset(data.train, transforms(config, mean, std, True)),
-                                               batch_size=config.batch_size, shuffle=True, generator=generator,
-                                               **common)
-    eval_sets = {name: torch.utils.data.DataLoader(ImageDataset(split, transforms(config, mean, std, False)),
-                                                   batch_size=config.batch_size, shuffle=False, **common)
-                 for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    model, norm = build_model(config, n_classes)
+    module = FinetuneModule(model, n_classes, mode=config.mode, lr=config.lr, weight_decay=config.weight_decay,
+                            head_only_epochs=config.head_only_epochs)
+    loaders = _loaders(config, data, norm, seed, threads)
     start = time.perf_counter()
-    history: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"best_epoch": None}
     if config.mode == "knn":
-        train_f, train_y = features_of(model, eval_sets["train"], device)
-        test_f, test_y = features_of(model, eval_sets["test"], device)
-        prob = knn_probabilities(train_f, train_y, test_f, config.knn_k, n_classes)
-        labels = test_y.numpy()
-        best_epoch = None
+        module.to(resolve_device(config.device))
+        train_f, train_y = module.features(loaders["train_eval"])
+        test_f, test_y = module.features(loaders["test"])
+        prob, labels = knn_probabilities(train_f, train_y, test_f, config.knn_k, n_classes), test_y.numpy()
     else:
-        best_state, best_epoch, best_acc = None, -1, -1.0
-        criterion = nn.CrossEntropyLoss()
-        optimiser = None
-        for epoch in range(config.epochs):
-            if config.mode == "linear":
-                phase = "head"
-            else:
-                phase = "head+bn" if epoch < config.head_only_epochs else "all"
-            if optimiser is None or epoch == config.head_only_epochs:
-                trainable = set_trainable(model, phase)
-                optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                             weight_decay=config.weight_decay)
-            model.train()
-            if config.mode == "linear":
-                for module in model.modules():  # a linear probe keeps the backbone's statistics
-                    if isinstance(module, nn.BatchNorm2d):
-                        module.eval()
-            total, count = 0.0, 0
-            for x, y in train_loader:
-                x, y = x.to(device), y.to(device)
-                loss = criterion(model(x), y)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += float(loss.detach()) * len(y)
-                count += len(y)
-            val_prob, val_y = predict(model, eval_sets["val"], device)
-            val_acc = float((val_prob.argmax(1) == val_y).mean())
-            history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_accuracy": val_acc,
-                            "phase": phase, "trainable_parameters": trainable})
-            if val_acc > best_acc:
-                best_acc, best_epoch = val_acc, epoch
-                best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
-        model.load_state_dict(best_state)
-        torch.save(best_state, out / store_finetune.MODEL)
-        prob, labels = predict(model, eval_sets["test"], device)
-    with (out / store_finetune.HISTORY).open("w") as fh:
-        for row in history:
-            fh.write(json.dumps(row) + "\n")
-    save_predictions(out / store_finetune.PREDICTIONS, list(data.test.names), labels, prob, data.classes)
-    return score(out, data.classes, labels, prob, positive_label=config.positive_label, bootstrap=config.bootstrap,
-                 seed=seed, extra={"best_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 2)})
+        fitted = _fit(module, loaders, run, seed, config, settings, threads)
+        if fitted is None:
+            return None
+        extra = {"best_epoch": fitted[0], "resumed": fitted[1]}
+        prob, labels = module.probabilities(loaders["test"])
+    folder.mkdir(parents=True, exist_ok=True)
+    save_predictions(folder / store_finetune.PREDICTIONS, list(data.test.names), labels, prob, data.classes)
+    result = score(folder, data.classes, labels, prob, positive_label=config.positive_label,
+                   bootstrap=config.bootstrap, seed=seed,
+                   extra={**extra, "seconds": round(time.perf_counter() - start, 2), "normalisation": norm.as_dict()})
+    shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # model.pt holds the best epoch; metrics.json marks it done
+    return result
 
 
 def save_predictions(path: Path, names: list[str], labels: np.ndarray, prob: np.ndarray, classes: list[str]) -> None:
@@ -280,7 +209,12 @@ def _plain(value: Any) -> Any:
 
 
 def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, Any]:
-    """Run the protocol for every seed; returns per-seed results and mean +- sd."""
+    """Run the protocol for every seed; returns per-seed results and mean +- sd (an empty dict on the other
+    processes of a DDP run: rank 0 scores and writes).
+
+    A rerun into the same folder with the same settings (``resume``) keeps the finished seeds and continues
+    an interrupted one from its last checkpoint; other settings there are refused; ``resume=False`` starts over.
+    """
     config = config if config is not None and not values else FinetuneConfig(
         **{**(config.model_dump() if config else {}), **values})
     if not config.out:
@@ -292,12 +226,29 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     except (FileNotFoundError, ValueError) as exc:
         raise FinetuneError(str(exc)) from exc
     build_model(config, len(data.classes))  # bad initial weights fail here, before training
+    settings = trainer_settings(config)
     run = FinetuneRun(config.out)
-    run.write_config(config.model_dump(mode="json"))
-    per_seed = [run_seed(config, data, seed, run.seed_dir(seed)) for seed in config.seeds]
+    rank = lightning_setup.launched_rank()
+    # Under DDP Lightning re-runs this command for the other devices once rank 0 trains: only rank 0 writes here.
+    if rank == 0:
+        try:
+            run.prepare(config.model_dump(mode="json"), config.resume)
+        except FinetuneRunError as exc:
+            raise FinetuneError(str(exc)) from exc
+    threads = lightning_setup.threads(settings, config.num_workers)
+    setup = {"trainer": {k: settings[k] for k in ("accelerator", "devices", "strategy", "precision")},
+             "threads": threads.as_dict()}
+    if rank == 0:
+        from ..versions import package_versions
+
+        versions = package_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "scikit-learn"])
+        (run.path / store_finetune.RUN_INFO).write_text(json.dumps({**setup, "versions": versions}, indent=2))
+    per_seed = [run_seed(config, data, seed, run, settings, threads) for seed in config.seeds]
+    if rank != 0:
+        return {}
     info = {"task": data.name, "classes": list(data.classes), "init": config.init, "mode": config.mode,
             "seeds": list(config.seeds),
-            "split_sizes": {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}}
+            "split_sizes": {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}, **setup}
     return write_results(run.path, info, per_seed)
 
 

@@ -3,14 +3,17 @@
 Layout (``OUT``)::
 
     config.yaml               the FinetuneConfig of the run
+    run.json                  how the latest session ran: Lightning set-up, threads, library versions
     results.json, results.csv metrics per seed and mean +- sd; one summary line
-    seed<N>/                  per seed: model.pt, history.jsonl, predictions.csv, metrics.json,
-                              confusion.png, roc.png
+    seed<N>/                  per seed: model.pt, history.jsonl, predictions.csv, metrics.json (written
+                              last: a seed with it is finished), confusion.png, roc.png, logs/ (CSV and
+                              TensorBoard), checkpoints/ (best.ckpt, last.ckpt; removed once the seed is scored)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import yaml
 from .files import read_json
 
 CONFIG = "config.yaml"
+RUN_INFO = "run.json"
 RESULTS = "results.json"
 RESULTS_LINE = "results.csv"
 MODEL = "model.pt"
@@ -27,7 +31,18 @@ PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
 CONFUSION = "confusion.png"
 ROC = "roc.png"
+CHECKPOINTS = "checkpoints"
+LAST = "last"  # checkpoints/last.ckpt: the newest epoch, to resume from
+BEST = "best"  # checkpoints/best.ckpt: the best validation accuracy so far (weights only)
+LOGS = "logs"
 _SEED = "seed"
+# Settings that change where and how fast a seed trains, or which seeds run, not what one seed computes: a
+# resumed run may differ in them (more seeds added to a run keep the finished ones).
+RUN_ONLY = ("out", "device", "devices", "num_workers", "precision", "resume", "seeds")
+
+
+class FinetuneRunError(ValueError):
+    """The folder holds a fine-tune with other settings."""
 
 
 class FinetuneRun:
@@ -47,9 +62,27 @@ class FinetuneRun:
         path = self.path / CONFIG
         return yaml.safe_load(path.read_text()) if path.exists() else None
 
-    def write_config(self, config: dict[str, Any]) -> None:
+    def prepare(self, config: dict[str, Any], resume: bool) -> None:
+        """Keep what a rerun of the same settings can continue from (``resume``), or clear the seeds and
+        results of an earlier run; refuse other settings when resuming; write the config."""
+        previous = self.config()
+        if previous is not None and resume:
+            diff = sorted(k for k in set(previous) | set(config)
+                          if k not in RUN_ONLY and previous.get(k) != config.get(k))
+            if diff:
+                raise FinetuneRunError(f"{self.path} holds a fine-tune with other settings ({', '.join(diff)}); "
+                                       "use another --out, or --no-resume to start it over")
+        elif not resume:
+            for seed_dir in self.path.glob(f"{_SEED}*"):
+                if seed_dir.is_dir() and seed_dir.name.removeprefix(_SEED).isdigit():
+                    shutil.rmtree(seed_dir)
+            for name in (RESULTS, RESULTS_LINE):
+                (self.path / name).unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def checkpoint(self, seed: int, name: str) -> Path:
+        return self.seed_dir(seed) / CHECKPOINTS / f"{name}.ckpt"
 
     def results(self) -> dict[str, Any]:
         path = self.path / RESULTS
