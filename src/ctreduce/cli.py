@@ -185,6 +185,9 @@ def export(
     allow_incomplete: Annotated[bool, typer.Option(help="Export an interrupted run's finished volumes "
                                                         "(recorded in export.json).")] = False,
     workers: Annotated[int, typer.Option(help="Volumes read and written in parallel (same output).")] = 1,
+    backend: Annotated[str, typer.Option(help="local (process pool) or ray (Ray tasks; same output).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or a "
+                                                         "local Ray).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Write the kept slices as 8-bit PNGs or one memory-mappable uint8 array plus an index.
@@ -198,7 +201,7 @@ def export(
     try:
         summary = do_export(run_dir, out, format=format, size=size, intensity=intensity, overwrite=overwrite,
                             allow_changed=allow_changed, allow_incomplete=allow_incomplete, workers=workers,
-                            progress=not quiet)
+                            progress=not quiet, backend=backend, ray_address=ray_address)
     except (ValueError, LockHeld) as exc:
         _fail(str(exc))
     except DiskFull as exc:
@@ -321,6 +324,12 @@ def finetune(
         "imagenet"),
     mode: Annotated[str, typer.Option(help="finetune (paper), linear (frozen backbone) or knn.")] = "finetune",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, one full repetition each.")] = "0",
+    devices: Annotated[str | None, typer.Option(help="Devices on this machine: N (DDP when > 1; gloo on CPU), "
+                                                     "-1 or auto (every GPU). Batch size is per device.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (16-mixed on GPU, 32-true on CPU), 32-true, "
+                                                       "16-mixed or bf16-mixed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (finished seeds kept, the "
+                                              "others from their last checkpoint); --no-resume starts over.")] = True,
     overrides: Annotated[list[str] | None, typer.Argument(help="More settings as key=value (epochs=70 "
                                                                "backbone=resnet18 input_size=224 ...).")] = None,
 ) -> None:
@@ -331,17 +340,25 @@ def finetune(
     from .downstream.datasets import task_spec_for
     from .downstream.finetune import FinetuneError
     from .downstream.finetune import finetune as do_finetune
+    from .trainer import launched_rank
 
+    options = {k: v for k, v in {"devices": devices, "precision": precision}.items() if v is not None}
     try:
         values = parse_overrides(overrides or [])
-        config = FinetuneConfig(**{**values, "task": task_spec_for(task), "out": str(out), "init": init,
-                                   "mode": mode, "seeds": tuple(int(s) for s in seeds.split(",") if s.strip())})
+        config = FinetuneConfig(**{**values, **options, "task": task_spec_for(task), "out": str(out), "init": init,
+                                   "mode": mode, "resume": resume,
+                                   "seeds": tuple(int(s) for s in seeds.split(",") if s.strip())})
     except (ValidationError, ValueError) as exc:
         _fail(str(exc))
     try:
         summary = do_finetune(config)
     except FinetuneError as exc:
         _fail(str(exc))
+    if launched_rank() != 0:  # under DDP every device runs this command; rank 0 reports
+        return
+    threads = summary["threads"]
+    typer.echo(f"threads: {threads['torch_threads']} torch, {threads['loader_workers']} loader worker(s) "
+               f"({threads['source']})")
     _echo_metrics(summary)
     typer.echo(f"results: {out / 'results.json'}")
 
