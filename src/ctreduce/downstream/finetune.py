@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -112,32 +113,29 @@ def trainer_settings(config: FinetuneConfig) -> dict[str, Any]:
 # --- one seed ----------------------------------------------------------------------------------
 
 
-def _fit(module: FinetuneModule, loaders: dict[str, Any], run: FinetuneRun, seed: int, config: FinetuneConfig,
-         settings: dict[str, Any], threads: ThreadPolicy) -> tuple[int, bool] | None:
-    """Train, resuming from the seed's last checkpoint when there is one; load the best validation epoch's
-    weights into ``module`` and save them as ``model.pt``. Returns (best epoch, resumed) on rank 0, None on
-    the other DDP ranks."""
-    folder = run.seed_dir(seed)
+def fit_best(module: FinetuneModule, train, val, folder: Path, settings: dict[str, Any], *, epochs: int,
+             resume: bool = False, threads: ThreadPolicy | None = None) -> tuple[int, bool] | None:
+    """Train ``module`` for ``epochs`` on the set-up ``settings`` (:func:`ctreduce.trainer.resolve`), logs and
+    checkpoints under ``folder``, from ``folder/checkpoints/last.ckpt`` when ``resume`` and it exists; then load
+    the best validation epoch's weights into ``module``. (best epoch, resumed) on rank 0, None on other ranks."""
     best = pl.callbacks.ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename=BEST, monitor="val_accuracy",
                                         mode="max", save_top_k=1, save_weights_only=True,
                                         enable_version_counter=False)
     last = pl.callbacks.ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename=LAST, save_top_k=1,
                                         enable_version_counter=False)
     trainer = lightning_setup.build(settings, root=folder, logs=folder / LOGS,
-                                    callbacks=[EpochHistory(folder / HISTORY), best, last], max_epochs=config.epochs,
-                                    steps_per_epoch=len(loaders["train"]), num_sanity_val_steps=0)
-    resume = run.checkpoint(seed, LAST)
-    resume = resume if config.resume and resume.exists() else None
-    with threads.handed_on():
-        trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=resume)
+                                    callbacks=[EpochHistory(folder / HISTORY), best, last], max_epochs=epochs,
+                                    steps_per_epoch=len(train), num_sanity_val_steps=0, enable_model_summary=False)
+    checkpoint = folder / CHECKPOINTS / f"{LAST}.ckpt"
+    checkpoint = checkpoint if resume and checkpoint.exists() else None
+    with threads.handed_on() if threads is not None else nullcontext():
+        trainer.fit(module, train, val, ckpt_path=checkpoint)
     if not trainer.is_global_zero:
         return None
     # Our own file (Lightning's checkpoint holds more than tensors), so a full load is safe.
-    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
-    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    module.model.load_state_dict(weights)
-    torch.save(weights, folder / MODEL)
-    return int(checkpoint["epoch"]), resume is not None
+    state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    return int(state["epoch"]), checkpoint is not None
 
 
 def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: FinetuneRun, settings: dict[str, Any],
@@ -161,9 +159,11 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
         test_f, test_y = module.features(loaders["test"])
         prob, labels = knn_probabilities(train_f, train_y, test_f, config.knn_k, n_classes), test_y.numpy()
     else:
-        fitted = _fit(module, loaders, run, seed, config, settings, threads)
+        fitted = fit_best(module, loaders["train"], loaders["val"], folder, settings, epochs=config.epochs,
+                          resume=config.resume, threads=threads)
         if fitted is None:
             return None
+        torch.save(module.model.state_dict(), folder / MODEL)
         extra = {"best_epoch": fitted[0], "resumed": fitted[1]}
         prob, labels = module.probabilities(loaders["test"])
     folder.mkdir(parents=True, exist_ok=True)

@@ -226,47 +226,42 @@ def baseline_accuracy(samples: LesionSamples, *, C: float = 1.0) -> float:
 
 
 def cnn_accuracy(samples: LesionSamples, *, epochs: int = 30, seed: int = 0) -> float:
-    """Test accuracy of a three-layer CNN trained from scratch (Adam 1e-3, batch 32, random
-    horizontal flips), taken at the epoch of best validation accuracy as in the paper's protocol."""
+    """Test accuracy of a three-layer CNN trained from scratch by the fine-tuning module and trainer (Adam 1e-3,
+    batch 32, random horizontal flips), taken at the epoch of best validation accuracy as in the paper's protocol."""
+    import tempfile
+    from collections import OrderedDict
+
+    import pytorch_lightning as pl
     import torch
     from torch import nn
+    from torchvision.transforms import v2
 
-    torch.manual_seed(seed)
-    x = torch.from_numpy(samples.images).float().div(255.0)[:, None]
-    y = torch.from_numpy(samples.labels)
-    parts = {s: torch.from_numpy(samples.splits == s) for s in ("train", "val", "test")}
+    from ..trainer import resolve
+    from .datasets import ImageDataset, Split
+    from .finetune import fit_best
+    from .module import FinetuneModule
 
-    def block(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+    pl.seed_everything(seed, verbose=False)
+    layers: list[tuple[str, nn.Module]] = []
+    for i, (c_in, c_out) in enumerate(((1, 16), (16, 32), (32, 64))):
+        layers += [(f"conv{i}", nn.Conv2d(c_in, c_out, 3, padding=1)), (f"bn{i}", nn.BatchNorm2d(c_out)),
+                   (f"relu{i}", nn.ReLU()), (f"pool{i}", nn.MaxPool2d(2) if i < 2 else nn.AdaptiveMaxPool2d(1))]
+    model = nn.Sequential(OrderedDict([*layers, ("flatten", nn.Flatten()), ("fc", nn.Linear(64, 2))]))
+    module = FinetuneModule(model, 2, lr=1e-3, weight_decay=0.0, head_only_epochs=0)
 
-    model = nn.Sequential(*block(1, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2), *block(32, 64),
-                          nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, 2))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    xt, yt = x[parts["train"]], y[parts["train"]]
-    gen = torch.Generator().manual_seed(seed)
+    def loader(split: str) -> torch.utils.data.DataLoader:
+        mask = samples.splits == split
+        steps = [v2.ToDtype(torch.float32, scale=True)] + ([v2.RandomHorizontalFlip()] if split == "train" else [])
+        data = ImageDataset(Split(samples.images[mask], samples.labels[mask], [""] * int(mask.sum())),
+                            v2.Compose(steps))
+        return torch.utils.data.DataLoader(data, batch_size=32, shuffle=split == "train",
+                                           generator=torch.Generator().manual_seed(seed))
 
-    def score(mask: torch.Tensor) -> float:
-        model.eval()
-        with torch.no_grad():
-            return (model(x[mask]).argmax(1) == y[mask]).float().mean().item()
-
-    best_val, best_test = -1.0, 0.0
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 32):
-            idx = perm[i:i + 32]
-            xb = xt[idx]
-            flip = torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5
-            xb = torch.where(flip, xb.flip(-1), xb)
-            loss = nn.functional.cross_entropy(model(xb), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        val = score(parts["val"])
-        if val > best_val:
-            best_val, best_test = val, score(parts["test"])
-    return best_test
+    with tempfile.TemporaryDirectory() as folder:
+        fit_best(module, loader("train"), loader("val"), Path(folder),
+                 resolve(accelerator="cpu", devices=1, precision="32-true"), epochs=epochs)
+    prob, labels = module.probabilities(loader("test"))
+    return float((prob.argmax(1) == labels).mean())
 
 
 def _measure_one(job: tuple[float, int, int, int]) -> dict:
