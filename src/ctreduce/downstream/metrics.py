@@ -259,7 +259,8 @@ def _save(fig, path: str | Path) -> Path:
 
 def save_confusion_matrix_png(cm: Any, classes: Sequence[str], path: str | Path, *, normalize: bool = False,
                               title: str | None = None) -> Path:
-    """Write the confusion matrix (rows true, columns predicted) as a PNG; ``normalize`` shows row fractions."""
+    """Write the confusion matrix (rows true, columns predicted) as a PNG with sklearn's
+    ``ConfusionMatrixDisplay``; ``normalize`` shows row fractions."""
     m = np.asarray(cm, dtype=np.float64)
     k = len(classes)
     if m.shape != (k, k):
@@ -269,28 +270,18 @@ def save_confusion_matrix_png(cm: Any, classes: Sequence[str], path: str | Path,
         m = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     size = 2.5 + 0.45 * k
     fig = _figure(size + 1.0, size)
-    ax = fig.add_subplot()
-    image = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(float(m.max()), 1.0))
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k), [str(c) for c in classes], rotation=45, ha="right")
-    ax.set_yticks(range(k), [str(c) for c in classes])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    threshold = (1.0 if normalize else max(float(m.max()), 1.0)) / 2.0
-    for i in range(k):
-        for j in range(k):
-            text = f"{m[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if m[i, j] > threshold else "black")
+    display = sk.ConfusionMatrixDisplay(m if normalize else m.astype(np.int64), display_labels=list(map(str, classes)))
+    display.plot(ax=fig.add_subplot(), cmap="Blues", xticks_rotation=45, values_format=".2f" if normalize else "d",
+                 im_kw={"vmin": 0.0, "vmax": 1.0 if normalize else max(float(m.max()), 1.0)}, text_kw={"fontsize": 8})
     if title:
-        ax.set_title(title)
+        display.ax_.set_title(title)
     return _save(fig, path)
 
 
 def save_roc_png(y_true: Any, prob: Any, classes: Sequence[str], path: str | Path, *, positive_label: int = 1,
                  title: str | None = None) -> Path:
-    """Write ROC curves as a PNG: binary, the curve of ``positive_label``; multiclass, one-vs-rest
-    per class with its AUC in the legend (classes absent from ``y_true`` are left out)."""
+    """Write ROC curves as a PNG with sklearn's ``RocCurveDisplay``: binary, the curve of ``positive_label``;
+    multiclass, one-vs-rest per class with its AUC in the legend (classes absent from ``y_true`` are left out)."""
     y, p = _as_inputs(y_true, prob)
     k = p.shape[1]
     if len(classes) != k:
@@ -300,18 +291,10 @@ def save_roc_png(y_true: Any, prob: Any, classes: Sequence[str], path: str | Pat
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     for c in [positive] if k == 2 else range(k):
-        is_c = y == c
-        if is_c.all() or not is_c.any():
-            continue
-        fpr, tpr, _ = sk.roc_curve(is_c, p[:, c], drop_intermediate=False)
-        ax.plot(fpr, tpr, linewidth=1.5, label=f"{classes[c]} (AUC {binary_auc(is_c, p[:, c]):.3f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_aspect("equal")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
+        if not np.isnan(binary_auc(y == c, p[:, c])):
+            sk.RocCurveDisplay.from_predictions(y == c, p[:, c], name=str(classes[c]), ax=ax,
+                                                curve_kwargs={"linewidth": 1.5})
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
     if title:
         ax.set_title(title)
     return _save(fig, path)
