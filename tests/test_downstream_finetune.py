@@ -307,3 +307,44 @@ def test_cli_finetune_on_two_cpu_devices_runs_ddp(task, tmp_path):
     # Each of the two processes trained on half of every epoch's batches (DistributedSampler).
     csv = pd.read_csv(next((out / "seed0" / "logs" / "csv").rglob("metrics.csv")))
     assert csv["step"].max() + 1 == 2 * -(-results["split_sizes"]["train"] // 2 // 4)
+
+
+def test_the_module_trains_as_a_plain_loop_of_the_papers_protocol(task, tmp_path):
+    """Same seed, same batches: the module under the trainer ends where a plain PyTorch loop of the protocol does
+    (the head and BatchNorm with their own Adam for the head-only epoch, then every layer with a new Adam)."""
+    from ctreduce.downstream.datasets import ImageDataset
+    from ctreduce.downstream.finetune import fit_best
+    from ctreduce.trainer import resolve
+
+    config = FinetuneConfig(task=task, init="random", **{**TINY, "flips": False})
+    data = load_task(task)
+
+    def fresh() -> tuple[torch.nn.Module, dict]:
+        torch.manual_seed(0)
+        model, norm = build_model(config, 2)
+        loaders = {name: torch.utils.data.DataLoader(ImageDataset(split, transforms(config, norm, train=False)),
+                                                     batch_size=8, shuffle=name == "train",
+                                                     generator=torch.Generator().manual_seed(0))
+                   for name, split in (("train", data.train), ("val", data.val))}
+        return model, loaders
+
+    model, loaders = fresh()
+    for phase in ("head+bn", "all"):
+        names = trainable_names(model, phase)
+        for name, param in model.named_parameters():
+            param.requires_grad = name in names
+        optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=5e-4)
+        model.train()
+        for x, y in loaders["train"]:
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimiser.step()
+    model2, loaders2 = fresh()
+    module = FinetuneModule(model2, 2, lr=1e-4, weight_decay=5e-4, head_only_epochs=1)
+    fit_best(module, loaders2["train"], loaders2["val"], tmp_path, resolve(accelerator="cpu", devices=1,
+                                                                            precision="32-true"), epochs=2)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    expected = model.state_dict()
+    assert last.keys() == {f"model.{k}" for k in expected}
+    for key, value in expected.items():
+        assert torch.allclose(last[f"model.{key}"].float(), value.float(), atol=1e-6), key
