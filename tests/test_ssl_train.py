@@ -120,6 +120,9 @@ def test_errors_before_training(export_dir, tmp_path):
         pretrain(settings(export_dir, tmp_path / "o", batch_size=64))
     with pytest.raises(PretrainError, match="unknown backbone"):
         pretrain(settings(export_dir, tmp_path / "o", backbone="vgg16"))
+    if not torch.cuda.is_available():
+        with pytest.raises(PretrainError, match="accelerator 'gpu' requested but CUDA is not available"):
+            pretrain(settings(export_dir, tmp_path / "o", accelerator="gpu"))
     corrupt = Path(shutil.copytree(export_dir, tmp_path / "corrupt"))
     (corrupt / "slices.npy").write_bytes(b"garbage")
     with pytest.raises(PretrainError, match=re.escape(str(corrupt))):  # the message names the export

@@ -168,7 +168,10 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     except ExportError as exc:
         raise PretrainError(str(exc)) from exc
     cls = method_class(config.method)
-    settings = _trainer_settings(config, cls)
+    try:
+        settings = _trainer_settings(config, cls)
+    except ValueError as exc:  # an accelerator that is not there
+        raise PretrainError(str(exc)) from exc
     world = lightning_setup.world_size(settings)
     if len(raw) < config.batch_size * world:
         raise PretrainError(
