@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from PIL import Image
 from torchvision.transforms import v2
 
 import ctreduce
-from ctreduce.ssl.augment import MultiView, RandomGamma, SeparableGaussianBlur, ct_view
+from ctreduce.ssl.augment import RandomGamma, SeparableGaussianBlur, ct_view
 from ctreduce.ssl.data import ExportError, PngFolderDataset, SliceArrayDataset, intensity_stats, open_export
 
 
@@ -84,8 +85,7 @@ def test_separable_blur_equals_torchvision():
 
 def test_views_are_normalised_three_channel_crops():
     slice_ = torch.randint(0, 256, (1, 48, 48), dtype=torch.uint8)
-    views = MultiView([ct_view(32, (0.5, 1.0), 0.2, 0.2, hflip=True, noise_p=1.0),
-                       ct_view(16, (0.1, 0.3), 0.2, 0.2)])(slice_)
+    views = MultiViewTransform([ct_view(32, (0.5, 1.0), 0.2, 0.2), ct_view(16, (0.1, 0.3), 0.2, 0.2)])(slice_)
     assert [v.shape for v in views] == [(3, 32, 32), (3, 16, 16)]
     assert all(v.dtype == torch.float32 and torch.equal(v[0], v[1]) for v in views)
 
@@ -96,3 +96,11 @@ def test_gamma_keeps_range_and_rejects_bad_arguments():
     assert y.min() >= 0 and y.max() <= 1
     with pytest.raises(ValueError):
         RandomGamma((0.0, 1.0))
+
+
+def test_blur_kernel_covers_three_sigma_and_ten_percent_of_the_view():
+    from ctreduce.ssl.augment import blur_kernel
+
+    assert blur_kernel(96, 2.0) == 13  # +-3 sigma (Pillow's support) beats 10% of 96
+    assert blur_kernel(224, 2.0) == 23  # 10% of 224 (torchvision's rule) beats +-3 sigma
+    assert blur_kernel(4, 2.0) == 7  # radius below the view size (reflect padding)

@@ -62,7 +62,7 @@ def test_views_two_views():
     views = MoCoV2.views(cfg, MEAN, STD)(x)
     assert len(views) == 2
     assert all(tuple(v.shape) == (3, 32, 32) and v.dtype == torch.float32 for v in views)
-    names = {type(t).__name__ for view in MoCoV2.views(cfg, MEAN, STD).views for t in steps_of(view)}
+    names = {type(t).__name__ for view in MoCoV2.views(cfg, MEAN, STD).transforms for t in steps_of(view)}
     assert {"RandomRotation", "RandomResizedCrop", "ColorJitter", "SeparableGaussianBlur", "RandomHorizontalFlip",
             "RandomVerticalFlip", "LogUniformGaussianNoise"} <= names
 
@@ -250,7 +250,7 @@ ALL_OFF = {"rotation_p": 0.0, "crop_scale": (1.0, 1.0), "jitter_p": 0.0, "blur_p
 def paper_view(size: int, **moco):
     """One view of the paper preset, with the steps not named in ``moco`` turned off."""
     cfg = make_pretrain_config({"method": "moco", "input_size": size, "moco": {**ALL_OFF, **moco}})
-    return MoCoV2.views(cfg, cfg.mean, cfg.std).views[0], cfg
+    return MoCoV2.views(cfg, cfg.mean, cfg.std).transforms[0], cfg
 
 
 def test_rotation_draws_angles_in_the_whole_circle():
@@ -258,7 +258,7 @@ def test_rotation_draws_angles_in_the_whole_circle():
     not exactly 180 (which the flips already give)."""
     torch.manual_seed(4)
     cfg = make_pretrain_config({"method": "moco"})
-    rotations = [t for t in steps_of(MoCoV2.views(cfg, MEAN, STD).views[0]) if isinstance(t, v2.RandomRotation)]
+    rotations = [t for t in steps_of(MoCoV2.views(cfg, MEAN, STD).transforms[0]) if isinstance(t, v2.RandomRotation)]
     assert len(rotations) == 1
     angles = torch.tensor([rotations[0].make_params([])["angle"] for _ in range(2000)])
     assert angles.min() >= -180 and angles.max() <= 180
@@ -307,7 +307,8 @@ def test_noise_level_is_the_papers():
 
 def test_no_gamma_in_the_paper_views(slices):
     cfg = make_pretrain_config({"method": "moco"})
-    assert not any(isinstance(t, RandomGamma) for view in MoCoV2.views(cfg, MEAN, STD).views for t in steps_of(view))
+    views = MoCoV2.views(cfg, MEAN, STD).transforms
+    assert not any(isinstance(t, RandomGamma) for view in views for t in steps_of(view))
     # with rotation, crop, jitter, blur, flips and noise off, nothing else changes a paper view
     torch.manual_seed(6)
     view, cfg = paper_view(48)

@@ -811,7 +811,7 @@ def official_state(official: OfficialSparK) -> dict[str, torch.Tensor]:
 def test_views_are_the_official_pipeline():
     config = make_pretrain_config({"method": "spark", "input_size": 64})
     transform = SparK.views(config, 0.1806, 0.1907)
-    crop = transform.views[0].transforms[0]
+    crop = transform.transforms[0].transforms[0]
     assert crop.interpolation == torchvision.transforms.InterpolationMode.BICUBIC
     assert tuple(crop.scale) == (0.67, 1.0)
     grey = torch.randint(0, 256, (1, 80, 80), dtype=torch.uint8)

@@ -63,7 +63,7 @@ def test_views_multi_crop_shapes():
     assert [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
     # no flips in SwAV's views (paper): no flip transform anywhere in the pipelines
-    names = {type(t).__name__ for view in SwAV.views(cfg, MEAN, STD).views for t in view.transforms}
+    names = {type(t).__name__ for view in SwAV.views(cfg, MEAN, STD).transforms for t in view.transforms}
     assert not names & {"RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation"}
 
 
@@ -373,7 +373,7 @@ def test_resolved_paper_preset():
     assert (s.jitter, s.jitter_p, s.gamma_p, s.blur_p, s.blur_sigma) == ((0.4, 0.4), 0.8, 0.0, 0.5, (0.1, 2.0))
 
     # the views are built from those fields
-    views = SwAV.views(cfg, cfg.mean, cfg.std).views
+    views = SwAV.views(cfg, cfg.mean, cfg.std).transforms
     assert len(views) == 8
     for i, view in enumerate(views):
         size, scale = (224, (0.9, 1.0)) if i < 2 else (96, (0.10, 0.33))

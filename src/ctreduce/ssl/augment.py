@@ -2,13 +2,13 @@
 
 Colour jitter on replicated grey channels would only change brightness and contrast, so the
 views use brightness/contrast/gamma, blur, noise, crops and the flips/rotations each method's
-preset asks for. Every view ends as a normalised float tensor (3, size, size).
+preset asks for. Every view ends as a normalised float tensor (3, size, size); a method's views of one
+slice are lightly's ``MultiViewTransform`` of them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torchvision.transforms import v2
@@ -29,19 +29,6 @@ class RandomGamma(torch.nn.Module):
         lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
         gamma = math.exp(lo + (hi - lo) * float(torch.rand(())))
         return x.clamp(0, 1) ** gamma
-
-
-class GaussianNoise(torch.nn.Module):
-    """Additive Gaussian noise with standard deviation up to ``sigma`` (on [0, 1]), with prob. p."""
-
-    def __init__(self, sigma: float = 0.03, p: float = 0.5) -> None:
-        super().__init__()
-        self.sigma, self.p = sigma, p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.rand(()) >= self.p:
-            return x
-        return x + torch.randn_like(x) * self.sigma * float(torch.rand(()))
 
 
 class SeparableGaussianBlur(torch.nn.Module):
@@ -76,59 +63,29 @@ class ToThreeChannels(torch.nn.Module):
         return x.expand(3, *x.shape[1:]) if x.shape[0] == 1 else x
 
 
-def ct_view(
-    size: int,
-    scale: tuple[float, float],
-    mean: float,
-    std: float,
-    *,
-    hflip: bool = False,
-    vflip: bool = False,
-    rotate180_p: float = 0.0,
-    jitter: tuple[float, float] = (0.4, 0.4),
-    jitter_p: float = 0.8,
-    gamma_p: float = 0.3,
-    blur_p: float = 0.5,
-    noise_p: float = 0.0,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    blur_kernel: int | None = None,
-) -> v2.Compose:
-    """One random view of a uint8 (1, H, W) slice as a normalised float (3, size, size).
+def blur_kernel(size: int, sigma_max: float) -> int:
+    """Odd kernel covering +-3 sigma_max, as Pillow's ``GaussianBlur`` of the paper's views (three box blurs:
+    support about 3 sigma), and at least torchvision's 10%-of-size kernel; the radius stays below ``size``
+    (reflect padding)."""
+    radius = max(math.ceil(3 * sigma_max), int(0.1 * size) // 2, 1)
+    return 2 * min(radius, size - 1) + 1
 
-    ``blur_kernel`` None: 10% of ``size`` (odd, at least 3), torchvision's/SimCLR's rule."""
+
+def ct_view(size: int, scale: tuple[float, float], mean: float, std: float, *,
+            jitter: tuple[float, float] = (0.4, 0.4), jitter_p: float = 0.8, gamma_p: float = 0.3,
+            blur_p: float = 0.5, blur_sigma: tuple[float, float] = (0.1, 2.0)) -> v2.Compose:
+    """One random view of a uint8 (1, H, W) slice as a normalised float (3, size, size): crop, brightness and
+    contrast jitter, random gamma, Gaussian blur (:func:`blur_kernel`), no flips and no noise (SwAV's views)."""
     steps: list[torch.nn.Module] = [
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomResizedCrop(size, scale=scale, antialias=True),
-    ]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if vflip:
-        steps.append(v2.RandomVerticalFlip())
-    if rotate180_p > 0:
-        steps.append(v2.RandomApply([v2.RandomRotation((180, 180))], p=rotate180_p))
-    steps += [
         v2.RandomApply([v2.ColorJitter(brightness=jitter[0], contrast=jitter[1])], p=jitter_p),
         RandomGamma(p=gamma_p),
     ]
     if blur_p > 0:
-        kernel = blur_kernel if blur_kernel is not None else max(3, int(0.1 * size) // 2 * 2 + 1)
-        steps.append(v2.RandomApply([SeparableGaussianBlur(kernel, blur_sigma)], p=blur_p))
-    if noise_p > 0:
-        steps.append(GaussianNoise(p=noise_p))
+        steps.append(v2.RandomApply([SeparableGaussianBlur(blur_kernel(size, blur_sigma[1]), blur_sigma)], p=blur_p))
     steps += [ToThreeChannels(), v2.Normalize([mean] * 3, [std] * 3)]
     return v2.Compose(steps)
-
-
-class MultiView:
-    """Applies several view transforms to one slice; returns the list of views."""
-
-    def __init__(self, views: Sequence[v2.Compose]) -> None:
-        if not views:
-            raise ValueError("at least one view is needed")
-        self.views = list(views)
-
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [view(x) for view in self.views]
 
 
 # --- MoCo: the paper's views -------------------------------------------------------------------
@@ -200,8 +157,7 @@ def moco_view(
     if gamma_p > 0:
         steps.append(RandomGamma(p=gamma_p))
     if blur_p > 0:
-        radius = min(max(math.ceil(3 * blur_sigma[1]), int(0.1 * size) // 2, 1), size - 1)
-        steps.append(v2.RandomApply([SeparableGaussianBlur(2 * radius + 1, blur_sigma)], p=blur_p))
+        steps.append(v2.RandomApply([SeparableGaussianBlur(blur_kernel(size, blur_sigma[1]), blur_sigma)], p=blur_p))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if vflip:

@@ -44,11 +44,12 @@ from lightly.models.utils import (
     deactivate_requires_grad,
     update_momentum,
 )
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from lightly.utils import dist as lightly_dist
 from torch import nn
 
 from ..config import PretrainConfig
-from .augment import MultiView, moco_view
+from .augment import moco_view
 from .base import SSLMethod
 
 
@@ -141,7 +142,7 @@ class MoCoV2(SSLMethod):
     # --- views ----------------------------------------------------------------------------------
 
     @staticmethod
-    def views(config: PretrainConfig, mean: float, std: float) -> MultiView:
+    def views(config: PretrainConfig, mean: float, std: float) -> MultiViewTransform:
         """Two views, each from ``augment.moco_view`` with the ``moco.*`` view settings (paper
         preset: the paper's script: rotation by a uniform angle in [-180, 180] p=0.5 before the
         crop, crop scale 0.2-1, colour jitter (0.4, 0.4, 0.4, 0.1) on every view, blur p=0.5
@@ -155,7 +156,7 @@ class MoCoV2(SSLMethod):
                              blur_p=s.blur_p, blur_sigma=tuple(s.blur_sigma), hflip=s.hflip, vflip=s.vflip,
                              noise_p=s.noise_p, noise_var=tuple(s.noise_var))
 
-        return MultiView([one(), one()])
+        return MultiViewTransform([one(), one()])
 
     # --- run facts and checkpoints ----------------------------------------------------------------
 

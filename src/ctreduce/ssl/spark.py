@@ -48,12 +48,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 from torchvision.transforms import v2
 
 from ..config import PretrainConfig
-from .augment import MultiView, ToThreeChannels
+from .augment import ToThreeChannels
 from .base import SSLMethod
 
 ENCODER_STRIDE = 32  # total stride of a torchvision ResNet
@@ -439,11 +440,11 @@ class SparK(SSLMethod):
         self.dense_decoder = LightDecoder(settings.decoder_width)
 
     @staticmethod
-    def views(config: PretrainConfig, mean: float, std: float) -> MultiView:
+    def views(config: PretrainConfig, mean: float, std: float) -> MultiViewTransform:
         """One view as official SparK's data pipeline: random resized crop (``spark.crop_scale``) with
         bicubic resampling of the 8-bit slice, horizontal flip, per-channel normalisation
         (``spark.input_mean``/``input_std``, else ``mean``/``std`` on every channel)."""
-        return MultiView([spark_view(config, mean, std)])
+        return MultiViewTransform([spark_view(config, mean, std)])
 
     def summary_extra(self) -> dict[str, Any]:
         """The per-channel input normalisation SparK trained with (the paper preset's is ImageNet's,

@@ -34,12 +34,13 @@ import torch
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
 from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from lightly.utils import dist as lightly_dist
 from torch import nn
 from torch.nn import functional as F
 
 from ..config import PretrainConfig
-from .augment import MultiView, ct_view
+from .augment import ct_view
 from .base import SSLMethod
 from .moco import fit_queue_length
 
@@ -51,14 +52,6 @@ def bias_free_prototypes(input_dim: int, n_prototypes: int, n_steps_frozen: int)
     prototypes = SwaVPrototypes(input_dim, n_prototypes, n_steps_frozen_prototypes=n_steps_frozen)
     prototypes.heads = nn.ModuleList([nn.Linear(input_dim, k, bias=False) for k in prototypes.n_prototypes])
     return prototypes
-
-
-def blur_kernel(size: int, sigma_max: float) -> int:
-    """Odd kernel covering +-3 sigma_max, as Pillow's ``GaussianBlur`` of the paper's views (three box
-    blurs: support about 3 sigma), and at least torchvision's 10%-of-size kernel; the radius stays
-    below ``size`` (reflect padding)."""
-    radius = max(math.ceil(3 * sigma_max), int(0.1 * size) // 2, 1)
-    return 2 * min(radius, size - 1) + 1
 
 
 class SwAV(SSLMethod):
@@ -147,7 +140,7 @@ class SwAV(SSLMethod):
     # --- views ----------------------------------------------------------------------------------
 
     @staticmethod
-    def views(config: PretrainConfig, mean: float, std: float) -> MultiView:
+    def views(config: PretrainConfig, mean: float, std: float) -> MultiViewTransform:
         """Multi-crop: ``global_crops`` x input_size (scale global_crop_scale), then ``local_crops``
         x local_crop_size (scale local_crop_scale), each: brightness/contrast jitter
         ``swav.jitter`` with probability ``swav.jitter_p`` (what the paper's colour jitter and
@@ -157,12 +150,10 @@ class SwAV(SSLMethod):
         settings = config.swav
 
         def view(size: int, scale: tuple[float, float]) -> Any:
-            return ct_view(size, tuple(scale), mean, std, hflip=False, vflip=False, rotate180_p=0.0,
-                           jitter=tuple(settings.jitter), jitter_p=settings.jitter_p, gamma_p=settings.gamma_p,
-                           blur_p=settings.blur_p, blur_sigma=tuple(settings.blur_sigma),
-                           blur_kernel=blur_kernel(size, settings.blur_sigma[1]), noise_p=0.0)
+            return ct_view(size, tuple(scale), mean, std, jitter=tuple(settings.jitter), jitter_p=settings.jitter_p,
+                           gamma_p=settings.gamma_p, blur_p=settings.blur_p, blur_sigma=tuple(settings.blur_sigma))
 
-        return MultiView(
+        return MultiViewTransform(
             [view(config.input_size, settings.global_crop_scale) for _ in range(settings.global_crops)]
             + [view(settings.local_crop_size, settings.local_crop_scale) for _ in range(settings.local_crops)]
         )
