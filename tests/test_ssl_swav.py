@@ -72,7 +72,6 @@ def test_loss_decreases(slices):
     cfg = config(freeze_prototypes_steps=0)
     module = SwAV(cfg, steps_per_epoch=10)
     assert module.name == "swav"
-    assert math.isclose(module.collapse_loss, math.log(16)) and module.ln_prototypes == module.collapse_loss
     optimiser = module.configure_optimizers()["optimizer"]  # LARS, the paper's optimiser
     batch = collated(cfg, slices, range(0, 16, 2))
     assert [tuple(v.shape) for v in batch] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 2

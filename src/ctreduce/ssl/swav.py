@@ -27,7 +27,6 @@ quirks of the paper's script not copied: docs/paper-fidelity.md (SwAV).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -127,15 +126,6 @@ class SwAV(SSLMethod):
         world = lightly_dist.world_size()  # the process group exists by ``setup`` (Lightning's DDP)
         if world != self.world_size:
             self._configure(world)
-
-    @property
-    def ln_prototypes(self) -> float:
-        return math.log(self.config.swav.n_prototypes)
-
-    @property
-    def collapse_loss(self) -> float:
-        """ln(n_prototypes): the loss when every code and prediction is uniform (collapse)."""
-        return self.ln_prototypes
 
     # --- views ----------------------------------------------------------------------------------
 
