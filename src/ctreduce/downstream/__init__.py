@@ -1,7 +1,9 @@
 """Downstream evaluation data and metrics (the paper's COVID-CT, OrganSMNIST and folder tasks).
 
 Submodules: :mod:`.datasets` (loaders, splits, torch dataset), :mod:`.metrics` (accuracy, AUC, F1,
-bootstrap intervals, plots) and :mod:`.synthetic` (a phantom lung-nodule task for tests and quick
+bootstrap intervals, plots: scikit-learn's), :mod:`.module` (the fine-tuning protocol as a
+LightningModule), :mod:`.finetune` (the run: seeds, trainer, scoring), :mod:`.evaluate` (scoring
+saved predictions again) and :mod:`.synthetic` (a phantom lung-nodule task for tests and quick
 experiments). Names are imported lazily so that ``import ctreduce.downstream`` needs no torch.
 """
 
