@@ -43,6 +43,7 @@ class ReduceConfig(BaseModel):
     batch_size: AtLeastOne = 64
     modality: str = "CT"
     allow_gaps: bool = False
+    scope: str = "volume"  # or "archive": the greedy rule again over every volume's kept slices
 
     @field_validator("method")
     @classmethod
@@ -66,6 +67,13 @@ class ReduceConfig(BaseModel):
                 raise ValueError("method 'all' keeps every slice; it takes no target fraction")
         elif self.thresholds is not None and not self.thresholds:
             raise ValueError("thresholds is empty")
+        if self.scope not in ("volume", "archive"):
+            raise ValueError(f"scope must be 'volume' or 'archive', got {self.scope!r}")
+        if self.scope == "archive" and (self.method != "hash" or self.hash_kind != "dhash" or self.hash_size != 8):
+            raise ValueError("scope 'archive' compares slices of different volumes by their 64-bit dHash: it "
+                             "needs --method hash with the default dhash of size 8")
+        if self.scope == "archive" and (self.target_fraction is not None or self.thresholds):
+            raise ValueError("scope 'archive' takes one threshold, not a sweep or a target fraction")
         return self
 
 

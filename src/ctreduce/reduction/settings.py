@@ -62,6 +62,8 @@ def identity(config: ReduceConfig) -> dict[str, Any]:
         data.update(measure_of(config).params())
     if config.target_fraction is not None:
         data["target_fraction"] = config.target_fraction
+    if config.scope != "volume":  # absent for the default, so runs from before --scope still resume
+        data["scope"] = config.scope
     return data
 
 
