@@ -1,4 +1,5 @@
-"""``ctreduce evaluate``: recompute metrics, intervals and plots from saved test predictions."""
+"""Scoring a fine-tune's test predictions (metrics, intervals, plots, the run's summary) and ``ctreduce evaluate``,
+which recomputes them from the saved predictions; no Lightning needed."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..store.finetune import CONFIG, METRICS, PREDICTIONS, FinetuneRun
+from ..store.finetune import CONFIG, CONFUSION, METRICS, PREDICTIONS, RESULTS, RESULTS_LINE, ROC, FinetuneRun
 from .datasets import task_source
-from .finetune import score, write_results
+from .metrics import bootstrap_ci, classification_metrics, mean_sd, save_confusion_matrix_png, save_roc_png
 
 
 class EvaluateError(ValueError):
@@ -46,3 +47,49 @@ def evaluate_run(run_dir: str | Path, *, bootstrap: int = 1000, positive_label: 
     previous = run.results()
     info.update({k: previous[k] for k in ("task", "split_sizes", "trainer", "threads") if k in previous})
     return write_results(run.path, info, per_seed)
+
+
+def save_predictions(path: Path, names: list[str], labels: np.ndarray, prob: np.ndarray, classes: list[str]) -> None:
+    """predictions.csv: name, label and one probability column ``prob_<class>`` per class."""
+    table = pd.DataFrame({"name": names, "label": labels})
+    for k, cls in enumerate(classes):
+        table[f"prob_{cls}"] = prob[:, k]
+    table.to_csv(path, index=False)
+
+
+def score(out: Path, classes: list[str], labels: np.ndarray, prob: np.ndarray, *, positive_label: int,
+          bootstrap: int, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics with bootstrap 95% intervals and the confusion/ROC plots of one seed."""
+    metrics = classification_metrics(labels, prob, positive_label=positive_label)
+    intervals = {name: bootstrap_ci(labels, prob, name, n=bootstrap, seed=seed, positive_label=positive_label)
+                 for name in ("accuracy", "auc", "f1")}
+    save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), classes, out / CONFUSION)
+    save_roc_png(labels, prob, classes, out / ROC, positive_label=positive_label)
+    result = {"seed": seed, **extra, **metrics, "ci95": intervals}
+    (out / METRICS).write_text(json.dumps(result, indent=2, default=_plain))
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value))
+
+
+def write_results(out: Path, info: dict[str, Any], per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.json (per seed, mean +- sd) and the one-line results.csv of a run."""
+    summary = dict(info)
+    for name in ("accuracy", "auc", "f1", "f1_macro"):
+        values = [r[name] for r in per_seed if r.get(name) is not None and not np.isnan(r[name])]
+        if values:
+            summary[name] = mean_sd(values)
+    summary["per_seed"] = per_seed
+    (out / RESULTS).write_text(json.dumps(summary, indent=2, default=_plain))
+    line = {k: info[k] for k in ("task", "init", "mode")} | {"seeds": len(per_seed)}
+    for name in ("accuracy", "auc", "f1"):
+        if name in summary:
+            line[f"{name}_mean"], line[f"{name}_sd"] = summary[name]["mean"], summary[name]["sd"]
+    pd.DataFrame([line]).to_csv(out / RESULTS_LINE, index=False)
+    return summary

@@ -23,7 +23,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -36,13 +35,7 @@ from ..devices import DeviceError, ThreadPolicy, device_name, resolve_device
 from ..store import finetune as store_finetune
 from ..store.finetune import BEST, CHECKPOINTS, HISTORY, LAST, LOGS, MODEL, FinetuneRun, FinetuneRunError
 from .datasets import DownstreamData, ImageDataset, load_task
-from .metrics import (
-    bootstrap_ci,
-    classification_metrics,
-    mean_sd,
-    save_confusion_matrix_png,
-    save_roc_png,
-)
+from .evaluate import save_predictions, score, write_results
 from .module import EpochHistory, FinetuneModule, knn_probabilities
 
 
@@ -175,36 +168,6 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
     return result
 
 
-def save_predictions(path: Path, names: list[str], labels: np.ndarray, prob: np.ndarray, classes: list[str]) -> None:
-    import pandas as pd
-
-    table = pd.DataFrame({"name": names, "label": labels})
-    for k, cls in enumerate(classes):
-        table[f"prob_{cls}"] = prob[:, k]
-    table.to_csv(path, index=False)
-
-
-def score(out: Path, classes: list[str], labels: np.ndarray, prob: np.ndarray, *, positive_label: int,
-          bootstrap: int, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
-    """Test metrics with bootstrap 95% intervals and the confusion/ROC plots of one seed."""
-    metrics = classification_metrics(labels, prob, positive_label=positive_label)
-    intervals = {name: bootstrap_ci(labels, prob, name, n=bootstrap, seed=seed, positive_label=positive_label)
-                 for name in ("accuracy", "auc", "f1")}
-    save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), classes, out / store_finetune.CONFUSION)
-    save_roc_png(labels, prob, classes, out / store_finetune.ROC, positive_label=positive_label)
-    result = {"seed": seed, **extra, **metrics, "ci95": intervals}
-    (out / store_finetune.METRICS).write_text(json.dumps(result, indent=2, default=_plain))
-    return result
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value))
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -250,22 +213,3 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
             "seeds": list(config.seeds),
             "split_sizes": {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}, **setup}
     return write_results(run.path, info, per_seed)
-
-
-def write_results(out: Path, info: dict[str, Any], per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """results.json (per seed, mean +- sd) and the one-line results.csv of a run."""
-    import pandas as pd
-
-    summary = dict(info)
-    for name in ("accuracy", "auc", "f1", "f1_macro"):
-        values = [r[name] for r in per_seed if r.get(name) is not None and not np.isnan(r[name])]
-        if values:
-            summary[name] = mean_sd(values)
-    summary["per_seed"] = per_seed
-    (out / store_finetune.RESULTS).write_text(json.dumps(summary, indent=2, default=_plain))
-    line = {k: info[k] for k in ("task", "init", "mode")} | {"seeds": len(per_seed)}
-    for name in ("accuracy", "auc", "f1"):
-        if name in summary:
-            line[f"{name}_mean"], line[f"{name}_sd"] = summary[name]["mean"], summary[name]["sd"]
-    pd.DataFrame([line]).to_csv(out / store_finetune.RESULTS_LINE, index=False)
-    return summary
