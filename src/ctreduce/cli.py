@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from .curate import cli as curate_cli
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reduce CT archives to their dissimilar slices before self-supervised pre-training.")
 
@@ -96,6 +98,9 @@ def reduce(
     batch_size: Annotated[int, typer.Option(help="ssim/mi/deepnet: slices per batch.")] = 64,
     modality: Annotated[str, typer.Option(help="DICOM modality to keep; 'any' keeps all.")] = "CT",
     allow_gaps: Annotated[bool, typer.Option(help="Reduce DICOM series with missing slices anyway.")] = False,
+    scope: Annotated[str, typer.Option(help="volume (the paper: each volume alone) or archive (then the same "
+                                            "rule across volumes: no near-duplicate pair anywhere; hash only).")
+                     ] = "volume",
     workers: Annotated[int, typer.Option(help="Volumes processed in parallel.")] = 1,
     backend: Annotated[str, typer.Option(help="local (process pool) or ray.")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, "
@@ -126,7 +131,7 @@ def reduce(
         config = ReduceConfig(method=method, threshold=threshold, thresholds=sweep, target_fraction=target_fraction,
                               every_n=n, intensity=intensity, hash_kind=hash_kind, hash_size=hash_size,
                               ssim_size=ssim_size, mi_bins=mi_bins, backbone=backbone, device=device,
-                              batch_size=batch_size, modality=modality, allow_gaps=allow_gaps)
+                              batch_size=batch_size, modality=modality, allow_gaps=allow_gaps, scope=scope)
     except ValidationError as exc:
         _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
     _terminate_as_interrupt()
@@ -143,6 +148,9 @@ def reduce(
         raise typer.Exit(130) from None
     summary = manifest.attrs["summary"]
     totals = summary["totals"]
+    if summary.get("rerun", {}).get("unchanged"):
+        typer.echo(f"nothing to do: the run is complete and no input file changed (checked in "
+                   f"{summary['rerun']['seconds']:.1f} s); its results:")
     for vid, what in summary.get("inputs_changed", {}).items():
         typer.echo(f"note: the inputs of {vid} changed since the last run ({what}); reduced it again", err=True)
     if summary.get("inputs_moved"):
@@ -159,6 +167,10 @@ def reduce(
     )
     for t, fraction in summary.get("sweep", {}).items():
         typer.echo(f"  threshold {t}: kept fraction {fraction:.1%}")
+    if "scope" in summary:
+        typer.echo(f"scope archive: {summary['scope']['dropped_across_volumes']} of the "
+                   f"{summary['scope']['kept_by_volumes']} slices kept per volume were near-duplicates of a slice "
+                   f"of another volume and were dropped")
     if "target" in summary:
         chosen = {k: v for k, v in summary["target"].items() if k in ("threshold", "every_n")}
         typer.echo(f"target fraction {summary['target']['target_fraction']:g}: chosen "
@@ -403,6 +415,10 @@ def samples() -> None:
         _fail(str(exc), code=1)
     for path in paths:
         typer.echo(str(path))
+
+
+app.command(name="duplicates")(curate_cli.duplicates)
+app.command(name="leakage")(curate_cli.leakage)
 
 
 def main() -> None:

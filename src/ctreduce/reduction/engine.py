@@ -139,6 +139,43 @@ def resolve_target(manifest: pd.DataFrame, config: ReduceConfig) -> tuple[pd.Dat
                       "kept_fraction": fractions[best]}
 
 
+def archive_scope(manifest: pd.DataFrame, threshold: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``--scope archive``: the greedy leader rule again over the slices every volume kept, in
+    manifest order (volumes in input order, slices ascending), across volumes, by their dHash
+    (``ctreduce.curate.duplicates.archive_greedy``), so no two kept slices of the archive lie within
+    ``threshold`` bits.
+
+    Adds ``volume_kept`` (the per-volume pass) and ``leader_volume``; a slice dropped by the archive
+    pass gets its archive leader's volume, slice and Hamming distance. A slice dropped by the
+    per-volume pass keeps its leader there (``leader_volume`` = its own volume).
+    """
+    from ..curate.duplicates import VolumeCodes, archive_greedy
+    from ..curate.index import codes_from_hex
+
+    start = time.perf_counter()
+    manifest = manifest.copy()
+    manifest["volume_kept"] = manifest["kept"].to_numpy(copy=True)
+    manifest["leader_volume"] = manifest["volume_id"]
+    kept = manifest[manifest["kept"]]
+    volumes = [VolumeCodes(vid, group["slice_index"].to_numpy(np.int64),
+                           codes_from_hex(group["dhash"].tolist(), where=f"volume {vid}"))
+               for vid, group in kept.groupby("volume_id", sort=False)]
+    result = archive_greedy(volumes, threshold)  # rows in the order of ``kept`` (volumes are contiguous)
+    dropped = ~result["kept"].to_numpy()
+    rows = kept.index[dropped]
+    manifest.loc[rows, "kept"] = False
+    manifest.loc[rows, "leader"] = result["leader_slice"].to_numpy()[dropped].astype(np.int32)
+    manifest.loc[rows, "leader_volume"] = result["leader_volume"].to_numpy()[dropped]
+    manifest.loc[rows, "distance"] = result["distance"].to_numpy()[dropped].astype(np.float64)
+    pairs = result[dropped].groupby(["volume_id", "leader_volume"], sort=False).size()
+    return manifest, {"scope": "archive", "threshold": threshold, "kept_by_volumes": len(kept),
+                      "dropped_across_volumes": int(dropped.sum()), "kept": int(manifest["kept"].sum()),
+                      "volumes_with_drops": int(result[dropped]["volume_id"].nunique()),
+                      "top_pairs": [{"volume": v, "leader_volume": lv, "slices": int(n)}
+                                    for (v, lv), n in pairs.sort_values(ascending=False).head(20).items()],
+                      "seconds": round(time.perf_counter() - start, 3)}
+
+
 def every_n_for_target(slice_counts: Sequence[int], target: float) -> int:
     """The N whose every-n kept fraction over these volumes is closest to ``target``."""
     counts = np.asarray(slice_counts, dtype=np.int64)
@@ -514,14 +551,18 @@ def _assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts,
     with ExportWriter(out, parts.format, size=parts.size, overwrite=True) as writer:
         if parts.format == "npy":
             writer.allocate(len(kept))
+        # A part holds the slices its volume kept; --scope archive may have dropped some since.
+        in_parts = (manifest[manifest["volume_kept"]] if "volume_kept" in manifest.columns else kept)
+        part_slices = {vid: g.to_numpy(np.int64) for vid, g in in_parts.groupby("volume_id", sort=False)["slice_index"]}
         for volume_id, group in kept.groupby("volume_id", sort=False):
             index = group["slice_index"].to_numpy(np.int64)
             if not parts.has(volume_id):
-                volume = load(sources[volume_id], index)
-                parts.write(volume_id, index, Intensity.parse(parts.intensity).to_uint8(volume.hu))
+                volume = load(sources[volume_id], part_slices[volume_id])
+                parts.write(volume_id, part_slices[volume_id], Intensity.parse(parts.intensity).to_uint8(volume.hu))
             records = [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(z), "source": str(src)}
                        for i, z, src in zip(index, group["z_mm"], group["source"], strict=True)]
-            parts.add_to(writer, volume_id, records)
+            rows = np.searchsorted(part_slices[volume_id], index)
+            parts.add_to(writer, volume_id, records, None if len(rows) == len(part_slices[volume_id]) else rows)
         meta = writer.commit({"run_dir": str(run.path.resolve()), "intensity": parts.intensity, "column": "kept",
                               "volumes": int(kept["volume_id"].nunique()), "errors": [], "fused": True,
                               "allow_incomplete": False, "allow_changed": [], "unchecked_sources": False,
@@ -583,6 +624,9 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     fractions = {t: float(manifest[kept_column(t)].mean()) for t in sweep(config)
                  if kept_column(t) in manifest.columns} if not manifest.empty else {}
     manifest, target = resolve_target(manifest, config)
+    scope = None
+    if config.scope == "archive" and not interrupted and all(s.volume_id in entries for s in found.volumes):
+        manifest, scope = archive_scope(manifest, int(config.threshold))
     if config.method == "every-n" and config.target_fraction is not None:
         target = {"target_fraction": config.target_fraction, "every_n": run_config.every_n,
                   "kept_fraction": float(manifest["kept"].mean()) if len(manifest) else 0.0}
@@ -593,6 +637,8 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     if changed or moved:
         summary["inputs_changed"] = changed
         summary["inputs_moved"] = moved
+    if scope is not None:
+        summary["scope"] = scope
     if fractions:
         summary["sweep"] = {f"{t:g}": f for t, f in fractions.items()}
     if target is not None:

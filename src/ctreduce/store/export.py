@@ -332,9 +332,13 @@ class ExportParts:
                 and store.meta.get("size") == self.size and store.meta.get("intensity") == self.intensity
                 and rows == kept and (out / META).stat().st_mtime_ns >= newest)
 
-    def add_to(self, writer: ExportWriter, volume_id: str, records: list[dict[str, Any]]) -> None:
+    def add_to(self, writer: ExportWriter, volume_id: str, records: list[dict[str, Any]],
+               rows: np.ndarray | None = None) -> None:
+        """The volume's part into ``writer``: ``records`` are its slices, ``rows`` their positions in
+        the part (default: all of it, in order; fewer when ``--scope archive`` dropped some)."""
         if self.format == "npy":
-            writer.add_volume(np.load(self._array(volume_id)), records)
+            stack = np.load(self._array(volume_id))
+            writer.add_volume(stack if rows is None else stack[rows], records)
             return
         for record in records:
             name = png_name(volume_id, record["slice_index"])
