@@ -119,9 +119,14 @@ def test_trainable_parameters_per_phase():
 
 def test_linear_probe_changes_only_the_head(task, tmp_path, init_file):
     out = tmp_path / "lin"
-    finetune(task=task, out=str(out), init=str(init_file), mode="linear", epochs=2, head_only_epochs=0, **TINY)
+    summary = finetune(task=task, out=str(out), init=str(init_file), mode="linear", epochs=2, head_only_epochs=0,
+                       precision="bf16-mixed", **TINY)  # mixed precision: on CPU with bfloat16
     start, trained = torch.load(init_file), torch.load(out / "seed0" / "model.pt")
     assert all(torch.equal(start[k], trained[k]) for k in start)
+    torch.manual_seed(0)  # as the run seeds seed 0 before building the model: the head it started from
+    initial = build_model(FinetuneConfig(init=str(init_file), **TINY), 2)[0].fc.weight
+    assert not torch.allclose(trained["fc.weight"], initial)
+    assert summary["trainer"]["precision"] == "bf16-mixed"
 
 
 def test_knn_separates_a_separable_task(tmp_path):
