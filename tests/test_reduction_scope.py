@@ -22,7 +22,8 @@ def twice(tmp_path):
     write_dicom_series(hu, spacing, root / "a_first", seed=1)
     write_dicom_series(hu, spacing, root / "b_copy", seed=2)
     other, spacing = make_phantom(n_slices=24, size=64, slice_thickness=2.5, seed=7)
-    write_dicom_series(other, spacing, root / "c_other", seed=3)
+    # Seen from another side: phantoms of one generator share their layout, which the dHash sees.
+    write_dicom_series(np.ascontiguousarray(np.rot90(other, axes=(1, 2))), spacing, root / "c_other", seed=3)
     return root
 
 

@@ -110,6 +110,7 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max
     intensity = Intensity.parse(manifest["intensity"].iloc[0]) if len(manifest) else Intensity()
 
     parts = [_dataset_section(manifest, summary, groups, column)]
+    parts.append(_duplicates_section(run_dir, sources, intensity, thumb_px))
     parts.append(f"<h2>Volumes</h2>\n{_legend(column)}")
     if len(groups) > len(shown):
         parts.append(f'<p class="more">Showing the first {len(shown)} of {len(groups)} volumes; '
@@ -126,6 +127,67 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+# --- the same scan stored twice ------------------------------------------------------------------
+
+_PAIRS_SHOWN = 5  # volume pairs drawn side by side; the table lists them all
+_PAIR_SLICES = 8  # matched slices drawn per pair
+
+
+def _duplicates_section(run_dir: Path, sources: dict[str, VolumeSource], intensity: Intensity,
+                        thumb_px: int) -> str:
+    """Volume pairs where most slices of one have a near-duplicate in the other (``ctreduce
+    duplicates`` on this run), the first few drawn side by side: matched slices of one volume above
+    their nearest slices in the other."""
+    from .curate.duplicates import DEFAULT_MIN_SHARE, DEFAULT_THRESHOLD, HashesUnavailable, find_duplicates
+
+    title = "<h2>Same scan stored twice?</h2>"
+    try:
+        found = find_duplicates([run_dir])
+    except HashesUnavailable as exc:
+        return f'{title}\n<p class="note">{_esc(exc)}</p>'
+    meta, pairs = found.meta, found.volume_pairs
+    text = (f"<p>{meta['slices_with_duplicate']:,} of {meta['slices']:,} slices have a near-duplicate "
+            f"(dHash within {DEFAULT_THRESHOLD} bits) in another volume; {len(pairs)} volume pair(s) where at least "
+            f"{DEFAULT_MIN_SHARE:.0%} of one volume's slices are matched in the other "
+            "(<code>ctreduce duplicates</code> writes every slice's nearest match).</p>")
+    if not len(pairs):
+        return f"{title}\n{text}"
+    rows = "\n".join(
+        f"<tr><td>{_esc(r.volume_a)}</td><td class=num>{r.matched_a}/{r.slices_a} ({r.share_a:.0%})</td>"
+        f"<td>{_esc(r.volume_b)}</td><td class=num>{r.matched_b}/{r.slices_b} ({r.share_b:.0%})</td></tr>"
+        for r in pairs.itertuples())
+    out = [title, text, "<table><tr><th>volume a</th><th>matched in b</th><th>volume b</th><th>matched in a</th>"
+           f"</tr>\n{rows}\n</table>"]
+    slices = found.slices
+    for r in pairs.head(_PAIRS_SHOWN).itertuples():
+        a, b = (r.volume_a, r.volume_b) if r.share_a >= r.share_b else (r.volume_b, r.volume_a)
+        matched = slices[(slices["volume_id"] == a) & (slices["nearest_volume_id"] == b)]
+        if matched.empty:  # every matched slice of a is nearer to a slice of a third volume
+            continue
+        picked = matched.iloc[np.unique(np.linspace(0, len(matched) - 1, min(_PAIR_SLICES, len(matched)))
+                                        .round().astype(int))]
+        try:
+            strips = [_matched_strip(sources[vid], picked[col].to_numpy(int), intensity, thumb_px)
+                      for vid, col in ((a, "slice_index"), (b, "nearest_slice_index"))]
+        except Exception as exc:  # one unreadable volume never fails the report
+            out.append(f'<p class="unreadable">{_esc(a)} / {_esc(b)}: no thumbnails ({_esc(exc)})</p>')
+            continue
+        distances = ", ".join(str(int(d)) for d in picked["distance"])
+        out.append(f'<div class="volume"><h3>{_esc(a)} (above) and {_esc(b)} (below)</h3>'
+                   f'<p class="meta">Hamming distances of the pairs shown: {distances} bits</p>'
+                   + "".join(_img(s, f"matched slices of {a} and {b}") for s in strips) + "</div>")
+    return "\n".join(out)
+
+
+def _matched_strip(source: VolumeSource, index: np.ndarray, intensity: Intensity, thumb_px: int) -> bytes:
+    volume = load(source, index)
+    _, row_mm, col_mm = volume.spacing
+    aspect = (volume.hu.shape[1] * row_mm) / (volume.hu.shape[2] * col_mm)
+    image = thumbnail_strip(intensity.to_uint8(volume.hu), np.ones(len(index), bool), index, thumb_px,
+                            aspect if np.isfinite(aspect) and aspect > 0 else 1.0)
+    return _png(image)
 
 
 # --- dataset summary -----------------------------------------------------------------------------
