@@ -207,7 +207,7 @@ def _headless(chromium: str, profile: Path, *args: str) -> subprocess.CompletedP
 def test_report_renders_in_chromium(run_dir: Path, report: Path, tmp_path: Path) -> None:
     chromium = _chromium()
     dom = _headless(chromium, tmp_path / "profile", "--dump-dom", report.as_uri()).stdout
-    titles = re.findall(r"<h3>(.*?)</h3>", dom, flags=re.S)
+    titles = [re.search(r"<h3>(.*?)</h3>", block, flags=re.S).group(1) for block in _volume_blocks(dom)]
     ids = list(_manifest(run_dir)["volume_id"].unique())
     assert len(titles) == len(ids)
     for title, vid in zip(titles, ids, strict=True):
