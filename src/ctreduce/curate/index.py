@@ -216,7 +216,7 @@ class HammingIndex:
         ``a == b``, pairs of positions i < j only).
 
         Buckets are contiguous in ``table.codes``, so bucket ``b[k]`` is read as one window of
-        ``W`` codes (``W`` its size rounded up to a power of two, padding masked) and compared
+        ``W`` codes (``W`` its size rounded up to a power of two) and compared
         with each code of bucket ``a[k]`` in one (rows, W) popcount: no per-pair index arithmetic.
         """
         ca, cb = table.counts[a], table.counts[b]
@@ -232,11 +232,12 @@ class HammingIndex:
             sa_w, na_w, sb_w, nb_w = table.starts[a[sel]], ca[sel], sb[sel], cb[sel]
             windows = np.lib.stride_tricks.sliding_window_view(table.padded, int(width))
             shift = int(width).bit_length() - 1
-            for lo, hi in _chunks(na_w * width, CHUNK):
-                counts = na_w[lo:hi]
-                block = np.repeat(np.arange(lo, hi), counts)
-                first = np.cumsum(counts) - counts
-                pi = sa_w[block] + np.arange(len(block)) - np.repeat(first, counts)
+            block_of_row = np.repeat(np.arange(len(na_w)), na_w)  # one row per code of bucket a
+            first = np.repeat(np.cumsum(na_w) - na_w, na_w)
+            row_pos = sa_w[block_of_row] + np.arange(len(block_of_row)) - first
+            step = max(1, CHUNK // int(width))
+            for r0 in range(0, len(block_of_row), step):
+                block, pi = block_of_row[r0:r0 + step], row_pos[r0:r0 + step]
                 start = sb_w[block]
                 hit = np.flatnonzero(popcount(table.codes[pi][:, None] ^ windows[start]) <= self.radius)
                 row, col = hit >> shift, hit & (width - 1)
