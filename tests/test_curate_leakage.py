@@ -11,7 +11,7 @@ from PIL import Image
 from test_curate_duplicates import write_small_ct
 
 from ctreduce.curate.index import codes_from_hex
-from ctreduce.curate.leakage import find_leakage, image_codes, pretrain_codes
+from ctreduce.curate.leakage import find_leakage, image_codes, leakage_of, pretrain_codes
 from ctreduce.curate.store import LeakageFolder
 
 CLASSES = ("a_without", "b_with")
@@ -116,3 +116,12 @@ def test_leakage_command_and_folder(setting, tmp_path):
     folder = LeakageFolder.open(out)
     assert folder.meta["splits"]["test"]["leaked"] == 1 and len(folder.images) == folder.meta["splits"]["train"][
         "images"] + folder.meta["splits"]["val"]["images"] + folder.meta["splits"]["test"]["images"]
+
+
+def test_a_loaded_task_gives_the_same_result(setting):
+    from ctreduce.downstream.datasets import load_image_folder
+
+    loaded = leakage_of(load_image_folder(setting["task"]), setting["run"])
+    direct = find_leakage(setting["run"], setting["task"])
+    pd.testing.assert_frame_equal(loaded.images, direct.images)
+    assert loaded.summary() == direct.summary()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from ..store.export import ExportStore
 from ..store.run import MANIFEST
 from .duplicates import DEFAULT_THRESHOLD, manifest_codes
 from .index import HammingIndex, codes_from_bits
+
+if TYPE_CHECKING:
+    from ..downstream.datasets import DownstreamData
 
 SPLITS = ("train", "val", "test")
 _HASH_BATCH = 4096  # images hashed per stack: bounds the float64 copy of a batch
@@ -131,11 +134,19 @@ def find_leakage(pretrain: str | os.PathLike, task: str | os.PathLike | dict[str
     start = time.perf_counter()
     spec = dict(task) if isinstance(task, dict) else task_spec_for(task)
     data = load_task(spec)
+    return leakage_of(data, pretrain, threshold=threshold, task_source=task_source(spec) or data.source,
+                      started=start)
+
+
+def leakage_of(data: DownstreamData, pretrain: str | os.PathLike, *, threshold: int = DEFAULT_THRESHOLD,
+               task_source: str = "", started: float | None = None) -> LeakageResult:
+    """:func:`find_leakage` of a task already loaded (``finetune`` and ``experiment`` hold one)."""
+    start = time.perf_counter() if started is None else started
     source = pretrain_codes(pretrain)
     split_codes = {name: image_codes(split.images) for name, split in data.splits().items()}
     frame = leakage_table(split_codes, {n: s.names for n, s in data.splits().items()}, source, threshold)
     meta = {
-        "task": data.name, "task_source": task_source(spec) or data.source,
+        "task": data.name, "task_source": task_source or data.source,
         "pretrain": str(source.path.resolve()), "pretrain_kind": source.kind,
         "pretrain_slices": int(len(source.codes)), "threshold": int(threshold),
         "splits": {s: {"images": int((frame["split"] == s).sum()),
