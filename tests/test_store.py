@@ -416,7 +416,9 @@ def test_a_rerun_reads_only_the_headers_of_changed_files(run_dir, archive, monke
     (archive / "patient0" / "ct" / "stray.dcm").write_bytes(b"not dicom")
     ctreduce.reduce(archive, run_dir)
     assert sorted(read) == sorted([touched.name, "stray.dcm"])
-    assert RunFolder(run_dir).header_cache()[str(touched)][:2] == (touched.stat().st_size, 5)
+    cached = RunFolder(run_dir).header_cache()
+    assert cached[str(touched)][:2] == (touched.stat().st_size, 5)
+    assert cached == discover.scan([archive]).headers  # the columnar cache gives back every header exactly
 
 
 # --- reduce --export: one pass ---------------------------------------------------------------------

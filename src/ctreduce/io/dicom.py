@@ -68,7 +68,7 @@ GAP_FACTOR = 1.5
 DUPLICATE_TOL_MM = 1e-3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DicomHeader:
     """The discovery tags of one file. ``problem`` (in words) makes the file's series an error.
 

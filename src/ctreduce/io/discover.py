@@ -39,6 +39,7 @@ class ScanResult:
     headers: HeaderCache = field(default_factory=dict)  # every DICOM candidate's header or reason
     stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # every file walked: (size, mtime_ns)
     digest: str = ""  # of the walk (``Listing.digest``)
+    headers_read: int = 0  # DICOM headers read from disk (not found in the header cache)
 
 
 # path -> (size, mtime_ns, header or the reason the file is not usable DICOM)
@@ -205,7 +206,9 @@ def scan(
         roots.append((base, part, candidates))
     # One pass (and one worker pool) over the DICOM candidates of every input.
     every = [path for _, _, candidates in roots for path in candidates]
-    read = iter(_read_headers(every, listing.stats, workers, header_cache, result.headers))
+    headers_or_reasons, result.headers_read = _read_headers(every, listing.stats, workers, header_cache,
+                                                            result.headers)
+    read = iter(headers_or_reasons)
     for base, part, candidates in roots:
         result.volumes += part.volumes
         result.skipped += part.skipped
@@ -254,10 +257,10 @@ def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
 
 
 def _read_headers(paths: list[Path], known: dict[str, tuple[int, int]], workers: int, cache: HeaderCache | None,
-                  seen: HeaderCache) -> list[dicom.DicomHeader | str]:
+                  seen: HeaderCache) -> tuple[list[dicom.DicomHeader | str], int]:
     """Each file's header, or the reason it is not usable DICOM; in input order. A file whose size
     and mtime (``known``, from the walk) equal its ``cache`` entry is not read again; every result
-    is added to ``seen``."""
+    is added to ``seen``. Also returns how many were read from disk."""
     stats = [known[str(p)] for p in paths]
     results: list[dicom.DicomHeader | str | None] = [None] * len(paths)
     misses = []
@@ -279,7 +282,7 @@ def _read_headers(paths: list[Path], known: dict[str, tuple[int, int]], workers:
         results[k] = header
     for path, stat, header in zip(paths, stats, results, strict=True):
         seen[str(path)] = (*stat, header)
-    return results  # type: ignore[return-value]
+    return results, len(todo)  # type: ignore[return-value]
 
 
 def _add_series(result: ScanResult, base: Path, headers: list[dicom.DicomHeader], want: str,

@@ -473,6 +473,8 @@ def reduce(
     cache = RunFolder(out).header_cache() if out is not None and not overwrite else None
     found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps,
                  workers=workers if backend == "local" else 1, header_cache=cache, listing=listing)
+    # The cache is rewritten only when a header was read or a file went away.
+    rewrite_cache = found.headers_read > 0 or len(cache or {}) != len(found.headers)
     del cache, listing
     if not found.volumes and not found.errors:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in found.skipped[:5])
@@ -492,7 +494,7 @@ def reduce(
             export_out = Path(export_out) if export_out is not None else run.default_export
         manifest = _reduce_found(found, run, config, run_config, paths, t0, scan_seconds, workers=workers,
                                  overwrite=overwrite, csv=csv, progress=progress, backend=backend,
-                                 ray_address=ray_address, export=parts)
+                                 ray_address=ray_address, export=parts, rewrite_cache=rewrite_cache)
         if parts is not None and manifest.attrs["summary"]["complete"]:
             manifest.attrs["summary"]["export"] = _assemble_export(run, manifest, parts, Path(export_out),
                                                                    {s.volume_id: s for s in found.volumes}, overwrite)
@@ -575,14 +577,15 @@ def _assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts,
 def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig, run_config: ReduceConfig,
                   paths: list[Path], t0: float, scan_seconds: float, *, workers: int, overwrite: bool, csv: bool,
                   progress: bool, backend: str, ray_address: str | None,
-                  export: ExportParts | None = None) -> pd.DataFrame:
+                  export: ExportParts | None = None, rewrite_cache: bool = True) -> pd.DataFrame:
     done: dict[str, dict[str, Any]] = {}
     fingerprints: dict[str, Fingerprint] = {}
     changed: dict[str, str] = {}
     moved: list[str] = []
     if run is not None:
         run.start(identity(config), [str(p.resolve()) for p in paths], overwrite)
-        run.write_header_cache(found.headers)
+        if rewrite_cache or overwrite:
+            run.write_header_cache(found.headers)
         if export is not None:
             export.prepare()  # after start: --overwrite has cleared the old parts
         done = _still_valid(run, found.volumes, found.stats, run.finished(), fingerprints, changed, moved)

@@ -231,7 +231,13 @@ class RunFolder:
         write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
 
     def write_header_cache(self, cache: HeaderCache) -> None:
-        atomic_write(self.path / HEADERS, lambda p: _header_table(cache).to_parquet(p, index=False))
+        def write(path: Path) -> None:
+            items = list(cache.items())
+            with pq.ParquetWriter(path, _HEADER_SCHEMA) as writer:
+                for start in range(0, len(items), _HEADER_BATCH):  # bounded transient memory
+                    writer.write_batch(_header_batch(items[start:start + _HEADER_BATCH]))
+
+        atomic_write(self.path / HEADERS, write)
 
     def header_cache(self) -> HeaderCache:
         """The headers of the last scan ({} when there is none or it cannot be read: it is a cache)."""
@@ -390,17 +396,25 @@ _HEADER_FIELDS = [f.name for f in dataclasses.fields(DicomHeader) if f.name != "
 _TUPLE_FIELDS = {"position", "orientation", "pixel_spacing", "frame_positions"}
 
 
-def _header_table(cache: HeaderCache) -> pd.DataFrame:
-    headers = [v[2] for v in cache.values()]
+_HEADER_BATCH = 8192
+_HEADER_SCHEMA = pa.schema(
+    [("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("reason", pa.string())]
+    + [(name, pa.string() if name in _TUPLE_FIELDS else
+        {"rows": pa.int64(), "cols": pa.int64(), "frames": pa.int64(), "multiframe": pa.bool_()}.get(name, pa.string()))
+       for name in _HEADER_FIELDS])
+
+
+def _header_batch(items: list[tuple[str, tuple[int, int, DicomHeader | str]]]) -> pa.RecordBatch:
+    headers = [v[2] for _, v in items]
     columns: dict[str, list[Any]] = {
-        "path": list(cache), "size": [v[0] for v in cache.values()], "mtime_ns": [v[1] for v in cache.values()],
+        "path": [p for p, _ in items], "size": [v[0] for _, v in items], "mtime_ns": [v[1] for _, v in items],
         "reason": [h if isinstance(h, str) else None for h in headers]}
     for name in _HEADER_FIELDS:
         values = [None if isinstance(h, str) else getattr(h, name) for h in headers]
         if name in _TUPLE_FIELDS:
             values = [None if v is None else json.dumps(v) for v in values]
         columns[name] = values
-    return pd.DataFrame(columns)
+    return pa.RecordBatch.from_pydict(columns, schema=_HEADER_SCHEMA)
 
 
 def _header_cache(table: pa.Table) -> HeaderCache:
