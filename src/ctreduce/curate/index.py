@@ -3,19 +3,21 @@
 :class:`HammingIndex` finds every pair of codes within ``radius`` bits (a self-join) and every
 indexed code within ``radius`` of a query, exactly, by multi-index hashing (Norouzi et al.,
 "Fast search in Hamming space with multi-index hashing", CVPR 2012) with the general pigeonhole
-principle of Qin et al. ("GPH", ICDE 2018): the 64 bits are cut into ``m`` contiguous parts and
-part ``s`` gets a tolerance ``t_s`` with ``sum(t_s + 1) >= radius + 1``; two codes within
+principle of Qin et al. ("GPH", ICDE 2018): the 64 bits are dealt into ``m`` parts (bit ``b``
+to part ``b % m``, :func:`interleave`) and part ``s`` gets a tolerance ``t_s`` with
+``sum(t_s + 1) >= radius + 1``; two codes within
 ``radius`` then differ in at most ``t_s`` bits of at least one part ``s``. Each part is a
 direct-address table (value -> bucket of codes sorted by that value); candidates are the codes of
 the buckets within ``t_s`` of a code's part value, checked with a full popcount. A pair is
 reported only by the first part that generates it, so every result appears once.
 
-Why not FAISS: on 100,000 CT-like codes, ``faiss.IndexBinaryMultiHash`` range search at radius
-6 took 75 s (4 tables of 16 bits, nflip 1; 167 s with 7 tables of 9 bits) on this project's
-shared 2-core machine, this index 1.5 s; FAISS's exhaustive ``IndexBinaryFlat`` needed 174 s for
-the nearest of 25,000 queries among 1,000,000 codes, this index 3 s within 6 bits
-(``benchmarks/bench_curate.py`` prints the comparison). Searches are therefore bounded by the
-radius: "nearest" means nearest within the radius.
+Why not FAISS (measured on this project's shared 2-core machine, ``benchmarks/bench_curate.py``):
+the radius-6 self-join of the benchmark's first 50,000 CT-like codes took 4.6 s with
+``faiss.IndexBinaryMultiHash`` range search (4 tables of 16 bits, nflip 1: exact at radius 6),
+0.74 s with this index; on a more clustered set of 100,000 codes 75 s against 1.5 s. FAISS's
+exhaustive ``IndexBinaryFlat`` took 174 s for the nearest of 25,000 queries among 1,000,000
+codes, this index 3 s within 6 bits. Searches are therefore bounded by the radius: "nearest"
+means nearest within the radius.
 
 Memory is linear in the number of codes: per part the sort order, the codes in that order and
 one table of ``2**bits`` int32 (4 MiB for 22-bit parts); results stream out in chunks.
