@@ -41,10 +41,12 @@ def test_tiny_grid_end_to_end_then_cached(tmp_path):
     assert {"nodule AUC", "nodule F1", "nodule ACC"} <= set(table.columns)
     assert pd.read_csv(out / "results.csv").shape[0] == 2
     markdown = (out / "results.md").read_text()
-    assert "| phantom | Hash-6 | MoCo |" in markdown and "nodule AUC" in markdown
+    assert "| phantom | Hash-6 | MoCo |" in markdown and "nodule AUC" in markdown and "nodule test leaks" in markdown
+    assert (table["nodule test images"] > 0).all() and table["nodule test leaks"].notna().all()
+    assert len(list((out / "cache" / "leakage").glob("*/leakage/images.parquet"))) == 2
     assert (out / "plots" / "auc_vs_kept_nodule.png").exists() and (out / "plots" / "pretrain_time.png").exists()
     stages = [line.split("]")[0] + "]" for line in log]
-    assert stages.count("[pretrain]") == 2 and stages.count("[finetune]") == 2
+    assert stages.count("[pretrain]") == 2 and stages.count("[finetune]") == 2 and stages.count("[leakage]") == 2
     exports = [json.loads(p.read_text()) for p in (out / "cache" / "export").glob("*/done.json")]
     assert len(exports) == 2 and all(e["fused"] for e in exports)  # written in the reduce pass, linked
 
@@ -55,14 +57,16 @@ def test_tiny_grid_end_to_end_then_cached(tmp_path):
     grown = {**TINY, "reductions": TINY["reductions"] + [{"name": "EveryN",
                                                           "settings": {"method": "every-n", "every_n": 3}}]}
     run_experiment(write(tmp_path, grown), log=log.append)
-    assert [line.split("]")[0] + "]" for line in log] == ["[reduce]", "[export]", "[pretrain]", "[finetune]"]
+    assert [line.split("]")[0] + "]" for line in log if line.startswith("[")] == [
+        "[reduce]", "[export]", "[pretrain]", "[finetune]", "[leakage]"]
 
     # One reduction setting changed: that reduce stage and all that depends on it run again, the ALL cell not.
     log.clear()
     hash4 = {**TINY, "reductions": [TINY["reductions"][0], {"name": "Hash-6", "settings": {"method": "hash",
                                                                                              "threshold": 4}}]}
     run_experiment(write(tmp_path, hash4), log=log.append)
-    assert [line.split("]")[0] + "]" for line in log] == ["[reduce]", "[export]", "[pretrain]", "[finetune]"]
+    assert [line.split("]")[0] + "]" for line in log if line.startswith("[")] == [
+        "[reduce]", "[export]", "[pretrain]", "[finetune]", "[leakage]"]
     assert "Hash-6" in log[0]
 
     # Keys hash the resolved settings: the default threshold (6) left out is the cached Hash-6 cell.
@@ -111,5 +115,5 @@ def test_a_cell_pretrained_on_two_devices_runs_each_stage_once(tmp_path):
     log: list[str] = []
     table = run_experiment(write(tmp_path, ddp), log=log.append)
     stages = [line.split("]")[0] + "]" for line in log if line.startswith("[")]
-    assert sorted(stages) == ["[data]", "[data]", "[export]", "[finetune]", "[pretrain]", "[reduce]"]
+    assert sorted(stages) == ["[data]", "[data]", "[export]", "[finetune]", "[leakage]", "[pretrain]", "[reduce]"]
     assert table.loc[0, "epochs"] == 1 and table.loc[0, "pretrain_s"] > 0

@@ -7,6 +7,7 @@ Exit status: 0 when every volume was processed, 1 when any failed (after doing t
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -350,7 +351,7 @@ def finetune(
 
     from .config import FinetuneConfig, parse_overrides
     from .downstream.datasets import task_spec_for
-    from .downstream.finetune import FinetuneError
+    from .downstream.finetune import FinetuneError, LeakageWarning
     from .downstream.finetune import finetune as do_finetune
     from .trainer import launched_rank
 
@@ -363,7 +364,9 @@ def finetune(
     except (ValidationError, ValueError) as exc:
         _fail(str(exc))
     try:
-        summary = do_finetune(config)
+        with warnings.catch_warnings():  # leaks are reported below, in words, not as a Python warning
+            warnings.simplefilter("ignore", LeakageWarning)
+            summary = do_finetune(config)
     except FinetuneError as exc:
         _fail(str(exc))
     if launched_rank() != 0:  # under DDP every device runs this command; rank 0 reports
@@ -372,6 +375,13 @@ def finetune(
     typer.echo(f"threads: {threads['torch_threads']} torch, {threads['loader_workers']} loader worker(s) "
                f"({threads['source']})")
     _echo_metrics(summary)
+    if "leakage" in summary:
+        leak = summary["leakage"]
+        typer.echo(f"test images within {leak['threshold']} bits of a pre-training slice: {leak['leaked']['test']} of "
+                   f"{leak['images']['test']}; of a training image: {leak['test_in_train']}")
+        if leak["leaked"]["test"] or leak["test_in_train"]:
+            typer.echo("warning: some test images also sit in the pre-training data or the training split; their "
+                       "metrics are optimistic ('ctreduce leakage' lists them)", err=True)
     typer.echo(f"results: {out / 'results.json'}")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -212,4 +213,31 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     info = {"task": data.name, "classes": list(data.classes), "init": config.init, "mode": config.mode,
             "seeds": list(config.seeds),
             "split_sizes": {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}, **setup}
+    leakage = pretraining_leakage(config.init, data)
+    if leakage is not None:
+        info["leakage"] = leakage
     return write_results(run.path, info, per_seed)
+
+
+def pretraining_leakage(init: str, data: DownstreamData) -> dict[str, Any] | None:
+    """For a backbone pre-trained by ``ctreduce pretrain``: task images within the dHash threshold of
+    a slice it was pre-trained on (``ctreduce leakage``), per split, and test images in the training
+    split. A warning when test images leak: their metrics are optimistic. None for other inits."""
+    from ..curate.leakage import leakage_of
+    from ..store.pretrain import PretrainRun
+
+    pretrain_data = PretrainRun(init).config().get("data") if Path(init).is_dir() else None
+    if not pretrain_data or not Path(pretrain_data).exists():
+        return None
+    found = leakage_of(data, pretrain_data).summary()
+    test, in_train = found["leaked"]["test"], found["test_in_train"]
+    if test or in_train:
+        warnings.warn(f"{test} of {found['images']['test']} test images of {data.name} lie within "
+                      f"{found['threshold']} bits (dHash) of a slice the backbone was pre-trained on, {in_train} of a "
+                      "training image: their metrics are optimistic (ctreduce leakage lists them)", LeakageWarning,
+                      stacklevel=2)
+    return found
+
+
+class LeakageWarning(UserWarning):
+    """Test images of a downstream task also sit in the pre-training data or the training split."""
