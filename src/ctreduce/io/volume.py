@@ -109,6 +109,8 @@ def hu_array(raw: np.ndarray, slope: np.ndarray, intercept: np.ndarray) -> np.nd
         and np.all(slope == np.round(slope))
         and np.all(intercept == np.round(intercept))
     )
+    if integral and raw.dtype == np.int16 and raw.flags.owndata and np.all(slope == 1) and np.all(intercept == 0):
+        return raw  # already HU in an array of its own (NRRD/NIfTI written in HU): no copy, no range check
     if integral:
         out = raw.astype(np.int32, copy=True)
         if np.any(slope != 1):

@@ -248,11 +248,12 @@ def process_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs 
 def _finish(source: VolumeSource, volume: Volume, u8: np.ndarray | None, config: ReduceConfig,
             outputs: Outputs | None, before: Fingerprint, start: float) -> VolumeResult:
     """Select, and write the manifest and export parts of a volume that was read."""
+    if u8 is None:  # scaled once: hashed, compared and exported
+        u8 = Intensity.parse(config.intensity).to_uint8(volume.hu)
     frame = _volume_frame(volume, config, u8)
     if outputs is not None and outputs.export is not None:
         kept = np.flatnonzero(frame["kept"].to_numpy())
-        outputs.export.write(source.volume_id, kept, u8[kept] if u8 is not None
-                             else Intensity.parse(config.intensity).to_uint8(volume.hu[kept]))
+        outputs.export.write(source.volume_id, kept, u8[kept])
     if outputs is not None:
         write_part(outputs.parts, source.volume_id, frame)
     return VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
