@@ -370,9 +370,24 @@ def check_evaluate(argv, box, proc) -> list[str]:
         p for p in [nonempty(out / "results.json")] if p]
 
 
+def check_duplicates(argv, box, proc) -> list[str]:
+    from ctreduce.curate.store import DuplicatesFolder
+
+    found = DuplicatesFolder.open(box.cwd / option(argv, "--out", "-o"))
+    return [] if found.meta["slices"] > 0 and len(found.slices) == found.meta["slices"] else [
+        f"duplicates.json says {found.meta['slices']} slices, slices.parquet has {len(found.slices)}"]
+
+
+def check_leakage(argv, box, proc) -> list[str]:
+    counted = re.findall(r"^\s+(train|val|test)\s*: (\d+) of (\d+) images", proc.stdout, re.M)
+    return [] if {s for s, _, n in counted if int(n) > 0} == {"train", "val", "test"} else [
+        f"per-split counts not printed: {counted}"]
+
+
 CHECKS = {"scan": check_scan, "reduce": check_reduce, "export": check_export, "report": check_report,
           "compare": check_compare, "samples": check_samples, "pretrain": check_pretrain,
-          "finetune": check_finetune, "evaluate": check_evaluate}
+          "finetune": check_finetune, "evaluate": check_evaluate, "duplicates": check_duplicates,
+          "leakage": check_leakage}
 
 
 # --- inputs the README assumes without creating them ---------------------------------------------
