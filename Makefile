@@ -11,7 +11,7 @@ DEMO := demo-out
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,dev,ray,deepnet,curate]'
+	$(BIN)/python -m pip install -q -e '.[train,dev,ray,deepnet]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,10 +37,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench_reduce.py
+	$(BIN)/python benchmarks/bench_profile.py
 	$(BIN)/python benchmarks/bench_methods.py
 	$(BIN)/python benchmarks/bench_pretrain.py
 	$(BIN)/python benchmarks/bench_integrity.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_scan.py
+	$(BIN)/python benchmarks/bench_curate.py --imagededup-n 10000
+	$(BIN)/python benchmarks/bench_finetune.py
+	$(BIN)/python benchmarks/bench_threads.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
