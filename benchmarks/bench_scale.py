@@ -8,8 +8,9 @@ user would, in its own process::
 
 and reports wall time, the scan's share (``summary.json``), the peak RSS of the largest process
 (``getrusage(RUSAGE_CHILDREN)``: the parent or a worker), the sizes of the run folder's tables,
-then the time of a rerun of the complete run (a no-op: headers come from ``headers.parquet``,
-volumes from their fingerprints) and of a rerun after 1% of the volumes' parts were deleted.
+then the time of a rerun of the complete run (a no-op: the file listing equals the one recorded, nothing
+else is read) and of the rerun of a run killed before its last 1% of volumes (their parts, the manifest
+and the summary deleted: headers come from ``headers.parquet``, finished volumes from their fingerprints).
 
     python benchmarks/bench_scale.py [--series 2000] [--slices 100] [--size 64] [--subset 500]
 """
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_model, load_line, versions  # noqa: E402
 
 from ctreduce.phantom import make_phantom, write_dicom_series  # noqa: E402
-from ctreduce.store.run import RunFolder, part_name  # noqa: E402
+from ctreduce.store.run import MANIFEST, SUMMARY, RunFolder, part_name  # noqa: E402
 
 CTREDUCE = str(Path(sys.executable).with_name("ctreduce"))
 
@@ -85,10 +86,17 @@ def measure(folders: list[Path], scratch: Path, size: int) -> dict[str, float]:
     folder = RunFolder(run)
     summary = folder.summary()
     noop, _ = timed(args)
-    parts = [s.volume_id for s in folder.sources()][:: 100]  # 1% of the volumes
+    # A run killed before its last 1% of volumes: their parts missing, and no manifest or summary yet
+    # (both are written when a run ends).
+    parts = [s.volume_id for s in folder.sources()][:: 100]
     for vid in parts:
         (folder.parts / part_name(vid)).unlink()
+    for name in (MANIFEST, SUMMARY):
+        (run / name).unlink()
     missing, _ = timed(args)
+    redone = RunFolder(run).summary()
+    if not redone["complete"] or redone["totals"]["volumes_reduced"] != summary["totals"]["volumes_reduced"]:
+        raise RuntimeError(f"the resumed run is not whole: {redone['totals']}")
     sizes = {name: (run / name).stat().st_size / 2**20 for name in ("manifest.parquet", "volumes.parquet",
                                                                       "headers.parquet", "progress.jsonl")}
     return {"series": len(folders), "slices": summary["totals"]["slices"], "kept": summary["totals"]["kept"],

@@ -61,6 +61,15 @@ def test_every_manifest_carries_each_slices_dhash(archive, method):
         assert manifest["hash"].tolist() == expected
 
 
+def test_frames_derived_from_the_manifest_share_its_summary(archive):
+    """pandas deep-copies attrs into every derived frame; the summary (one entry per volume) is shared
+    instead, or a loop over an archive's volumes spends minutes copying it."""
+    manifest = ctreduce.reduce(archive)
+    group = next(iter(manifest.groupby("volume_id")))[1]
+    assert group.attrs["summary"] is manifest.attrs["summary"]
+    assert json.loads(json.dumps(manifest.attrs["summary"]))["totals"]["volumes_reduced"] == 4
+
+
 def test_kept_slices_equal_the_paper_procedure(archive):
     manifest = ctreduce.reduce(archive)
     for vid, vol in manifest.groupby("volume_id"):
