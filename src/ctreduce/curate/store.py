@@ -50,8 +50,14 @@ def _prepare(out: Path, meta_name: str, tables: tuple[str, ...]) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_table(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda p: frame.to_parquet(p, index=False))
+def _write(out: str | os.PathLike, meta_name: str, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> Path:
+    """The tables, then the JSON that marks the folder complete (written last)."""
+    out = Path(out)
+    _prepare(out, meta_name, tuple(tables))
+    for name, frame in tables.items():
+        atomic_write(out / name, lambda p, frame=frame: frame.to_parquet(p, index=False))
+    write_json(out / meta_name, {"schema": SCHEMA, "complete": True, **meta})
+    return out
 
 
 def _read(root: Path, meta_name: str, tables: tuple[str, ...], command: str) -> tuple[dict[str, Any], list]:
@@ -84,12 +90,7 @@ class DuplicatesFolder:
     @staticmethod
     def write(out: str | os.PathLike, meta: dict[str, Any], slices: pd.DataFrame,
               volume_pairs: pd.DataFrame) -> Path:
-        out = Path(out)
-        _prepare(out, DUPLICATES_META, (SLICES, VOLUME_PAIRS))
-        _write_table(out / SLICES, slices)
-        _write_table(out / VOLUME_PAIRS, volume_pairs)
-        write_json(out / DUPLICATES_META, {"schema": SCHEMA, "complete": True, **meta})
-        return out
+        return _write(out, DUPLICATES_META, {SLICES: slices, VOLUME_PAIRS: volume_pairs}, meta)
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> DuplicatesFolder:
@@ -108,11 +109,7 @@ class LeakageFolder:
 
     @staticmethod
     def write(out: str | os.PathLike, meta: dict[str, Any], images: pd.DataFrame) -> Path:
-        out = Path(out)
-        _prepare(out, LEAKAGE_META, (IMAGES,))
-        _write_table(out / IMAGES, images)
-        write_json(out / LEAKAGE_META, {"schema": SCHEMA, "complete": True, **meta})
-        return out
+        return _write(out, LEAKAGE_META, {IMAGES: images}, meta)
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> LeakageFolder:
