@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from .io.discover import load
-from .io.volume import VolumeError, VolumeSource
+from .io.volume import Volume, VolumeError, VolumeSource
 from .reduction.intensity import Intensity
 from .store.run import SCORE_COLUMNS, VOLUMES, RunFolder, RunFolderError
 
@@ -183,11 +183,7 @@ def _duplicates_section(run_dir: Path, sources: dict[str, VolumeSource], intensi
 
 def _matched_strip(source: VolumeSource, index: np.ndarray, intensity: Intensity, thumb_px: int) -> bytes:
     volume = load(source, index)
-    _, row_mm, col_mm = volume.spacing
-    aspect = (volume.hu.shape[1] * row_mm) / (volume.hu.shape[2] * col_mm)
-    image = thumbnail_strip(intensity.to_uint8(volume.hu), np.ones(len(index), bool), index, thumb_px,
-                            aspect if np.isfinite(aspect) and aspect > 0 else 1.0)
-    return _png(image)
+    return _strip_png(volume, intensity.to_uint8(volume.hu), np.ones(len(index), bool), index, thumb_px)
 
 
 # --- dataset summary -----------------------------------------------------------------------------
@@ -317,11 +313,14 @@ def _volume_strip(source: VolumeSource, rows: pd.DataFrame, kept: np.ndarray, in
                           f"{len(rows)}; the files changed since the run")
     picked = pick_slices(kept, thumbs_per_volume)
     index = rows["slice_index"].to_numpy(int)[picked]
+    return _strip_png(volume, intensity.to_uint8(volume.hu[index]), kept[picked], index, thumb_px)
+
+
+def _strip_png(volume: Volume, u8: np.ndarray, kept: np.ndarray, index: np.ndarray, thumb_px: int) -> bytes:
+    """``thumbnail_strip`` of these slices of ``volume`` as PNG, each slice at its physical aspect."""
     _, row_mm, col_mm = volume.spacing
     aspect = (volume.hu.shape[1] * row_mm) / (volume.hu.shape[2] * col_mm)
-    image = thumbnail_strip(intensity.to_uint8(volume.hu[index]), kept[picked], index, thumb_px,
-                            aspect if np.isfinite(aspect) and aspect > 0 else 1.0)
-    return _png(image)
+    return _png(thumbnail_strip(u8, kept, index, thumb_px, aspect if np.isfinite(aspect) and aspect > 0 else 1.0))
 
 
 def pick_slices(kept: np.ndarray, limit: int) -> np.ndarray:

@@ -20,8 +20,6 @@ functional groups.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from collections import defaultdict
@@ -89,19 +87,6 @@ class DicomHeader:
     problem: str = ""
     multiframe: bool = False
     frame_positions: tuple[Position, ...] = ()
-
-
-def header_to_json(header: DicomHeader) -> str:
-    return json.dumps(dataclasses.asdict(header))
-
-
-def header_from_json(text: str) -> DicomHeader:
-    """The inverse of ``header_to_json`` (JSON arrays back to the tuples the fields hold)."""
-
-    def tuples(value):
-        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-
-    return DicomHeader(**{k: tuples(v) for k, v in json.loads(text).items()})
 
 
 def read_header(path: str | Path) -> DicomHeader:
