@@ -619,39 +619,12 @@ def read_series(source: VolumeSource) -> Volume:
         if source.z_mm:
             _check_position(ds, path, source.z_mm[i])
     assert raw is not None
-    hu = _hu(raw, slopes, intercepts)
+    hu = hu_array(raw, slopes, intercepts, in_place=True)
     if lut_slices:
         hu = hu.astype(np.float32)
         for i, values in lut_slices.items():
             hu[i] = values
     return _volume(source, hu, source.paths)
-
-
-def _hu(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
-    """``hu_array(raw, slopes, intercepts)``, in place when the result is int16 anyway.
-
-    16-bit stored values with an integral rescale whose HU fit int16 (the usual CT) are rescaled
-    in uint16 arithmetic, which is exact modulo 2**16, so the int16 view of the result is the
-    exact HU; this skips hu_array's int32 copy and its range pass (0.9 of 2.4 ms per 512 px slice).
-    """
-    integral = np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))
-    if raw.dtype.itemsize != 2 or raw.dtype.kind not in "iu" or not integral or not raw.size:
-        return hu_array(raw, slopes, intercepts)
-    uniform = np.all(slopes == slopes[0]) and np.all(intercepts == intercepts[0])
-    groups = [(slice(None), int(slopes[0]), int(intercepts[0]))] if uniform else [
-        (i, int(s), int(b)) for i, (s, b) in enumerate(zip(slopes, intercepts, strict=True))]
-    for where, slope, intercept in groups:
-        part = raw[where]
-        ends = (int(part.min()) * slope + intercept, int(part.max()) * slope + intercept)
-        if min(ends) < -(1 << 15) or max(ends) >= 1 << 15:
-            return hu_array(raw, slopes, intercepts)
-    words = raw.view(np.uint16)
-    for where, slope, intercept in groups:
-        if slope != 1:
-            np.multiply(words[where], np.uint16(slope % (1 << 16)), out=words[where])
-        if intercept:
-            np.add(words[where], np.uint16(intercept % (1 << 16)), out=words[where])
-    return raw.view(np.int16)
 
 
 def read_frames(source: VolumeSource) -> Volume:
@@ -668,7 +641,7 @@ def read_frames(source: VolumeSource) -> Volume:
     rescale = np.array([_rescale(_frame_group(ds, k, "PixelValueTransformationSequence") or ds, path)
                         for k in range(frames)])
     index = np.asarray(source.frames, dtype=np.intp)
-    hu = hu_array(arr[index], rescale[index, 0], rescale[index, 1])
+    hu = hu_array(arr[index], rescale[index, 0], rescale[index, 1], in_place=True)  # arr[index] is a copy
     return _volume(source, hu, (path,) * len(index))
 
 
