@@ -17,10 +17,9 @@ functional groups.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
@@ -34,8 +33,8 @@ from .dicom_header import (
 )
 from .volume import Volume, VolumeError, VolumeSource, hu_array, quiet
 
-__all__ = ["DicomHeader", "group_series", "order_frames", "order_series", "read_frames", "read_header", "read_series",
-           "slice_normal"]
+__all__ = ["DicomHeader", "group_series", "order_frames", "order_series", "place_slices", "read_frames", "read_header",
+           "read_series", "slice_normal"]
 
 # A position step larger than this multiple of the median step means a slice is missing.
 GAP_FACTOR = 1.5
@@ -90,24 +89,72 @@ def _order(positions: np.ndarray, labels: list[str], allow_gaps: bool) -> tuple[
     return order, spacing_z, warnings
 
 
+_WITHOUT_IT = "use --allow-gaps to reduce the rest of the series without it"
+_WITHOUT_THEM = "use --allow-gaps to reduce the rest of the series without them"
+
+
+def place_slices(headers: list[DicomHeader], *, allow_gaps: bool = False
+                 ) -> tuple[list[DicomHeader], list[tuple[str, str]]]:
+    """The files of one single-frame series that can be placed in it, and (path, reason) of the others.
+
+    A file cannot be placed when its header has a ``problem`` (unusable geometry, no pixel data), when
+    it lacks the position and orientation the other files have, or when its slice size or its
+    orientation differs from the series' (that of most of its files). Without ``allow_gaps`` such a
+    file makes the series an error naming it (VolumeError); with it the file is left out and the rest
+    of the series is used (its gap is then found like any other). A VolumeError also when no file
+    can be placed.
+    """
+    uid = headers[0].series_uid
+    reasons = {h.path: h.problem for h in headers if h.problem}
+    usable = [h for h in headers if h.path not in reasons]
+    located = [h for h in usable if h.position is not None and h.orientation is not None]
+    if len(headers) > 1 and located:
+        for h in usable:
+            if h.position is None or h.orientation is None:
+                reasons[h.path] = ("no ImagePositionPatient/ImageOrientationPatient, so its place along the body "
+                                   "cannot be determined")
+        usable = located
+    if usable:
+        shape, count = Counter((h.rows, h.cols) for h in usable).most_common(1)[0]
+        for h in usable:
+            if (h.rows, h.cols) != shape:
+                reasons[h.path] = (f"slice size {h.rows}x{h.cols} differs from the {shape[0]}x{shape[1]} of "
+                                   f"{count} other files of the series")
+        usable = [h for h in usable if (h.rows, h.cols) == shape]
+    if len(usable) > 1 and located:
+        orientations = np.array([h.orientation for h in usable], dtype=float)
+        if np.abs(orientations - orientations[0]).max() > 1e-3:  # rare: find the series' own
+            common, count = Counter(tuple(np.round(o, 3)) for o in orientations).most_common(1)[0]
+            near = np.abs(orientations - np.asarray(common)).max(axis=1) <= 1e-3
+            for h, ok in zip(usable, near, strict=True):
+                if not ok:
+                    reasons[h.path] = (f"ImageOrientationPatient {list(h.orientation)} differs from the "  # type: ignore[arg-type]
+                                       f"{[float(v) for v in common]} of {count} other files of the series")
+            usable = [h for h, ok in zip(usable, near, strict=True) if ok]
+    left_out = [(h.path, reasons[h.path]) for h in headers if h.path in reasons]
+    if left_out and (not allow_gaps or not usable):
+        path, reason = left_out[0]
+        more = f" ({len(left_out)} such files in series {uid})" if len(left_out) > 1 else ""
+        hint = "" if not usable else "; " + (_WITHOUT_IT if len(left_out) == 1 else _WITHOUT_THEM)
+        raise VolumeError(f"{path}: {reason}{more}{hint}")
+    if len(headers) > 1 and not located:
+        raise VolumeError(f"{headers[0].path}: no ImagePositionPatient/ImageOrientationPatient, so the slice "
+                          "order along the body cannot be determined")
+    return usable, left_out
+
+
 def order_series(
-    volume_id: str, headers: list[DicomHeader], *, allow_gaps: bool = False
+    volume_id: str, headers: list[DicomHeader], *, allow_gaps: bool = False,
+    left_out: Sequence[tuple[str, str]] = (),
 ) -> VolumeSource:
-    """Order one single-frame series along its slice normal and check it; raises VolumeError when unusable."""
+    """Order one single-frame series along its slice normal and check it; raises VolumeError when unusable.
+
+    Files that cannot be placed are left out or make the series an error (``place_slices``); the
+    files in ``left_out`` (path, reason) were left out by the caller. Both are named in the warnings.
+    """
+    headers, dropped = place_slices(headers, allow_gaps=allow_gaps)
     first = headers[0]
-    bad = [h for h in headers if h.problem]
-    if bad:
-        more = f" ({len(bad)} bad files in series {first.series_uid})" if len(bad) > 1 else ""
-        raise VolumeError(f"{bad[0].path}: {bad[0].problem}{more}")
-    shapes = {(h.rows, h.cols) for h in headers}
-    if len(shapes) > 1:
-        raise VolumeError(f"{_folder(headers)}: series {first.series_uid} mixes slice sizes {sorted(shapes)}")
-    missing = [h.path for h in headers if h.position is None or h.orientation is None]
-    if missing and len(headers) > 1:
-        raise VolumeError(
-            f"{missing[0]}: no ImagePositionPatient/ImageOrientationPatient, so the slice "
-            "order along the body cannot be determined"
-        )
+    named = [f"{path}: left out of the series ({reason})" for path, reason in [*left_out, *dropped]]
     warnings: list[str] = []
     if len(headers) == 1:
         ordered, z = headers, np.zeros(1)
@@ -116,9 +163,6 @@ def order_series(
         warnings.append(f"{first.path}: single-slice series")
         spacing_z = float("nan")
     else:
-        orientations = np.array([h.orientation for h in headers], dtype=float)
-        if np.abs(orientations - orientations[0]).max() > 1e-3:
-            raise VolumeError(f"{_folder(headers)}: slices of series {first.series_uid} differ in orientation")
         normal = slice_normal(first.orientation)  # type: ignore[arg-type]
         positions = np.array([np.dot(h.position, normal) for h in headers])
         order, spacing_z, warnings = _order(positions, [h.path for h in headers], allow_gaps)
@@ -137,7 +181,7 @@ def order_series(
         cols=first.cols,
         spacing=(spacing_z, float(ps[0]), float(ps[1])),
         z_mm=tuple(float(v) for v in z),
-        warnings=tuple(warnings),
+        warnings=tuple(named + warnings),
     )
 
 
@@ -264,38 +308,89 @@ def _native_layout(ds) -> tuple[np.dtype, int] | None:
     return np.dtype(f"<{'ui'[int(representation)]}{int(allocated) // 8}"), int(allocated - stored)
 
 
-def read_series(source: VolumeSource) -> Volume:
-    """Read every slice of an ordered series and apply the modality LUT (rescale to HU)."""
+def read_series(source: VolumeSource, *, allow_gaps: bool = False) -> Volume:
+    """Read every slice of an ordered series and apply the modality LUT (rescale to HU).
 
+    A slice whose pixels cannot be read (no or cut pixel data, undecodable, a bad rescale) fails the
+    volume naming its file; with ``allow_gaps`` it is left out instead and named in the warnings,
+    and ``Volume.slice_index`` lists the slices read (their indices in ``source``). A file that
+    moved along the normal since the scan always fails the volume: scan again.
+    """
     n, rows, cols = source.n_slices, source.rows, source.cols
     raw: np.ndarray | None = None
     slopes = np.ones(n)
     intercepts = np.zeros(n)
     lut_slices: dict[int, np.ndarray] = {}
+    read: list[int] = []  # source indices of the slices in ``raw``, in order
+    warnings = list(source.warnings)
+    failed: list[VolumeError] = []
     for i, path in enumerate(source.paths):
-        ds, arr = _read_pixels(path)
-        if arr.shape != (rows, cols):
-            raise VolumeError(f"{path}: pixel data has shape {arr.shape}, expected {(rows, cols)}")
+        try:
+            ds, arr, lut, rescale = _read_slice(path, rows, cols)
+        except VolumeError as exc:
+            failed.append(exc)
+            if n == 1:
+                raise
+            if not allow_gaps:
+                raise VolumeError(f"{exc}; use --allow-gaps to reduce the rest of the series without this slice"
+                                  ) from exc
+            where = f" at z={source.z_mm[i]:.2f} mm" if source.z_mm else ""
+            warnings.append(f"{path}: left out of the series, slice {i} of {n}{where} "
+                            f"({str(exc).removeprefix(f'{path}: ')})")
+            continue
+        if source.z_mm:
+            _check_position(ds, path, source.z_mm[i])
         if raw is None:
             raw = np.empty((n, rows, cols), dtype=arr.dtype)
         elif arr.dtype != raw.dtype:  # files of one series disagree on signedness or bits
             raw = raw.astype(np.result_type(raw.dtype, arr.dtype))
-        if "ModalityLUTSequence" in ds:
-            from pydicom.pixels import apply_modality_lut
-
-            lut_slices[i] = apply_modality_lut(arr, ds).astype(np.float32)
-            arr = np.zeros_like(arr)
-        raw[i] = arr
-        slopes[i], intercepts[i] = _rescale(ds, path)
-        if source.z_mm:
-            _check_position(ds, path, source.z_mm[i])
-    assert raw is not None
-    hu = hu_array(raw, slopes, intercepts, in_place=True)
+        k = len(read)
+        if lut is not None:
+            lut_slices[k] = lut
+        raw[k] = arr
+        slopes[k], intercepts[k] = rescale
+        read.append(i)
+    if raw is None:
+        raise VolumeError(f"{source.source}: none of the {n} slices of the series can be read (first: {failed[0]})")
+    k = len(read)
+    hu = hu_array(raw[:k], slopes[:k], intercepts[:k], in_place=True)  # raw[:k]: contiguous, ours
     if lut_slices:
         hu = hu.astype(np.float32)
-        for i, values in lut_slices.items():
-            hu[i] = values
-    return _volume(source, hu, source.paths)
+        for k, values in lut_slices.items():
+            hu[k] = values
+    index = np.asarray(read, dtype=np.int64)
+    return Volume(source.volume_id, hu, source.spacing, np.asarray(source.z_mm, dtype=np.float64)[index]
+                  if source.z_mm else np.zeros(len(index)), tuple(source.paths[i] for i in read),
+                  modality=source.modality, series_uid=source.series_uid, format="dicom", warnings=warnings,
+                  slice_index=index)
+
+
+def _read_slice(path: str, rows: int, cols: int):
+    """A slice's dataset, stored values, Modality LUT values (float32, or None) and (slope, intercept);
+    VolumeError naming the file when any of them cannot be had."""
+    try:
+        return _slice_values(path, rows, cols)
+    except VolumeError:
+        raise
+    except Exception as exc:  # a damaged value (an unknown VR, text where a number belongs, ...)
+        raise VolumeError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _slice_values(path: str, rows: int, cols: int):
+    ds, arr = _read_pixels(path)
+    if arr.shape != (rows, cols):
+        raise VolumeError(f"{path}: pixel data has shape {arr.shape}, expected {(rows, cols)}")
+    lut = None
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        try:
+            with quiet():
+                lut = apply_modality_lut(arr, ds).astype(np.float32)
+        except Exception as exc:
+            raise VolumeError(f"{path}: cannot apply its Modality LUT ({type(exc).__name__}: {exc})") from exc
+        arr = np.zeros_like(arr)
+    return ds, arr, lut, _rescale(ds, path)
 
 
 def read_frames(source: VolumeSource) -> Volume:
@@ -368,7 +463,3 @@ def _transfer_syntax(path: str) -> str:
         return f" (transfer syntax {uid.name})"
     except Exception:
         return ""
-
-
-def _folder(headers: list[DicomHeader]) -> str:
-    return str(Path(headers[0].path).parent)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def _read_header(path: str) -> DicomHeader:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = _header_dataset(path)
+        ds, pixels = _header_dataset(path)
     except InvalidDicomError as exc:
         raise VolumeError(f"{path}: not a DICOM file (no 128-byte preamble and 'DICM' prefix)") from exc
     if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _MEDIA_DIRECTORY:
@@ -129,6 +130,8 @@ def _read_header(path: str) -> DicomHeader:
     if multiframe and not problems:
         full = pydicom.dcmread(path, stop_before_pixels=True)
         frame_positions, orientation, spacing = _frame_geometry(full, frames, problems)
+    if pixels:
+        problems.append(pixels)
     return DicomHeader(
         path=path,
         series_uid=uid,
@@ -164,11 +167,15 @@ def _header_tags() -> list:
     return [Tag(keyword) for keyword in _HEADER_TAGS]
 
 
-def _header_dataset(path: str):
+def _header_dataset(path: str) -> tuple[Any, str]:
     """The discovery tags of a file, read as ``dcmread(path, stop_before_pixels=True,
     specific_tags=_HEADER_TAGS)`` reads them, with the readers ``dcmread`` calls for the usual
     syntaxes (without its command-set pass and FileDataset wrapper: a third of a header's cost,
-    measured); other syntaxes (deflated, private, none given) take ``dcmread`` itself."""
+    measured); other syntaxes (deflated, private, none given) take ``dcmread`` itself.
+
+    Also what is wrong with the file's pixel data, where the reader stopped shows it (usual
+    syntaxes only): nothing to read, or cut short by the end of the file ("" when neither).
+    """
     import pydicom
     from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 
@@ -179,12 +186,36 @@ def _header_dataset(path: str):
         if encoding is not None:
             ds = read_dataset(f, *encoding, stop_when=_at_pixels, specific_tags=_header_tags())
             ds.file_meta = meta
-            return ds
-    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            return ds, _pixel_data_problem(f, os.fstat(f.fileno()).st_size, *encoding)
+    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS), ""
+
+
+_PIXEL_VRS = (b"OB", b"OW", b"OF", b"OD", b"UN")
+
+
+def _pixel_data_problem(f, size: int, implicit: bool, little: bool) -> str:
+    """Why the pixel data element at ``f``'s position (where ``read_dataset`` stopped before it)
+    cannot be read, or "". Encapsulated (compressed) pixel data are checked when decoded."""
+    start = f.tell()
+    head = f.read(8 if implicit else 12)
+    if not head:
+        return "no pixel data (the file has no Pixel Data element)"
+    if len(head) < (8 if implicit else 12) or (not implicit and head[4:6] not in _PIXEL_VRS):
+        return ""  # not a pixel data element header this check can read: pixel reading says what is wrong
+    length = int.from_bytes(head[4:8] if implicit else head[8:12], "little" if little else "big")
+    data_start = start + len(head)
+    if length == 0xFFFFFFFF:
+        return ""
+    if length == 0:
+        return "no pixel data (its Pixel Data element is empty)"
+    if data_start + length > size:
+        return (f"pixel data cut short: the file ends {size - data_start} bytes into its {length} bytes of "
+                "pixel data")
+    return ""
 
 
 def _absent(path: str, keyword: str, otherwise: str = "") -> str:
-    """Why ``keyword`` is missing: the file is truncated, or it lacks the attribute."""
+    """Why ``keyword`` is missing: the file is truncated, its header is corrupt, or it lacks the attribute."""
     import warnings  # a local name: ``warnings`` elsewhere in this module are a volume's warnings
 
     import pydicom
@@ -201,9 +232,38 @@ def _absent(path: str, keyword: str, otherwise: str = "") -> str:
         # A complete file ends exactly where its last element does; a cut leaves that element
         # short, or a few bytes of the next element's tag, which pydicom silently drops.
         ends_early |= last.value_tell + last.length != size
-    if ends_early or not ds:
-        return f"truncated DICOM file: it ends after {size} bytes, inside its header (no {keyword})"
-    return otherwise or f"DICOM file without {keyword}"
+    if not (ends_early or not ds):
+        return otherwise or f"DICOM file without {keyword}"
+    if _ends_with_pixel_data(path, size):
+        return (f"corrupt DICOM header: no {keyword} can be read, though the file is complete ({size} bytes, "
+                "ending where its pixel data end); a length or tag in its header is damaged")
+    return f"truncated DICOM file: it ends after {size} bytes, inside its header (no {keyword})"
+
+
+# Truncated or corrupt? Both make the parser run past the end of the file: a cut file because its
+# last element is short, a whole file because a damaged length (or tag) sends the parser past the
+# elements that follow. A file is taken as whole when it ends exactly where its Pixel Data element
+# does: a Pixel Data tag whose defined length reaches exactly the last byte, or encapsulated pixel
+# data closed by the sequence delimiter in the last 8 bytes. A cut almost never lands there (it
+# would have to fall on the end of the pixel data); a file with trailing padding after its pixels
+# is still called truncated, as before.
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
+
+
+def _ends_with_pixel_data(path: str, size: int) -> bool:
+    with open(path, "rb") as f:
+        data = f.read()
+    at = data.find(_PIXEL_TAG)
+    while at >= 0:
+        explicit = data[at + 4:at + 6] in (b"OB", b"OW") and data[at + 6:at + 8] == b"\0\0"
+        length = int.from_bytes(data[at + 8:at + 12] if explicit else data[at + 4:at + 8], "little")
+        if length == 0xFFFFFFFF:
+            return data.endswith(_SEQUENCE_END)
+        if at + (12 if explicit else 8) + length == size:
+            return True
+        at = data.find(_PIXEL_TAG, at + 1)
+    return False
 
 
 def _sop_name(uid: str) -> str:

@@ -53,6 +53,8 @@ class Volume:
     the rescale are integral (the usual CT case) and float32 otherwise, so a whole archive is
     never held as float64. ``z_mm[i]`` is the position of slice ``i`` along the slice normal and
     ``slice_sources[i]`` the file it came from (the volume file for single-file formats).
+    ``slice_index[i]`` is that slice's index in the scanned volume (``VolumeSource`` order): 0..n-1,
+    except where a slice that could not be read was left out (``allow_gaps``) or a subset was read.
     """
 
     volume_id: str
@@ -64,11 +66,16 @@ class Volume:
     series_uid: str = ""
     format: str = ""
     warnings: list[str] = field(default_factory=list)
+    slice_index: np.ndarray = None  # type: ignore[assignment]  # None: 0..n-1
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:
             raise VolumeError(f"{self.volume_id}: expected a 3-D array, got shape {self.hu.shape}")
-        if len(self.z_mm) != self.n_slices or len(self.slice_sources) != self.n_slices:
+        if self.slice_index is None:
+            self.slice_index = np.arange(self.n_slices, dtype=np.int64)
+        self.slice_index = np.asarray(self.slice_index, dtype=np.int64)
+        if (len(self.z_mm) != self.n_slices or len(self.slice_sources) != self.n_slices
+                or len(self.slice_index) != self.n_slices):
             raise VolumeError(f"{self.volume_id}: per-slice metadata does not match slice count")
 
     @property

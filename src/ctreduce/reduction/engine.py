@@ -105,16 +105,17 @@ def _volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = 
     selections, columns = select(volume, config, u8)
     primary = selections[config.threshold] if config.threshold is not None else next(iter(selections.values()))
     n = volume.n_slices
+    index = volume.slice_index  # the slice's index in the scanned volume: a slice left out unread leaves a gap
     params = json.dumps({k: v for k, v in identity(config).items()
                          if k not in ("method", "threshold", "thresholds", "target_fraction", "intensity",
                                       "modality", "allow_gaps")}, sort_keys=True)
     frame = pd.DataFrame({
         "volume_id": [volume.volume_id] * n,
         "source": list(volume.slice_sources),
-        "slice_index": np.arange(n, dtype=np.int32),
+        "slice_index": index.astype(np.int32),
         "z_mm": np.asarray(volume.z_mm, dtype=np.float64),
         "kept": primary.kept,
-        "leader": primary.leader.astype(np.int32),
+        "leader": index[primary.leader].astype(np.int32),
         score_column(config): primary.score,
         "method": config.method,
         "threshold": np.nan if config.threshold is None else float(config.threshold),
@@ -127,7 +128,7 @@ def _volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = 
         extra: dict[str, np.ndarray] = {kept_column(t): sel.kept for t, sel in selections.items()}
         if config.target_fraction is not None:
             for t, sel in selections.items():
-                extra[f"_leader@{t:g}"] = sel.leader.astype(np.int32)
+                extra[f"_leader@{t:g}"] = index[sel.leader].astype(np.int32)
                 extra[f"_score@{t:g}"] = sel.score
         frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)
     return frame
@@ -252,7 +253,7 @@ def process_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs 
     start = time.perf_counter()
     with _errors_returned(source, outputs, start) as result:
         before = Fingerprint.of(source)  # stat before reading: a file changed meanwhile shows up later
-        result.append(_finish(source, load(source), None, config, outputs, before, start))
+        result.append(_finish(source, load(source, allow_gaps=config.allow_gaps), None, config, outputs, before, start))
     return result[0]
 
 
@@ -264,7 +265,7 @@ def _finish(source: VolumeSource, volume: Volume, u8: np.ndarray | None, config:
     frame = _volume_frame(volume, config, u8)
     if outputs is not None and outputs.export is not None:
         kept = np.flatnonzero(frame["kept"].to_numpy())
-        outputs.export.write(source.volume_id, kept, u8[kept])
+        outputs.export.write(source.volume_id, volume.slice_index[kept], u8[kept])
     if outputs is not None:
         write_part(outputs.parts, source.volume_id, frame)
     return VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
@@ -302,10 +303,10 @@ def _chunkable(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> 
             and all(s.format == "dicom" and not s.frames and s.n_slices >= 2 * _MIN_CHUNK for s in todo))
 
 
-def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str) -> tuple[Volume, np.ndarray]:
+def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str, allow_gaps: bool) -> tuple[Volume, np.ndarray]:
     """Slices ``index`` of a series, and their 8-bit images (the volume keeps no pixels: they
     would only travel back to be dropped)."""
-    volume = load(source, index)
+    volume = load(source, index, allow_gaps=allow_gaps)
     u8 = Intensity.parse(intensity).to_uint8(volume.hu)
     return dataclasses.replace(volume, hu=volume.hu[:, :0, :0]), u8
 
@@ -321,12 +322,14 @@ def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                 before = Fingerprint.of(source)
                 n_chunks = min(workers * 2, source.n_slices // _MIN_CHUNK)  # 2 per worker: even finish
                 chunks = np.array_split(np.arange(source.n_slices), n_chunks)
-                futures = [pool.submit(_read_chunk, source, index, config.intensity) for index in chunks]
+                futures = [pool.submit(_read_chunk, source, index, config.intensity, config.allow_gaps)
+                           for index in chunks]
                 pieces = [f.result() for f in futures]
                 volume = dataclasses.replace(
                     pieces[0][0], hu=np.concatenate([v.hu for v, _ in pieces]),
                     z_mm=np.concatenate([v.z_mm for v, _ in pieces]),
                     slice_sources=tuple(p for v, _ in pieces for p in v.slice_sources),
+                    slice_index=np.concatenate([v.slice_index for v, _ in pieces]),
                     warnings=list(dict.fromkeys(w for v, _ in pieces for w in v.warnings)))
                 result.append(_finish(source, volume, np.concatenate([u8 for _, u8 in pieces]), config, outputs,
                                       before, start))
