@@ -307,7 +307,7 @@ def _volume_section(number: int, rows: pd.DataFrame, source: VolumeSource | None
 def _volume_strip(source: VolumeSource, rows: pd.DataFrame, kept: np.ndarray, intensity: Intensity,
                   thumbs_per_volume: int, thumb_px: int) -> bytes:
     """Read the volume again and draw its thumbnail strip as PNG; raises VolumeError when it changed."""
-    volume = load(source, allow_gaps=True)  # a slice left out unread has no row: compare the indices
+    volume = load(source)  # a slice left out unread (--allow-gaps) has no row: compare the indices
     if not np.array_equal(volume.slice_index, rows["slice_index"].to_numpy(int)):
         raise VolumeError(f"{source.source}: it now has {volume.n_slices} readable slices but the manifest lists "
                           f"{len(rows)}; the files changed since the run")

@@ -182,6 +182,7 @@ def order_series(
         spacing=(spacing_z, float(ps[0]), float(ps[1])),
         z_mm=tuple(float(v) for v in z),
         warnings=tuple(named + warnings),
+        allow_gaps=allow_gaps,
     )
 
 
@@ -211,6 +212,7 @@ def order_frames(volume_id: str, header: DicomHeader, *, allow_gaps: bool = Fals
         spacing=(spacing_z, float(ps[0]), float(ps[1])),
         z_mm=tuple(float(v) for v in positions[order]),
         warnings=tuple(warnings),
+        allow_gaps=allow_gaps,
     )
 
 

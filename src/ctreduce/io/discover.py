@@ -343,14 +343,16 @@ def _make_ids_unique(result: ScanResult) -> None:
         error["volume_id"] = unique(error["volume_id"])
 
 
-def load(source: VolumeSource, slices: Sequence[int] | None = None, *, allow_gaps: bool = False) -> Volume:
+def load(source: VolumeSource, slices: Sequence[int] | None = None, *, allow_gaps: bool | None = None) -> Volume:
     """Read the pixel data of a scanned volume; raises VolumeError naming the file and reason.
 
     With ``slices`` (indices in anatomical order), the Volume holds only those slices, in that
     order; a single-frame DICOM series then reads only their files (an export of the ~10% of
-    slices a reduction keeps reads ~10% of the series). With ``allow_gaps``, a slice of a DICOM
-    series whose pixels cannot be read is left out instead of failing the volume: it is named in
-    the warnings and its index is missing from ``Volume.slice_index``.
+    slices a reduction keeps reads ~10% of the series).
+    ``allow_gaps``: a slice of a DICOM series whose pixels cannot be read is left out instead of
+    failing the volume; it is named in the warnings and its index is missing from
+    ``Volume.slice_index``. Default: as the series was scanned (``source.allow_gaps``) for a whole
+    volume, never for ``slices`` (an export gets exactly the slices it asks for, or an error).
     """
     if slices is not None:
         index = [int(i) for i in slices]
@@ -361,7 +363,7 @@ def load(source: VolumeSource, slices: Sequence[int] | None = None, *, allow_gap
                 source, paths=tuple(source.paths[i] for i in index), n_slices=len(index),
                 sop_uids=tuple(source.sop_uids[i] for i in index) if source.sop_uids else (),
                 z_mm=tuple(source.z_mm[i] for i in index) if source.z_mm else ())
-            volume = load(subset, allow_gaps=allow_gaps)
+            volume = load(subset, allow_gaps=bool(allow_gaps))
             return dataclasses.replace(volume, slice_index=np.asarray(index, dtype=np.int64)[volume.slice_index])
         whole = load(source)
         if any(i >= whole.n_slices for i in index):
@@ -371,7 +373,8 @@ def load(source: VolumeSource, slices: Sequence[int] | None = None, *, allow_gap
                                    slice_index=np.asarray(index, dtype=np.int64))
     try:
         if source.format == "dicom":
-            volume = dicom.read_frames(source) if source.frames else dicom.read_series(source, allow_gaps=allow_gaps)
+            gaps = source.allow_gaps if allow_gaps is None else allow_gaps
+            volume = dicom.read_frames(source) if source.frames else dicom.read_series(source, allow_gaps=gaps)
         else:
             volume = {"nifti": single.read_nifti, "sitk": single.read_sitk}[source.format](source)
     except VolumeError:
@@ -400,5 +403,5 @@ def read_volume(path: str | os.PathLike, *, modality: str = "any", allow_gaps: b
             f"{path}: expected one volume, found {len(found.volumes)}"
             + (f" (skipped: {detail})" if detail else "")
         )
-    return load(found.volumes[0], allow_gaps=allow_gaps)
+    return load(found.volumes[0])
 

@@ -36,6 +36,7 @@ class VolumeSource:
     warnings: tuple[str, ...] = ()
     sop_uids: tuple[str, ...] = ()  # DICOM only: SOPInstanceUID of each file in ``paths``
     frames: tuple[int, ...] = ()  # multi-frame DICOM only: frame index of each slice, in slice order
+    allow_gaps: bool = False  # DICOM: scanned with gaps allowed, so reading it leaves out unreadable slices
 
     @property
     def source(self) -> str:

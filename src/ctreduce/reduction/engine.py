@@ -253,7 +253,7 @@ def process_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs 
     start = time.perf_counter()
     with _errors_returned(source, outputs, start) as result:
         before = Fingerprint.of(source)  # stat before reading: a file changed meanwhile shows up later
-        result.append(_finish(source, load(source, allow_gaps=config.allow_gaps), None, config, outputs, before, start))
+        result.append(_finish(source, load(source), None, config, outputs, before, start))
     return result[0]
 
 
@@ -303,10 +303,10 @@ def _chunkable(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> 
             and all(s.format == "dicom" and not s.frames and s.n_slices >= 2 * _MIN_CHUNK for s in todo))
 
 
-def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str, allow_gaps: bool) -> tuple[Volume, np.ndarray]:
+def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str) -> tuple[Volume, np.ndarray]:
     """Slices ``index`` of a series, and their 8-bit images (the volume keeps no pixels: they
     would only travel back to be dropped)."""
-    volume = load(source, index, allow_gaps=allow_gaps)
+    volume = load(source, index, allow_gaps=source.allow_gaps)  # a chunk leaves out what the whole would
     u8 = Intensity.parse(intensity).to_uint8(volume.hu)
     return dataclasses.replace(volume, hu=volume.hu[:, :0, :0]), u8
 
@@ -322,8 +322,7 @@ def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                 before = Fingerprint.of(source)
                 n_chunks = min(workers * 2, source.n_slices // _MIN_CHUNK)  # 2 per worker: even finish
                 chunks = np.array_split(np.arange(source.n_slices), n_chunks)
-                futures = [pool.submit(_read_chunk, source, index, config.intensity, config.allow_gaps)
-                           for index in chunks]
+                futures = [pool.submit(_read_chunk, source, index, config.intensity) for index in chunks]
                 pieces = [f.result() for f in futures]
                 volume = dataclasses.replace(
                     pieces[0][0], hu=np.concatenate([v.hu for v, _ in pieces]),
