@@ -103,29 +103,30 @@ def test_a_bad_slice_is_left_out_and_named_or_refuses_the_series(series, tmp_pat
 
 def test_a_slice_unreadable_at_read_time_keeps_exports_and_reruns_consistent(series, tmp_path):
     _undecodable(series[5])
+    settings = dict(method="hash", threshold=0, allow_gaps=True)
     run = tmp_path / "run"
-    first = ctreduce.reduce(tmp_path / "in", run, method="hash", threshold=0, allow_gaps=True, export="npy",
-                            export_size=32)
-    rows = first.reset_index(drop=True)
+    rows = ctreduce.reduce(tmp_path / "in", run, export="png", **settings).reset_index(drop=True)
     assert list(rows["slice_index"]) == [k for k in range(12) if k != 5]
-    assert set(rows["leader"]) <= set(rows["slice_index"])  # leaders are slice indices, not positions
+    kept = rows[rows["kept"]]
+    assert (kept["slice_index"] > 5).any()
+    assert list(kept["leader"]) == list(kept["slice_index"])  # leaders are slice indices, not positions
+    assert set(rows["leader"]) <= set(kept["slice_index"])
     # a rerun with nothing changed does nothing and shifts nothing
-    again = ctreduce.reduce(tmp_path / "in", run, method="hash", threshold=0, allow_gaps=True, export="npy",
-                            export_size=32)
+    again = ctreduce.reduce(tmp_path / "in", run, export="png", **settings)
     assert again.attrs["summary"].get("rerun", {}).get("unchanged")
     pd.testing.assert_frame_equal(again.reset_index(drop=True)[rows.columns], rows)
-    # the export read again from the sources holds the slices the manifest names
+    # the export read again from the sources holds the slices the manifest names, as the one-pass export
     ctreduce.export(run, tmp_path / "png", format="png")
-    index = pd.read_parquet(tmp_path / "png" / "index.parquet")
-    kept = rows[rows["kept"]]
-    assert list(index["slice_index"]) == list(kept["slice_index"]) and list(index["source"]) == list(kept["source"])
-    assert np.allclose(index["z_mm"], kept["z_mm"])
-    one_pass = pd.read_parquet(run / "export" / "index.parquet")
-    assert list(one_pass["slice_index"]) == list(kept["slice_index"])
-    stored = np.load(run / "export" / "slices.npy")
+    separate, one_pass = (pd.read_parquet(folder / "index.parquet") for folder in (tmp_path / "png", run / "export"))
+    for index in (separate, one_pass):
+        assert list(index["slice_index"]) == list(kept["slice_index"])
+        assert list(index["source"]) == list(kept["source"]) and np.allclose(index["z_mm"], kept["z_mm"])
+    for a, b in zip(separate["file"], one_pass["file"], strict=True):
+        assert (tmp_path / "png" / a).read_bytes() == (run / "export" / b).read_bytes()
+    ctreduce.reduce(tmp_path / "in", tmp_path / "npy-run", export="npy", export_size=32, **settings)
     direct = ctreduce.read_volume(tmp_path / "in" / "s", allow_gaps=True)
     want = Intensity.parse("minmax").to_uint8(direct.hu)[np.searchsorted(direct.slice_index, kept["slice_index"])]
-    assert np.array_equal(stored, want)
+    assert np.array_equal(np.load(tmp_path / "npy-run" / "export" / "slices.npy"), want)
 
 
 def test_chunked_reading_with_two_workers_leaves_out_the_same_slice(tmp_path):
@@ -197,3 +198,23 @@ def test_scan_lists_left_out_files_as_skipped(series, tmp_path):
     assert volume.n_slices == 11 and volume.z_mm[0] == 2.0  # a missing first slice is named, not silent
     assert found.skipped == [{"path": str(series[0]), "reason": f"left out of series {volume.series_uid} (no pixel "
                                                                   "data (the file has no Pixel Data element))"}]
+
+
+def test_a_moved_series_with_a_slice_left_out_keeps_each_row_on_its_file(series, tmp_path):
+    _undecodable(series[5])
+    before = ctreduce.reduce(tmp_path / "in", tmp_path / "run", method="all", allow_gaps=True)
+    moved = tmp_path / "elsewhere" / "in"
+    shutil.copytree(tmp_path / "in", moved)
+    after = ctreduce.reduce(moved, tmp_path / "run", method="all", allow_gaps=True)
+    assert after.attrs["summary"]["inputs_moved"] == ["in/s"]
+    assert list(after["source"]) == [str(moved / "s" / p.name) for p in series if p != series[5]]
+    assert list(after["slice_index"]) == list(before["slice_index"])
+
+
+def test_the_report_draws_a_series_with_a_slice_left_out(series, tmp_path):
+    from ctreduce.report import write_report
+
+    _undecodable(series[5])
+    ctreduce.reduce(tmp_path / "in", tmp_path / "run", method="hash", allow_gaps=True)
+    text = Path(write_report(tmp_path / "run", tmp_path / "report.html")).read_text()
+    assert "could not be read" not in text and "data:image/png;base64," in text
