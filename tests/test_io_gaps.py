@@ -57,6 +57,16 @@ def _bad_orientation(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _length_past_the_pixels(path: Path) -> None:
+    """Damage the length of the element before the pixel data so that it runs to the end of the file:
+    the header parses, the pixel data are gone from it, the file is whole."""
+    last = max(pydicom.dcmread(path, stop_before_pixels=True).keys())
+    data = path.read_bytes()
+    at = data.index(last.group.to_bytes(2, "little") + last.element.to_bytes(2, "little"))
+    assert data[at + 4:at + 6].isalpha()  # explicit VR with a 2-byte length
+    path.write_bytes(data[:at + 6] + (len(data) - at - 8).to_bytes(2, "little") + data[at + 8:])
+
+
 def _reduce(*args) -> subprocess.CompletedProcess:
     return subprocess.run([*CTREDUCE, "reduce", *map(str, args), "--method", "all", "--quiet"],
                           capture_output=True, text=True, timeout=300)
@@ -66,6 +76,7 @@ def _reduce(*args) -> subprocess.CompletedProcess:
     (_no_pixel_data, "no pixel data (the file has no Pixel Data element)"),
     (_cut_pixel_data, "pixel data cut short: the file ends"),
     (_bad_orientation, "ImageOrientationPatient"),
+    (_length_past_the_pixels, "corrupt DICOM header: parsing it runs past the pixel data the file ends with"),
     (_undecodable, "cannot read pixel data (transfer syntax RLE Lossless)"),  # found only when read
 ])
 def test_a_bad_slice_is_left_out_and_named_or_refuses_the_series(series, tmp_path, damage, reason):

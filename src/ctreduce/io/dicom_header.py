@@ -186,19 +186,22 @@ def _header_dataset(path: str) -> tuple[Any, str]:
         if encoding is not None:
             ds = read_dataset(f, *encoding, stop_when=_at_pixels, specific_tags=_header_tags())
             ds.file_meta = meta
-            return ds, _pixel_data_problem(f, os.fstat(f.fileno()).st_size, *encoding)
+            return ds, _pixel_data_problem(f, path, os.fstat(f.fileno()).st_size, *encoding)
     return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS), ""
 
 
 _PIXEL_VRS = (b"OB", b"OW", b"OF", b"OD", b"UN")
 
 
-def _pixel_data_problem(f, size: int, implicit: bool, little: bool) -> str:
+def _pixel_data_problem(f, path: str, size: int, implicit: bool, little: bool) -> str:
     """Why the pixel data element at ``f``'s position (where ``read_dataset`` stopped before it)
     cannot be read, or "". Encapsulated (compressed) pixel data are checked when decoded."""
     start = f.tell()
     head = f.read(8 if implicit else 12)
     if not head:
+        if _ends_with_pixel_data(path, size):  # a damaged length made the parser jump over them
+            return ("corrupt DICOM header: parsing it runs past the pixel data the file ends with (a length in "
+                    "its header is damaged)")
         return "no pixel data (the file has no Pixel Data element)"
     if len(head) < (8 if implicit else 12) or (not implicit and head[4:6] not in _PIXEL_VRS):
         return ""  # not a pixel data element header this check can read: pixel reading says what is wrong
