@@ -5,7 +5,7 @@ Each stage of ``reduce --export npy --size 224`` is timed on its own, volume by 
 
   read + decode     ``load(source)`` minus the rescale below: per DICOM file the header parse
                     (pydicom) and the pixel bytes, the position check; SimpleITK for NRRD
-  rescale to HU     stored values -> HU for the whole volume (``dicom._hu`` / ``hu_array``)
+  rescale to HU     stored values -> HU for the whole volume (``hu_array``, in place as the readers call it)
   8-bit (minmax)    ``Intensity("minmax").to_uint8``, the paper's per-slice scaling
   dHash             ``HashMeasure.prepare``: dHash bits (bit-identical to imagehash), packing,
                     the hex strings of the manifest
@@ -79,10 +79,6 @@ def stored_values(source: VolumeSource) -> tuple[np.ndarray, np.ndarray, np.ndar
     return np.stack([arr for _, arr in read]), rescale[:, 0], rescale[:, 1]
 
 
-def rescale(source: VolumeSource) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    return dicom._hu if source.format == "dicom" else hu_array
-
-
 def sitk_series(source: VolumeSource) -> np.ndarray:
     import SimpleITK as sitk
 
@@ -102,7 +98,7 @@ def profile_volume(source: VolumeSource, scratch: Path, repeats: int) -> tuple[d
     whole = best(lambda: load(source), repeats)
     raw, slopes, intercepts = stored_values(source)
     copies = [raw.copy() for _ in range(repeats)]  # the rescale works in place: a fresh copy per run
-    t["rescale to HU"] = best(lambda: rescale(source)(copies.pop(), slopes, intercepts), repeats)
+    t["rescale to HU"] = best(lambda: hu_array(copies.pop(), slopes, intercepts, in_place=True), repeats)
     t["read + decode"] = max(whole - t["rescale to HU"], 0.0)
     minmax = Intensity.parse("minmax")
     u8 = minmax.to_uint8(volume.hu)

@@ -84,9 +84,20 @@ def test_a_malformed_slice_makes_its_series_an_error_naming_the_file(tmp_path, p
     found = scan([tmp_path])
     assert [v.volume_id for v in found.volumes] == [f"{tmp_path.name}/good"]
     (error,) = found.errors
-    assert error["error"] == f"{bad[2]}: {reason}"
+    assert error["error"] == f"{bad[2]}: {reason}; use --allow-gaps to reduce the rest of the series without it"
     assert error["volume_id"] == f"{tmp_path.name}/bad" and error["source"] == str(tmp_path / "bad")
     assert sorted(error["paths"]) == sorted(map(str, bad))
+    # with --allow-gaps that file alone is left out, named with its reason, and the gap recorded
+    found = scan([tmp_path], allow_gaps=True)
+    volumes = {v.volume_id: v for v in found.volumes}
+    assert not found.errors and volumes[f"{tmp_path.name}/good"].n_slices == 6
+    series = volumes[f"{tmp_path.name}/bad"]
+    assert series.paths == tuple(map(str, bad[:2] + bad[3:])) and str(bad[2]) not in series.paths
+    (skip,) = found.skipped
+    assert skip["path"] == str(bad[2]) and skip["reason"].startswith("left out of series") and reason in skip["reason"]
+    assert series.warnings[0] == f"{bad[2]}: left out of the series ({reason})"
+    assert any("missing slice(s) after z=2.00 mm" in w for w in series.warnings)
+    assert series.z_mm == (0.0, 2.0, 6.0, 8.0, 10.0)
 
 
 def test_misleading_messages_are_fixed(tmp_path, phantom):

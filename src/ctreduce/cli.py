@@ -50,6 +50,9 @@ def scan(
         found = do_scan(inputs, modality=modality, allow_gaps=allow_gaps)
     except FileNotFoundError as exc:
         _fail(str(exc))
+    if not found.volumes and not found.errors:  # as reduce says it: nothing to list is a usage mistake
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in found.skipped[:5])
+        _fail(f"no volumes found in {', '.join(map(str, inputs))}" + (f" ({reasons})" if reasons else ""))
     if as_json:
         volumes = [{"volume_id": v.volume_id, "format": v.format, "source": v.source,
                     "slices": v.n_slices, "rows": v.rows, "cols": v.cols, "spacing_mm": list(v.spacing),

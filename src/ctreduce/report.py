@@ -307,13 +307,13 @@ def _volume_section(number: int, rows: pd.DataFrame, source: VolumeSource | None
 def _volume_strip(source: VolumeSource, rows: pd.DataFrame, kept: np.ndarray, intensity: Intensity,
                   thumbs_per_volume: int, thumb_px: int) -> bytes:
     """Read the volume again and draw its thumbnail strip as PNG; raises VolumeError when it changed."""
-    volume = load(source)
-    if volume.n_slices != len(rows):
-        raise VolumeError(f"{source.source}: it now has {volume.n_slices} slices but the manifest lists "
+    volume = load(source)  # a slice left out unread (--allow-gaps) has no row: compare the indices
+    if not np.array_equal(volume.slice_index, rows["slice_index"].to_numpy(int)):
+        raise VolumeError(f"{source.source}: it now has {volume.n_slices} readable slices but the manifest lists "
                           f"{len(rows)}; the files changed since the run")
     picked = pick_slices(kept, thumbs_per_volume)
     index = rows["slice_index"].to_numpy(int)[picked]
-    return _strip_png(volume, intensity.to_uint8(volume.hu[index]), kept[picked], index, thumb_px)
+    return _strip_png(volume, intensity.to_uint8(volume.hu[picked]), kept[picked], index, thumb_px)
 
 
 def _strip_png(volume: Volume, u8: np.ndarray, kept: np.ndarray, index: np.ndarray, thumb_px: int) -> bytes:

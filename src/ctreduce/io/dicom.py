@@ -1,15 +1,12 @@
-"""DICOM: group single-frame files into series, read multi-frame CT files, order slices, read HU.
+"""DICOM volumes: group single-frame files into series, order slices, read multi-frame CT files and HU.
 
-One malformed file never aborts a scan. What happens to a bad file:
-
-- *Skipped* with its reason, when it cannot belong to a CT volume: not DICOM, empty, truncated or
-  unreadable header, no SeriesInstanceUID, no image (no Rows/Columns), colour (SamplesPerPixel
-  above 1), multi-frame but not a CT image.
-- Its *series is an error* naming the file, when the file is a slice of a series but its geometry
-  is unusable (ImagePositionPatient not 3 finite numbers, ImageOrientationPatient not 6 finite
-  numbers or degenerate, empty Rows/Columns, invalid NumberOfFrames). Dropping the file instead
-  would leave the series silently missing a slice: the gap check cannot see a missing first or
-  last slice, nor tell a dropped slice from a real gap.
+Headers come from ``dicom_header``. A file that cannot be placed in its series (its header's
+``problem``: unusable geometry, no pixel data) or that disagrees with the rest of it (slice size,
+orientation) makes the series an error naming the file; with ``allow_gaps`` it is left out instead,
+named in the volume's warnings and the scan's skipped list, and the rest of the series is used
+(``place_slices``). The same holds for a slice whose pixel data turn out unreadable only when read
+(``read_series``): without ``allow_gaps`` the volume fails naming the file, with it that slice is
+left out, its index missing from ``Volume.slice_index``.
 
 A multi-frame file (Enhanced CT, Legacy Converted Enhanced CT, or CT Image Storage with several
 frames) is one volume of its own, never merged with other files of its series. Its frames are
@@ -20,295 +17,29 @@ functional groups.
 
 from __future__ import annotations
 
-import math
-import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
+from .dicom_header import (
+    DicomHeader,
+    _at_pixels,
+    _frame_group,
+    _numbers,
+    _text,
+    read_header,
+)
 from .volume import Volume, VolumeError, VolumeSource, hu_array, quiet
 
-# Tags read during discovery; reading only these keeps a scan of 500k files fast.
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "Modality",
-    "SeriesInstanceUID",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "SliceThickness",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "InstanceNumber",
-]
-
-_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
-}
-
-Position = tuple[float, float, float]
-Vector = tuple[float, ...]
+__all__ = ["DicomHeader", "group_series", "order_frames", "order_series", "place_slices", "read_frames", "read_header",
+           "read_series", "slice_normal"]
 
 # A position step larger than this multiple of the median step means a slice is missing.
 GAP_FACTOR = 1.5
 # Positions closer than this (mm) are duplicates.
 DUPLICATE_TOL_MM = 1e-3
-
-
-@dataclass(frozen=True, slots=True)
-class DicomHeader:
-    """The discovery tags of one file. ``problem`` (in words) makes the file's series an error.
-
-    A multi-frame file has ``frame_positions`` (one per frame, in file order) and the orientation
-    shared by its frames.
-    """
-
-    path: str
-    series_uid: str
-    modality: str
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    pixel_spacing: tuple[float, float] | None
-    rows: int
-    cols: int
-    frames: int
-    sop_uid: str = ""
-    problem: str = ""
-    multiframe: bool = False
-    frame_positions: tuple[Position, ...] = ()
-
-
-def read_header(path: str | Path) -> DicomHeader:
-    """Read the discovery tags of one file; raises VolumeError when it is not usable DICOM.
-
-    Any exception while parsing becomes a VolumeError naming the file.
-    """
-    try:
-        with quiet():
-            return _read_header(str(path))
-    except VolumeError:
-        raise
-    except Exception as exc:
-        raise VolumeError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
-
-
-def _read_header(path: str) -> DicomHeader:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = _header_dataset(path)
-    except InvalidDicomError as exc:
-        raise VolumeError(f"{path}: not a DICOM file (no 128-byte preamble and 'DICM' prefix)") from exc
-    if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _MEDIA_DIRECTORY:
-        raise VolumeError(f"{path}: DICOMDIR (the index of a DICOM medium), not an image")
-    uid = _text(ds, "SeriesInstanceUID")
-    if not uid:
-        raise VolumeError(f"{path}: {_absent(path, 'SeriesInstanceUID')}")
-    if "Rows" not in ds or "Columns" not in ds:
-        raise VolumeError(f"{path}: {_absent(path, 'Rows', 'DICOM file holds no image (no Rows/Columns)')}")
-    samples = None if _stored_numbers(ds, "SamplesPerPixel") in (None, (1.0,)) else ds.get("SamplesPerPixel")
-    if samples not in (None, "", 1):
-        colour = ds.get("PhotometricInterpretation", "") or "colour"
-        raise VolumeError(f"{path}: {colour} image (SamplesPerPixel {samples}) is not a CT slice")
-    sop_class = _text(ds, "SOPClassUID")
-    problems: list[str] = []
-    frames = _integer(ds, "NumberOfFrames", 1, problems)
-    multiframe = frames > 1 or sop_class in ENHANCED_CT_CLASSES
-    if multiframe and sop_class != CT_IMAGE_STORAGE and sop_class not in ENHANCED_CT_CLASSES:
-        raise VolumeError(f"{path}: multi-frame {_sop_name(sop_class)} file ({frames} frames) is not a CT "
-                          "image; only CT multi-frame files are read")
-    rows, cols = _integer(ds, "Rows", 0, problems), _integer(ds, "Columns", 0, problems)
-    position = _vector(ds, "ImagePositionPatient", 3, problems)
-    orientation = _orientation(ds, problems)
-    spacing = _vector(ds, "PixelSpacing", 2, [])  # optional metadata: malformed means unknown
-    frame_positions: tuple[Position, ...] = ()
-    if multiframe and not problems:
-        full = pydicom.dcmread(path, stop_before_pixels=True)
-        frame_positions, orientation, spacing = _frame_geometry(full, frames, problems)
-    return DicomHeader(
-        path=path,
-        series_uid=uid,
-        modality=_text(ds, "Modality").upper(),
-        position=position,  # type: ignore[arg-type]
-        orientation=orientation,
-        pixel_spacing=spacing,  # type: ignore[arg-type]
-        rows=rows,
-        cols=cols,
-        frames=frames,
-        sop_uid=_text(ds, "SOPInstanceUID"),
-        problem=problems[0] if problems else "",
-        multiframe=multiframe,
-        frame_positions=frame_positions,
-    )
-
-
-_SYNTAX_ENCODING = {  # transfer syntax -> (implicit VR, little endian) of the dataset after the file meta
-    "1.2.840.10008.1.2": (True, True),
-    "1.2.840.10008.1.2.2": (False, False),
-    **{uid: (False, True) for uid in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50",
-                                      "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-                                      "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
-                                      "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-                                      "1.2.840.10008.1.2.4.203")},
-}
-
-
-@lru_cache(maxsize=1)
-def _header_tags() -> list:
-    from pydicom.tag import Tag
-
-    return [Tag(keyword) for keyword in _HEADER_TAGS]
-
-
-def _header_dataset(path: str):
-    """The discovery tags of a file, read as ``dcmread(path, stop_before_pixels=True,
-    specific_tags=_HEADER_TAGS)`` reads them, with the readers ``dcmread`` calls for the usual
-    syntaxes (without its command-set pass and FileDataset wrapper: a third of a header's cost,
-    measured); other syntaxes (deflated, private, none given) take ``dcmread`` itself."""
-    import pydicom
-    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
-
-    with open(path, "rb") as f:
-        read_preamble(f, False)
-        meta = _read_file_meta_info(f)
-        encoding = _SYNTAX_ENCODING.get(str(meta.get("TransferSyntaxUID", "")))
-        if encoding is not None:
-            ds = read_dataset(f, *encoding, stop_when=_at_pixels, specific_tags=_header_tags())
-            ds.file_meta = meta
-            return ds
-    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-
-
-def _absent(path: str, keyword: str, otherwise: str = "") -> str:
-    """Why ``keyword`` is missing: the file is truncated, or it lacks the attribute."""
-    import warnings  # a local name: ``warnings`` elsewhere in this module are a volume's warnings
-
-    import pydicom
-    from pydicom.dataelem import RawDataElement
-
-    size = os.path.getsize(path)
-    with warnings.catch_warnings(record=True) as caught, open(path, "rb") as f:
-        warnings.simplefilter("always")
-        ds = pydicom.dcmread(f, defer_size=256, force=True)  # large values are skipped, not read
-        end = f.tell()
-    ends_early = end > size or any("end of file" in str(w.message).lower() for w in caught)
-    last = ds.get_item(max(ds.keys())) if ds else None
-    if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
-        # A complete file ends exactly where its last element does; a cut leaves that element
-        # short, or a few bytes of the next element's tag, which pydicom silently drops.
-        ends_early |= last.value_tell + last.length != size
-    if ends_early or not ds:
-        return f"truncated DICOM file: it ends after {size} bytes, inside its header (no {keyword})"
-    return otherwise or f"DICOM file without {keyword}"
-
-
-def _sop_name(uid: str) -> str:
-    from pydicom.uid import UID
-
-    name = UID(uid).name if uid else ""
-    return name if name and name != uid else f"SOP class {uid or 'unknown'}"
-
-
-def _integer(ds, keyword: str, default: int, problems: list[str]) -> int:
-    """A positive integer attribute; an empty or invalid value is a problem, absence the default."""
-    stored = _stored_numbers(ds, keyword)
-    if stored and len(stored) == 1 and math.isfinite(stored[0]) and stored[0] >= 1 and stored[0].is_integer():
-        return int(stored[0])
-    if keyword not in ds:
-        return default
-    value = ds[keyword].value
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        problems.append(f"empty {keyword}" if value in (None, "") else f"invalid {keyword} {str(value)!r}")
-        return default
-    if number < 1:
-        problems.append(f"invalid {keyword} {number}")
-        return default
-    return number
-
-
-def _vector(ds, keyword: str, n: int, problems: list[str]) -> tuple[float, ...] | None:
-    """``n`` finite numbers; None when absent or empty, and also when malformed (adding a problem)."""
-    numbers = _stored_numbers(ds, keyword)
-    if numbers is None:
-        return None
-    if numbers == ():  # not plain numbers as stored: pydicom converts them, or says why not
-        value = ds.get(keyword)
-        if value is None or value == "":
-            return None
-        values = value if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
-        try:
-            numbers = tuple(float(v) for v in values)
-        except (TypeError, ValueError):
-            problems.append(f"{keyword} {str(value)!r} is not numeric")
-            return None
-    if len(numbers) != n:
-        problems.append(f"{keyword} has {len(numbers)} values, expected {n}")
-        return None
-    if not all(math.isfinite(v) for v in numbers):
-        problems.append(f"{keyword} {list(numbers)} is not finite")
-        return None
-    return numbers
-
-
-def _orientation(ds, problems: list[str]) -> tuple[float, ...] | None:
-    orientation = _vector(ds, "ImageOrientationPatient", 6, problems)
-    if orientation is not None and np.linalg.norm(np.cross(orientation[:3], orientation[3:])) < 1e-3:
-        problems.append(f"ImageOrientationPatient {list(orientation)} is degenerate (row and column "
-                        "directions zero or parallel)")
-        return None
-    return orientation
-
-
-def _frame_group(ds, frame: int, sequence: str):
-    """The item of functional group ``sequence`` that applies to ``frame``: per-frame, else shared."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    shared = ds.get("SharedFunctionalGroupsSequence") or []
-    for item in (per_frame[frame] if frame < len(per_frame) else None, shared[0] if shared else None):
-        if item is not None and item.get(sequence):
-            return item.get(sequence)[0]
-    return None
-
-
-def _frame_geometry(ds, frames: int, problems: list[str]) -> tuple[tuple[Position, ...], Vector | None, Vector | None]:
-    """Per-frame positions, the frames' common orientation and the pixel spacing of a multi-frame file."""
-    positions: list[Position] = []
-    orientations: list[Vector] = []
-    for k in range(frames):
-        plane = _frame_group(ds, k, "PlanePositionSequence")
-        facing = _frame_group(ds, k, "PlaneOrientationSequence")
-        where: list[str] = []
-        position = None if plane is None else _vector(plane, "ImagePositionPatient", 3, where)
-        orientation = None if facing is None else _orientation(facing, where)
-        if where:
-            problems.append(f"frame {k + 1}: {where[0]}")
-            return (), None, None
-        if position is None or orientation is None:
-            missing = "PlanePositionSequence" if position is None else "PlaneOrientationSequence"
-            problems.append(f"multi-frame file without per-frame geometry ({missing} of frame {k + 1}), so "
-                            "the frame order along the body cannot be determined")
-            return (), None, None
-        positions.append(position)  # type: ignore[arg-type]
-        orientations.append(orientation)
-    if np.abs(np.asarray(orientations) - orientations[0]).max() > 1e-3:
-        problems.append("frames differ in orientation")
-        return (), None, None
-    measures = _frame_group(ds, 0, "PixelMeasuresSequence")
-    spacing = None if measures is None else _vector(measures, "PixelSpacing", 2, [])
-    return tuple(positions), orientations[0], spacing
 
 
 def group_series(headers: Iterable[DicomHeader]) -> dict[tuple[str, str], list[DicomHeader]]:
@@ -358,24 +89,72 @@ def _order(positions: np.ndarray, labels: list[str], allow_gaps: bool) -> tuple[
     return order, spacing_z, warnings
 
 
+_WITHOUT_IT = "use --allow-gaps to reduce the rest of the series without it"
+_WITHOUT_THEM = "use --allow-gaps to reduce the rest of the series without them"
+
+
+def place_slices(headers: list[DicomHeader], *, allow_gaps: bool = False
+                 ) -> tuple[list[DicomHeader], list[tuple[str, str]]]:
+    """The files of one single-frame series that can be placed in it, and (path, reason) of the others.
+
+    A file cannot be placed when its header has a ``problem`` (unusable geometry, no pixel data), when
+    it lacks the position and orientation the other files have, or when its slice size or its
+    orientation differs from the series' (that of most of its files). Without ``allow_gaps`` such a
+    file makes the series an error naming it (VolumeError); with it the file is left out and the rest
+    of the series is used (its gap is then found like any other). A VolumeError also when no file
+    can be placed.
+    """
+    uid = headers[0].series_uid
+    reasons = {h.path: h.problem for h in headers if h.problem}
+    usable = [h for h in headers if h.path not in reasons]
+    located = [h for h in usable if h.position is not None and h.orientation is not None]
+    if len(headers) > 1 and located:
+        for h in usable:
+            if h.position is None or h.orientation is None:
+                reasons[h.path] = ("no ImagePositionPatient/ImageOrientationPatient, so its place along the body "
+                                   "cannot be determined")
+        usable = located
+    if usable:
+        shape, count = Counter((h.rows, h.cols) for h in usable).most_common(1)[0]
+        for h in usable:
+            if (h.rows, h.cols) != shape:
+                reasons[h.path] = (f"slice size {h.rows}x{h.cols} differs from the {shape[0]}x{shape[1]} of "
+                                   f"{count} other files of the series")
+        usable = [h for h in usable if (h.rows, h.cols) == shape]
+    if len(usable) > 1 and located:
+        orientations = np.array([h.orientation for h in usable], dtype=float)
+        if np.abs(orientations - orientations[0]).max() > 1e-3:  # rare: find the series' own
+            common, count = Counter(tuple(np.round(o, 3)) for o in orientations).most_common(1)[0]
+            near = np.abs(orientations - np.asarray(common)).max(axis=1) <= 1e-3
+            for h, ok in zip(usable, near, strict=True):
+                if not ok:
+                    reasons[h.path] = (f"ImageOrientationPatient {list(h.orientation)} differs from the "  # type: ignore[arg-type]
+                                       f"{[float(v) for v in common]} of {count} other files of the series")
+            usable = [h for h, ok in zip(usable, near, strict=True) if ok]
+    left_out = [(h.path, reasons[h.path]) for h in headers if h.path in reasons]
+    if left_out and (not allow_gaps or not usable):
+        path, reason = left_out[0]
+        more = f" ({len(left_out)} such files in series {uid})" if len(left_out) > 1 else ""
+        hint = "" if not usable else "; " + (_WITHOUT_IT if len(left_out) == 1 else _WITHOUT_THEM)
+        raise VolumeError(f"{path}: {reason}{more}{hint}")
+    if len(headers) > 1 and not located:
+        raise VolumeError(f"{headers[0].path}: no ImagePositionPatient/ImageOrientationPatient, so the slice "
+                          "order along the body cannot be determined")
+    return usable, left_out
+
+
 def order_series(
-    volume_id: str, headers: list[DicomHeader], *, allow_gaps: bool = False
+    volume_id: str, headers: list[DicomHeader], *, allow_gaps: bool = False,
+    left_out: Sequence[tuple[str, str]] = (),
 ) -> VolumeSource:
-    """Order one single-frame series along its slice normal and check it; raises VolumeError when unusable."""
+    """Order one single-frame series along its slice normal and check it; raises VolumeError when unusable.
+
+    Files that cannot be placed are left out or make the series an error (``place_slices``); the
+    files in ``left_out`` (path, reason) were left out by the caller. Both are named in the warnings.
+    """
+    headers, dropped = place_slices(headers, allow_gaps=allow_gaps)
     first = headers[0]
-    bad = [h for h in headers if h.problem]
-    if bad:
-        more = f" ({len(bad)} bad files in series {first.series_uid})" if len(bad) > 1 else ""
-        raise VolumeError(f"{bad[0].path}: {bad[0].problem}{more}")
-    shapes = {(h.rows, h.cols) for h in headers}
-    if len(shapes) > 1:
-        raise VolumeError(f"{_folder(headers)}: series {first.series_uid} mixes slice sizes {sorted(shapes)}")
-    missing = [h.path for h in headers if h.position is None or h.orientation is None]
-    if missing and len(headers) > 1:
-        raise VolumeError(
-            f"{missing[0]}: no ImagePositionPatient/ImageOrientationPatient, so the slice "
-            "order along the body cannot be determined"
-        )
+    named = [f"{path}: left out of the series ({reason})" for path, reason in [*left_out, *dropped]]
     warnings: list[str] = []
     if len(headers) == 1:
         ordered, z = headers, np.zeros(1)
@@ -384,9 +163,6 @@ def order_series(
         warnings.append(f"{first.path}: single-slice series")
         spacing_z = float("nan")
     else:
-        orientations = np.array([h.orientation for h in headers], dtype=float)
-        if np.abs(orientations - orientations[0]).max() > 1e-3:
-            raise VolumeError(f"{_folder(headers)}: slices of series {first.series_uid} differ in orientation")
         normal = slice_normal(first.orientation)  # type: ignore[arg-type]
         positions = np.array([np.dot(h.position, normal) for h in headers])
         order, spacing_z, warnings = _order(positions, [h.path for h in headers], allow_gaps)
@@ -405,7 +181,8 @@ def order_series(
         cols=first.cols,
         spacing=(spacing_z, float(ps[0]), float(ps[1])),
         z_mm=tuple(float(v) for v in z),
-        warnings=tuple(warnings),
+        warnings=tuple(named + warnings),
+        allow_gaps=allow_gaps,
     )
 
 
@@ -435,6 +212,7 @@ def order_frames(volume_id: str, header: DicomHeader, *, allow_gaps: bool = Fals
         spacing=(spacing_z, float(ps[0]), float(ps[1])),
         z_mm=tuple(float(v) for v in positions[order]),
         warnings=tuple(warnings),
+        allow_gaps=allow_gaps,
     )
 
 
@@ -466,11 +244,6 @@ def _read_pixels(path: str):
 _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # Implicit / Explicit VR Little Endian
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-_PIXEL_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))  # Float, Double Float and (integer) Pixel Data
-
-
-def _at_pixels(tag, vr, length) -> bool:
-    return int(tag) in _PIXEL_TAGS  # int: comparing pydicom's tag objects is 10x slower
 
 
 def _read_native(path: str):
@@ -537,121 +310,89 @@ def _native_layout(ds) -> tuple[np.dtype, int] | None:
     return np.dtype(f"<{'ui'[int(representation)]}{int(allocated) // 8}"), int(allocated - stored)
 
 
-def _numbers(ds, keyword: str) -> tuple[float, ...] | None:
-    """A numeric element's values (US, DS, IS); None when absent or empty."""
-    numbers = _stored_numbers(ds, keyword)
-    if numbers != ():
-        return numbers
-    value = ds[keyword].value
-    if value is None or value == "":
-        return None
-    values = value if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
-    return tuple(float(v) for v in values)
+def read_series(source: VolumeSource, *, allow_gaps: bool = False) -> Volume:
+    """Read every slice of an ordered series and apply the modality LUT (rescale to HU).
 
-
-def _text(ds, keyword: str) -> str:
-    """``str(ds.get(keyword, "") or "")`` for a single-valued UI or CS element, decoded from its
-    stored bytes as pydicom decodes them (latin-1, trailing spaces and NULs dropped) without
-    building and validating a UID or string object; several values take pydicom's conversion."""
-    from pydicom.dataelem import RawDataElement
-
-    elem = ds.get_item(keyword)
-    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
-        text = elem.value.decode("latin-1").rstrip(" \x00")
-        if "\\" not in text:
-            return text
-    return str(ds.get(keyword, "") or "")
-
-
-def _stored_numbers(ds, keyword: str) -> tuple[float, ...] | None:
-    """A US, DS or IS element's values parsed from its stored bytes; None when absent or empty, ()
-    when they are not plain numbers as stored (or already converted): ask pydicom then.
-
-    pydicom's conversion (validated DSfloat/IS objects per value) took a third of a slice's read
-    and 40% of a header scan (measured).
+    A slice whose pixels cannot be read (no or cut pixel data, undecodable, a bad rescale) fails the
+    volume naming its file; with ``allow_gaps`` it is left out instead and named in the warnings,
+    and ``Volume.slice_index`` lists the slices read (their indices in ``source``). A file that
+    moved along the normal since the scan always fails the volume: scan again.
     """
-    from pydicom.datadict import dictionary_VR
-    from pydicom.dataelem import RawDataElement
-
-    elem = ds.get_item(keyword)
-    if elem is None:
-        return None
-    stored = elem.value if isinstance(elem, RawDataElement) else None
-    if not isinstance(stored, bytes):
-        return None if stored is None and isinstance(elem, RawDataElement) else ()
-    vr = elem.VR or dictionary_VR(elem.tag)
-    if vr == "US" and len(stored) % 2 == 0:
-        order = "little" if elem.is_little_endian else "big"
-        return tuple(float(int.from_bytes(stored[k:k + 2], order)) for k in range(0, len(stored), 2)) or None
-    if vr in ("DS", "IS"):
-        if not stored.strip(b" \0"):
-            return None
-        try:
-            return tuple(float(v) for v in stored.split(b"\\"))
-        except ValueError:
-            return ()
-    return ()
-
-
-def read_series(source: VolumeSource) -> Volume:
-    """Read every slice of an ordered series and apply the modality LUT (rescale to HU)."""
-
     n, rows, cols = source.n_slices, source.rows, source.cols
     raw: np.ndarray | None = None
     slopes = np.ones(n)
     intercepts = np.zeros(n)
     lut_slices: dict[int, np.ndarray] = {}
+    read: list[int] = []  # source indices of the slices in ``raw``, in order
+    warnings = list(source.warnings)
+    failed: list[VolumeError] = []
     for i, path in enumerate(source.paths):
-        ds, arr = _read_pixels(path)
-        if arr.shape != (rows, cols):
-            raise VolumeError(f"{path}: pixel data has shape {arr.shape}, expected {(rows, cols)}")
+        try:
+            ds, arr, lut, rescale = _read_slice(path, rows, cols)
+        except VolumeError as exc:
+            failed.append(exc)
+            if n == 1:
+                raise
+            if not allow_gaps:
+                raise VolumeError(f"{exc}; use --allow-gaps to reduce the rest of the series without this slice"
+                                  ) from exc
+            where = f" at z={source.z_mm[i]:.2f} mm" if source.z_mm else ""
+            warnings.append(f"{path}: left out of the series, slice {i} of {n}{where} "
+                            f"({str(exc).removeprefix(f'{path}: ')})")
+            continue
+        if source.z_mm:
+            _check_position(ds, path, source.z_mm[i])
         if raw is None:
             raw = np.empty((n, rows, cols), dtype=arr.dtype)
         elif arr.dtype != raw.dtype:  # files of one series disagree on signedness or bits
             raw = raw.astype(np.result_type(raw.dtype, arr.dtype))
-        if "ModalityLUTSequence" in ds:
-            from pydicom.pixels import apply_modality_lut
-
-            lut_slices[i] = apply_modality_lut(arr, ds).astype(np.float32)
-            arr = np.zeros_like(arr)
-        raw[i] = arr
-        slopes[i], intercepts[i] = _rescale(ds, path)
-        if source.z_mm:
-            _check_position(ds, path, source.z_mm[i])
-    assert raw is not None
-    hu = _hu(raw, slopes, intercepts)
+        k = len(read)
+        if lut is not None:
+            lut_slices[k] = lut
+        raw[k] = arr
+        slopes[k], intercepts[k] = rescale
+        read.append(i)
+    if raw is None:
+        raise VolumeError(f"{source.source}: none of the {n} slices of the series can be read (first: {failed[0]})")
+    k = len(read)
+    hu = hu_array(raw[:k], slopes[:k], intercepts[:k], in_place=True)  # raw[:k]: contiguous, ours
     if lut_slices:
         hu = hu.astype(np.float32)
-        for i, values in lut_slices.items():
-            hu[i] = values
-    return _volume(source, hu, source.paths)
+        for k, values in lut_slices.items():
+            hu[k] = values
+    index = np.asarray(read, dtype=np.int64)
+    return Volume(source.volume_id, hu, source.spacing, np.asarray(source.z_mm, dtype=np.float64)[index]
+                  if source.z_mm else np.zeros(len(index)), tuple(source.paths[i] for i in read),
+                  modality=source.modality, series_uid=source.series_uid, format="dicom", warnings=warnings,
+                  slice_index=index)
 
 
-def _hu(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
-    """``hu_array(raw, slopes, intercepts)``, in place when the result is int16 anyway.
+def _read_slice(path: str, rows: int, cols: int):
+    """A slice's dataset, stored values, Modality LUT values (float32, or None) and (slope, intercept);
+    VolumeError naming the file when any of them cannot be had."""
+    try:
+        return _slice_values(path, rows, cols)
+    except VolumeError:
+        raise
+    except Exception as exc:  # a damaged value (an unknown VR, text where a number belongs, ...)
+        raise VolumeError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
-    16-bit stored values with an integral rescale whose HU fit int16 (the usual CT) are rescaled
-    in uint16 arithmetic, which is exact modulo 2**16, so the int16 view of the result is the
-    exact HU; this skips hu_array's int32 copy and its range pass (0.9 of 2.4 ms per 512 px slice).
-    """
-    integral = np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))
-    if raw.dtype.itemsize != 2 or raw.dtype.kind not in "iu" or not integral or not raw.size:
-        return hu_array(raw, slopes, intercepts)
-    uniform = np.all(slopes == slopes[0]) and np.all(intercepts == intercepts[0])
-    groups = [(slice(None), int(slopes[0]), int(intercepts[0]))] if uniform else [
-        (i, int(s), int(b)) for i, (s, b) in enumerate(zip(slopes, intercepts, strict=True))]
-    for where, slope, intercept in groups:
-        part = raw[where]
-        ends = (int(part.min()) * slope + intercept, int(part.max()) * slope + intercept)
-        if min(ends) < -(1 << 15) or max(ends) >= 1 << 15:
-            return hu_array(raw, slopes, intercepts)
-    words = raw.view(np.uint16)
-    for where, slope, intercept in groups:
-        if slope != 1:
-            np.multiply(words[where], np.uint16(slope % (1 << 16)), out=words[where])
-        if intercept:
-            np.add(words[where], np.uint16(intercept % (1 << 16)), out=words[where])
-    return raw.view(np.int16)
+
+def _slice_values(path: str, rows: int, cols: int):
+    ds, arr = _read_pixels(path)
+    if arr.shape != (rows, cols):
+        raise VolumeError(f"{path}: pixel data has shape {arr.shape}, expected {(rows, cols)}")
+    lut = None
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        try:
+            with quiet():
+                lut = apply_modality_lut(arr, ds).astype(np.float32)
+        except Exception as exc:
+            raise VolumeError(f"{path}: cannot apply its Modality LUT ({type(exc).__name__}: {exc})") from exc
+        arr = np.zeros_like(arr)
+    return ds, arr, lut, _rescale(ds, path)
 
 
 def read_frames(source: VolumeSource) -> Volume:
@@ -668,7 +409,7 @@ def read_frames(source: VolumeSource) -> Volume:
     rescale = np.array([_rescale(_frame_group(ds, k, "PixelValueTransformationSequence") or ds, path)
                         for k in range(frames)])
     index = np.asarray(source.frames, dtype=np.intp)
-    hu = hu_array(arr[index], rescale[index, 0], rescale[index, 1])
+    hu = hu_array(arr[index], rescale[index, 0], rescale[index, 1], in_place=True)  # arr[index] is a copy
     return _volume(source, hu, (path,) * len(index))
 
 
@@ -724,7 +465,3 @@ def _transfer_syntax(path: str) -> str:
         return f" (transfer syntax {uid.name})"
     except Exception:
         return ""
-
-
-def _folder(headers: list[DicomHeader]) -> str:
-    return str(Path(headers[0].path).parent)

@@ -12,6 +12,8 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
+import numpy as np
+
 from . import dicom, single
 from .volume import Volume, VolumeError, VolumeSource
 
@@ -312,7 +314,10 @@ def _add_series(result: ScanResult, base: Path, headers: list[dicom.DicomHeader]
             if multiframe:
                 result.volumes.append(dicom.order_frames(vid, members[0], allow_gaps=allow_gaps))
             else:
-                result.volumes.append(dicom.order_series(vid, members, allow_gaps=allow_gaps))
+                placed, left_out = dicom.place_slices(members, allow_gaps=allow_gaps)
+                result.volumes.append(dicom.order_series(vid, placed, allow_gaps=allow_gaps, left_out=left_out))
+                result.skipped += [{"path": path, "reason": f"left out of series {uid} ({reason})"}
+                                   for path, reason in left_out]
         except Exception as exc:
             error = str(exc) if isinstance(exc, VolumeError) else f"{source}: {_describe(exc)}"
             result.errors.append({"volume_id": vid, "source": source, "error": error, "paths": paths})
@@ -338,12 +343,16 @@ def _make_ids_unique(result: ScanResult) -> None:
         error["volume_id"] = unique(error["volume_id"])
 
 
-def load(source: VolumeSource, slices: Sequence[int] | None = None) -> Volume:
+def load(source: VolumeSource, slices: Sequence[int] | None = None, *, allow_gaps: bool | None = None) -> Volume:
     """Read the pixel data of a scanned volume; raises VolumeError naming the file and reason.
 
     With ``slices`` (indices in anatomical order), the Volume holds only those slices, in that
     order; a single-frame DICOM series then reads only their files (an export of the ~10% of
     slices a reduction keeps reads ~10% of the series).
+    ``allow_gaps``: a slice of a DICOM series whose pixels cannot be read is left out instead of
+    failing the volume; it is named in the warnings and its index is missing from
+    ``Volume.slice_index``. Default: as the series was scanned (``source.allow_gaps``) for a whole
+    volume, never for ``slices`` (an export gets exactly the slices it asks for, or an error).
     """
     if slices is not None:
         index = [int(i) for i in slices]
@@ -354,16 +363,20 @@ def load(source: VolumeSource, slices: Sequence[int] | None = None) -> Volume:
                 source, paths=tuple(source.paths[i] for i in index), n_slices=len(index),
                 sop_uids=tuple(source.sop_uids[i] for i in index) if source.sop_uids else (),
                 z_mm=tuple(source.z_mm[i] for i in index) if source.z_mm else ())
-            return load(subset)
+            volume = load(subset, allow_gaps=bool(allow_gaps))
+            return dataclasses.replace(volume, slice_index=np.asarray(index, dtype=np.int64)[volume.slice_index])
         whole = load(source)
         if any(i >= whole.n_slices for i in index):
             raise VolumeError(f"{source.source}: has {whole.n_slices} slices now, {source.n_slices} when scanned")
         return dataclasses.replace(whole, hu=whole.hu[index], z_mm=whole.z_mm[index],
-                                   slice_sources=tuple(whole.slice_sources[i] for i in index))
-    reader = {"dicom": dicom.read_frames if source.frames else dicom.read_series,
-              "nifti": single.read_nifti, "sitk": single.read_sitk}
+                                   slice_sources=tuple(whole.slice_sources[i] for i in index),
+                                   slice_index=np.asarray(index, dtype=np.int64))
     try:
-        volume = reader[source.format](source)
+        if source.format == "dicom":
+            gaps = source.allow_gaps if allow_gaps is None else allow_gaps
+            volume = dicom.read_frames(source) if source.frames else dicom.read_series(source, allow_gaps=gaps)
+        else:
+            volume = {"nifti": single.read_nifti, "sitk": single.read_sitk}[source.format](source)
     except VolumeError:
         raise
     except MemoryError as exc:
@@ -376,7 +389,11 @@ def load(source: VolumeSource, slices: Sequence[int] | None = None) -> Volume:
 
 
 def read_volume(path: str | os.PathLike, *, modality: str = "any", allow_gaps: bool = False) -> Volume:
-    """Read one volume: a NIfTI/NRRD/MHA/... file or a folder holding exactly one DICOM series."""
+    """Read one volume: a NIfTI/NRRD/MHA/... file or a folder holding exactly one DICOM series.
+
+    ``allow_gaps``: a series with missing slices is read, and a slice that cannot be placed or read
+    is left out (named in ``Volume.warnings``) instead of failing the volume.
+    """
     found = scan([path], modality=modality, allow_gaps=allow_gaps)
     if found.errors:
         raise VolumeError(found.errors[0]["error"])

@@ -36,6 +36,7 @@ class VolumeSource:
     warnings: tuple[str, ...] = ()
     sop_uids: tuple[str, ...] = ()  # DICOM only: SOPInstanceUID of each file in ``paths``
     frames: tuple[int, ...] = ()  # multi-frame DICOM only: frame index of each slice, in slice order
+    allow_gaps: bool = False  # DICOM: scanned with gaps allowed, so reading it leaves out unreadable slices
 
     @property
     def source(self) -> str:
@@ -53,6 +54,8 @@ class Volume:
     the rescale are integral (the usual CT case) and float32 otherwise, so a whole archive is
     never held as float64. ``z_mm[i]`` is the position of slice ``i`` along the slice normal and
     ``slice_sources[i]`` the file it came from (the volume file for single-file formats).
+    ``slice_index[i]`` is that slice's index in the scanned volume (``VolumeSource`` order): 0..n-1,
+    except where a slice that could not be read was left out (``allow_gaps``) or a subset was read.
     """
 
     volume_id: str
@@ -64,11 +67,16 @@ class Volume:
     series_uid: str = ""
     format: str = ""
     warnings: list[str] = field(default_factory=list)
+    slice_index: np.ndarray = None  # type: ignore[assignment]  # None: 0..n-1
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:
             raise VolumeError(f"{self.volume_id}: expected a 3-D array, got shape {self.hu.shape}")
-        if len(self.z_mm) != self.n_slices or len(self.slice_sources) != self.n_slices:
+        if self.slice_index is None:
+            self.slice_index = np.arange(self.n_slices, dtype=np.int64)
+        self.slice_index = np.asarray(self.slice_index, dtype=np.int64)
+        if (len(self.z_mm) != self.n_slices or len(self.slice_sources) != self.n_slices
+                or len(self.slice_index) != self.n_slices):
             raise VolumeError(f"{self.volume_id}: per-slice metadata does not match slice count")
 
     @property
@@ -95,33 +103,61 @@ def _common_dir(paths: tuple[str, ...]):
     return Path(os.path.commonpath([str(Path(p).parent) for p in paths]))
 
 
-def hu_array(raw: np.ndarray, slope: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+# Rows of slices converted at a time when a new array is filled: bounded temporaries.
+_BLOCK_BYTES = 1 << 20
+
+
+def hu_array(raw: np.ndarray, slope: np.ndarray, intercept: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     """Apply per-slice rescale (``raw * slope + intercept``) choosing the smallest exact dtype.
 
     ``raw`` is (slices, rows, cols); ``slope`` and ``intercept`` have one value per slice.
-    Integral rescales stay integer (int16 when the result fits, else int32); anything else
-    becomes float32.
+    Integral rescales stay integer (int16 when the HU fit, else int32, float32 beyond int32);
+    anything else becomes float32.
+
+    Memory: the result is the only volume-sized allocation (temporaries are a few slices). With
+    ``in_place`` the caller hands ``raw`` over (writable, referenced nowhere else): int16 HU from
+    16-bit stored values and float32 HU from float32 values are then computed in it, so reading a
+    CT costs one copy of it. 16-bit arithmetic modulo 2**16 is exact there because the HU range,
+    checked first from each slice's extremes, fits int16.
     """
     slope = np.asarray(slope, dtype=np.float64)
     intercept = np.asarray(intercept, dtype=np.float64)
+    in_place = in_place and raw.flags.c_contiguous and raw.flags.writeable and raw.dtype.isnative
     integral = (
         np.issubdtype(raw.dtype, np.integer)
         and np.all(slope == np.round(slope))
         and np.all(intercept == np.round(intercept))
     )
-    if integral and raw.dtype == np.int16 and raw.flags.owndata and np.all(slope == 1) and np.all(intercept == 0):
-        return raw  # already HU in an array of its own (NRRD/NIfTI written in HU): no copy, no range check
-    if integral:
-        out = raw.astype(np.int32, copy=True)
-        if np.any(slope != 1):
-            out *= slope.astype(np.int32)[:, None, None]
-        if np.any(intercept != 0):
-            out += intercept.astype(np.int32)[:, None, None]
-        lo, hi = (int(out.min()), int(out.max())) if out.size else (0, 0)
-        if lo >= np.iinfo(np.int16).min and hi <= np.iinfo(np.int16).max:
-            return out.astype(np.int16)
-        return out
-    out = raw.astype(np.float32)
-    out *= slope.astype(np.float32)[:, None, None]
-    out += intercept.astype(np.float32)[:, None, None]
+    identity = bool(np.all(slope == 1) and np.all(intercept == 0))
+    if integral and raw.dtype == np.int16 and identity:
+        return raw if in_place else raw.copy()  # already HU (NRRD/NIfTI written in HU): no range pass
+    if not integral:
+        dtype = np.dtype(np.float32)
+    elif not raw.size:
+        dtype = np.dtype(np.int16)
+    else:
+        lo, hi = raw.min(axis=(1, 2)).astype(np.float64), raw.max(axis=(1, 2)).astype(np.float64)
+        ends = np.concatenate([lo * slope + intercept, hi * slope + intercept])  # exact below 2**53
+        dtype = next((np.dtype(t) for t in (np.int16, np.int32)
+                      if np.iinfo(t).min <= ends.min() and ends.max() <= np.iinfo(t).max), np.dtype(np.float32))
+    if in_place and dtype == np.int16 and raw.dtype.itemsize == 2:
+        words = raw.view(np.uint16)
+        uniform = np.all(slope == slope[0]) and np.all(intercept == intercept[0])
+        groups = ([(slice(None), slope[0], intercept[0])] if uniform
+                  else list(zip(range(len(slope)), slope, intercept, strict=True)))
+        for where, s, b in groups:
+            if s != 1:
+                np.multiply(words[where], np.uint16(int(s) % (1 << 16)), out=words[where])
+            if b:
+                np.add(words[where], np.uint16(int(b) % (1 << 16)), out=words[where])
+        return raw.view(np.int16)
+    out = raw if in_place and raw.dtype == dtype == np.float32 else np.empty(raw.shape, dtype=dtype)
+    work = np.float32 if dtype.kind == "f" else np.int64
+    step = max(1, _BLOCK_BYTES // max(1, raw[0].nbytes if len(raw) else 1))
+    for start in range(0, len(raw), step):
+        part = slice(start, start + step)
+        values = raw[part].astype(work)
+        values *= slope[part].astype(work)[:, None, None]
+        values += intercept[part].astype(work)[:, None, None]
+        out[part] = values
     return out

@@ -105,16 +105,17 @@ def _volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = 
     selections, columns = select(volume, config, u8)
     primary = selections[config.threshold] if config.threshold is not None else next(iter(selections.values()))
     n = volume.n_slices
+    index = volume.slice_index  # the slice's index in the scanned volume: a slice left out unread leaves a gap
     params = json.dumps({k: v for k, v in identity(config).items()
                          if k not in ("method", "threshold", "thresholds", "target_fraction", "intensity",
                                       "modality", "allow_gaps")}, sort_keys=True)
     frame = pd.DataFrame({
         "volume_id": [volume.volume_id] * n,
         "source": list(volume.slice_sources),
-        "slice_index": np.arange(n, dtype=np.int32),
+        "slice_index": index.astype(np.int32),
         "z_mm": np.asarray(volume.z_mm, dtype=np.float64),
         "kept": primary.kept,
-        "leader": primary.leader.astype(np.int32),
+        "leader": index[primary.leader].astype(np.int32),
         score_column(config): primary.score,
         "method": config.method,
         "threshold": np.nan if config.threshold is None else float(config.threshold),
@@ -127,7 +128,7 @@ def _volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = 
         extra: dict[str, np.ndarray] = {kept_column(t): sel.kept for t, sel in selections.items()}
         if config.target_fraction is not None:
             for t, sel in selections.items():
-                extra[f"_leader@{t:g}"] = sel.leader.astype(np.int32)
+                extra[f"_leader@{t:g}"] = index[sel.leader].astype(np.int32)
                 extra[f"_score@{t:g}"] = sel.score
         frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)
     return frame
@@ -264,7 +265,7 @@ def _finish(source: VolumeSource, volume: Volume, u8: np.ndarray | None, config:
     frame = _volume_frame(volume, config, u8)
     if outputs is not None and outputs.export is not None:
         kept = np.flatnonzero(frame["kept"].to_numpy())
-        outputs.export.write(source.volume_id, kept, u8[kept])
+        outputs.export.write(source.volume_id, volume.slice_index[kept], u8[kept])
     if outputs is not None:
         write_part(outputs.parts, source.volume_id, frame)
     return VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
@@ -305,7 +306,7 @@ def _chunkable(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> 
 def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str) -> tuple[Volume, np.ndarray]:
     """Slices ``index`` of a series, and their 8-bit images (the volume keeps no pixels: they
     would only travel back to be dropped)."""
-    volume = load(source, index)
+    volume = load(source, index, allow_gaps=source.allow_gaps)  # a chunk leaves out what the whole would
     u8 = Intensity.parse(intensity).to_uint8(volume.hu)
     return dataclasses.replace(volume, hu=volume.hu[:, :0, :0]), u8
 
@@ -327,6 +328,7 @@ def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                     pieces[0][0], hu=np.concatenate([v.hu for v, _ in pieces]),
                     z_mm=np.concatenate([v.z_mm for v, _ in pieces]),
                     slice_sources=tuple(p for v, _ in pieces for p in v.slice_sources),
+                    slice_index=np.concatenate([v.slice_index for v, _ in pieces]),
                     warnings=list(dict.fromkeys(w for v, _ in pieces for w in v.warnings)))
                 result.append(_finish(source, volume, np.concatenate([u8 for _, u8 in pieces]), config, outputs,
                                       before, start))

@@ -212,7 +212,8 @@ class RunFolder:
         """Point a finished volume's rows at the files of ``source`` (same content, moved)."""
         frame = self.read_part(source.volume_id)
         if frame is not None:
-            frame["source"] = list(slice_files(source))[: len(frame)]
+            files = slice_files(source)  # by slice_index: a slice left out unread has no row
+            frame["source"] = [files[i] for i in frame["slice_index"].astype(int)]
             write_part(self.parts, source.volume_id, frame)
 
     def write_results(self, manifest: pd.DataFrame, sources: list[VolumeSource],
