@@ -211,6 +211,31 @@ def test_a_run_without_digests_is_compared_by_the_dhash_of_its_8bit_slices(serie
     assert RunFolder.open(run).manifest()["pixel_digest"].notna().all()  # both reduced again, digests recorded
 
 
+def test_digests_are_recomputed_with_the_algorithm_they_were_recorded_with(series, tmp_path, monkeypatch):
+    """A run recorded where another digest library was installed: its algorithm is used where it is
+    installed, and where it is not, the slices are compared by dHash."""
+    import hashlib
+
+    from ctreduce.store import fingerprint
+
+    monkeypatch.setitem(fingerprint.ALGORITHMS, "other", lambda: hashlib.sha1())
+    default = fingerprint.ALGORITHM
+    monkeypatch.setattr(fingerprint, "ALGORITHM", "other")
+    run = tmp_path / "run"
+    ctreduce.reduce(series, run)
+    assert RunFolder.open(run).manifest()["pixel_digest"].str.startswith("other:").all()
+    monkeypatch.setattr(fingerprint, "ALGORITHM", default)
+    assert ctreduce.export(run, tmp_path / "ok")["errors"] == []
+    k, path, _ = kept_slice(run)
+    manifest = RunFolder.open(run).manifest()
+    far = manifest.loc[(manifest["volume_id"] == "in/a") & (manifest["slice_index"] == 23), "source"].iloc[0]
+    rewrite_pixels(path, far, keep_stat=True)
+    assert [e["volume_id"] for e in ctreduce.export(run, tmp_path / "found")["errors"]] == ["in/a"]
+    monkeypatch.delitem(fingerprint.ALGORITHMS, "other")  # not installed here: compared by dHash
+    (error,) = ctreduce.export(run, tmp_path / "by-dhash")["errors"]
+    assert f"slice {k} ({path}) holds other pixels" in error["error"]
+
+
 # --- Ray: the same checks in its tasks -------------------------------------------------------------------
 
 

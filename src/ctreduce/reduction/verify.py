@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.volume import Volume, VolumeSource
-from ..store.fingerprint import DIGEST_COLUMN, Fingerprint, first_mismatch
+from ..store.fingerprint import DIGEST_COLUMN, Fingerprint, digest_algorithm, first_mismatch
 from . import hashing
 from .intensity import Intensity
 
@@ -33,12 +33,13 @@ def recorded_frame(volume: Volume, recorded: pd.DataFrame | None, digests: list[
     """The recorded rows of ``volume``, pointed at the files read now, when its slices hold what they
     record (else None: it is reduced again), and how they differ ("" when they do not).
 
-    Rows recorded without pixel digests (an older ctreduce) are compared by dHash, which cannot tell
+    Rows recorded without pixel digests (an older ctreduce, or an algorithm whose library is not
+    installed here) are compared by dHash, which cannot tell
     near-identical neighbours apart: such a volume is reduced again whatever the comparison says.
     """
     if recorded is None:
         return None, "its manifest part is missing"
-    legacy = DIGEST_COLUMN not in recorded.columns or recorded[DIGEST_COLUMN].isna().any()
+    legacy = DIGEST_COLUMN not in recorded.columns or any(digest_algorithm(d) is None for d in recorded[DIGEST_COLUMN])
     rows = recorded.sort_values("slice_index").reset_index(drop=True)
     mismatch = first_mismatch(volume, rows, digests=digests, dhashes=lambda: hashing.dhash(u8))
     if mismatch is not None:

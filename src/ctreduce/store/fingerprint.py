@@ -91,15 +91,31 @@ def slice_files(source: VolumeSource) -> tuple[str, ...]:
 _INT16 = np.iinfo(np.int16)
 
 
-def slice_digest(hu: np.ndarray) -> str:
-    """A 64-bit BLAKE2b digest of one slice's HU values (hex).
+def _algorithms() -> dict[str, Callable[[], Any]]:
+    """Digest algorithms by the name that prefixes a recorded digest. xxh3 (xxHash) costs ~0.01 ms per
+    512 px int16 slice, BLAKE2b ~0.4 ms, about the time to read the slice (``benchmarks/bench_verify.py``):
+    xxh3 is recorded where the xxhash package is installed (a dependency), BLAKE2b otherwise; either
+    is recomputed wherever its library is there, and a digest that cannot be is compared by dHash."""
+    found: dict[str, Callable[[], Any]] = {"b2b": lambda: hashlib.blake2b(digest_size=8)}
+    try:
+        import xxhash
+    except ImportError:
+        return found
+    return {"xxh3": xxhash.xxh3_64, **found}
+
+
+ALGORITHMS = _algorithms()
+ALGORITHM = next(iter(ALGORITHMS))  # the one recorded
+
+
+def slice_digest(hu: np.ndarray, algorithm: str | None = None) -> str:
+    """A 64-bit digest of one slice's HU values: ``"<algorithm>:<hex>"``.
 
     Canonical form, so that a slice gives one digest whichever slices were read with it
     (``hu_array`` picks int16, int32 or float32 from the range of all the slices loaded together):
     the values as little-endian int16 when they are all integers in its range (CT's usual case,
     hashed without a copy), else int64 when all are integers, else float32; the shape and that
-    choice are hashed too. BLAKE2b comes with Python (0.4 ms per 512 px int16 slice; xxHash's xxh3
-    is ~50x faster but an extra package whose absence would make a run unverifiable).
+    choice are hashed too.
     """
     values = np.asarray(hu)
     if values.dtype.kind == "f" and values.size and np.isfinite(values).all() and np.array_equal(np.rint(values),
@@ -114,14 +130,24 @@ def slice_digest(hu: np.ndarray) -> str:
     else:
         values, kind = values.astype(np.float32), "f4"
     values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
-    digest = hashlib.blake2b(f"{kind}:{'x'.join(map(str, values.shape))}:".encode(), digest_size=8)
+    algorithm = algorithm or ALGORITHM
+    digest = ALGORITHMS[algorithm]()
+    digest.update(f"{kind}:{'x'.join(map(str, values.shape))}:".encode())
     digest.update(values)
-    return digest.hexdigest()
+    return f"{algorithm}:{digest.hexdigest()}"
 
 
 def slice_digests(hu: np.ndarray) -> list[str]:
     """``slice_digest`` of every slice of a (slices, rows, cols) stack."""
     return [slice_digest(s) for s in hu]
+
+
+def digest_algorithm(recorded: Any) -> str | None:
+    """The algorithm of a recorded digest, when this process can compute it (else None)."""
+    if not isinstance(recorded, str):
+        return None
+    name = recorded.partition(":")[0]
+    return name if name in ALGORITHMS else None
 
 
 def first_mismatch(volume: Volume, rows: pd.DataFrame, *, digests: list[str] | None = None,
@@ -131,7 +157,8 @@ def first_mismatch(volume: Volume, rows: pd.DataFrame, *, digests: list[str] | N
 
     ``rows``: the manifest rows of the slices ``volume`` holds, in that order. A slice is compared
     by its position and its ``pixel_digest`` (``digests``: the slices' digests when already
-    computed). Rows without one (runs of an older ctreduce) are compared by their ``dhash``:
+    computed). Rows without one (runs of an older ctreduce, or a digest whose library is not
+    installed here) are compared by their ``dhash``:
     ``dhashes()`` gives every slice's dHash of its 8-bit image under the run's intensity policy
     (without it they cannot be verified, which counts as a difference).
     """
@@ -141,10 +168,16 @@ def first_mismatch(volume: Volume, rows: pd.DataFrame, *, digests: list[str] | N
     z_now, z_then = np.asarray(volume.z_mm, dtype=np.float64), rows["z_mm"].to_numpy(np.float64)
     moved = np.flatnonzero(~np.isclose(z_now, z_then, atol=1e-3, equal_nan=True))
     recorded = rows[DIGEST_COLUMN].tolist() if DIGEST_COLUMN in rows.columns else [None] * len(index)
-    unrecorded = [k for k, d in enumerate(recorded) if not isinstance(d, str)]
-    if digests is None:
-        digests = [slice_digest(volume.hu[k]) if isinstance(d, str) else None for k, d in enumerate(recorded)]
-    differ = [k for k, d in enumerate(recorded) if isinstance(d, str) and digests[k] != d]
+    algorithms = [digest_algorithm(d) for d in recorded]
+    unrecorded = [k for k, name in enumerate(algorithms) if name is None]
+    differ = []
+    for k, name in enumerate(algorithms):
+        if name is not None:
+            # Given digests of another algorithm are recomputed (a chunked read keeps no pixels: then differ).
+            now = digests[k] if digests is not None and digests[k].startswith(name + ":") else \
+                slice_digest(volume.hu[k], name)
+            if now != recorded[k]:
+                differ.append(k)
     if unrecorded:
         then = rows["dhash"].tolist() if "dhash" in rows.columns else [None] * len(index)
         if dhashes is None or any(not isinstance(then[k], str) for k in unrecorded):
