@@ -182,6 +182,24 @@ def test_a_moved_archive_is_compared_by_its_pixels_not_its_uids(series, tmp_path
                                   decisions(ctreduce.reduce(moved, tmp_path / "fresh")))
 
 
+def test_a_single_large_series_read_in_chunks_is_verified_too(tmp_path):
+    """Fewer series than workers: the series is read in chunks by every worker (``engine._run_chunked``),
+    which compute the digests where they read; a rerun compares them like any other."""
+    hu, spacing = make_phantom(n_slices=40, size=64, slice_thickness=5.0, seed=1)
+    write_dicom_series(hu, spacing, tmp_path / "in" / "a", seed=1)
+    run = tmp_path / "run"
+    first = ctreduce.reduce(tmp_path / "in", run, workers=2)
+    assert first["pixel_digest"].tolist() == ctreduce.reduce(tmp_path / "in")["pixel_digest"].tolist()
+    moved = tmp_path / "elsewhere" / "in"
+    shutil.copytree(tmp_path / "in", moved)
+    assert ctreduce.reduce(moved, run, workers=2).attrs["summary"]["inputs_moved"] == ["in/a"]
+    k, path, previous = kept_slice(run)
+    rewrite_pixels(path, previous)
+    rerun = ctreduce.reduce(moved, run, workers=2)
+    assert f"slice {k} ({path})" in rerun.attrs["summary"]["inputs_changed"]["in/a"]
+    pd.testing.assert_frame_equal(decisions(rerun), decisions(ctreduce.reduce(moved, tmp_path / "fresh")))
+
+
 # --- runs recorded without pixel digests -----------------------------------------------------------------
 
 
