@@ -109,6 +109,33 @@ def test_a_kept_slice_rewritten_in_place_is_not_exported_and_the_rerun_redoes_it
     assert_export_is_the_sources(tmp_path / "again", run)
 
 
+def test_a_dropped_slice_rewritten_makes_the_decision_stale_and_its_volume_is_not_exported(series, tmp_path):
+    """The kept slices still hold their pixels, but the decision was made with the old dropped one."""
+    run = tmp_path / "run"
+    manifest = ctreduce.reduce(series, run)
+    rows = manifest[manifest["volume_id"] == "in/a"].set_index("slice_index")
+    k = int(rows.index[~rows["kept"]][0])
+    rewrite_pixels(rows.loc[k, "source"], rows.loc[23, "source"])
+    meta = ctreduce.export(run, tmp_path / "npy", format="npy", size=32, workers=2)
+    (error,) = meta["errors"]
+    assert error["volume_id"] == "in/a" and f"slice {k} ({rows.loc[k, 'source']}) holds other pixels" in error["error"]
+    assert set(ExportStore.open(tmp_path / "npy").index["volume_id"]) == {"in/b"}
+
+
+def test_the_source_check_of_report_and_experiment_reads_files_whose_stat_changed(series, tmp_path):
+    run = tmp_path / "run"
+    ctreduce.reduce(series, run)
+    k, path, previous = kept_slice(run)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same pixels
+    check = RunFolder(run).check_sources()
+    assert check.moved == ["in/a"] and check.changed == {}
+    rewrite_pixels(path, previous)
+    check = RunFolder(run).check_sources()
+    assert check.changed == {"in/a": f"in/a: slice {k} ({path}) holds other pixels than the ones it was reduced on"}
+    assert RunFolder(run).check_sources(defer=True).modified == {"in/a": [k]}
+
+
 def test_another_series_file_of_the_same_size_copied_over_a_kept_slice(series, tmp_path):
     run = tmp_path / "run"
     ctreduce.reduce(series, run, allow_gaps=True)
