@@ -42,7 +42,7 @@ from ..io.discover import HeaderCache, load
 from ..io.volume import VolumeError, VolumeSource
 from .export import ExportError, ExportStore
 from .files import atomic_write, disk_full, is_disk_full, read_json, write_json
-from .fingerprint import DIGEST_COLUMN, Fingerprint, first_mismatch, slice_files
+from .fingerprint import DIGEST_COLUMN, Fingerprint, first_mismatch
 from .lock import FolderLock
 
 SCHEMA = 2
@@ -209,19 +209,9 @@ class RunFolder:
             raise
         return entry
 
-    def read_part(self, volume_id: str) -> pd.DataFrame | None:
-        return read_part(self.parts, volume_id)
-
     def read_part_table(self, volume_id: str) -> pa.Table | None:
         part = self.parts / part_name(volume_id)
         return pq.read_table(part) if part.exists() else None
-
-    def relocate_part(self, source: VolumeSource) -> None:
-        """Point a finished volume's rows at the files of ``source`` (same content, moved)."""
-        frame = self.read_part(source.volume_id)
-        if frame is not None:
-            frame["source"] = list(slice_files(source))[: len(frame)]
-            write_part(self.parts, source.volume_id, frame)
 
     def write_results(self, manifest: pd.DataFrame, sources: list[VolumeSource],
                       fingerprints: dict[str, Fingerprint], summary: dict[str, Any], csv: bool) -> None:
