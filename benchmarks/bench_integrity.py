@@ -2,15 +2,15 @@
 
 On the 8-series DICOM archive of ``bench_reduce.py`` (8 x 60 slices of 512 px), one process:
 
-  (a) ``ctreduce.reduce`` as shipped: fingerprints (stat before reading, content digest after),
-      run-folder lock, fingerprint column in volumes.parquet;
-  (b) the same with fingerprinting and locking replaced by no-ops (monkeypatched in this process);
+  (a) ``ctreduce.reduce`` as shipped: fingerprints (stat before reading), each slice's pixel
+      digest, run-folder lock, fingerprint column in volumes.parquet;
+  (b) the same with fingerprints, digests and locking replaced by no-ops (monkeypatched in this process);
 
 alternating (a) and (b) ``--repeats`` times, fresh run folders, median wall times. It also
-times the pieces alone: ``Fingerprint.of(content=True)`` of every volume, a lock
-acquire/release, and ``RunFolder.check_sources`` (what export and report run first), and a
-no-op rerun of the complete run. A NIfTI copy of the archive shows the single-file case, whose
-content digest reads each file (SHA-1) while it is in the page cache.
+times the pieces alone: ``Fingerprint.of`` of every volume, a lock acquire/release, and
+``RunFolder.check_sources`` (what export and report run first), and a no-op rerun of the
+complete run. A NIfTI copy of the archive shows the single-file case. ``bench_verify.py``
+breaks the digests down per slice.
 
     python benchmarks/bench_integrity.py [--repeats 5] [--volumes 8] [--slices 60] [--size 512]
 """
@@ -46,16 +46,16 @@ class _NoLock(contextlib.nullcontext):
 
 @contextlib.contextmanager
 def without_integrity():
-    """Fingerprints and locks as no-ops, everything else unchanged."""
+    """Fingerprints, pixel digests and locks as no-ops, everything else unchanged."""
     empty = Fingerprint(())
-    saved = (engine.Fingerprint.of, Fingerprint.with_content, store_run.RunFolder.lock)
-    engine.Fingerprint.of = classmethod(lambda cls, source, content=False: empty)  # type: ignore[method-assign]
-    Fingerprint.with_content = lambda self, source: self  # type: ignore[method-assign]
+    saved = (engine.Fingerprint.of, engine.slice_digests, store_run.RunFolder.lock)
+    engine.Fingerprint.of = classmethod(lambda cls, source, stats=None: empty)  # type: ignore[method-assign]
+    engine.slice_digests = lambda hu: [""] * len(hu)  # type: ignore[assignment]
     store_run.RunFolder.lock = lambda self: (self.path.mkdir(parents=True, exist_ok=True), _NoLock())[1]
     try:
         yield
     finally:
-        engine.Fingerprint.of, Fingerprint.with_content, store_run.RunFolder.lock = saved  # type: ignore[misc]
+        engine.Fingerprint.of, engine.slice_digests, store_run.RunFolder.lock = saved  # type: ignore[misc]
 
 
 def timed_reduce(inputs: list[Path], out: Path) -> float:
@@ -85,15 +85,17 @@ def measure(name: str, inputs: list[Path], scratch: Path, repeats: int) -> None:
         with without_integrity():
             bare.append(timed_reduce(inputs, scratch / "b"))
     a, b = statistics.median(shipped), statistics.median(bare)
-    print(f"reduce, shipped (fingerprints + lock): median {a:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in shipped)})")
-    print(f"reduce, fingerprints and lock off:     median {b:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in bare)})")
+    print(f"reduce, shipped (fingerprints, digests, lock): median {a:.3f} s  "
+          f"(runs: {', '.join(f'{t:.3f}' for t in shipped)})")
+    print(f"reduce, fingerprints, digests and lock off:   median {b:.3f} s  "
+          f"(runs: {', '.join(f'{t:.3f}' for t in bare)})")
     print(f"overhead, whole runs: {100 * (a - b) / b:+.2f}% (run-to-run spread of the bare runs: "
           f"{100 * (max(bare) - min(bare)) / b:.1f}%)")
 
     sources = scan(inputs).volumes
     start = time.perf_counter()
     for source in sources:
-        Fingerprint.of(source, content=True)
+        Fingerprint.of(source)
     fp = time.perf_counter() - start
     start = time.perf_counter()
     with FolderLock(scratch / "bench.lock", "bench"):

@@ -16,7 +16,7 @@ from ctreduce.reduction import engine
 from ctreduce.reduction.engine import RunConflict
 
 COLUMNS = ["volume_id", "source", "slice_index", "z_mm", "kept", "leader", "distance", "method",
-           "threshold", "params", "intensity", "hash", "dhash"]
+           "threshold", "params", "intensity", "hash", "dhash", "pixel_digest"]
 
 
 def paper_reference(hu: np.ndarray, threshold: int = 6) -> list[int]:

@@ -113,9 +113,9 @@ def test_a_moved_and_touched_archive_is_not_reduced_again(run_dir, archive, tmp_
     moved = tmp_path / "elsewhere" / archive.name
     shutil.copytree(archive, moved, copy_function=shutil.copy)  # new paths and new times
     before = RunFolder.open(run_dir).manifest()
-    calls = []
-    real = engine.process_source
-    monkeypatch.setattr(engine, "process_source", lambda s, c, p=None: calls.append(s.volume_id) or real(s, c, p))
+    calls = []  # volumes reduced again (moved ones are read again and compared, not reduced)
+    real = engine._volume_frame
+    monkeypatch.setattr(engine, "_volume_frame", lambda v, *a: calls.append(v.volume_id) or real(v, *a))
 
     manifest = ctreduce.reduce(moved, run_dir)
     assert calls == []

@@ -115,6 +115,10 @@ def reduce(
                                                     "(each volume is read once).")] = None,
     size: Annotated[int, typer.Option(help="--export npy: side of the square slices.")] = 224,
     export_out: Annotated[Path | None, typer.Option(help="--export: the export folder (default OUT/export).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Read every slice of the finished volumes again and "
+                                                          "reduce again those whose pixels changed (a rerun "
+                                                          "otherwise trusts files whose size and time are "
+                                                          "unchanged).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Reduce every volume; write DIR/manifest.parquet and DIR/summary.json (resumable)."""
@@ -142,7 +146,7 @@ def reduce(
     try:
         manifest = do_reduce(inputs, out, config=config, workers=workers, overwrite=overwrite,
                              csv=csv, progress=not quiet, backend=backend, ray_address=ray_address,
-                             export=export, export_size=size, export_out=export_out)
+                             export=export, export_size=size, export_out=export_out, verify=verify)
     except (FileNotFoundError, ValueError, LockHeld) as exc:  # before any volume is read
         _fail(str(exc))
     except DiskFull as exc:
@@ -160,6 +164,10 @@ def reduce(
     if summary.get("inputs_moved"):
         typer.echo(f"note: {len(summary['inputs_moved'])} volume(s) moved or touched with unchanged content; "
                    "their results were kept", err=True)
+    if "inputs_verified" in summary:
+        verified = summary["inputs_verified"]
+        typer.echo(f"verified {verified['volumes']} finished volume(s) slice by slice: "
+                   f"{len(verified['changed'])} changed and reduced again")
     for error in summary["errors"]:
         typer.echo(f"error: {error['error']}", err=True)
     if summary["skipped"]:
@@ -184,7 +192,9 @@ def reduce(
     if "export" in summary:
         typer.echo(f"export:   {summary['export']['path']} ({summary['export']['slices']} slices, "
                    f"{summary['export']['format']})")
-    if totals["volumes_failed"]:
+        for error in summary["export"].get("errors", []):
+            typer.echo(f"error: {error['error']}", err=True)
+    if totals["volumes_failed"] or summary.get("export", {}).get("errors"):
         raise typer.Exit(1)
 
 

@@ -2,7 +2,8 @@
 
 The format (file names, index, completion marker) belongs to ``ctreduce.store.export``; this
 module decides what goes in: the slices flagged in the manifest, read again from sources that
-are checked against the fingerprints recorded when they were reduced.
+are checked against the fingerprints recorded when they were reduced, each slice compared with
+its manifest row (pixel digest and position) before it is written.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .io.discover import load
 from .io.volume import VolumeError, VolumeSource
 from .reduction.intensity import Intensity
+from .reduction.verify import REDO_HINT, legacy_dhashes
 from .store.export import FORMATS, ExportError, ExportWriter, npy_rows, save_png
 from .store.files import DiskFull, disk_full, is_disk_full
+from .store.fingerprint import DIGEST_COLUMN, first_mismatch
 from .store.run import RunFolder, RunFolderError, check_output_dir
 from .versions import package_versions
 from .workers import ray_session
@@ -51,6 +55,8 @@ def export(
     ``errors``. ``workers`` volumes are read and written in parallel (the same output as one);
     ``backend="ray"`` runs them as Ray tasks (``ray_address`` or RAY_ADDRESS, else a local Ray
     with ``workers`` CPUs; for PNG the export's parent folder must be shared with every node).
+    Every slice written is first compared with its manifest row (``store.fingerprint.first_mismatch``),
+    as are the other slices of files whose stat changed: a volume that differs is not written.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -76,12 +82,13 @@ def export(
                           "'ctreduce reduce' command again, or pass --allow-incomplete (recorded in export.json)")
     chosen = manifest[manifest[column].astype(bool)]
     groups = list(chosen.groupby("volume_id", sort=False))
-    check = run.check_sources([vid for vid, _ in groups])
+    check = run.check_sources([vid for vid, _ in groups], defer=True)  # files whose stat changed: compared below
     if (check.changed or check.unchecked) and not allow_changed:
         raise ExportError(check.message(run_dir))
     sources = {s.volume_id: s for s in run.sources()}
     check_output_dir(out, [Path(s.source) for s in sources.values()])
-    policy = Intensity.parse(intensity or run.settings().get("intensity", "minmax"))
+    recorded = run.settings().get("intensity", "minmax")
+    policy = Intensity.parse(intensity or recorded)
 
     start = time.perf_counter()
     errors: list[dict[str, str]] = []
@@ -89,18 +96,20 @@ def export(
     with ExportWriter(out, format, size=fmt_size, overwrite=overwrite) as writer:
         if format == "npy":
             writer.allocate(len(chosen))
-        jobs = [(sources.get(vid), vid, group["slice_index"].to_numpy(np.int64), group["z_mm"].to_numpy(np.float64))
+        every = manifest.groupby("volume_id", sort=False) if check.modified else None
+        jobs = [(sources.get(vid), vid, _to_read(group, every.get_group(vid) if vid in check.modified else None,
+                                                 check.modified.get(vid, [])), recorded)
                 for vid, group in groups]
         bar = _progress(len(chosen), progress)
         ordered = (_in_order_ray(jobs, policy, format, size, writer.images, workers, ray_address)
                    if backend == "ray" else _in_order(jobs, policy, format, size, writer.images, workers))
-        for (_, volume_id, index, _), result in zip(jobs, ordered, strict=True):
+        for (_, volume_id, rows, _), result in zip(jobs, ordered, strict=True):
             if isinstance(result, str):
                 errors.append({"volume_id": volume_id, "error": result})
             else:
                 writer.add_volume(*result)
             if bar is not None:
-                bar.update(len(index))
+                bar.update(int(rows["write"].sum()))
         if bar is not None:
             bar.close()
         meta = writer.commit({
@@ -115,19 +124,35 @@ def export(
     return meta
 
 
-def export_volume(source: VolumeSource | None, volume_id: str, index: np.ndarray, z_then: np.ndarray,
+def _to_read(chosen: pd.DataFrame, every: pd.DataFrame | None, modified: list[int]) -> pd.DataFrame:
+    """The manifest rows of the slices an export reads of one volume: those it writes (``write``), and
+    those of files whose stat changed (``modified`` slice indices), compared but not written."""
+    columns = [c for c in ("slice_index", "z_mm", DIGEST_COLUMN, "dhash") if c in chosen.columns]
+    rows = chosen[columns].assign(write=True)
+    if every is not None:
+        extra = every[every["slice_index"].isin(modified) & ~every["slice_index"].isin(chosen["slice_index"])]
+        rows = pd.concat([rows, extra[columns].assign(write=False)]).sort_values("slice_index")
+    return rows.reset_index(drop=True)
+
+
+def export_volume(source: VolumeSource | None, volume_id: str, rows: pd.DataFrame, recorded: str,
                   policy: Intensity, fmt: str, size: int, images: Path | None
                   ) -> tuple[np.ndarray | None, list[dict[str, Any]]] | str:
     """One volume's exported rows: npy images to store, or PNGs written into ``images``; the error
-    in words instead when the volume cannot be read or no longer matches its manifest rows."""
+    in words instead when the volume cannot be read or a slice read (``rows``, see ``_to_read``) no
+    longer holds what its manifest row records (compared under the run's ``recorded`` intensity
+    policy where the run has no pixel digests), before any resize or other intensity policy."""
     try:
         if source is None:
             raise VolumeError(f"{volume_id}: not listed in the run's volumes")
-        volume = load(source, index)  # a DICOM series reads only the kept slices' files
-        _check_matches(volume, index, z_then)
-        u8 = policy.to_uint8(volume.hu)
-        records = [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(volume.z_mm[k]),
-                    "source": volume.slice_sources[k]} for k, i in enumerate(index)]
+        volume = load(source, rows["slice_index"].to_numpy(np.int64))  # a DICOM series reads only these files
+        mismatch = first_mismatch(volume, rows, dhashes=lambda: legacy_dhashes(volume.hu, recorded))
+        if mismatch is not None:
+            return f"{mismatch}; not exported. {REDO_HINT}"
+        write = np.flatnonzero(rows["write"].to_numpy(bool))
+        u8 = policy.to_uint8(volume.hu[write])
+        records = [{"volume_id": volume_id, "slice_index": int(rows["slice_index"].iloc[k]),
+                    "z_mm": float(volume.z_mm[k]), "source": volume.slice_sources[k]} for k in write]
         if fmt == "npy":
             return npy_rows(u8, size), records
         for image, record in zip(u8, records, strict=True):
@@ -147,8 +172,8 @@ def _in_order(jobs: list, policy: Intensity, fmt: str, size: int, images: Path |
     """Each job's result in manifest order; with workers, volumes are read in parallel, at most
     2 per worker ahead of the one written next (memory stays bounded)."""
     if workers <= 1:
-        for source, vid, index, z in jobs:
-            yield export_volume(source, vid, index, z, policy, fmt, size, images)
+        for job in jobs:
+            yield export_volume(*job, policy, fmt, size, images)
         return
     from .workers import pool, terminate
 
@@ -157,14 +182,13 @@ def _in_order(jobs: list, policy: Intensity, fmt: str, size: int, images: Path |
     try:
         futures = {}
         ahead = 2 * workers
-        for k, (source, vid, index, z) in enumerate(jobs[:ahead]):
-            futures[k] = executor.submit(export_volume, source, vid, index, z, policy, fmt, size, images)
+        for k, job in enumerate(jobs[:ahead]):
+            futures[k] = executor.submit(export_volume, *job, policy, fmt, size, images)
         for k in range(len(jobs)):
             result = futures.pop(k).result()
             nxt = k + ahead
             if nxt < len(jobs):
-                source, nvid, index, z = jobs[nxt]
-                futures[nxt] = executor.submit(export_volume, source, nvid, index, z, policy, fmt, size, images)
+                futures[nxt] = executor.submit(export_volume, *jobs[nxt], policy, fmt, size, images)
             yield result
         finished = True
     finally:
@@ -193,14 +217,3 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="slice", desc="export", file=sys.stderr)
-
-
-def _check_matches(volume, index: np.ndarray, z_then: np.ndarray) -> None:
-    """The slices read now must be those the manifest describes: same positions (a DICOM file is also
-    checked against its header's position when read)."""
-    z_now = np.asarray(volume.z_mm, dtype=np.float64)
-    moved = ~np.isclose(z_now, z_then, atol=1e-3, equal_nan=True)
-    if moved.any():
-        k = int(np.flatnonzero(moved)[0])
-        raise VolumeError(f"{volume.volume_id}: slice {int(index[k])} is at z {z_now[k]:.1f} mm now but "
-                          f"{z_then[k]:.1f} mm in the manifest; its source changed since it was reduced")

@@ -25,18 +25,18 @@ import pyarrow as pa
 from ..config import SELECTORS, ReduceConfig
 from ..io.discover import ScanResult, load, scan, walk
 from ..io.volume import Volume, VolumeSource
-from ..store.export import FORMATS as EXPORT_FORMATS
-from ..store.export import META as EXPORT_META
-from ..store.export import ExportError, ExportParts, ExportWriter
-from ..store.files import DiskFull, disk_full, is_disk_full, read_json
-from ..store.fingerprint import Fingerprint, same_content
-from ..store.run import RunConflict, RunFolder, check_output_dir, write_part
+from ..store.export import ExportParts
+from ..store.files import DiskFull, disk_full, is_disk_full
+from ..store.fingerprint import DIGEST_COLUMN, Fingerprint, slice_digests
+from ..store.run import RunConflict, RunFolder, check_output_dir, read_part, write_part
 from ..workers import pool as process_pool
 from ..workers import ray_session, terminate
 from . import hashing
 from .intensity import Intensity
 from .leader import Selection, every_n, greedy_leader, keep_all, memoize
+from .onepass import assemble_export, check_export, check_export_out
 from .settings import identity, measure_of, resolve, score_column, sweep
+from .verify import recorded_frame, still_valid
 
 __all__ = ["RunConflict", "NoVolumes", "reduce", "reduce_volume", "select"]
 
@@ -99,9 +99,11 @@ def select(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None
     return selections, columns
 
 
-def _volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None) -> pd.DataFrame:
+def _volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None,
+                  digests: list[str] | None = None) -> pd.DataFrame:
     """Manifest rows of one volume; with a target fraction, also every threshold's leaders and
-    distances (private ``_leader@``/``_distance@`` columns resolved across the dataset)."""
+    distances (private ``_leader@``/``_distance@`` columns resolved across the dataset).
+    ``digests``: the slices' pixel digests when computed where they were read (chunked reads)."""
     selections, columns = select(volume, config, u8)
     primary = selections[config.threshold] if config.threshold is not None else next(iter(selections.values()))
     n = volume.n_slices
@@ -124,6 +126,8 @@ def _volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = 
     })
     frame["hash"] = columns.get("hash", [None] * n)
     frame["dhash"] = columns["dhash"] if n else []
+    # What the decision was made on: every reader that reads the sources again compares it.
+    frame[DIGEST_COLUMN] = digests if digests is not None else slice_digests(volume.hu)
     if len(selections) > 1:
         extra: dict[str, np.ndarray] = {kept_column(t): sel.kept for t, sel in selections.items()}
         if config.target_fraction is not None:
@@ -220,6 +224,9 @@ class VolumeResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     fingerprint: Fingerprint | None = None
+    # ``verify_source``: "" when the slices read hold what the volume's part records (its results
+    # stand), else how they differ (the volume was reduced again); None for other volumes
+    verified: str | None = None
 
     def entry(self) -> dict[str, Any]:
         """The journal line of this volume (also what the summary is built from)."""
@@ -257,19 +264,40 @@ def process_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs 
     return result[0]
 
 
+def verify_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs) -> VolumeResult:
+    """Read a finished volume again and compare it with its manifest part (files whose stat changed,
+    or ``reduce --verify``): the same pixels at the same positions -> its results stand, pointed at
+    the files read now; else it is reduced again from this read. ``verified`` says which."""
+    start = time.perf_counter()
+    with _errors_returned(source, outputs, start) as result:
+        before = Fingerprint.of(source)
+        result.append(_finish(source, load(source), None, config, outputs, before, start, verify=True))
+    return result[0]
+
+
 def _finish(source: VolumeSource, volume: Volume, u8: np.ndarray | None, config: ReduceConfig,
-            outputs: Outputs | None, before: Fingerprint, start: float) -> VolumeResult:
-    """Select, and write the manifest and export parts of a volume that was read."""
+            outputs: Outputs | None, before: Fingerprint, start: float, digests: list[str] | None = None,
+            verify: bool = False) -> VolumeResult:
+    """Select (or, verifying, keep the recorded selection of the same pixels), and write the manifest
+    and export parts of a volume that was read."""
     if u8 is None:  # scaled once: hashed, compared and exported
         u8 = Intensity.parse(config.intensity).to_uint8(volume.hu)
-    frame = _volume_frame(volume, config, u8)
-    if outputs is not None and outputs.export is not None:
+    if digests is None:
+        digests = slice_digests(volume.hu)
+    frame, verified = None, None
+    if verify and outputs is not None:
+        frame, verified = recorded_frame(volume, read_part(outputs.parts, source.volume_id), digests, u8)
+    has_part = frame is not None and outputs is not None and outputs.export is not None and outputs.export.has(
+        source.volume_id)
+    if frame is None:
+        frame = _volume_frame(volume, config, u8, digests)
+    if outputs is not None and outputs.export is not None and not has_part:
         kept = np.flatnonzero(frame["kept"].to_numpy())
         outputs.export.write(source.volume_id, volume.slice_index[kept], u8[kept])
     if outputs is not None:
         write_part(outputs.parts, source.volume_id, frame)
     return VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
-                        warnings=volume.warnings, fingerprint=before.with_content(source))
+                        warnings=volume.warnings, fingerprint=before, verified=verified)
 
 
 @contextmanager
@@ -303,16 +331,16 @@ def _chunkable(todo: list[VolumeSource], config: ReduceConfig, workers: int) -> 
             and all(s.format == "dicom" and not s.frames and s.n_slices >= 2 * _MIN_CHUNK for s in todo))
 
 
-def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str) -> tuple[Volume, np.ndarray]:
-    """Slices ``index`` of a series, and their 8-bit images (the volume keeps no pixels: they
-    would only travel back to be dropped)."""
+def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str) -> tuple[Volume, np.ndarray, list[str]]:
+    """Slices ``index`` of a series, their 8-bit images and pixel digests (the volume keeps no
+    pixels: they would only travel back to be dropped)."""
     volume = load(source, index, allow_gaps=source.allow_gaps)  # a chunk leaves out what the whole would
     u8 = Intensity.parse(intensity).to_uint8(volume.hu)
-    return dataclasses.replace(volume, hu=volume.hu[:, :0, :0]), u8
+    return dataclasses.replace(volume, hu=volume.hu[:, :0, :0]), u8, slice_digests(volume.hu)
 
 
 def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
-                 outputs: Outputs | None) -> Iterator[VolumeResult]:
+                 outputs: Outputs | None, verify: set[str]) -> Iterator[VolumeResult]:
     pool = process_pool(workers)
     finished = False
     try:
@@ -325,13 +353,14 @@ def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                 futures = [pool.submit(_read_chunk, source, index, config.intensity) for index in chunks]
                 pieces = [f.result() for f in futures]
                 volume = dataclasses.replace(
-                    pieces[0][0], hu=np.concatenate([v.hu for v, _ in pieces]),
-                    z_mm=np.concatenate([v.z_mm for v, _ in pieces]),
-                    slice_sources=tuple(p for v, _ in pieces for p in v.slice_sources),
-                    slice_index=np.concatenate([v.slice_index for v, _ in pieces]),
-                    warnings=list(dict.fromkeys(w for v, _ in pieces for w in v.warnings)))
-                result.append(_finish(source, volume, np.concatenate([u8 for _, u8 in pieces]), config, outputs,
-                                      before, start))
+                    pieces[0][0], hu=np.concatenate([v.hu for v, _, _ in pieces]),
+                    z_mm=np.concatenate([v.z_mm for v, _, _ in pieces]),
+                    slice_sources=tuple(p for v, _, _ in pieces for p in v.slice_sources),
+                    slice_index=np.concatenate([v.slice_index for v, _, _ in pieces]),
+                    warnings=list(dict.fromkeys(w for v, _, _ in pieces for w in v.warnings)))
+                result.append(_finish(source, volume, np.concatenate([u8 for _, u8, _ in pieces]), config, outputs,
+                                      before, start, [d for _, _, digests in pieces for d in digests],
+                                      verify=source.volume_id in verify))
             yield result[0]
         finished = True
     finally:
@@ -358,14 +387,19 @@ def library_versions() -> dict[str, str]:
                              "pandas", "pyarrow"])
 
 
+def _job(source: VolumeSource, verify: set[str]):
+    """What a worker runs for ``source``: reduce it, or verify it against its part (``verify_source``)."""
+    return verify_source if source.volume_id in verify else process_source
+
+
 def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
-              parts: Outputs | None) -> Iterator[VolumeResult]:
+              parts: Outputs | None, verify: set[str]) -> Iterator[VolumeResult]:
     if _chunkable(todo, config, workers):
-        yield from _run_chunked(todo, config, workers, parts)
+        yield from _run_chunked(todo, config, workers, parts, verify)
         return
     if workers <= 1:
         for source in todo:
-            yield process_source(source, config, parts)
+            yield _job(source, verify)(source, config, parts)
         return
     pool = process_pool(workers)
     finished = False
@@ -374,7 +408,7 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
         queue = iter(todo)
         # A few volumes in flight per worker: memory stays bounded by the volumes being read.
         for source in queue:
-            pending.add(pool.submit(process_source, source, config, parts))
+            pending.add(pool.submit(_job(source, verify), source, config, parts))
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -383,7 +417,7 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                 yield future.result()
                 nxt = next(queue, None)
                 if nxt is not None:
-                    pending.add(pool.submit(process_source, nxt, config, parts))
+                    pending.add(pool.submit(_job(nxt, verify), nxt, config, parts))
         finished = True
     finally:
         if not finished:  # interrupted or failed: stop the workers now, not after their volume
@@ -392,7 +426,7 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
 
 
 def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, address: str | None,
-             parts: Outputs | None) -> Iterator[VolumeResult]:
+             parts: Outputs | None, verify: set[str]) -> Iterator[VolumeResult]:
     """The same per-volume work as Ray tasks (actors holding the network for deepnet).
 
     Connects to ``address`` (or RAY_ADDRESS); without one, starts a local Ray with ``workers``
@@ -407,11 +441,13 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
             submits = [actor.run.remote for actor in actors]
             in_flight = 2 * len(actors)
         else:
-            submits = [ray.remote(num_cpus=1)(process_source).remote]
+            tasks = {False: ray.remote(num_cpus=1)(process_source).remote,
+                     True: ray.remote(num_cpus=1)(verify_source).remote}
+            submits = [lambda source, config, parts, check: tasks[check](source, config, parts)]
             in_flight = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
         pending = []
         for i, source in enumerate(todo):
-            pending.append(submits[i % len(submits)](source, config, parts))
+            pending.append(submits[i % len(submits)](source, config, parts, source.volume_id in verify))
             if len(pending) >= in_flight:
                 ready, pending = ray.wait(pending, num_returns=1)
                 yield ray.get(ready[0])
@@ -421,8 +457,8 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
 
 
 class _RayReducer:
-    def run(self, source: VolumeSource, config: ReduceConfig, parts: Outputs | None) -> VolumeResult:
-        return process_source(source, config, parts)
+    def run(self, source: VolumeSource, config: ReduceConfig, parts: Outputs | None, verify: bool) -> VolumeResult:
+        return verify_source(source, config, parts) if verify else process_source(source, config, parts)
 
 
 def reduce(
@@ -439,6 +475,7 @@ def reduce(
     export: str | None = None,
     export_size: int = 224,
     export_out: str | os.PathLike | None = None,
+    verify: bool = False,
     **settings: Any,
 ) -> pd.DataFrame:
     """Reduce every volume under ``inputs``; returns the manifest (one row per slice).
@@ -448,12 +485,15 @@ def reduce(
     (hash: Hamming bits to the leader) or similarity (ssim/mi/deepnet: score to the leader),
     NaN when kept or for all/every-n, method, threshold, params (JSON), intensity, hash (the
     method's hash, hash methods only), dhash (every slice's 64-bit difference hash of its 8-bit
-    image, imagehash's hex, whatever the method).
+    image, imagehash's hex, whatever the method), pixel_digest (a 64-bit BLAKE2b of the slice's
+    HU values, ``store.fingerprint.slice_digest``: what exports compare before writing a slice).
 
     With ``out``, results are written to a resumable, locked run folder (``ctreduce.store.run``);
     the summary (counts, errors, skipped files, changed inputs, versions) is in
-    ``manifest.attrs["summary"]``. A volume whose input files changed since it was reduced is
-    reduced again; one that was only moved or touched (same content) is not.
+    ``manifest.attrs["summary"]``. A rerun trusts the volumes whose files have the size and time
+    they had; a volume whose files' stat changed is read again and reduced again only when its
+    slices' pixels (``pixel_digest``) or positions changed: moved, copied or touched, it is not.
+    ``verify`` reads every finished volume again and redoes those whose content changed.
     ``settings`` are ReduceConfig fields (method, threshold, every_n, intensity, ...).
     ``backend="ray"`` runs the volumes as Ray tasks (``ray_address`` or RAY_ADDRESS, else a
     local Ray with ``workers`` CPUs); the output is identical to the local process pool.
@@ -467,10 +507,12 @@ def reduce(
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
     if export is not None:
-        _check_export(export, export_size, out, config)
+        check_export(export, export_size, out, config)
     paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     if not paths:
         raise ValueError("no input paths given")
+    if verify and out is None:
+        raise ValueError("verify compares a run folder's results with the inputs: give --out")
     if config.method not in SELECTORS and backend == "local":
         # A setting that cannot work for any volume fails here, once. Not for Ray: its workers may have
         # the GPUs (and the weights cache) that the driver lacks.
@@ -478,9 +520,12 @@ def reduce(
     t0 = time.perf_counter()
     if out is not None:
         check_output_dir(Path(out), paths)
+        if export is not None:
+            export_out = Path(export_out) if export_out is not None else RunFolder(out).default_export
+            check_export_out(export_out, paths, Path(out), overwrite)
     listing = walk(paths)
-    if out is not None and not overwrite:
-        manifest = _unchanged(RunFolder(out), config, paths, listing.digest, export, export_size, export_out, t0)
+    if out is not None and not overwrite and not verify:
+        manifest = _unchanged(RunFolder(out), config, paths, listing.digest, export, export_size, export_out, csv, t0)
         if manifest is not None:
             return manifest
     # A rerun reads only the headers of files that changed since the last scan.
@@ -505,104 +550,60 @@ def reduce(
         parts = None
         if run is not None and export is not None:
             parts = ExportParts(run.export_parts, export, export_size if export == "npy" else None, config.intensity)
-            export_out = Path(export_out) if export_out is not None else run.default_export
         manifest = _reduce_found(found, run, config, run_config, paths, t0, scan_seconds, workers=workers,
                                  overwrite=overwrite, csv=csv, progress=progress, backend=backend,
-                                 ray_address=ray_address, export=parts, rewrite_cache=rewrite_cache)
+                                 ray_address=ray_address, export=parts, rewrite_cache=rewrite_cache, verify=verify)
         if parts is not None and manifest.attrs["summary"]["complete"]:
-            manifest.attrs["summary"]["export"] = _assemble_export(run, manifest, parts, Path(export_out),
-                                                                   {s.volume_id: s for s in found.volumes}, overwrite)
+            manifest.attrs["summary"]["export"] = assemble_export(run, manifest, parts, Path(export_out),
+                                                                  {s.volume_id: s for s in found.volumes},
+                                                                  library_versions())
             run.update_summary(manifest.attrs["summary"])
         return manifest
 
 
 def _unchanged(run: RunFolder, config: ReduceConfig, paths: list[Path], digest: str, export: str | None,
-               export_size: int, export_out: Any, t0: float) -> pd.DataFrame | None:
+               export_size: int, export_out: Any, csv: bool, t0: float) -> pd.DataFrame | None:
     """The manifest of a complete run whose inputs did not change (nothing is read but the run
-    folder's summary and manifest), or None when there is work to do."""
+    folder's summary and manifest, and the export asked for), or None when there is work to do
+    (an unreadable manifest is then rebuilt from the parts and the journal)."""
     if not run.path.is_dir():
         return None
     spec = None
     if export is not None:
-        spec = {"path": str(Path(export_out) if export_out is not None else run.default_export), "format": export,
-                "size": export_size if export == "npy" else None}
+        spec = {"path": str(export_out), "format": export, "size": export_size if export == "npy" else None}
     with run.lock():
         summary = run.unchanged_since_complete(identity(config), [str(p.resolve()) for p in paths], digest, spec)
         if summary is None:
             return None
-        manifest = run.manifest()
+        try:
+            manifest = run.manifest()
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        if csv and not run.has_csv:
+            run.write_csv(manifest)
     summary.pop("schema", None)
     summary["rerun"] = {"unchanged": True, "seconds": round(time.perf_counter() - t0, 3)}
     manifest.attrs["summary"] = Summary(summary)
     return manifest
 
 
-def _check_export(fmt: str, size: int, out: Any, config: ReduceConfig) -> None:
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    if out is None:
-        raise ValueError("--export writes beside a run folder: give --out")
-    if fmt == "npy" and size < 8:
-        raise ValueError(f"--size must be at least 8, got {size}")
-    if config.target_fraction is not None and config.method not in SELECTORS:
-        raise ValueError("--export needs each volume's kept slices when it is reduced, but with --target-fraction "
-                         "they are known only when every volume is done: reduce first, then 'ctreduce export'")
-
-
-def _assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts, out: Path,
-                     sources: dict[str, VolumeSource], overwrite: bool) -> dict[str, Any]:
-    """The export of a complete run from its parts (volumes without one, e.g. reduced before
-    ``--export`` was asked for, are read once more); replaces an export of this same run."""
-    kept = manifest[manifest["kept"]]
-    if parts.current(out, run.path, list(zip(kept["volume_id"], kept["slice_index"].astype(int), strict=True))):
-        meta = read_json(out / EXPORT_META)
-        return {"path": str(out), "format": meta["format"], "size": meta["size"], "slices": meta["slices"],
-                "assemble_s": 0.0}
-    start = time.perf_counter()
-    if out.exists() and (out / EXPORT_META).exists() and not overwrite:
-        previous = read_json(out / EXPORT_META)
-        if previous.get("run_dir") != str(run.path.resolve()):
-            raise ExportError(f"{out} holds an export of another run ({previous.get('run_dir')}); use --overwrite "
-                              "or another --export-out")
-    with ExportWriter(out, parts.format, size=parts.size, overwrite=True) as writer:
-        if parts.format == "npy":
-            writer.allocate(len(kept))
-        # A part holds the slices its volume kept; --scope archive may have dropped some since.
-        in_parts = (manifest[manifest["volume_kept"]] if "volume_kept" in manifest.columns else kept)
-        part_slices = {vid: g.to_numpy(np.int64) for vid, g in in_parts.groupby("volume_id", sort=False)["slice_index"]}
-        for volume_id, group in kept.groupby("volume_id", sort=False):
-            index = group["slice_index"].to_numpy(np.int64)
-            if not parts.has(volume_id):
-                volume = load(sources[volume_id], part_slices[volume_id])
-                parts.write(volume_id, part_slices[volume_id], Intensity.parse(parts.intensity).to_uint8(volume.hu))
-            records = [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(z), "source": str(src)}
-                       for i, z, src in zip(index, group["z_mm"], group["source"], strict=True)]
-            rows = np.searchsorted(part_slices[volume_id], index)
-            parts.add_to(writer, volume_id, records, None if len(rows) == len(part_slices[volume_id]) else rows)
-        meta = writer.commit({"run_dir": str(run.path.resolve()), "intensity": parts.intensity, "column": "kept",
-                              "volumes": int(kept["volume_id"].nunique()), "errors": [], "fused": True,
-                              "allow_incomplete": False, "allow_changed": [], "unchecked_sources": False,
-                              "seconds": round(time.perf_counter() - start, 3),
-                              "versions": library_versions()})
-    return {"path": str(out), "format": meta["format"], "size": meta["size"], "slices": meta["slices"],
-            "assemble_s": meta["seconds"]}
-
-
 def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig, run_config: ReduceConfig,
                   paths: list[Path], t0: float, scan_seconds: float, *, workers: int, overwrite: bool, csv: bool,
                   progress: bool, backend: str, ray_address: str | None,
-                  export: ExportParts | None = None, rewrite_cache: bool = True) -> pd.DataFrame:
+                  export: ExportParts | None = None, rewrite_cache: bool = True, verify: bool = False
+                  ) -> pd.DataFrame:
     done: dict[str, dict[str, Any]] = {}
     fingerprints: dict[str, Fingerprint] = {}
     changed: dict[str, str] = {}
     moved: list[str] = []
+    recheck: dict[str, str] = {}  # finished volumes to read and compare again -> how their files' stat changed
     if run is not None:
         run.start(identity(config), [str(p.resolve()) for p in paths], overwrite)
         if rewrite_cache or overwrite:
             run.write_header_cache(found.headers)
         if export is not None:
             export.prepare()  # after start: --overwrite has cleared the old parts
-        done = _still_valid(run, found.volumes, found.stats, run.finished(), fingerprints, changed, moved)
+        done = still_valid(found.volumes, found.stats, run.finished(), fingerprints, changed, recheck, verify)
     found.headers, found.stats = {}, {}  # written; one entry per file is the largest thing held
     todo = [s for s in found.volumes if s.volume_id not in done]
 
@@ -614,9 +615,13 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     bar = _progress(len(found.volumes), len(done), progress)
     try:
         parts = Outputs(run.parts, export) if run is not None else None
-        results = (_run_ray(todo, run_config, workers, ray_address, parts) if backend == "ray"
-                   else _run_pool(todo, run_config, workers, parts))
+        results = (_run_ray(todo, run_config, workers, ray_address, parts, set(recheck)) if backend == "ray"
+                   else _run_pool(todo, run_config, workers, parts, set(recheck)))
         for result in results:
+            if result.verified == "" and recheck[result.volume_id]:
+                moved.append(result.volume_id)
+            elif result.verified:
+                changed[result.volume_id] = "; ".join(filter(None, (recheck[result.volume_id], result.verified)))
             entry = run.record(result.entry()) if run is not None else result.entry()
             entry.pop("fingerprint", None)  # kept in ``fingerprints``; one list entry per file otherwise
             entries[result.volume_id] = entry
@@ -654,6 +659,8 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     if changed or moved:
         summary["inputs_changed"] = changed
         summary["inputs_moved"] = moved
+    if verify:
+        summary["inputs_verified"] = {"volumes": len(recheck), "changed": sorted(v for v in recheck if v in changed)}
     if scope is not None:
         summary["scope"] = scope
     if fractions:
@@ -671,36 +678,6 @@ def _reduce_found(found: ScanResult, run: RunFolder | None, config: ReduceConfig
     if interrupted:
         raise KeyboardInterrupt(f"interrupted; partial results in {run.path}" if run else "interrupted")
     return manifest
-
-
-def _still_valid(run: RunFolder, sources: list[VolumeSource], stats: dict[str, tuple[int, int]],
-                 done: dict[str, dict[str, Any]], fingerprints: dict[str, Fingerprint], changed: dict[str, str],
-                 moved: list[str]) -> dict[str, dict[str, Any]]:
-    """The finished volumes whose inputs are unchanged; fills ``fingerprints``, ``changed``, ``moved``.
-
-    Unchanged files (paths, sizes, mtimes): kept. Other files with the same content (a copied,
-    moved or touched archive): kept, the part is pointed at the new paths. Anything else: the
-    volume is reduced again and the change reported.
-    """
-    valid = {}
-    for source in sources:
-        entry = done.get(source.volume_id)
-        if entry is None:
-            continue
-        now = Fingerprint.of(source, stats=stats)
-        recorded = Fingerprint.from_json(entry["fingerprint"]) if "fingerprint" in entry else None
-        if recorded is not None and now.files == recorded.files:
-            fingerprints[source.volume_id] = Fingerprint(recorded.files, recorded.content, now.folders)
-        elif recorded is not None and same_content(recorded, source, now):
-            run.relocate_part(source)
-            fingerprints[source.volume_id] = Fingerprint(now.files, recorded.content, now.folders)
-            entry = run.record({**entry, "fingerprint": fingerprints[source.volume_id].to_json()})
-            moved.append(source.volume_id)
-        else:
-            changed[source.volume_id] = (recorded.change(now) if recorded else "") or "content differs"
-            continue
-        valid[source.volume_id] = {k: v for k, v in entry.items() if k != "fingerprint"}  # in ``fingerprints``
-    return valid
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -732,6 +709,7 @@ def reduce_volume_empty() -> pd.DataFrame:
         "distance": pd.Series(dtype=np.float64), "method": pd.Series(dtype=str),
         "threshold": pd.Series(dtype=np.float64), "params": pd.Series(dtype=str),
         "intensity": pd.Series(dtype=str), "hash": pd.Series(dtype=object), "dhash": pd.Series(dtype=str),
+        DIGEST_COLUMN: pd.Series(dtype=str),
     })
 
 

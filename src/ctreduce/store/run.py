@@ -6,7 +6,8 @@ Layout (``DIR``)::
     volumes.parquet    every volume found: id, format, files in anatomical order, fingerprint
     parts/*.parquet    one manifest part per finished volume (written atomically)
     progress.jsonl     journal of finished volumes (ok or error, with input fingerprints)
-    manifest.parquet   one row per slice, all volumes in input order (manifest.csv with --csv)
+    manifest.parquet   one row per slice, all volumes in input order (manifest.csv with --csv), with each
+                       slice's pixel digest (``fingerprint.slice_digest``): what later reads compare
     summary.json       counts, kept fractions, timings, errors, skipped files, library versions
     headers.parquet    the DICOM header (or skip reason) of every file scanned, with its size and mtime:
                        a rerun reads again only the files that changed (a cache: deleting it is safe)
@@ -27,7 +28,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io.dicom import DicomHeader
-from ..io.discover import HeaderCache
-from ..io.volume import VolumeSource
-from .export import META as EXPORT_META
+from ..io.discover import HeaderCache, load
+from ..io.volume import VolumeError, VolumeSource
+from .export import ExportError, ExportStore
 from .files import atomic_write, disk_full, is_disk_full, read_json, write_json
-from .fingerprint import Fingerprint, same_content
+from .fingerprint import DIGEST_COLUMN, Fingerprint, first_mismatch
 from .lock import FolderLock
 
 SCHEMA = 2
@@ -77,6 +78,8 @@ class SourceCheck:
     changed: dict[str, str]  # volume_id -> what changed, in words
     moved: list[str]  # same content at other paths or times
     unchecked: bool = False  # schema 1: nothing recorded to check against
+    # check_sources(defer=True): volume_id -> the slices whose file's stat changed, to be compared while read
+    modified: dict[str, list[int]] = field(default_factory=dict)
 
     def message(self, run: Path, limit: int = 5) -> str:
         if self.unchecked:
@@ -98,6 +101,12 @@ def part_name(volume_id: str) -> str:
 def write_part(parts: Path, volume_id: str, frame: pd.DataFrame) -> None:
     """A finished volume's manifest rows; called by the worker that reduced it."""
     atomic_write(parts / part_name(volume_id), lambda p: frame.to_parquet(p, index=False))
+
+
+def read_part(parts: Path, volume_id: str) -> pd.DataFrame | None:
+    """A finished volume's manifest rows (None when it has no part); read by a worker verifying it."""
+    part = parts / part_name(volume_id)
+    return pd.read_parquet(part) if part.exists() else None
 
 
 def check_output_dir(out: Path, inputs: Iterable[Path]) -> None:
@@ -200,21 +209,9 @@ class RunFolder:
             raise
         return entry
 
-    def read_part(self, volume_id: str) -> pd.DataFrame | None:
-        table = self.read_part_table(volume_id)
-        return table.to_pandas() if table is not None else None
-
     def read_part_table(self, volume_id: str) -> pa.Table | None:
         part = self.parts / part_name(volume_id)
         return pq.read_table(part) if part.exists() else None
-
-    def relocate_part(self, source: VolumeSource) -> None:
-        """Point a finished volume's rows at the files of ``source`` (same content, moved)."""
-        frame = self.read_part(source.volume_id)
-        if frame is not None:
-            files = slice_files(source)  # by slice_index: a slice left out unread has no row
-            frame["source"] = [files[i] for i in frame["slice_index"].astype(int)]
-            write_part(self.parts, source.volume_id, frame)
 
     def write_results(self, manifest: pd.DataFrame, sources: list[VolumeSource],
                       fingerprints: dict[str, Fingerprint], summary: dict[str, Any], csv: bool) -> None:
@@ -225,8 +222,15 @@ class RunFolder:
         atomic_write(self.path / VOLUMES, lambda p: table.to_parquet(p, index=False))
         atomic_write(self.path / MANIFEST, lambda p: manifest.to_parquet(p, index=False))
         if csv:
-            atomic_write(self.path / MANIFEST_CSV, lambda p: manifest.to_csv(p, index=False))
+            self.write_csv(manifest)
         write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
+
+    def write_csv(self, manifest: pd.DataFrame) -> None:
+        atomic_write(self.path / MANIFEST_CSV, lambda p: manifest.to_csv(p, index=False))
+
+    @property
+    def has_csv(self) -> bool:
+        return (self.path / MANIFEST_CSV).exists()
 
     def update_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
@@ -261,11 +265,11 @@ class RunFolder:
                 and run.get("schema") == SCHEMA and run.get("settings") == settings and run.get("inputs") == inputs
                 and (self.path / MANIFEST).exists()):
             return None
-        if export is not None:  # the export this run wrote, still there and still this run's
+        if export is not None:  # the export this run wrote, whole, still there and still this run's
             held = summary.get("export") or {}
             try:
-                meta = read_json(Path(held["path"]) / EXPORT_META)
-            except (KeyError, OSError, ValueError):
+                meta = ExportStore.open(held["path"]).meta
+            except (KeyError, OSError, ExportError):
                 return None
             if (any(held.get(k) != v for k, v in export.items()) or meta.get("run_dir") != str(self.path.resolve())
                     or any(meta.get(k) != v for k, v in export.items() if k != "path")):
@@ -323,8 +327,14 @@ class RunFolder:
         return {vid: Fingerprint.from_json(json.loads(fp))
                 for vid, fp in zip(table["volume_id"], table["fingerprint"], strict=True) if isinstance(fp, str)}
 
-    def check_sources(self, volume_ids: Iterable[str] | None = None) -> SourceCheck:
-        """Compare the recorded inputs of ``volume_ids`` (default: all) with the files on disk."""
+    def check_sources(self, volume_ids: Iterable[str] | None = None, *, defer: bool = False) -> SourceCheck:
+        """Compare the recorded inputs of ``volume_ids`` (default: all) with the files on disk.
+
+        Files whose stat is unchanged are trusted (nothing is read). The slices of files whose stat
+        changed are read and compared with the manifest (``fingerprint.first_mismatch``): the same
+        pixels at the same positions -> ``moved``, else ``changed``. With ``defer``, they are listed
+        in ``modified`` instead, for a caller that reads and compares them anyway (an export).
+        """
         if self.schema < 2:
             return SourceCheck({}, [], unchecked=True)
         try:
@@ -335,14 +345,15 @@ class RunFolder:
                                  "sources cannot be checked; rerun the same 'ctreduce reduce' command to "
                                  "write it again") from exc
         wanted = list(sources) if volume_ids is None else list(volume_ids)
-        changed, moved = {}, []
+        changed, moved, modified = {}, [], {}
+        rows: dict[str, pd.DataFrame] | None = None
         for vid in wanted:
             source, before = sources.get(vid), recorded.get(vid)
             if source is None or before is None:
                 changed[vid] = "no recorded input fingerprint"
                 continue
             now = Fingerprint.of(source)
-            if now == Fingerprint(before.files, "", before.folders):
+            if now == before:
                 continue
             if now.folders != before.folders:  # files were added or removed beside the series
                 try:
@@ -353,11 +364,31 @@ class RunFolder:
                 now = Fingerprint.of(source)
                 if now.files == before.files:
                     continue
-            if same_content(before, source, now):
+            if rows is None:
+                rows = self._verification_rows()
+            mine = rows.get(vid)
+            if mine is None or len(mine) != source.n_slices or any(size < 0 for _, size, _ in now.files):
+                changed[vid] = before.change(now) or "the number of slices differs"
+                continue
+            stale = before.restatted(source, now)
+            if defer:
+                modified[vid] = stale
+                continue
+            try:
+                mismatch = first_mismatch(load(source, stale), mine.iloc[stale]) if stale else None
+            except VolumeError as exc:
+                mismatch = str(exc)
+            if mismatch is None:
                 moved.append(vid)
             else:
-                changed[vid] = before.change(now) or "content differs"
-        return SourceCheck(changed, moved)
+                changed[vid] = mismatch
+        return SourceCheck(changed, moved, modified=modified)
+
+    def _verification_rows(self) -> dict[str, pd.DataFrame]:
+        """Each volume's manifest rows as slices are compared (``fingerprint.first_mismatch``), by slice index."""
+        manifest = self.manifest(["volume_id", "slice_index", "z_mm", "source", DIGEST_COLUMN, "dhash", "intensity"])
+        return {vid: group.sort_values("slice_index").reset_index(drop=True)
+                for vid, group in manifest.groupby("volume_id", sort=False)}
 
 
 def _rescan_series(source: VolumeSource) -> VolumeSource:
@@ -372,13 +403,6 @@ def _rescan_series(source: VolumeSource) -> VolumeSource:
         if source.series_uid in error.get("error", "") or error.get("source") == source.source:
             raise ValueError(f"the series can no longer be read ({error['error']})")
     raise ValueError(f"series {source.series_uid} is no longer in {source.source}")
-
-
-def slice_files(source: VolumeSource) -> tuple[str, ...]:
-    """The file each slice of ``source`` comes from, in slice order."""
-    if len(source.paths) == source.n_slices:
-        return source.paths
-    return (source.paths[0],) * source.n_slices
 
 
 def _plain(value: Any) -> Any:
