@@ -98,12 +98,12 @@ def test_tiny_grid_end_to_end_then_cached(tmp_path, monkeypatch):
     cells = [dict(zip(header, r, strict=True)) for r in rows]
     for cell, (_, row) in zip(cells, table.iterrows(), strict=True):
         assert cell["Reduction"] == row["reduction"] and cell["Images seen"] == str(row["images_seen"])
-        assert cell["CPU s"] == f"{row['pretrain_cpu_s']:.0f}" and cell["Threads"] == "2"
+        assert cell["CPU s"] == f"{row['pretrain_cpu_s']:.1f}" and cell["Threads"] == "2"
         assert cell["Speed-up"] == f"{row['speedup_vs_all']:.1f}x"
         assert cell["nodule test leaks"] == (f"{row['nodule test leaks']}/{row['nodule test images']}† "
                                                     f"({row['nodule test in train']})")
         assert cell["nodule AUC"].startswith(f"{row['nodule AUC']:.3f}")
-    assert "this run gave every training stage 2 torch thread(s), chosen once at its start" in markdown
+    assert "every cell's training ran with 2 torch thread(s), chosen once at the start of the run" in markdown
     assert "† The task's images are synthetic phantom slices and the pre-training archive holds phantom" in markdown
     for plot in ("auc_vs_kept_nodule.png", "pretrain_time.png"):
         with Image.open(out / "plots" / plot) as png:
