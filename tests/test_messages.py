@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,20 @@ def test_threshold_and_thresholds_combine_as_the_readme_says(tmp_path):
     assert [c for c in both.columns if c.startswith("kept@")] == ["kept@4", "kept@6", "kept@8"]
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert "is `--threshold`'s when both are given, and that threshold joins the sweep" in readme
+
+
+def test_pretrain_prints_no_tips_or_deprecations_and_a_finished_rerun_trains_nothing(export_48, tmp_path):
+    ctreduce = str(Path(sys.executable).with_name("ctreduce"))
+    command = [ctreduce, "pretrain", "--data", str(export_48), "--out", str(tmp_path / "run"), "--preset", "cpu",
+               "--backbone", "resnet18", "--epochs", "1", "--batch-size", "8", "input_size=32", "num_workers=0",
+               "swav.local_crop_size=16", "swav.n_prototypes=16"]
+    env = {**os.environ, "CTREDUCE_THREADS": "1", "COLUMNS": "120"}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    output = first.stdout + first.stderr
+    assert "swav resnet18: 1 epochs, 48 images in" in first.stdout
+    assert "Tip" not in output and "litlogger" not in output and "LeafSpec" not in output
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.startswith(f"nothing to do: {tmp_path / 'run'} holds this run, finished (1 epochs)")
+    assert "Params" not in again.stdout + again.stderr and "Epoch" not in again.stdout + again.stderr
