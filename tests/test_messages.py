@@ -92,11 +92,16 @@ def test_report_into_an_existing_folder_writes_report_html_there(tmp_path):
     ctreduce.reduce(tmp_path / "ct", tmp_path / "run", method="all")
     folder = tmp_path / "reports"
     folder.mkdir()
-    proc = subprocess.run([str(Path(sys.executable).with_name("ctreduce")), "report", str(tmp_path / "run"),
-                           "-o", str(folder)], capture_output=True, text=True, timeout=120)
+    ctreduce = str(Path(sys.executable).with_name("ctreduce"))
+    proc = subprocess.run([ctreduce, "report", str(tmp_path / "run"), "-o", str(folder)], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"report: {folder / 'report.html'}\n" and proc.stderr == ""
     assert (folder / "report.html").read_text().startswith("<!DOCTYPE html>")
+    blocked = subprocess.run([ctreduce, "report", str(tmp_path / "run"), "-o", str(folder / "report.html" / "r.html")],
+                             capture_output=True, text=True, timeout=120)  # a file where the folder should be
+    assert blocked.returncode == 2 and blocked.stdout == ""
+    assert blocked.stderr == f"error: {folder / 'report.html'}: cannot write the report (File exists)\n"
 
 
 def test_threshold_and_thresholds_combine_as_the_readme_says(tmp_path):

@@ -6,6 +6,7 @@ Exit status: 0 when every volume was processed, 1 when any failed (after doing t
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 from pathlib import Path
@@ -292,8 +293,9 @@ def report(
                             thumb_px=thumb_px, column=column, allow_changed=allow_changed)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    except OSError as exc:  # the report file cannot be written (permissions, a full disk, ...)
-        _fail(f"{exc.filename or target}: cannot write the report ({exc.strerror or exc})", code=1)
+    except OSError as exc:  # the report file cannot be written there (a file in the way, permissions, disk full)
+        _fail(f"{exc.filename or target}: cannot write the report ({exc.strerror or exc})",
+              code=1 if exc.errno == errno.ENOSPC else 2)
     typer.echo(f"report: {path}")
 
 
