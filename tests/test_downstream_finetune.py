@@ -63,25 +63,72 @@ def init_file(tmp_path_factory) -> Path:
 
 
 def test_outputs_for_every_seed_and_the_summary(task, tmp_path):
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
     out = tmp_path / "ft"
     summary = finetune(task=task, out=str(out), init="random", epochs=2, head_only_epochs=1, seeds=(0, 1), **TINY)
+    data = load_task(task)
+    config = FinetuneConfig(task=task, out=str(out), init="random", **TINY)
+    per_seed = {}
     for seed in (0, 1):
-        for name in ("model.pt", "history.jsonl", "predictions.csv", "metrics.json", "confusion.png", "roc.png"):
-            assert (out / f"seed{seed}" / name).exists(), name
-        metrics = json.loads((out / f"seed{seed}" / "metrics.json").read_text())
-        assert {"accuracy", "auc", "f1", "ci95", "best_epoch"} <= set(metrics)
+        folder = out / f"seed{seed}"
+        history = history_of(out, seed)
+        assert [(h["epoch"], h["phase"]) for h in history] == [(0, "head+bn"), (1, "all")]
+        # predictions.csv: the test split in order, with softmax probabilities
+        table = pd.read_csv(folder / "predictions.csv")
+        assert table["name"].tolist() == list(data.test.names) and table["label"].tolist() == data.test.labels.tolist()
+        prob = table[["prob_a_without", "prob_b_with"]].to_numpy()
+        assert np.allclose(prob.sum(axis=1), 1.0)
+        # model.pt (the best validation epoch) gives these probabilities again
+        model, norm = build_model(config, 2)
+        model.load_state_dict(torch.load(folder / "model.pt"))
+        x = torch.stack([transforms(config, norm, train=False)(torch.from_numpy(im)[None]) for im in data.test.images])
+        with torch.no_grad():
+            again = torch.softmax(model.eval()(x), dim=1).numpy()
+        assert np.allclose(again, prob, atol=1e-5)
+        # metrics.json: the metrics of those predictions (sklearn), its interval around it, the best epoch
+        metrics = json.loads((folder / "metrics.json").read_text())
+        labels, pred = table["label"].to_numpy(), prob.argmax(axis=1)
+        assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, pred))
+        assert metrics["auc"] == pytest.approx(roc_auc_score(labels, prob[:, 1]))
+        assert metrics["f1"] == pytest.approx(f1_score(labels, pred, pos_label=1, zero_division=0))
+        assert metrics["confusion_matrix"] == confusion_matrix(labels, pred, labels=[0, 1]).tolist()
         assert metrics["ci95"]["auc"]["low"] <= metrics["auc"] <= metrics["ci95"]["auc"]["high"]
-        assert not (out / f"seed{seed}" / "checkpoints").exists()  # model.pt holds the best epoch
-        assert list((out / f"seed{seed}" / "logs" / "csv").rglob("metrics.csv"))
-        assert [h["epoch"] for h in history_of(out, seed)] == [0, 1]
-    assert summary["accuracy"]["n"] == 2 and summary["split_sizes"]["train"] > 0
+        val = [h["val_accuracy"] for h in history]
+        assert metrics["best_epoch"] == int(np.argmax(val)) and metrics["seed"] == seed
+        for image in ("confusion.png", "roc.png"):
+            with Image.open(folder / image) as png:
+                assert png.format == "PNG" and min(png.size) > 100
+        assert not (folder / "checkpoints").exists()  # model.pt holds the best epoch
+        assert len(pd.read_csv(next((folder / "logs" / "csv").rglob("metrics.csv")))) > 0
+        per_seed[seed] = metrics
+    # results.json: mean and sample sd over the seeds, the split sizes, the set-up; results.csv its one line
+    accuracies = [per_seed[s]["accuracy"] for s in (0, 1)]
+    assert summary["accuracy"] == {"mean": pytest.approx(np.mean(accuracies)),
+                                   "sd": pytest.approx(np.std(accuracies, ddof=1)), "n": 2}
+    assert summary["split_sizes"] == {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}
+    assert summary["epochs"] == 2 and summary["head_only_epochs"] == 1 and summary["notes"] == []
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(summary))
     run = json.loads((out / "run.json").read_text())
     assert run["trainer"] == summary["trainer"] == {"accelerator": "cpu", "devices": 1, "strategy": "auto",
                                                     "precision": "32-true"}
     threads = run["threads"]
     assert 1 <= threads["torch_threads"] <= threads["cores"] and threads["loader_workers"] == 0
-    line = pd.read_csv(out / "results.csv")
-    assert len(line) == 1 and {"accuracy_mean", "auc_sd", "f1_mean"} <= set(line.columns)
+    line = pd.read_csv(out / "results.csv").iloc[0]
+    assert line["seeds"] == 2 and line["mode"] == "finetune" and line["init"] == "random"
+    assert line["accuracy_mean"] == pytest.approx(summary["accuracy"]["mean"])
+    assert line["auc_sd"] == pytest.approx(summary["auc"]["sd"])
+
+
+def test_epochs_below_the_head_only_epochs_train_the_head_only_and_say_so(task, tmp_path):
+    """epochs=1 with the paper's default head_only_epochs=10: the head alone for that epoch, in one recorded note."""
+    config = FinetuneConfig(task=task, out=str(tmp_path / "ft"), init="random", epochs=1, **TINY)
+    assert config.head_only_epochs == 10 and config.head_only == 1
+    summary = finetune(config)
+    assert [h["phase"] for h in history_of(tmp_path / "ft")] == ["head+bn"]
+    assert summary["head_only_epochs"] == 1 and summary["notes"] == [
+        "head_only_epochs 10 is more than epochs 1: the head alone is trained for all 1 epoch(s) (head_only_epochs=1)"]
+    assert json.loads((tmp_path / "ft" / "results.json").read_text())["notes"] == summary["notes"]
 
 
 def test_head_only_epochs_keep_the_backbone_fixed(task, tmp_path, init_file):
@@ -263,6 +310,44 @@ def test_evaluate_recomputes_the_saved_metrics(task, tmp_path):
     assert np.isclose(again["per_seed"][0]["f1"], first["per_seed"][0]["f1"])
     with pytest.raises(EvaluateError, match="no config.yaml"):
         evaluate_run(tmp_path)
+
+
+def test_evaluate_scores_the_positive_label_it_is_given(tmp_path):
+    """``ctreduce evaluate --positive-label 0``: AUC and F1 of class 0, as sklearn's pos_label=0 computes them."""
+    from sklearn.metrics import f1_score, roc_auc_score
+    from typer.testing import CliRunner
+
+    from ctreduce.cli import app
+    from ctreduce.downstream.evaluate import save_predictions
+    from ctreduce.store.finetune import FinetuneRun
+
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 12 + [1] * 8)
+    p1 = np.clip(0.35 + 0.3 * labels + rng.normal(0, 0.2, labels.size), 0.01, 0.99)
+    prob = np.stack([1 - p1, p1], axis=1)
+    out = tmp_path / "ft"
+    config = FinetuneConfig(task={"format": "folder", "root": "-"}, out=str(out))
+    FinetuneRun(out).prepare(config.model_dump(mode="json"), resume=True)
+    (out / "seed0").mkdir()
+    save_predictions(out / "seed0" / "predictions.csv", [f"i{k}" for k in range(labels.size)], labels, prob,
+                     ["a", "b"])
+    pred = prob.argmax(axis=1)
+    runner = CliRunner()
+    scored = {}
+    for positive in (0, 1):
+        result = runner.invoke(app, ["evaluate", str(out), "--bootstrap", "20", "--positive-label", str(positive)])
+        assert result.exit_code == 0, result.output
+        scored[positive] = json.loads((out / "seed0" / "metrics.json").read_text())
+        assert scored[positive]["positive_label"] == positive
+        assert scored[positive]["auc"] == pytest.approx(roc_auc_score(labels == positive, prob[:, positive]))
+        assert scored[positive]["f1"] == pytest.approx(f1_score(labels, pred, pos_label=positive))
+        assert json.loads((out / "results.json").read_text())["f1"]["mean"] == pytest.approx(scored[positive]["f1"])
+        assert f"f1: {scored[positive]['f1']:.3f}" in result.output
+    assert scored[0]["f1"] != pytest.approx(scored[1]["f1"])
+    default = runner.invoke(app, ["evaluate", str(out), "--bootstrap", "20"])  # the run's own: positive_label 1
+    assert default.exit_code == 0 and json.loads((out / "seed0" / "metrics.json").read_text())["f1"] == scored[1]["f1"]
+    wrong = runner.invoke(app, ["evaluate", str(out), "--positive-label", "2"])
+    assert wrong.exit_code == 2 and "positive_label 2 is not a class of a 2-class problem" in wrong.output
 
 
 def organsmnist_npz(path: Path, per_class: dict[str, int]) -> Path:

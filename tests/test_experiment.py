@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -31,24 +33,84 @@ def write(tmp_path, config) -> str:
     return str(path)
 
 
-def test_tiny_grid_end_to_end_then_cached(tmp_path):
+def test_tiny_grid_end_to_end_then_cached(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ctreduce import devices
+    from ctreduce.store.export import ExportStore
+    from ctreduce.store.finetune import FinetuneRun
+    from ctreduce.store.pretrain import PretrainRun
+    from ctreduce.store.run import RunFolder
+
+    # The machine gets busier after the start: per stage the policy would pick 2, then 1 thread; the grid keeps 2.
+    monkeypatch.delenv("CTREDUCE_THREADS", raising=False)
+    busy = iter([0.0] + [1.0] * 1000)
+    monkeypatch.setattr(devices, "busy_cores", lambda *a, **k: next(busy))
+    monkeypatch.setattr(devices, "usable_cores", lambda: 2)
     log: list[str] = []
     table = run_experiment(write(tmp_path, TINY), log=log.append)
     out = tmp_path / "out"
-    assert table["reduction"].tolist() == ["ALL", "Hash-6"]
-    assert table.loc[0, "kept_fraction"] == 1.0 and table.loc[1, "kept_fraction"] < 1.0
-    assert table.loc[0, "speedup_vs_all"] == 1.0
-    assert {"nodule AUC", "nodule F1", "nodule ACC"} <= set(table.columns)
-    assert pd.read_csv(out / "results.csv").shape[0] == 2
-    markdown = (out / "results.md").read_text()
-    assert "| phantom | Hash-6 | MoCo |" in markdown and "nodule AUC" in markdown and "nodule test leaks" in markdown
-    assert (table["nodule test images"] > 0).all() and table["nodule test leaks"].notna().all()
-    assert len(list((out / "cache" / "leakage").glob("*/leakage/images.parquet"))) == 2
-    assert (out / "plots" / "auc_vs_kept_nodule.png").exists() and (out / "plots" / "pretrain_time.png").exists()
     stages = [line.split("]")[0] + "]" for line in log]
     assert stages.count("[pretrain]") == 2 and stages.count("[finetune]") == 2 and stages.count("[leakage]") == 2
-    exports = [json.loads(p.read_text()) for p in (out / "cache" / "export").glob("*/done.json")]
+    assert table["reduction"].tolist() == ["ALL", "Hash-6"]
+    assert table.equals(pd.read_csv(out / "results.csv")[table.columns].astype(table.dtypes))
+
+    def done(stage: str) -> list[dict]:
+        return [json.loads(p.read_text()) | {"folder": p.parent} for p in (out / "cache" / stage).glob("*/done.json")]
+
+    reduced = {d["description"].split(" / ")[1]: d for d in done("reduce")}
+    pretrained = {PretrainRun(d["folder"] / "run").summary()["export"]["slices"]: d for d in done("pretrain")}
+    for _, row in table.iterrows():
+        # Reduction: the counts of the run folder's manifest.
+        run = RunFolder(reduced[row["reduction"]]["folder"] / "run")
+        manifest = run.manifest()
+        assert row["kept_slices"] == manifest["kept"].sum() == run.summary()["totals"]["kept"]
+        assert row["kept_fraction"] == pytest.approx(manifest["kept"].mean())
+        assert row["method"] == {"ALL": "all", "Hash-6": "hash"}[row["reduction"]]
+        # Pre-training on exactly the kept slices: images seen, CPU and wall seconds and threads of its summary.
+        pre = PretrainRun(pretrained[row["kept_slices"]]["folder"] / "run").summary()
+        export = ExportStore.open(Path(pre["data"]))
+        assert export.meta["slices"] == row["kept_slices"] and export.meta["size"] == 32
+        assert row["images_seen"] == pre["images_seen"] == pre["steps"] * 2 and row["epochs"] == 1
+        assert (row["pretrain_cpu_s"], row["pretrain_s"]) == (pre["cpu_time_s"], pre["wall_time_s"])
+        assert row["threads"] == pre["threads"]["torch_threads"] == 2
+        assert pre["threads"]["source"] == "CTREDUCE_THREADS=2"
+        # Fine-tuning: the metrics of its results.json, run with the grid's threads too.
+        matching = [r for r in (FinetuneRun(d["folder"] / "run") for d in done("finetune"))
+                    if Path(r.config()["init"]).parent == pretrained[row["kept_slices"]]["folder"]]
+        assert len(matching) == 1
+        ft = matching[0].results()
+        assert row["nodule AUC"] == ft["auc"]["mean"] and row["nodule ACC"] == ft["accuracy"]["mean"]
+        assert row["nodule F1"] == ft["f1"]["mean"] and ft["threads"]["torch_threads"] == 2
+        # Leakage: the cached stage's counts; synthetic task against a phantom archive: the shared-anatomy flag.
+        leak = [d for d in done("leakage") if Path(pre["data"]).parent.name in d["description"]]
+        assert len(leak) == 1
+        assert (row["nodule test leaks"], row["nodule test in train"], row["nodule test images"]) == (
+            leak[0]["leaked"]["test"], leak[0]["test_in_train"], leak[0]["images"]["test"])
+        assert row["nodule phantom anatomy"]
+    all_cpu = table.loc[0, "pretrain_cpu_s"]
+    assert table["speedup_vs_all"].tolist() == pytest.approx([1.0, all_cpu / table.loc[1, "pretrain_cpu_s"]])
+    assert table.loc[0, "images_seen"] > table.loc[1, "images_seen"]
+
+    markdown = (out / "results.md").read_text()
+    header, _, *rows = [[c.strip() for c in line.split("|")[1:-1]] for line in markdown.splitlines()
+                        if line.startswith("|")]
+    cells = [dict(zip(header, r, strict=True)) for r in rows]
+    for cell, (_, row) in zip(cells, table.iterrows(), strict=True):
+        assert cell["Reduction"] == row["reduction"] and cell["Images seen"] == str(row["images_seen"])
+        assert cell["CPU s"] == f"{row['pretrain_cpu_s']:.1f}" and cell["Threads"] == "2"
+        assert cell["Speed-up"] == f"{row['speedup_vs_all']:.1f}x"
+        assert cell["nodule test leaks"] == (f"{row['nodule test leaks']}/{row['nodule test images']}† "
+                                                    f"({row['nodule test in train']})")
+        assert cell["nodule AUC"].startswith(f"{row['nodule AUC']:.3f}")
+    assert "every cell's training ran with 2 torch thread(s), chosen once at the start of the run" in markdown
+    assert "† The task's images are synthetic phantom slices and the pre-training archive holds phantom" in markdown
+    for plot in ("auc_vs_kept_nodule.png", "pretrain_time.png"):
+        with Image.open(out / "plots" / plot) as png:
+            assert png.format == "PNG" and min(png.size) > 100
+    exports = done("export")
     assert len(exports) == 2 and all(e["fused"] for e in exports)  # written in the reduce pass, linked
+    assert sorted(e["slices"] for e in exports) == sorted(table["kept_slices"])
 
     log.clear()
     run_experiment(write(tmp_path, TINY), log=log.append)
@@ -76,12 +138,28 @@ def test_tiny_grid_end_to_end_then_cached(tmp_path):
     assert log == []
 
 
+def test_cells_that_differ_only_in_export_size_do_not_share_an_export(tmp_path):
+    from ctreduce.store.export import ExportStore
+
+    runner = Runner(load_experiment(write(tmp_path, TINY)), log=lambda line: None)
+    dataset, reduction = runner.config.datasets[0], runner.config.reductions[0]
+    reduce_folder, reduce_key = runner.reduce(dataset, reduction, 32)  # fuses a 32 px export into the reduce pass
+    small, small_key = runner.export(reduce_folder, reduce_key, 32)
+    large, large_key = runner.export(reduce_folder, reduce_key, 40)
+    assert small != large and small_key != large_key
+    stores = {size: ExportStore.open(folder / "data") for size, folder in ((32, small), (40, large))}
+    for size, store in stores.items():
+        assert store.meta["size"] == size and np.load(store.array_path, mmap_mode="r").shape[1:] == (size, size)
+    assert stores[32].meta["slices"] == stores[40].meta["slices"] == 24
+    assert runner.export(reduce_folder, reduce_key, 40) == (large, large_key)  # cached by size
+
+
 @pytest.mark.parametrize("change, message", [
     ({"bogus": 1}, "bogus"),
     ({"reductions": [{"name": "x", "settings": {"method": "hashh"}}]}, "unknown method"),
-    ({"ssl": [{"name": "s", "settings": {"method": "simclr"}}]}, "unknown pre-training method"),
+    ({"ssl": [{"name": "s", "settings": {"method": "simclr"}}]}, "method 'simclr' is not one of swav, moco, spark"),
     ({"ssl": [{"name": "s", "settings": {"method": "moco"}, "reductions": ["nope"]}]}, "unknown reductions"),
-    ({"finetune": {"mode": "probe"}}, "unknown mode"),
+    ({"finetune": {"mode": "probe"}}, "finetune: mode 'probe' is not one of finetune, linear, knn"),
     ({"tasks": [{"name": "t"}]}, "needs 'data'"),
 ])
 def test_bad_experiment_files_fail_before_any_stage(tmp_path, change, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -11,12 +12,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
 import yaml
 
-from ctreduce.config import make_pretrain_config
+from ctreduce.config import SettingsError, make_pretrain_config
 from ctreduce.ssl import train as train_module
 from ctreduce.ssl.train import CollapseWarning, PretrainError, TrainingStopped, pretrain
 
@@ -35,24 +38,42 @@ def settings(export_dir: Path, out: Path, **extra):
 
 @pytest.mark.parametrize("method", ["swav", "moco", "spark"])
 def test_each_method_writes_the_run_folder(export_dir, tmp_path, method):
+    from ctreduce.ssl.data import intensity_stats, open_export
+
     out = tmp_path / method
     summary = pretrain(settings(export_dir, out, method=method))
-    for name in ("checkpoints/last.ckpt", "backbone.pt", "metrics.jsonl", "config.yaml", "versions.json",
-                 "summary.json"):
-        assert (out / name).exists(), name
-    missing, unexpected = torchvision.models.resnet18().load_state_dict(torch.load(out / "backbone.pt"),
-                                                                        strict=False)
+    steps_per_epoch = 48 // 8
+    # The checkpoint is the last epoch's, and backbone.pt is its backbone (what fine-tuning loads).
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == summary["steps"] == 2 * steps_per_epoch
+    backbone = torch.load(out / "backbone.pt")
+    trained = {k.removeprefix("backbone."): v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
+    assert backbone.keys() == {k for k in trained if not k.startswith("fc.")}
+    assert all(torch.equal(backbone[k], trained[k]) for k in backbone)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(backbone, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    assert not torch.equal(backbone["conv1.weight"], torchvision.models.resnet18().conv1.weight)  # trained
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [0, 1]
-    assert all(r["loss"] is not None and r["images_per_s"] > 0 and r["epoch_s"] > 0 for r in lines)
-    assert summary["status"] == "finished" and summary["dataset_slices"] == 48
-    assert summary["images_seen"] == summary["steps"] * 8 == 2 * (48 // 8) * 8
+    assert [(r["epoch"], r["step"]) for r in lines] == [(0, steps_per_epoch), (1, 2 * steps_per_epoch)]
+    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 and r["epoch_s"] > 0 for r in lines)
+    assert lines[0]["lr"] > lines[1]["lr"] >= 0  # warm-up for the first epoch, then the cosine decay
+    # config.yaml: the settings as run, the statistics filled in from the export's pixels.
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["method"] == method and 0 < config["mean"] < 1 and 0 < config["std"] < 1
-    assert (out / "logs" / "csv").exists()
-    threads = json.loads((out / "summary.json").read_text())["threads"]  # the thread choice, in the run folder
-    assert threads == summary["threads"] and threads["torch_threads"] >= 1 and threads["loader_workers"] == 0
+    mean, std = intensity_stats(open_export(export_dir), seed=0)
+    assert config == {**settings(export_dir, out, method=method).model_dump(mode="json"),
+                      "mean": round(mean, 5), "std": round(std, 5)}
+    assert json.loads((out / "versions.json").read_text())["torch"] == importlib.metadata.version("torch")
+    # summary.json is the returned summary: counts from the data and the schedule, times measured.
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["status"] == "finished" and summary["method"] == method and summary["dataset_slices"] == 48
+    assert summary["epochs_completed"] == 2 and summary["images_seen"] == 2 * steps_per_epoch * 8
+    assert (summary["mean"], summary["std"]) == (config["mean"], config["std"])
+    assert summary["export"]["slices"] == 48 and summary["export"]["size"] == 40
+    assert summary["wall_time_s"] > 0 and summary["cpu_time_s"] > 0 and not summary["resumed"]
+    threads = summary["threads"]
+    assert threads["torch_threads"] >= 1 and threads["loader_workers"] == 0 and threads["requested_workers"] == 0
+    logged = pd.read_csv(next((out / "logs" / "csv").rglob("metrics.csv")))
+    assert logged["epoch"].dropna().astype(int).max() == 1
 
 
 def test_rerun_resumes_from_the_stored_step(export_dir, tmp_path, monkeypatch):
@@ -78,11 +99,23 @@ def test_rerun_resumes_from_the_stored_step(export_dir, tmp_path, monkeypatch):
     assert epochs == [0, 1]
 
 
-def test_other_settings_in_the_same_run_folder_are_refused(export_dir, tmp_path):
+def test_other_settings_in_the_same_run_folder_are_refused(export_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    pretrain(settings(export_dir, out, method="spark", epochs=1))
+    first = pretrain(settings(export_dir, out, method="spark", epochs=1))
     with pytest.raises(PretrainError, match="other settings"):
         pretrain(settings(export_dir, out, method="spark", epochs=1, seed=3))
+    # Another method: named first, before the settings that follow from it (and before any data is read).
+    with pytest.raises(PretrainError, match=rf"^{re.escape(str(out))} holds a spark run, not moco: "):
+        pretrain(settings(tmp_path / "no-such-export", out, method="moco", epochs=1))
+
+    # The same finished run again: its summary, and no trainer is built (no model table, nothing trained).
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("a finished run entered Lightning")
+
+    monkeypatch.setattr(train_module.lightning_setup, "build", no_trainer)
+    again = pretrain(settings(export_dir, out, method="spark", epochs=1))
+    assert again == {**first, "already_finished": True}
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(export_dir, tmp_path, monkeypatch):
@@ -118,8 +151,8 @@ def test_errors_before_training(export_dir, tmp_path):
         pretrain(settings(tmp_path / "missing", tmp_path / "o"))
     with pytest.raises(PretrainError, match="fewer than one batch"):
         pretrain(settings(export_dir, tmp_path / "o", batch_size=64))
-    with pytest.raises(PretrainError, match="unknown backbone"):
-        pretrain(settings(export_dir, tmp_path / "o", backbone="vgg16"))
+    with pytest.raises(SettingsError, match=r"^backbone 'vgg16' is not one of resnet18, resnet34, resnet50, "):
+        settings(export_dir, tmp_path / "o", backbone="vgg16")
     if not torch.cuda.is_available():
         with pytest.raises(PretrainError, match="accelerator 'gpu' requested but CUDA is not available"):
             pretrain(settings(export_dir, tmp_path / "o", accelerator="gpu"))
@@ -127,8 +160,8 @@ def test_errors_before_training(export_dir, tmp_path):
     (corrupt / "slices.npy").write_bytes(b"garbage")
     with pytest.raises(PretrainError, match=re.escape(str(corrupt))):  # the message names the export
         pretrain(settings(corrupt, tmp_path / "o"))
-    with pytest.raises(ValueError, match="swav.bogus|bogus"):
-        make_pretrain_config({**TINY, "swav": {"bogus": 1}})
+    with pytest.raises(SettingsError, match=r"^unknown setting swav.n_protoypes \(did you mean n_prototypes\?\)$"):
+        make_pretrain_config({**TINY, "swav": {"n_protoypes": 1}})
     assert not (tmp_path / "o").exists()
 
 

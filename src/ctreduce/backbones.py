@@ -32,10 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import PAPER_GREY_MEAN, PAPER_GREY_STD
+from .config import EFFICIENTNET_LITE0, PAPER_GREY_MEAN, PAPER_GREY_STD, RESNETS
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-EFFICIENTNET_LITE0 = "efficientnet-lite0"
 # torchvision's ImageNet statistics, per RGB channel.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

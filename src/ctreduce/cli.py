@@ -6,6 +6,7 @@ Exit status: 0 when every volume was processed, 1 when any failed (after doing t
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +16,28 @@ import typer
 
 from .curate import cli as curate_cli
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+def _blank_flag_types(command: typer.core.TyperCommand | typer.core.TyperGroup, ctx: typer.Context) -> None:
+    """Typer's rich help prints a value type beside every option, ``<bool>`` beside flags too, which take no
+    value (``--help``, ``--overwrite``): a flag's metavar, when set, is what that column shows."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class _Commands(typer.core.TyperGroup):
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> typer.core.TyperCommand | typer.core.TyperGroup | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _blank_flag_types(command, ctx)
+        return command
+
+    def format_help(self, ctx: typer.Context, formatter) -> None:
+        _blank_flag_types(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
                   help="Reduce CT archives to their dissimilar slices before self-supervised pre-training.")
 
 
@@ -265,8 +287,8 @@ def compare(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'ctreduce reduce'.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file to write "
-                                                "(default: DIR/report.html).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file to write, or a folder to write "
+                                                "report.html into (default: DIR/report.html).")] = None,
     max_volumes: Annotated[int, typer.Option(help="Volumes shown with thumbnails and plots, in manifest order; "
                                                   "the dataset summary always covers all volumes.")] = 50,
     thumbs: Annotated[int, typer.Option(help="At most N thumbnails per volume; kept slices first.")] = 48,
@@ -284,6 +306,9 @@ def report(
                             thumb_px=thumb_px, column=column, allow_changed=allow_changed)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    except OSError as exc:  # the report file cannot be written there (a file in the way, permissions, disk full)
+        _fail(f"{exc.filename or target}: cannot write the report ({exc.strerror or exc})",
+              code=1 if exc.errno == errno.ENOSPC else 2)
     typer.echo(f"report: {path}")
 
 
@@ -304,22 +329,23 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option(help="Replace a run with other settings in --out.")] = False,
 ) -> None:
     """Self-supervised pre-training (SwAV, MoCo v2, SparK) on an export; resumable run folder."""
-    from pydantic import ValidationError
-
-    from .config import make_pretrain_config, parse_overrides
-    from .ssl.train import PretrainError, TrainingStopped, launched_rank
-    from .ssl.train import pretrain as do_pretrain
+    from .config import SettingsError, make_pretrain_config, parse_overrides
 
     values = {k: v for k, v in {"method": method, "data": None if data is None else str(data),
                                  "out": None if out is None else str(out), "preset": preset, "backbone": backbone,
                                  "epochs": epochs, "batch_size": batch_size, "seed": seed}.items() if v is not None}
     if devices is not None:
         values["devices"] = int(devices) if devices.lstrip("-").isdigit() else devices
-    try:
+    try:  # every setting is checked before torch is imported: a mistake is one line at once
         values = {**parse_overrides(overrides or []), **values}
         settings = make_pretrain_config(values, yaml_file=None if config is None else str(config))
-    except (ValidationError, ValueError, OSError) as exc:
+    except SettingsError as exc:
         _fail(str(exc))
+    if settings.missing():
+        _fail(settings.missing())
+    from .ssl.train import PretrainError, TrainingStopped, launched_rank
+    from .ssl.train import pretrain as do_pretrain
+
     try:
         summary = do_pretrain(settings, overwrite=overwrite)
     except TrainingStopped as exc:
@@ -328,8 +354,12 @@ def pretrain(
         _fail(str(exc))
     if launched_rank() != 0:  # under strategy "ddp" every device runs this command; rank 0 reports
         return
-    typer.echo(f"{summary['method']} {summary['backbone']}: {summary['epochs_completed']} epochs, "
-               f"{summary['images_seen']} images in {summary['wall_time_s']:.1f} s")
+    if summary.get("already_finished"):
+        typer.echo(f"nothing to do: {settings.out} holds this run, finished ({summary['epochs_completed']} epochs); "
+                   "--overwrite trains it again")
+    else:
+        typer.echo(f"{summary['method']} {summary['backbone']}: {summary['epochs_completed']} epochs, "
+                   f"{summary['images_seen']} images in {summary['wall_time_s']:.1f} s")
     typer.echo(f"backbone: {Path(settings.out) / 'backbone.pt'}\nsummary:  {Path(settings.out) / 'summary.json'}")
 
 
@@ -360,22 +390,27 @@ def finetune(
                                                                "backbone=resnet18 input_size=224 ...).")] = None,
 ) -> None:
     """Fine-tune and score a backbone with the paper's protocol (AUC, F1, ACC, mean +- sd)."""
-    from pydantic import ValidationError
+    from .config import FinetuneConfig, checked, parse_overrides
+    from .downstream.taskspec import task_spec_for
 
-    from .config import FinetuneConfig, parse_overrides
-    from .downstream.datasets import task_spec_for
+    options = {k: v for k, v in {"devices": devices, "precision": precision}.items() if v is not None}
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        _fail(f"--seeds must be comma-separated whole numbers, got {seeds!r}")
+    try:  # every setting is checked before torch is imported: a mistake is one line at once
+        values = {**parse_overrides(overrides or []), **options, "task": task_spec_for(task), "out": str(out),
+                  "init": init, "mode": mode, "resume": resume, "seeds": seed_list}
+        config = checked(FinetuneConfig, values)
+    except ValueError as exc:  # SettingsError, or an unreadable task spec file (DataError)
+        _fail(str(exc))
     from .downstream.finetune import FinetuneError, LeakageWarning
     from .downstream.finetune import finetune as do_finetune
     from .trainer import launched_rank
 
-    options = {k: v for k, v in {"devices": devices, "precision": precision}.items() if v is not None}
-    try:
-        values = parse_overrides(overrides or [])
-        config = FinetuneConfig(**{**values, **options, "task": task_spec_for(task), "out": str(out), "init": init,
-                                   "mode": mode, "resume": resume,
-                                   "seeds": tuple(int(s) for s in seeds.split(",") if s.strip())})
-    except (ValidationError, ValueError) as exc:
-        _fail(str(exc))
+    if launched_rank() == 0:
+        for note in config.notes():
+            typer.echo(f"note: {note}", err=True)
     try:
         with warnings.catch_warnings():  # leaks are reported below, in words, not as a Python warning
             warnings.simplefilter("ignore", LeakageWarning)
@@ -402,13 +437,16 @@ def finetune(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="Folder written by 'ctreduce finetune'.")],
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    positive_label: Annotated[int | None, typer.Option(help="Class index scored as positive by AUC and F1 "
+                                                            "(binary tasks; default: the run's positive_label).")
+                              ] = None,
 ) -> None:
     """Recompute metrics, intervals and plots from a fine-tuning run's saved test predictions."""
-    from .downstream.evaluate import EvaluateError, evaluate_run
+    from .downstream.evaluate import evaluate_run
 
     try:
-        summary = evaluate_run(run_dir, bootstrap=bootstrap)
-    except EvaluateError as exc:
+        summary = evaluate_run(run_dir, bootstrap=bootstrap, positive_label=positive_label)
+    except ValueError as exc:  # EvaluateError, or a positive label that is no class of the task
         _fail(str(exc))
     _echo_metrics(summary)
 

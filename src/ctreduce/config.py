@@ -1,21 +1,114 @@
-"""Typed configuration shared by the CLI, the Python API and experiment files (same names)."""
+"""Typed configuration shared by the CLI, the Python API and experiment files (same names).
+
+Nothing here imports torch: the CLI checks every setting with these models first, so a mistyped one is
+one line (:class:`SettingsError`, :func:`describe`) in a fraction of a second, not after torch loads.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import difflib
+import re
+from typing import Annotated, Any, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 SELECTORS = ("all", "every-n")
 # The paper's fixed input statistics of grey slices on [0, 1] (of LIDC), used for ALL and every reduced subset.
 PAPER_GREY_MEAN, PAPER_GREY_STD = 0.1806, 0.1907
 AtLeastOne = Annotated[int, Field(ge=1)]
+# torchvision ResNets a backbone can be (ctreduce.backbones builds them; DeepNet adds an EfficientNet).
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+OPTIMIZERS = ("lars", "sgd", "lamb", "adamw")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+Settings = TypeVar("Settings", bound=BaseModel)
 
 
-def _choice(value: str, options: tuple[str, ...] | dict, what: str) -> str:
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message is one line per mistake: the key, the value, what is allowed."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _hint(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _not_one_of(name: str, value: Any, options: tuple[str, ...] | dict) -> str:
+    return f"{name} {value!r} is not one of {', '.join(options)}{_hint(str(value), options)}"
+
+
+def _choice(value: str, options: tuple[str, ...] | dict, name: str) -> str:
     if value not in options:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(options)}")
+        raise ValueError(_not_one_of(name, value, options))
     return value
+
+
+def _devices(value: int | str) -> int | str:
+    """A device count: N >= 1, -1 or "auto" (every GPU); digits given as text become the number."""
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        value = int(value)
+    if value != "auto" and not (isinstance(value, int) and (value >= 1 or value == -1)):
+        raise ValueError(f"devices must be a number >= 1, -1 or 'auto', got {value!r}")
+    return value
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model an annotation holds: itself, or the item of a list/tuple/optional of it."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
+
+
+def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
+    """The setting names of the (nested) model at ``path``: where an unknown key was given."""
+    for part in path:
+        if part.isdigit():  # an item of a list of settings
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _line(error: dict[str, Any], model: type[BaseModel] | None) -> str:
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "missing" and loc and loc[-1].isdigit():  # a tuple given too few values
+        return f"{'.'.join(loc[:-1])}={error['input']!r}: too few values"
+    key = ".".join(loc)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(model, loc[:-1])
+        hint = _hint(loc[-1], known) or (f" (known: {', '.join(known)})" if known else "")
+        return f"unknown setting {key}{hint}"
+    if error["type"] == "missing":
+        return f"{key}: required"
+    if error["type"] == "value_error":  # our validators' sentences, most of them starting with the setting's name
+        if not loc:
+            return message
+        if message.startswith(f"{loc[-1]} "):
+            return ".".join([*loc[:-1], message])
+        return f"{key}: {message}"
+    return f"{key}={error['input']!r}: {message[:1].lower()}{message[1:]}"
+
+
+def describe(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """pydantic's multi-line report as one line: every mistake with its key, value and what is allowed
+    (``unknown setting swav.n_protoypes (did you mean n_prototypes?)``); ``model`` lists the known keys."""
+    return "; ".join(dict.fromkeys(_line(error, model) for error in exc.errors()))
+
+
+def checked(model: type[Settings], values: dict[str, Any]) -> Settings:
+    """``model(**values)``, its validation errors as one :class:`SettingsError` line."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc, model)) from None
 
 
 class ReduceConfig(BaseModel):
@@ -189,7 +282,7 @@ class PretrainConfig(BaseModel):
     accelerator: str = "auto"
     strategy: str = "auto"  # "auto": ddp when several devices or nodes
     precision: str = "auto"  # "auto": 16-mixed on GPU, 32 on CPU
-    num_workers: int = 4
+    num_workers: Annotated[int, Field(ge=0)] = 4
     seed: int = 0
     mean: float | None = None  # None: computed from the training data (paper preset: PAPER_GREY_MEAN)
     std: float | None = None  # (paper preset: PAPER_GREY_STD)
@@ -206,12 +299,32 @@ class PretrainConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_ssl_method(cls, value: str) -> str:
-        return _choice(value.lower(), PRETRAIN_METHODS, "pre-training method")
+        return _choice(value.lower(), PRETRAIN_METHODS, "method")
 
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
         return _choice(value, PRESETS, "preset")
+
+    @field_validator("backbone", "optimizer", "accelerator", "precision")
+    @classmethod
+    def _known_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        options = {"backbone": RESNETS, "optimizer": OPTIMIZERS, "accelerator": ACCELERATORS,
+                   "precision": PRECISIONS}[info.field_name]
+        return value if value is None else _choice(value, options, info.field_name)
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, value: int | str) -> int | str:
+        return _devices(value)
+
+    def missing(self) -> str:
+        """What a run still needs before it can start ("" when nothing): the data and the run folder."""
+        if not self.data:
+            return "no training data: pass --data EXPORT_DIR (written by 'ctreduce export')"
+        if not self.out:
+            return "no run folder: pass --out RUN_DIR"
+        return ""
 
 
 # Preset defaults; "cpu" is a short real pre-training that finishes in minutes on a laptop.
@@ -261,7 +374,7 @@ def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
     try:
         return OmegaConf.to_container(OmegaConf.merge(*layers), resolve=False)
     except OmegaConfBaseException as exc:  # e.g. a value of a type settings cannot hold
-        raise ValueError(f"unusable setting: {exc}") from exc
+        raise SettingsError(f"unusable setting: {_one_line(exc)}") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -274,33 +387,38 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     layers = []
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"expected key=value, got {pair!r}")
+            raise SettingsError(f"expected key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
         try:  # OmegaConf reads a bare "key=" as null
             layers.append(OmegaConf.from_dotlist([f"{key.strip()}={raw or repr('')}"]))
         except (OmegaConfBaseException, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read the setting {pair!r}: {exc}") from exc
+            raise SettingsError(f"cannot read the setting {pair!r}: {_one_line(exc)}") from None
     return _merge({}, *layers)
 
 
 def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str | None = None) -> PretrainConfig:
-    """Preset defaults, then a YAML file, then explicit values; unknown keys are rejected."""
+    """Preset defaults, then a YAML file, then explicit values; unknown keys and values are one
+    :class:`SettingsError` line."""
     import yaml
 
     merged: dict[str, Any] = {}
     if yaml_file is not None:
-        loaded = yaml.safe_load(open(yaml_file)) or {}
+        try:
+            with open(yaml_file) as fh:
+                loaded = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"{yaml_file}: cannot read the settings file ({_one_line(exc)})") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_file}: expected a mapping of settings")
+            raise SettingsError(f"{yaml_file}: expected a mapping of settings")
         merged = loaded
     merged = _merge(merged, values or {})
     preset = merged.get("preset", "paper")
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise SettingsError(_not_one_of("preset", preset, PRESETS))
     defaults = PRESETS[preset]
     if preset == "paper":
         defaults = _merge(defaults, PAPER_METHOD_DEFAULTS.get(str(merged.get("method", "swav")).lower(), {}))
-    return PretrainConfig(**_merge(defaults, merged))
+    return checked(PretrainConfig, _merge(defaults, merged))
 
 
 # --- downstream evaluation -----------------------------------------------------------------------
@@ -309,7 +427,10 @@ FINETUNE_MODES = ("finetune", "linear", "knn")
 
 
 class FinetuneConfig(BaseModel):
-    """The paper's protocol (70 epochs, Adam 1e-4, wd 5e-4, batch 64, 10 head-only epochs)."""
+    """The paper's protocol (70 epochs, Adam 1e-4, wd 5e-4, batch 64, 10 head-only epochs).
+
+    ``head_only_epochs`` above ``epochs`` trains the head only for all ``epochs`` (:attr:`head_only`,
+    :meth:`notes`): a short run keeps the default schedule's first phase instead of failing on it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -319,47 +440,58 @@ class FinetuneConfig(BaseModel):
     backbone: str = "resnet50"
     mode: str = "finetune"
     epochs: AtLeastOne = 70
-    head_only_epochs: int = 10
+    head_only_epochs: Annotated[int, Field(ge=0)] = 10
     lr: float = 1e-4
     weight_decay: float = 5e-4
     batch_size: AtLeastOne = 64
     input_size: AtLeastOne = 224
     flips: bool = True
     seeds: tuple[int, ...] = (0,)
-    num_workers: int = 2
+    num_workers: Annotated[int, Field(ge=0)] = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     devices: int | str = 1  # per machine: N (DDP when > 1, gloo on CPU), -1 or "auto" (every GPU)
     precision: str = "auto"  # "auto": 16-mixed on GPU, 32-true on CPU; or 32-true, 16-mixed, bf16-mixed
     resume: bool = True  # a rerun into the same --out continues (finished seeds kept, the others from last.ckpt)
     knn_k: AtLeastOne = 20
-    positive_label: int = 1
-    bootstrap: int = 1000
+    positive_label: Annotated[int, Field(ge=0)] = 1
+    bootstrap: Annotated[int, Field(ge=0)] = 1000
     mean: float | None = None  # None: the pre-training run's statistics, else ImageNet's
     std: float | None = None
 
-    @field_validator("mode")
+    @field_validator("mode", "precision", "backbone")
     @classmethod
-    def _known_mode(cls, value: str) -> str:
-        return _choice(value, FINETUNE_MODES, "mode")
+    def _known_name(cls, value: str, info: ValidationInfo) -> str:
+        options = {"mode": FINETUNE_MODES, "precision": PRECISIONS,
+                   "backbone": (*RESNETS, EFFICIENTNET_LITE0)}[info.field_name]
+        return _choice(value, options, info.field_name)
 
-    @field_validator("precision")
+    @field_validator("device")
     @classmethod
-    def _known_precision(cls, value: str) -> str:
-        return _choice(value, ("auto", "32-true", "16-mixed", "bf16-mixed"), "precision")
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(value.strip().lower()):
+            raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return value
 
     @field_validator("devices")
     @classmethod
     def _known_devices(cls, value: int | str) -> int | str:
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            value = int(value)
-        if value != "auto" and not (isinstance(value, int) and (value >= 1 or value == -1)):
-            raise ValueError(f"devices must be a number >= 1, -1 or 'auto', got {value!r}")
+        return _devices(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("seeds is empty")
         return value
 
-    @model_validator(mode="after")
-    def _schedule(self) -> FinetuneConfig:
-        if not 0 <= self.head_only_epochs <= self.epochs:
-            raise ValueError(f"head_only_epochs must be in [0, epochs={self.epochs}], got {self.head_only_epochs}")
-        if not self.seeds:
-            raise ValueError("seeds is empty")
-        return self
+    @property
+    def head_only(self) -> int:
+        """The head-only epochs this run trains: ``head_only_epochs``, at most ``epochs``."""
+        return min(self.head_only_epochs, self.epochs)
+
+    def notes(self) -> list[str]:
+        """Settings this run adjusts, one line each (printed at the start, recorded in results.json)."""
+        if self.head_only_epochs > self.epochs and self.mode != "knn":
+            return [f"head_only_epochs {self.head_only_epochs} is more than epochs {self.epochs}: the head alone "
+                    f"is trained for all {self.epochs} epoch(s) (head_only_epochs={self.epochs})"]
+        return []

@@ -7,6 +7,10 @@ and is marked finished by ``done.json``; a rerun (after a crash, or with one mor
 what is missing and never recomputes or deletes a finished stage. Reduction and pre-training
 also resume inside a stage. Results: ``OUT/results.csv``, ``OUT/results.md`` (the paper's
 table) and ``OUT/plots/*.png``.
+
+Every training stage of one invocation runs with the same torch thread count, chosen once at the start
+(:func:`grid_threads`) and recorded per cell; the speed-up compares pre-training CPU seconds, beside the
+images each cell saw, so that cells are compared on the work done, not on how busy the machine was.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .config import FinetuneConfig, ReduceConfig, make_pretrain_config
+from .config import FinetuneConfig, ReduceConfig, checked, describe, make_pretrain_config
+from .devices import ThreadPolicy, thread_policy
+from .experiment_table import plot_results, results_markdown, speedups
 from .store.export import ExportError, ExportStore
 from .store.finetune import FinetuneRun
 from .store.pretrain import PretrainRun
@@ -65,7 +71,7 @@ class ReductionSpec(BaseModel):
     def _reduce_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
         from .reduction.settings import resolve
 
-        _validated(lambda: resolve(ReduceConfig(**value)))
+        resolve(checked(ReduceConfig, value))
         return value
 
 
@@ -80,7 +86,7 @@ class SSLSpec(BaseModel):
     @classmethod
     def _pretrain_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
         _set_by_the_experiment(value, {"data": "each reduction's export", "out": "the stage's cache folder"})
-        _validated(lambda: make_pretrain_config({**value, "data": "-", "out": "-"}))
+        make_pretrain_config({**value, "data": "-", "out": "-"})
         return value
 
 
@@ -95,7 +101,7 @@ class TaskSpec(BaseModel):
     @model_validator(mode="after")
     def _data_spec(self) -> TaskSpec:
         """The spec the loader will get is well formed; its files need not exist yet."""
-        from .downstream.datasets import check_task_spec
+        from .downstream.taskspec import check_task_spec
 
         if self.synthetic is None:
             if not self.data:
@@ -111,8 +117,8 @@ class TaskSpec(BaseModel):
 
 def synthetic_task_spec(task: TaskSpec, root: str) -> dict[str, Any]:
     """The load_task spec of a synthetic task generated in ``root``; ``data`` adds loader arguments."""
-    from .downstream.datasets import medmnist_file
     from .downstream.synthetic import make_lesion_task
+    from .downstream.taskspec import medmnist_file
 
     bound = inspect.signature(make_lesion_task).bind(root, **(task.synthetic or {}))
     bound.apply_defaults()
@@ -155,8 +161,7 @@ class ExperimentConfig(BaseModel):
         _set_by_the_experiment(value, {"task": "each task", "init": "each pre-training run",
                                        "out": "the stage's cache folder", "seeds": "the experiment's 'seeds'",
                                        "positive_label": "each task's 'positive_label'"})
-        _validated(lambda: FinetuneConfig(**{**value, "task": {"format": "folder", "root": "-"}, "out": "-",
-                                             "init": "random"}))
+        checked(FinetuneConfig, {**value, "task": {"format": "folder", "root": "-"}, "out": "-", "init": "random"})
         return value
 
     @model_validator(mode="after")
@@ -168,14 +173,6 @@ class ExperimentConfig(BaseModel):
                 raise ValueError(f"ssl {spec.name!r} names unknown reductions {sorted(unknown)}; "
                                  f"known: {sorted(known)}")
         return self
-
-
-def _validated(build: Callable[[], Any]) -> Any:
-    """Build a settings object; its errors become one readable message for the experiment model."""
-    try:
-        return build()
-    except ValidationError as exc:
-        raise ValueError(_errors(exc)) from None
 
 
 def _check_arguments(generator: Callable[..., Any], arguments: dict[str, Any]) -> None:
@@ -205,18 +202,13 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     try:
         config = ExperimentConfig(**(data or {}))
     except ValidationError as exc:
-        raise ExperimentError(f"{path}: {_errors(exc)}") from exc
+        raise ExperimentError(f"{path}: {describe(exc, ExperimentConfig)}") from None
     except TypeError as exc:
         raise ExperimentError(f"{path}: expected a mapping of settings ({exc})") from exc
     out = Path(config.out)
     if not out.is_absolute():  # relative to the experiment file, so it runs from anywhere
         config = config.model_copy(update={"out": str((path.parent / out).resolve())})
     return config
-
-
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                     for e in exc.errors())
 
 
 def _pretrain_in_own_process(config: Any, folder: Path) -> dict[str, Any]:
@@ -394,7 +386,10 @@ class Runner:
         key = _key("finetune", init_key, _finetune_identity(settings, spec))
 
         def run(folder: Path) -> dict[str, Any]:
-            finetune(FinetuneConfig(**settings, task=spec, init=init, out=str(folder / "run")))
+            config = FinetuneConfig(**settings, task=spec, init=init, out=str(folder / "run"))
+            for note in config.notes():  # also in the run's results.json
+                self.log(f"  note: {note}")
+            finetune(config)
             return {}
 
         return self._stage("finetune", key, run, f"finetune {task.name} from {init_key}")
@@ -414,25 +409,33 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.check_tasks()
         (self.out / "experiment.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        threads = grid_threads()
         rows = []
-        for dataset, reduction, ssl in self.cells():
-            size = self.config.export_size or make_pretrain_config(dict(ssl.settings)).input_size
-            reduce_folder, reduce_key = self.reduce(dataset, reduction, size)
-            export_folder, export_key = self.export(reduce_folder, reduce_key, size)
-            pretrain_folder, pretrain_key = self.pretrain(export_folder, export_key, ssl)
-            row = self._cell_row(dataset, reduction, ssl, reduce_folder, pretrain_folder)
-            for task in self.config.tasks:
-                metrics = FinetuneRun(self.finetune(str(pretrain_folder / "run"), pretrain_key, task) / "run").results()
-                for name, label in (("auc", "AUC"), ("f1", "F1"), ("accuracy", "ACC")):
-                    stat = metrics.get(name) or {}
-                    row[f"{task.name} {label}"] = stat.get("mean")
-                    row[f"{task.name} {label} sd"] = stat.get("sd")
-                row.update(self.leakage(export_folder, export_key, task))
-            rows.append(row)
+        with threads.handed_on():  # every stage's thread policy takes this count (CTREDUCE_THREADS)
+            for dataset, reduction, ssl in self.cells():
+                rows.append(self._run_cell(dataset, reduction, ssl))
         table = pd.DataFrame(rows)
-        table = _speedups(table)
-        self.write(table)
+        table = speedups(table)
+        self.write(table, threads)
         return table
+
+    def _run_cell(self, dataset: DatasetSpec, reduction: ReductionSpec, ssl: SSLSpec) -> dict[str, Any]:
+        size = self.config.export_size or make_pretrain_config(dict(ssl.settings)).input_size
+        reduce_folder, reduce_key = self.reduce(dataset, reduction, size)
+        export_folder, export_key = self.export(reduce_folder, reduce_key, size)
+        pretrain_folder, pretrain_key = self.pretrain(export_folder, export_key, ssl)
+        row = self._cell_row(dataset, reduction, ssl, reduce_folder, pretrain_folder)
+        for task in self.config.tasks:
+            metrics = FinetuneRun(self.finetune(str(pretrain_folder / "run"), pretrain_key, task) / "run").results()
+            for name, label in (("auc", "AUC"), ("f1", "F1"), ("accuracy", "ACC")):
+                stat = metrics.get(name) or {}
+                row[f"{task.name} {label}"] = stat.get("mean")
+                row[f"{task.name} {label} sd"] = stat.get("sd")
+            row.update(self.leakage(export_folder, export_key, task))
+            # Synthetic task slices and the archive's phantoms are drawn from one anatomy (other seeds): they
+            # match by dHash without being the same images.
+            row[f"{task.name} phantom anatomy"] = task.synthetic is not None and dataset.phantom is not None
+        return row
 
     def leakage(self, export_folder: Path, export_key: str, task: TaskSpec) -> dict[str, int]:
         """Test images of ``task`` within the dHash threshold of a pre-training slice of the export
@@ -474,93 +477,23 @@ class Runner:
             "kept_fraction": summary["totals"]["kept_fraction"],
             "ssl": ssl.name,
             "epochs": pre["epochs_completed"],
+            "images_seen": pre["images_seen"],
+            "pretrain_cpu_s": pre.get("cpu_time_s"),  # absent in runs cached before it was recorded
             "pretrain_s": pre["wall_time_s"],
+            "threads": (pre.get("threads") or {}).get("torch_threads"),
         }
 
-    def write(self, table: pd.DataFrame) -> None:
+    def write(self, table: pd.DataFrame, threads: ThreadPolicy) -> None:
         table.to_csv(self.out / "results.csv", index=False)
-        (self.out / "results.md").write_text(results_markdown(table, [t.name for t in self.config.tasks]))
+        (self.out / "results.md").write_text(results_markdown(table, [t.name for t in self.config.tasks], threads))
         plot_results(table, [t.name for t in self.config.tasks], self.out / "plots")
 
 
-def _speedups(table: pd.DataFrame) -> pd.DataFrame:
-    """Pre-training speed-up of each cell against the ALL reduction of the same dataset and SSL."""
-    table = table.copy()
-    base = table[table["method"] == "all"].set_index(["dataset", "ssl"])["pretrain_s"]
-    table["speedup_vs_all"] = [
-        base.get((d, s)) / t if (d, s) in base.index and t else None
-        for d, s, t in zip(table["dataset"], table["ssl"], table["pretrain_s"], strict=True)
-    ]
-    return table
-
-
-def results_markdown(table: pd.DataFrame, tasks: list[str]) -> str:
-    """The paper's table: reduction, kept slices, pre-training time and speed-up, metrics per task."""
-    header = ["Dataset", "Reduction", "SSL", "Kept slices", "Kept %", "Pre-training s", "Speed-up"]
-    for task in tasks:
-        header += [f"{task} AUC", f"{task} F1", f"{task} ACC", f"{task} test leaks"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-
-    def fmt(mean, sd) -> str:
-        if mean is None or pd.isna(mean):
-            return "-"
-        return f"{mean:.3f} ± {sd:.3f}" if sd is not None and not pd.isna(sd) else f"{mean:.3f}"
-
-    for _, row in table.iterrows():
-        cells = [row["dataset"], row["reduction"], row["ssl"], str(int(row["kept_slices"])),
-                 f"{100 * row['kept_fraction']:.1f}", f"{row['pretrain_s']:.0f}",
-                 "-" if pd.isna(row.get("speedup_vs_all")) else f"{row['speedup_vs_all']:.1f}x"]
-        for task in tasks:
-            for label in ("AUC", "F1", "ACC"):
-                cells.append(fmt(row.get(f"{task} {label}"), row.get(f"{task} {label} sd")))
-            cells.append(_leaks(row, task))
-        lines.append("| " + " | ".join(cells) + " |")
-    return ("\n".join(lines) + "\n\nTest leaks: test images within 6 bits (dHash) of a pre-training slice, "
-            "and in brackets of a training image (`ctreduce leakage`); metrics on leaked images are optimistic.\n")
-
-
-def _leaks(row: pd.Series, task: str) -> str:
-    if pd.isna(row.get(f"{task} test leaks", float("nan"))):
-        return "-"
-    return (f"{int(row[f'{task} test leaks'])}/{int(row[f'{task} test images'])} "
-            f"({int(row[f'{task} test in train'])})")
-
-
-def plot_results(table: pd.DataFrame, tasks: list[str], folder: Path) -> None:
-    """AUC against kept fraction per task, and pre-training time per reduction."""
-    from matplotlib.figure import Figure
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for task in tasks:
-        column = f"{task} AUC"
-        if column not in table:
-            continue
-        fig = Figure(figsize=(5, 3.5))
-        ax = fig.subplots()
-        for ssl, group in table.groupby("ssl"):
-            ax.errorbar(group["kept_fraction"], group[column], yerr=group[f"{column} sd"].fillna(0), fmt="o",
-                        capsize=3, label=ssl)
-            for _, row in group.iterrows():
-                ax.annotate(row["reduction"], (row["kept_fraction"], row[column]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("kept fraction of slices")
-        ax.set_ylabel("test AUC")
-        ax.set_title(task)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(folder / f"auc_vs_kept_{_slug(task)}.png", dpi=120)
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.subplots()
-    labels = [f"{r.reduction}\n{r.ssl}" for r in table.itertuples()]
-    ax.bar(range(len(table)), table["pretrain_s"])
-    ax.set_xticks(range(len(table)), labels, fontsize=7)
-    ax.set_ylabel("pre-training wall time (s)")
-    fig.tight_layout()
-    fig.savefig(folder / "pretrain_time.png", dpi=120)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+def grid_threads() -> ThreadPolicy:
+    """The torch threads of every training stage of one run, chosen once at its start (the free cores then, or
+    ``CTREDUCE_THREADS``): chosen per stage, one cell got 2 threads and the next 1, as the stage before had left
+    the machine, and their times compared the machine's load instead of the reduction."""
+    return thread_policy(0, accelerator="cpu")
 
 
 def run_experiment(path: str | Path, log=print) -> pd.DataFrame:

@@ -81,7 +81,8 @@ _VOLUME = """<section class="volume" id="volume-{number}">
 def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max_volumes: int = 50,
                  thumbs_per_volume: int = 48, thumb_px: int = 48, column: str = "kept",
                  allow_changed: bool = False) -> Path:
-    """Write the HTML report of the run folder ``run_dir`` to ``out_html``; returns its path.
+    """Write the HTML report of the run folder ``run_dir`` to ``out_html`` (a folder: its ``report.html``);
+    returns its path.
 
     ``column`` is the boolean manifest column that says which slices were kept (``kept``, or a
     threshold-sweep column such as ``kept@6``). Per volume, at most ``thumbs_per_volume`` slices
@@ -93,6 +94,9 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max
     if max_volumes < 0 or thumbs_per_volume < 1 or thumb_px < 8:
         raise ValueError("need max_volumes >= 0, thumbs_per_volume >= 1 and thumb_px >= 8")
     run_dir = Path(run_dir)
+    out = Path(out_html)
+    if out.is_dir():  # as cp into a folder
+        out = out / "report.html"
     run = RunFolder.open(run_dir)
     manifest = run.manifest()
     if column not in manifest.columns or manifest[column].dtype != bool:
@@ -123,7 +127,6 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max
                                      thumbs_per_volume, thumb_px))
 
     page = _PAGE.format(title="ctreduce report", css=_CSS, run_dir=_esc(run_dir.resolve()), body="\n".join(parts))
-    out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out

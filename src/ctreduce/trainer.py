@@ -8,6 +8,7 @@ a pre-training run on the same machine.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from .config import ACCELERATORS
 from .devices import ThreadPolicy, thread_policy
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# Lightning's rank-zero messages go to these loggers (fabric's or pytorch_lightning's, whichever set it last).
+_RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
 
 
 def resolve(*, accelerator: str = "auto", devices: int | str = "auto", strategy: str = "auto",
@@ -85,11 +88,27 @@ def loggers(folder: str | Path) -> list[pl.loggers.Logger]:
     return out
 
 
+def _no_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Drop what a user cannot act on: Lightning's advertising tips (LitLogger, litmodels) and the FutureWarning
+    Lightning's own ``_pytree`` triggers in torch on every fit."""
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if _no_tips not in logger.filters:
+            logger.addFilter(_no_tips)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+
+
 def build(settings: dict[str, Any], *, root: str | Path, logs: str | Path, callbacks: list[pl.Callback],
           max_epochs: int, steps_per_epoch: int, max_steps: int = -1, log_every_n_steps: int = 10,
           **extra: Any) -> pl.Trainer:
     """The Trainer of a run folder ``root``: ``settings`` from :func:`resolve`, logs under ``logs``, a progress
     bar, deterministic algorithms on CPU (reproducible runs where it costs nothing), ``extra`` passed on."""
+    quiet_lightning()
     return pl.Trainer(max_epochs=max_epochs, max_steps=max_steps, callbacks=callbacks, logger=loggers(logs),
                       log_every_n_steps=min(log_every_n_steps, max(1, steps_per_epoch)),
                       deterministic=settings["accelerator"] == "cpu", benchmark=False, enable_progress_bar=True,

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..store.finetune import CONFIG, CONFUSION, METRICS, PREDICTIONS, RESULTS, RESULTS_LINE, ROC, FinetuneRun
-from .datasets import task_source
 from .metrics import bootstrap_ci, classification_metrics, mean_sd, save_confusion_matrix_png, save_roc_png
+from .taskspec import task_source
 
 
 class EvaluateError(ValueError):
@@ -45,7 +45,8 @@ def evaluate_run(run_dir: str | Path, *, bootstrap: int = 1000, positive_label: 
             "classes": classes, "init": config.get("init"), "mode": config.get("mode"),
             "seeds": [r["seed"] for r in per_seed]}
     previous = run.results()
-    info.update({k: previous[k] for k in ("task", "split_sizes", "trainer", "threads") if k in previous})
+    info.update({k: previous[k] for k in ("task", "split_sizes", "epochs", "head_only_epochs", "notes", "trainer",
+                                          "threads") if k in previous})
     return write_results(run.path, info, per_seed)
 
 

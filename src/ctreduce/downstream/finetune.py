@@ -143,7 +143,7 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
     n_classes = len(data.classes)
     model, norm = build_model(config, n_classes)
     module = FinetuneModule(model, n_classes, mode=config.mode, lr=config.lr, weight_decay=config.weight_decay,
-                            head_only_epochs=config.head_only_epochs)
+                            head_only_epochs=config.head_only)
     loaders = _loaders(config, data, norm, seed, threads)
     start = time.perf_counter()
     extra: dict[str, Any] = {"best_epoch": None}
@@ -211,7 +211,8 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     if rank != 0:
         return {}
     info = {"task": data.name, "classes": list(data.classes), "init": config.init, "mode": config.mode,
-            "seeds": list(config.seeds),
+            "seeds": list(config.seeds), "epochs": config.epochs, "head_only_epochs": config.head_only,
+            "notes": config.notes(),
             "split_sizes": {k: len(getattr(data, k).labels) for k in ("train", "val", "test")}, **setup}
     leakage = pretraining_leakage(config.init, data)
     if leakage is not None:

@@ -16,7 +16,6 @@ import pytorch_lightning as pl
 import torch
 
 from .. import trainer as lightning_setup
-from ..backbones import RESNETS
 from ..config import PretrainConfig, make_pretrain_config
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
 from ..trainer import launched_rank
@@ -132,13 +131,25 @@ class CollapseWarning(pl.Callback):
 # --- the run -----------------------------------------------------------------------------------
 
 
-def _check(config: PretrainConfig) -> None:
-    if not config.data:
-        raise PretrainError("no training data: pass --data EXPORT_DIR (written by 'ctreduce export')")
-    if not config.out:
-        raise PretrainError("no run folder: pass --out RUN_DIR")
-    if config.backbone not in RESNETS:
-        raise PretrainError(f"unknown backbone {config.backbone!r}; choose one of {', '.join(RESNETS)}")
+def _check(config: PretrainConfig, run: PretrainRun, overwrite: bool) -> None:
+    """Refuse what cannot run before any data is read: missing paths, a folder holding another method's run
+    (named first: the method is what differs, not the dozen settings that follow from it)."""
+    if config.missing():
+        raise PretrainError(config.missing())
+    recorded = run.config().get("method")
+    if recorded is not None and recorded != config.method and not overwrite:
+        raise PretrainError(f"{run.path} holds a {recorded} run, not {config.method}: use another --out, or "
+                            "--overwrite to replace it")
+
+
+def _finished(run: PretrainRun, config: PretrainConfig) -> dict[str, Any] | None:
+    """The summary of this very run when it already finished in ``run`` (same resolved settings, backbone
+    written): a rerun has nothing to train."""
+    summary = run.summary()
+    if (summary.get("status") == "finished" and run.backbone.is_file()
+            and run.config() == config.model_dump(mode="json")):
+        return {**summary, "already_finished": True}
+    return None
 
 
 def _trainer_settings(config: PretrainConfig, method: type) -> dict[str, Any]:
@@ -155,14 +166,15 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     """Pre-train ``config.method`` on an export folder; returns the run summary.
 
     Rerunning the same configuration into the same folder continues from
-    ``checkpoints/last.ckpt``; another configuration there is refused unless ``overwrite``.
+    ``checkpoints/last.ckpt`` (a finished run returns its summary with ``already_finished``, nothing trained);
+    another configuration there is refused unless ``overwrite``.
     """
     if config is None:
         config = make_pretrain_config(values)
     elif values:
         config = make_pretrain_config({**config.model_dump(), **values})
-    _check(config)
     run = PretrainRun(config.out)
+    _check(config, run, overwrite)
     try:
         raw = open_export(config.data)
     except ExportError as exc:
@@ -181,6 +193,9 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     if config.mean is None or config.std is None:
         mean, std = intensity_stats(raw, seed=config.seed)
         config = config.model_copy(update={"mean": config.mean or round(mean, 5), "std": config.std or round(std, 5)})
+    finished = None if overwrite else _finished(run, config)
+    if finished is not None:
+        return finished
 
     ckpt = run.last_checkpoint
     # Under strategy "ddp" Lightning re-runs this command once per extra device: rank 0 has prepared the
@@ -217,8 +232,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                                     steps_per_epoch=steps_per_epoch, log_every_n_steps=config.log_every_n_steps)
     resume = ckpt if ckpt.exists() else None
     # Read before training: at its end rank 0 rewrites summary.json while the other ranks build their summary.
-    earlier_s = run.summary().get("wall_time_s", 0.0) if resume is not None else 0.0
-    start = time.perf_counter()
+    earlier = run.summary() if resume is not None else {}
+    start, cpu_start = time.perf_counter(), time.process_time()
     status = "running"
     try:
         with threads.handed_on():
@@ -232,9 +247,14 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
         raise
     finally:
         seconds = time.perf_counter() - start
+        cpu_seconds = earlier.get("cpu_time_s", 0.0) + time.process_time() - cpu_start
         # Every rank returns the same summary (the CLI runs on every rank under "ddp"); rank 0 writes the files.
         kind, lr, wd = module.optimiser_settings()  # as resolved for this world size
-        summary = {**_summary(config, trainer, len(dataset), earlier_s, seconds, settings, status, resume),
+        summary = {**_summary(config, trainer, len(dataset), earlier.get("wall_time_s", 0.0), seconds, settings,
+                              status, resume),
+                   # CPU time of this training process (all its threads): comparable between runs whose thread
+                   # counts differ, where wall time is not
+                   "cpu_time_s": round(cpu_seconds, 2),
                    "optimizer": {"kind": kind, "lr": lr, "weight_decay": wd,
                                  "groups": len(module.parameter_groups(wd))},
                    "threads": threads.as_dict(),
