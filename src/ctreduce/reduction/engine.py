@@ -30,7 +30,8 @@ from ..store.export import META as EXPORT_META
 from ..store.export import ExportError, ExportParts, ExportWriter
 from ..store.files import DiskFull, disk_full, is_disk_full, read_json
 from ..store.fingerprint import Fingerprint, same_content
-from ..store.run import RunConflict, RunFolder, check_output_dir, write_part
+from ..store.places import check_output_place
+from ..store.run import RunConflict, RunFolder, write_part
 from ..workers import pool as process_pool
 from ..workers import ray_session, terminate
 from . import hashing
@@ -475,7 +476,9 @@ def reduce(
         measure_of(config).preflight()
     t0 = time.perf_counter()
     if out is not None:
-        check_output_dir(Path(out), paths)
+        check_output_place(out, paths)
+        if export is not None and export_out is not None:
+            check_output_place(export_out, paths)
     listing = walk(paths)
     if out is not None and not overwrite:
         manifest = _unchanged(RunFolder(out), config, paths, listing.digest, export, export_size, export_out, t0)
