@@ -18,6 +18,7 @@ import torch
 from .. import trainer as lightning_setup
 from ..backbones import RESNETS
 from ..config import PretrainConfig, make_pretrain_config
+from ..store.places import check_output_place
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
 from ..trainer import launched_rank
 from .data import ExportError, export_info, intensity_stats, open_export
@@ -139,6 +140,10 @@ def _check(config: PretrainConfig) -> None:
         raise PretrainError("no run folder: pass --out RUN_DIR")
     if config.backbone not in RESNETS:
         raise PretrainError(f"unknown backbone {config.backbone!r}; choose one of {', '.join(RESNETS)}")
+    try:  # the export is an input: never written into
+        check_output_place(config.out, [config.data])
+    except ValueError as exc:
+        raise PretrainError(str(exc)) from exc
 
 
 def _trainer_settings(config: PretrainConfig, method: type) -> dict[str, Any]:

@@ -275,8 +275,8 @@ class RunFolder:
 
     def inputs(self) -> list[str]:
         """The files and folders the run was made from, as given to ``reduce`` (resolved)."""
-        data = read_json(self.path / RUN_JSON)
-        return [str(p) for p in data.get("inputs", [])]
+        path = self.path / RUN_JSON
+        return [str(p) for p in read_json(path).get("inputs", [])] if path.exists() else []
 
     def settings(self) -> dict[str, Any]:
         data = read_json(self.path / RUN_JSON)
