@@ -89,7 +89,7 @@ def encoded_name(text: str, suffix: str = "") -> str:
     occurs in an encoding, so a shortened name equals no full one). Stable across runs and machines;
     the full ``text`` belongs in the store's index beside the name.
     """
-    encoded = quote(text, safe="", errors="surrogatepass")
+    encoded = quote(text, safe="", errors="surrogatepass") or "+"  # "+": the empty text, a name still
     if encoded.startswith("."):
         encoded = "%2E" + encoded[1:]  # no hidden files
     room = NAME_MAX - len(suffix.encode("utf-8", "surrogatepass"))
