@@ -267,3 +267,24 @@ def test_archive_greedy_is_the_literal_loop_over_kept_leaders(walk, threshold):
     assert table["leader_volume"].tolist() == table["volume_id"].to_numpy()[leader].tolist()
     assert table["leader_slice"].tolist() == table["slice_index"].to_numpy()[leader].tolist()
     assert table["distance"].tolist() == distance
+
+
+def test_a_full_disk_while_writing_the_tables_is_one_line(runs, tmp_path, monkeypatch):
+    import errno
+
+    import typer
+    from typer.testing import CliRunner
+
+    from ctreduce.curate.cli import duplicates
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    app = typer.Typer()
+    app.command()(duplicates)
+    result = CliRunner().invoke(app, [str(runs[0]), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: disk full writing {tmp_path / 'd' / 'slices.parquet'} (No space left on device); free some space "
+        "and run the same command again: finished work is kept"]

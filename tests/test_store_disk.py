@@ -175,7 +175,8 @@ def test_an_output_that_cannot_be_written_stops_the_export(run_all, tmp_path, mo
     result = CliRunner().invoke(app, ["export", str(run_all), "--out", str(out), "--quiet"])
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {tmp_path}/.png.partial/images/archive%2Fnifti%2F")
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: cannot write {tmp_path}/.png.partial/images/archive%2Fnifti%2F")
     assert lines[0].endswith("(Input/output error)")
     assert not out.exists()  # never "complete" with a volume dropped for the output's fault
 
@@ -191,6 +192,30 @@ def test_an_out_that_links_to_an_export_replaces_that_export(run_all, archive, t
     assert link.is_symlink() and link.resolve() == real.resolve()
     assert ExportStore.open(real).meta["run_dir"] == str((tmp_path / "hash").resolve())
     assert_export_is_the_manifest(tmp_path / "hash", link)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "current", "data", "hash", "run"]  # no .current.old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "current", "data", "hash", "run"]  # no .old
     assert sorted(p.name for p in real.parent.iterdir()) == ["export"]
     assert np.load(real / "slices.npy").shape[0] == ExportStore.open(real).meta["slices"]
+
+
+def test_an_interrupted_export_exits_130_and_leaves_out_as_it_was(tmp_path):
+    import signal
+    import time
+
+    from ctreduce.phantom import make_phantom, write_nrrd
+
+    for i in range(6):
+        hu, spacing = make_phantom(n_slices=60, size=128, slice_thickness=1.0, seed=i)
+        write_nrrd(hu, spacing, tmp_path / "archive" / f"v{i}.nrrd")
+    ctreduce.reduce(tmp_path / "archive", tmp_path / "run", method="all")
+    out = tmp_path / "png"
+    export = subprocess.Popen([CTREDUCE, "export", str(tmp_path / "run"), "--out", str(out), "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any((tmp_path / ".png.partial" / "images").glob("*.png")):
+        assert time.monotonic() < deadline and export.poll() is None, export.communicate()
+        time.sleep(0.02)
+    export.send_signal(signal.SIGTERM)
+    _, stderr = export.communicate(timeout=60)
+    assert export.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [f"terminated; {out} is as it was; run the same command again"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "run"]

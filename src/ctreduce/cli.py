@@ -221,7 +221,7 @@ def export(
     except OutputError as exc:  # a full disk, an output that cannot be written
         _fail(str(exc.strerror or exc), code=1)
     except KeyboardInterrupt as exc:
-        typer.echo(f"\n{exc or 'interrupted'}; {out} is as it was; run the same command again", err=True)
+        typer.echo(f"\n{str(exc) or 'interrupted'}; {out} is as it was; run the same command again", err=True)
         raise typer.Exit(130) from None
     for error in summary["errors"]:
         typer.echo(f"error: {error['error']}", err=True)

@@ -2,7 +2,7 @@
 as commands (``app.command(name="duplicates")(duplicates)``). Heavy imports stay inside them.
 
 Exit status: 0 when the search ran (found duplicates or leaks are results, not errors), 1 when
-task images could not be read (the search ran without them, they are listed), 2 for unusable
+task images could not be read (the search ran without them, they are listed) or the disk is full, 2 for unusable
 arguments (missing or old run folders, unreadable task, an output inside an input).
 """
 
@@ -16,9 +16,9 @@ import typer
 _SHOWN = 10  # volume pairs printed; the table in --out has all
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def duplicates(
@@ -31,6 +31,7 @@ def duplicates(
     kept_only: Annotated[bool, typer.Option(help="Search only the kept slices (default: every slice).")] = False,
 ) -> None:
     """Near-duplicate slices across volumes (same scan stored twice), from the manifests' hashes."""
+    from ..store.files import OutputError
     from ..store.places import check_output_place
     from .duplicates import archive_inputs, find_duplicates
 
@@ -40,6 +41,8 @@ def duplicates(
         result.write(out)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except OutputError as exc:  # a full disk: one line, exit 1
+        _fail(str(exc.strerror or exc), code=1)
     meta, pairs = result.meta, result.volume_pairs
     for note in meta["repeated"]:
         typer.echo(f"note: {note}; searched once", err=True)
@@ -65,6 +68,7 @@ def leakage(
 ) -> None:
     """Task images (train/val/test) with a near-duplicate in the pre-training data, and test images in train."""
     from ..downstream.datasets import task_paths, task_spec_for
+    from ..store.files import OutputError
     from ..store.places import check_output_place
     from .leakage import find_leakage, leakage_inputs
 
@@ -77,6 +81,8 @@ def leakage(
             result.write(out)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except OutputError as exc:  # a full disk: one line, exit 1
+        _fail(str(exc.strerror or exc), code=1)
     meta = result.meta
     typer.echo(f"{meta['task']} against {meta['pretrain_slices']} pre-training slices ({meta['pretrain_kind']} "
                f"{meta['pretrain']}), threshold {threshold} bits ({meta['seconds']:.1f} s):")
