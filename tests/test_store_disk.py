@@ -219,3 +219,35 @@ def test_an_interrupted_export_exits_130_and_leaves_out_as_it_was(tmp_path):
     assert export.returncode == 130, stderr
     assert stderr.strip().splitlines() == [f"terminated; {out} is as it was; run the same command again"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "run"]
+
+
+def test_an_npy_export_without_an_unreadable_volume_is_cut_to_its_rows_in_place(run_all, archive, tmp_path,
+                                                                               monkeypatch):
+    from ctreduce.store import export as store_export
+
+    (archive / "nrrd" / "p6.nrrd").unlink()  # 16 slices that can no longer be read
+    monkeypatch.setattr(store_export, "_save_npy", None)  # the cut copies nothing
+    meta = ctreduce.export(run_all, tmp_path / "npy", format="npy", size=24, allow_changed=True)
+    assert meta["slices"] == 90 - 16 and [e["volume_id"] for e in meta["errors"]] == ["archive/nrrd/p6"]
+    store = ExportStore.open(tmp_path / "npy")
+    assert np.load(store.array_path).shape == (74, 24, 24)
+    assert (tmp_path / "npy" / "slices.npy").stat().st_size == 128 + 74 * 24 * 24
+    assert_export_is_the_manifest_except(run_all, tmp_path / "npy", "archive/nrrd/p6")
+
+
+def assert_export_is_the_manifest_except(run: Path, out: Path, missing: str) -> None:
+    from ctreduce.io.discover import load
+    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.store.export import resize_pad
+    from ctreduce.store.run import RunFolder
+
+    manifest = RunFolder.open(run).manifest()
+    kept = manifest[manifest["kept"] & (manifest["volume_id"] != missing)]
+    store = ExportStore.open(out)
+    assert list(zip(store.index["volume_id"], store.index["slice_index"], strict=True)) == \
+        list(zip(kept["volume_id"], kept["slice_index"], strict=True))
+    array = np.load(store.array_path)
+    sources = {s.volume_id: s for s in RunFolder(run).sources()}
+    for row in store.index.itertuples():
+        u8 = Intensity().to_uint8(load(sources[row.volume_id]).hu[[row.slice_index]])[0]
+        np.testing.assert_array_equal(array[row.row], resize_pad(u8, 24))

@@ -87,7 +87,7 @@ class FolderLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as exc:
                 if self.shared and exc.errno in _READ_ONLY:
-                    return None  # a folder we may not write to: nobody can replace it through us either
+                    return None  # a read-only run folder: read it without a lock
                 raise
             try:
                 fcntl.flock(fd, mode)
