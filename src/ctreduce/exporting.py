@@ -11,6 +11,7 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,13 @@ from .versions import package_versions
 from .workers import ray_session
 
 
-def _reading_the_run(function):
+def _reading_the_run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     """``export`` holds the run folder's lock shared for its whole duration: other exports of the run go
     on, ``reduce --out RUN`` (with or without --overwrite) is refused until it ends, and a run that
     is being written is not exported."""
 
     @functools.wraps(function)
-    def reading(run_dir: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+    def reading(run_dir: str | os.PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if not Path(run_dir).is_dir():
             return function(run_dir, *args, **kwargs)  # its error names the missing run
         with RunFolder(run_dir).lock(shared=True):
