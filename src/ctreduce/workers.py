@@ -110,17 +110,22 @@ def _restore_sigterm(handler: Any) -> None:
 # its processes writes its logs there), and removes the folder. Ray's fate-sharing ends its raylet
 # and GCS with the driver, but the agents the raylet started wait ~60 s for the dead GCS first.
 _REAP = """
-import os, shutil, signal, sys
+import os, shutil, signal, sys, time
 driver, root = int(sys.argv[1]), sys.argv[2].rstrip("/") + "/"
 sys.stdin.buffer.read()
+killed = []
 for pid in os.listdir("/proc"):
     if not pid.isdigit() or int(pid) in (driver, os.getpid()):
         continue
     try:
         if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root) for fd in os.listdir(f"/proc/{pid}/fd")):
             os.kill(int(pid), signal.SIGKILL)
+            killed.append(pid)
     except OSError:
         pass
+deadline = time.monotonic() + 10
+while any(os.path.exists(f"/proc/{pid}/fd") for pid in killed) and time.monotonic() < deadline:
+    time.sleep(0.05)  # gone, not just signalled: none of them writes into the folder any more
 shutil.rmtree(root, ignore_errors=True)
 """
 
