@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctreduce.curate.duplicates import (
     HashesUnavailable,
@@ -198,3 +200,91 @@ def test_duplicates_command(runs, tmp_path):
     assert DuplicatesFolder.open(tmp_path / "d").meta["volume_pairs"] == 1
     missing = CliRunner().invoke(app, [str(tmp_path / "nope"), "--out", str(tmp_path / "e")])
     assert missing.exit_code == 2 and "no manifest" in missing.output
+
+
+def test_a_run_given_twice_is_searched_once(runs, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from ctreduce.curate.cli import duplicates
+
+    once = find_duplicates([runs[0]])
+    alias = tmp_path / "alias"
+    alias.symlink_to(runs[0], target_is_directory=True)
+    for again in (runs[0], runs[0].parent / "." / runs[0].name, alias):
+        twice = find_duplicates([runs[0], again])
+        assert twice.meta["repeated"] == [f"{again} is the same folder as {runs[0]}"]
+        pd.testing.assert_frame_equal(twice.slices, once.slices)
+        pd.testing.assert_frame_equal(twice.volume_pairs, once.volume_pairs)
+        assert twice.meta["volumes"] == once.meta["volumes"] == 2
+    app = typer.Typer()
+    app.command()(duplicates)
+    result = CliRunner().invoke(app, [str(runs[0]), str(alias), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert f"note: {alias} is the same folder as {runs[0]}; searched once" in result.output
+    assert "0 volume pair(s)" in result.output
+
+
+def _literal_archive_greedy(codes: list[int], threshold: int) -> tuple[list[bool], list[int], list[int]]:
+    """Walk the slices in order; drop one within the threshold of a slice kept so far (its leader: the
+    first such), else keep it."""
+    kept, leader, distance, leaders = [], [], [], []
+    for k, code in enumerate(codes):
+        near = [(j, (code ^ codes[j]).bit_count()) for j in leaders if (code ^ codes[j]).bit_count() <= threshold]
+        kept.append(not near)
+        leader.append(near[0][0] if near else k)
+        distance.append(near[0][1] if near else 0)
+        if not near:
+            leaders.append(k)
+    return kept, leader, distance
+
+
+@st.composite
+def walks(draw) -> tuple[list[int], list[int]]:
+    """Codes that wander a few bits at a time from a few starting points (chains: a near b, b near c,
+    a far from c, as neighbouring slices are), cut into volumes."""
+    current = draw(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=3))
+    codes = []
+    for chain, bits in draw(st.lists(st.tuples(st.integers(0, 2), st.sets(st.integers(0, 63), max_size=4)),
+                                     min_size=1, max_size=40)):
+        chain %= len(current)
+        for bit in bits:
+            current[chain] ^= 1 << bit
+        codes.append(current[chain])
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(codes) - 1)), max_size=5)))
+    return codes, [c for c in cuts if c < len(codes)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(walk=walks(), threshold=st.integers(0, 8))
+def test_archive_greedy_is_the_literal_loop_over_kept_leaders(walk, threshold):
+    codes, cuts = walk
+    volumes = [VolumeCodes(f"v{k}", np.arange(len(part)) * 3 + k, np.array(part, dtype=np.uint64))
+               for k, part in enumerate(np.split(np.array(codes, dtype=object), cuts))]
+    table = archive_greedy(volumes, threshold)
+    kept, leader, distance = _literal_archive_greedy(codes, threshold)
+    assert table["kept"].tolist() == kept
+    assert table["leader_volume"].tolist() == table["volume_id"].to_numpy()[leader].tolist()
+    assert table["leader_slice"].tolist() == table["slice_index"].to_numpy()[leader].tolist()
+    assert table["distance"].tolist() == distance
+
+
+def test_a_full_disk_while_writing_the_tables_is_one_line(runs, tmp_path, monkeypatch):
+    import errno
+
+    import typer
+    from typer.testing import CliRunner
+
+    from ctreduce.curate.cli import duplicates
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    app = typer.Typer()
+    app.command()(duplicates)
+    result = CliRunner().invoke(app, [str(runs[0]), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: disk full writing {tmp_path / 'd' / 'slices.parquet'} (No space left on device); free some space "
+        "and run the same command again: finished work is kept"]

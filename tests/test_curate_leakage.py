@@ -125,3 +125,37 @@ def test_a_loaded_task_gives_the_same_result(setting):
     direct = find_leakage(setting["run"], setting["task"])
     pd.testing.assert_frame_equal(loaded.images, direct.images)
     assert loaded.summary() == direct.summary()
+
+
+def test_unreadable_task_images_are_skipped_and_all_listed(setting, tmp_path):
+    import shutil
+
+    import typer
+    from typer.testing import CliRunner
+
+    from ctreduce.curate.cli import leakage
+
+    task = tmp_path / "task"
+    shutil.copytree(setting["task"], task)
+    good = sorted((task / "train" / CLASSES[0]).glob("*.png"))
+    bad = [task / "train" / CLASSES[0] / "empty.png", task / "val" / CLASSES[1] / "text.png",
+           task / "test" / CLASSES[1] / "scan.dcm", good[0]]
+    bad[0].write_bytes(b"")
+    bad[1].write_text("not an image")
+    bad[2].write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    good[0].write_bytes(good[0].read_bytes()[:60])  # cut short
+    result = find_leakage(setting["run"], task)
+    assert sorted(item["file"] for item in result.unreadable) == sorted(map(str, bad))
+    assert all(item["error"].startswith(item["file"]) for item in result.unreadable)
+    clean = find_leakage(setting["run"], setting["task"])
+    assert len(result.images) == len(clean.images) - 1  # three added and one spoilt were left out
+    assert result.leaked == clean.leaked
+
+    app = typer.Typer()
+    app.command()(leakage)
+    run = CliRunner().invoke(app, ["--pretrain", str(setting["run"]), "--task", str(task), "--out",
+                                   str(tmp_path / "leak")])
+    assert run.exit_code == 1, run.output
+    assert "error: 4 task image(s) could not be read and were left out:" in run.output
+    assert all(f"  {path}: " in run.output for path in bad)
+    assert len(LeakageFolder.open(tmp_path / "leak").meta["unreadable"]) == 4

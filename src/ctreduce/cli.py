@@ -243,17 +243,21 @@ def export(
     The export is written beside OUT and moved into place when complete: OUT holds a whole
     export or none."""
     from .exporting import export as do_export
-    from .store.files import DiskFull
+    from .store.files import OutputError
     from .store.lock import LockHeld
 
+    _terminate_as_interrupt()
     try:
         summary = do_export(run_dir, out, format=format, size=size, intensity=intensity, overwrite=overwrite,
                             allow_changed=allow_changed, allow_incomplete=allow_incomplete, workers=workers,
                             progress=not quiet, backend=backend, ray_address=ray_address)
     except (ValueError, LockHeld) as exc:
         _fail(str(exc))
-    except DiskFull as exc:
+    except OutputError as exc:  # a full disk, an output that cannot be written
         _fail(str(exc.strerror or exc), code=1)
+    except KeyboardInterrupt as exc:
+        typer.echo(f"\n{str(exc) or 'interrupted'}; {out} is as it was; run the same command again", err=True)
+        raise typer.Exit(130) from None
     for error in summary["errors"]:
         typer.echo(f"error: {error['error']}", err=True)
     typer.echo(f"exported {summary['slices']} slices of {summary['volumes']} volume(s) to {out} "

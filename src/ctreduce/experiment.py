@@ -32,6 +32,7 @@ from .devices import ThreadPolicy, thread_policy
 from .experiment_table import plot_results, results_markdown, speedups
 from .store.export import ExportError, ExportStore
 from .store.finetune import FinetuneRun
+from .store.places import check_output_place
 from .store.pretrain import PretrainRun
 from .store.run import RunFolder
 
@@ -405,7 +406,19 @@ class Runner:
             except (FileNotFoundError, ValueError) as exc:
                 raise ExperimentError(f"task {task.name!r}: {exc}") from exc
 
+    def check_place(self) -> None:
+        """The experiment's folder is never inside its data: the archives and the tasks' files."""
+        from .downstream.datasets import task_paths
+
+        inputs = [p for d in self.config.datasets for p in d.inputs]
+        inputs += [p for t in self.config.tasks if t.synthetic is None for p in task_paths(t.data)]
+        try:
+            check_output_place(self.out, inputs)
+        except ValueError as exc:
+            raise ExperimentError(str(exc)) from exc
+
     def run(self) -> pd.DataFrame:
+        self.check_place()
         self.out.mkdir(parents=True, exist_ok=True)
         self.check_tasks()
         (self.out / "experiment.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))

@@ -8,9 +8,11 @@ its manifest row (pixel digest and position) before it is written.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,30 @@ from .io.volume import VolumeError, VolumeSource
 from .reduction.intensity import Intensity
 from .reduction.verify import REDO_HINT, legacy_dhashes
 from .store.export import FORMATS, ExportError, ExportWriter, npy_rows, save_png
-from .store.files import DiskFull, disk_full, is_disk_full
+from .store.files import OutputError, disk_full, is_disk_full
 from .store.fingerprint import DIGEST_COLUMN, first_mismatch
-from .store.run import RunFolder, RunFolderError, check_output_dir
+from .store.places import check_output_place
+from .store.run import RunFolder, RunFolderError
 from .versions import package_versions
 from .workers import ray_session
 
 
+def _reading_the_run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``export`` holds the run folder's lock shared for its whole duration: other exports of the run go
+    on, ``reduce --out RUN`` (with or without --overwrite) is refused until it ends, and a run that
+    is being written is not exported."""
+
+    @functools.wraps(function)
+    def reading(run_dir: str | os.PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not Path(run_dir).is_dir():
+            return function(run_dir, *args, **kwargs)  # its error names the missing run
+        with RunFolder(run_dir).lock(shared=True):
+            return function(run_dir, *args, **kwargs)
+
+    return reading
+
+
+@_reading_the_run
 def export(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -86,7 +105,7 @@ def export(
     if (check.changed or check.unchecked) and not allow_changed:
         raise ExportError(check.message(run_dir))
     sources = {s.volume_id: s for s in run.sources()}
-    check_output_dir(out, [Path(s.source) for s in sources.values()])
+    check_output_place(out, [*run.inputs(), *(s.source for s in sources.values())])
     recorded = run.settings().get("intensity", "minmax")
     policy = Intensity.parse(intensity or recorded)
 
@@ -158,7 +177,7 @@ def export_volume(source: VolumeSource | None, volume_id: str, rows: pd.DataFram
         for image, record in zip(u8, records, strict=True):
             record["file"] = save_png(images, record["volume_id"], record["slice_index"], image)
         return None, records
-    except DiskFull:
+    except OutputError:  # the export's own files: it stops
         raise
     except OSError as exc:
         if is_disk_full(exc):

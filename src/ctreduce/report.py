@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .io.discover import load
 from .io.volume import Volume, VolumeError, VolumeSource
 from .reduction.intensity import Intensity
+from .store.places import check_output_place
 from .store.run import SCORE_COLUMNS, VOLUMES, RunFolder, RunFolderError
 
 KEPT_COLOUR = (46, 158, 62)
@@ -98,6 +99,7 @@ def write_report(run_dir: str | os.PathLike, out_html: str | os.PathLike, *, max
     if out.is_dir():  # as cp into a folder
         out = out / "report.html"
     run = RunFolder.open(run_dir)
+    check_output_place(out, run.inputs(), file=True)  # never into the archive (the run folder is fine)
     manifest = run.manifest()
     if column not in manifest.columns or manifest[column].dtype != bool:
         choices = ", ".join(c for c in manifest.columns if manifest[c].dtype == bool)

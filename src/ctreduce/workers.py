@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -59,22 +60,99 @@ def worker_init(parent_pid: int | None = None) -> None:
 @contextmanager
 def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
     """The ``ray`` module, connected to ``address`` (or RAY_ADDRESS), else to a local Ray started
-    with ``workers`` CPUs; a Ray started here is shut down on leaving. Every node needs ctreduce
-    installed (or a runtime_env that installs it)."""
+    with ``workers`` CPUs; a Ray started here is shut down on leaving, and ends with this process
+    however it ends (``_reaper``). SIGTERM keeps the handler this process had (the CLI's: stop like
+    Ctrl-C), not Ray's (a stack dump). Every node needs ctreduce installed (or a runtime_env that
+    installs it)."""
     try:
         import ray
     except ImportError as exc:
         raise ValueError("the Ray backend needs Ray: pip install 'ctreduce[ray]'") from exc
     started = False
+    reaper = None
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        term = signal.getsignal(signal.SIGTERM)
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                reaper = _reaper()
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         **({"_temp_dir": str(reaper.root)} if reaper is not None else {}))
+        except SystemExit as exc:  # Ray's own SIGTERM handler, while it starts: stop as the CLI does
+            if exc.code == signal.SIGTERM:
+                raise KeyboardInterrupt("terminated") from None
+            raise
+        finally:
+            _restore_sigterm(term)
+            if reaper is not None and not ray.is_initialized():
+                reaper.close()
         started = True
     try:
         yield ray
     finally:
         if started:
             ray.shutdown()
+        if reaper is not None:
+            reaper.close()
+
+
+def _restore_sigterm(handler: Any) -> None:
+    import threading
+
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+# Reads its stdin until the driver's end closes it (the driver exited, or was killed: kill -9 too),
+# then kills every process that has a file open under the local Ray's own temporary folder (each of
+# its processes writes its logs there), and removes the folder. Ray's fate-sharing ends its raylet
+# and GCS with the driver, but the agents the raylet started wait ~60 s for the dead GCS first.
+_REAP = """
+import os, shutil, signal, sys, time
+driver, root = int(sys.argv[1]), sys.argv[2].rstrip("/") + "/"
+sys.stdin.buffer.read()
+killed = []
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or int(pid) in (driver, os.getpid()):
+        continue
+    try:
+        if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root) for fd in os.listdir(f"/proc/{pid}/fd")):
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(pid)
+    except OSError:
+        pass
+deadline = time.monotonic() + 10
+while any(os.path.exists(f"/proc/{pid}/fd") for pid in killed) and time.monotonic() < deadline:
+    time.sleep(0.05)  # gone, not just signalled: none of them writes into the folder any more
+shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+class _Reaper:
+    """A small process that ends a local Ray's processes when this process ends (Linux: /proc)."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="ctreduce-ray-"))
+        self.process = subprocess.Popen([sys.executable, "-c", _REAP, str(os.getpid()), str(self.root)],
+                                        stdin=subprocess.PIPE, start_new_session=True)
+
+    def close(self) -> None:
+        """Ray was shut down: the reaper ends whatever of it is left, removes its folder and exits."""
+        import subprocess
+
+        if self.process.stdin.closed:
+            return
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _reaper() -> _Reaper | None:
+    return _Reaper() if sys.platform.startswith("linux") and os.path.isdir("/proc") else None

@@ -1,8 +1,9 @@
 """``ctreduce duplicates`` and ``ctreduce leakage``: plain functions that ``ctreduce.cli`` registers
 as commands (``app.command(name="duplicates")(duplicates)``). Heavy imports stay inside them.
 
-Exit status: 0 when the search ran (found duplicates or leaks are results, not errors), 2 for
-unusable arguments (missing or old run folders, unreadable task).
+Exit status: 0 when the search ran (found duplicates or leaks are results, not errors), 1 when
+task images could not be read (the search ran without them, they are listed) or the disk is full, 2 for unusable
+arguments (missing or old run folders, unreadable task, an output inside an input).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import typer
 _SHOWN = 10  # volume pairs printed; the table in --out has all
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def duplicates(
@@ -30,14 +31,21 @@ def duplicates(
     kept_only: Annotated[bool, typer.Option(help="Search only the kept slices (default: every slice).")] = False,
 ) -> None:
     """Near-duplicate slices across volumes (same scan stored twice), from the manifests' hashes."""
-    from .duplicates import find_duplicates
+    from ..store.files import OutputError
+    from ..store.places import check_output_place
+    from .duplicates import archive_inputs, find_duplicates
 
     try:
+        check_output_place(out, archive_inputs(runs))  # before the search
         result = find_duplicates(runs, threshold=threshold, min_share=min_share, kept_only=kept_only)
         result.write(out)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except OutputError as exc:  # a full disk: one line, exit 1
+        _fail(str(exc.strerror or exc), code=1)
     meta, pairs = result.meta, result.volume_pairs
+    for note in meta["repeated"]:
+        typer.echo(f"note: {note}; searched once", err=True)
     typer.echo(f"{meta['slices']} slices of {meta['volumes']} volumes; {meta['slices_with_duplicate']} have a "
                f"slice of another volume within {threshold} bits ({meta['seconds']:.1f} s)")
     typer.echo(f"{len(pairs)} volume pair(s) where >= {min_share:.0%} of one volume's slices are matched")
@@ -59,14 +67,22 @@ def leakage(
                                                                  "leakage.json.")] = None,
 ) -> None:
     """Task images (train/val/test) with a near-duplicate in the pre-training data, and test images in train."""
-    from .leakage import find_leakage
+    from ..downstream.datasets import task_paths, task_spec_for
+    from ..store.files import OutputError
+    from ..store.places import check_output_place
+    from .leakage import find_leakage, leakage_inputs
 
     try:
-        result = find_leakage(pretrain, task, threshold=threshold)
+        spec = task_spec_for(task)
+        if out is not None:  # before the search
+            check_output_place(out, leakage_inputs(pretrain, task_paths(spec)))
+        result = find_leakage(pretrain, spec, threshold=threshold)
         if out is not None:
             result.write(out)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except OutputError as exc:  # a full disk: one line, exit 1
+        _fail(str(exc.strerror or exc), code=1)
     meta = result.meta
     typer.echo(f"{meta['task']} against {meta['pretrain_slices']} pre-training slices ({meta['pretrain_kind']} "
                f"{meta['pretrain']}), threshold {threshold} bits ({meta['seconds']:.1f} s):")
@@ -79,3 +95,8 @@ def leakage(
                    "metrics on them are optimistic", err=True)
     if out is not None:
         typer.echo(f"tables: {out}")
+    if result.unreadable:
+        typer.echo(f"error: {len(result.unreadable)} task image(s) could not be read and were left out:", err=True)
+        for item in result.unreadable:
+            typer.echo(f"  {item['error']}", err=True)
+        raise typer.Exit(1)

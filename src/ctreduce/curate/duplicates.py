@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..store.places import check_output_place
 from ..store.run import RunFolder
 from .index import HammingIndex, codes_from_hex
 
@@ -75,6 +76,25 @@ def manifest_codes(run_dir: str | os.PathLike, *, kept_only: bool = False) -> tu
     return frame, codes_from_hex(frame["dhash"].tolist(), where=f"{run.path} manifest column {column!r}")
 
 
+def distinct_runs(runs: Sequence[str | os.PathLike]) -> tuple[list[str | os.PathLike], list[str]]:
+    """``runs`` with each folder once (links resolved: ``r1``, ``./r1`` and a link to it are one run),
+    and a note for each one given again: searched twice, every slice would match its own copy."""
+    seen: dict[str, str | os.PathLike] = {}
+    repeated = []
+    for run in runs:
+        key = os.path.realpath(run)
+        if key in seen:
+            repeated.append(f"{run} is the same folder as {seen[key]}")
+        else:
+            seen[key] = run
+    return list(seen.values()), repeated
+
+
+def archive_inputs(runs: Sequence[str | os.PathLike]) -> list[str]:
+    """The archives the runs were made from: what a curation output is never written into."""
+    return [path for run in runs for path in RunFolder(run).inputs()]
+
+
 def run_labels(runs: Sequence[str | os.PathLike]) -> list[str]:
     """How each run is named in the tables: its folder name, or its path when names repeat."""
     names = [Path(r).name for r in runs]
@@ -94,6 +114,7 @@ class DuplicatesResult:
     def write(self, out: str | os.PathLike) -> Path:
         from .store import DuplicatesFolder
 
+        check_output_place(out, archive_inputs(self.meta["runs"]))
         return DuplicatesFolder.write(out, self.meta, self.slices, self.volume_pairs)
 
 
@@ -109,12 +130,15 @@ def find_duplicates(runs: Sequence[str | os.PathLike], *, threshold: int = DEFAU
     ``volume_pairs``: volume pairs (a, b) where ``share_a`` (slices of a with a near-duplicate in
     b, over a's slices) or ``share_b`` reaches ``min_share``, with the matched counts and the
     number of slice pairs within the threshold; largest share first.
+
+    A run folder given twice (in any spelling) is searched once; ``meta["repeated"]`` says so.
     """
     if not runs:
         raise ValueError("give at least one run folder")
     if not 0.0 < min_share <= 1.0:
         raise ValueError(f"min_share must lie in (0, 1], got {min_share}")
     start = time.perf_counter()
+    runs, repeated = distinct_runs(runs)
     labels = run_labels(runs)
     frames, codes = [], []
     for label, run in zip(labels, runs, strict=True):
@@ -133,7 +157,7 @@ def find_duplicates(runs: Sequence[str | os.PathLike], *, threshold: int = DEFAU
         "runs": [str(Path(r).resolve()) for r in runs], "labels": labels, "threshold": int(threshold),
         "min_share": float(min_share), "kept_only": bool(kept_only), "slices": int(len(slices)),
         "volumes": int(len(volumes)), "slices_with_duplicate": int(slices["distance"].notna().sum()),
-        "volume_pairs": int(len(pairs)), "seconds": round(time.perf_counter() - start, 3),
+        "volume_pairs": int(len(pairs)), "seconds": round(time.perf_counter() - start, 3), "repeated": repeated,
     }
     return DuplicatesResult(slices, pairs, meta)
 

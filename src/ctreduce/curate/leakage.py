@@ -28,7 +28,8 @@ import pandas as pd
 from ..reduction import hashing
 from ..store.export import META as EXPORT_META
 from ..store.export import ExportStore
-from ..store.run import MANIFEST
+from ..store.places import check_output_place
+from ..store.run import MANIFEST, RunFolder
 from .duplicates import DEFAULT_THRESHOLD, manifest_codes
 from .index import HammingIndex, codes_from_bits
 
@@ -113,10 +114,24 @@ class LeakageResult:
                 "images": {s: int(self.meta["splits"][s]["images"]) for s in SPLITS},
                 "val_in_train": self.meta["val_in_train"], "test_in_train": self.meta["test_in_train"]}
 
+    @property
+    def unreadable(self) -> list[dict[str, str]]:
+        """Task images that could not be read (file, error): left out of the search."""
+        return list(self.meta.get("unreadable", []))
+
     def write(self, out: str | os.PathLike) -> Path:
         from .store import LeakageFolder
 
+        check_output_place(out, leakage_inputs(self.meta["pretrain"], self.meta.get("task_paths", [])))
         return LeakageFolder.write(out, self.meta, self.images)
+
+
+def leakage_inputs(pretrain: str | os.PathLike, task_paths: list[str]) -> list[str]:
+    """What a leakage search reads, so never writes into: the task's files and folders, and an export
+    (a run folder is ctreduce's own, so its archive instead)."""
+    pretrain = Path(pretrain)
+    source = RunFolder(pretrain).inputs() if (pretrain / MANIFEST).exists() else [str(pretrain)]
+    return [*task_paths, *source]
 
 
 def find_leakage(pretrain: str | os.PathLike, task: str | os.PathLike | dict[str, Any], *,
@@ -127,19 +142,21 @@ def find_leakage(pretrain: str | os.PathLike, task: str | os.PathLike | dict[str
     within ``threshold`` bits (``nearest_volume_id``, ``nearest_slice_index``, ``nearest_source``,
     ``distance``; ties: first in manifest or export order; empty when none) and ``leaked``; val
     and test rows also their nearest training image (``train_nearest``, ``train_distance``) and
-    ``in_train``.
+    ``in_train``. Task images that cannot be read are left out and listed (``unreadable``).
     """
-    from ..downstream.datasets import load_task, task_source, task_spec_for
+    from ..downstream.datasets import load_task, task_paths, task_source, task_spec_for
 
     start = time.perf_counter()
     spec = dict(task) if isinstance(task, dict) else task_spec_for(task)
-    data = load_task(spec)
+    skipped: list[dict[str, str]] = []
+    data = load_task(spec, skipped=skipped)
     return leakage_of(data, pretrain, threshold=threshold, task_source=task_source(spec) or data.source,
-                      started=start)
+                      started=start, unreadable=skipped, task_paths=task_paths(spec))
 
 
 def leakage_of(data: DownstreamData, pretrain: str | os.PathLike, *, threshold: int = DEFAULT_THRESHOLD,
-               task_source: str = "", started: float | None = None) -> LeakageResult:
+               task_source: str = "", started: float | None = None, unreadable: list[dict[str, str]] | None = None,
+               task_paths: list[str] | None = None) -> LeakageResult:
     """:func:`find_leakage` of a task already loaded (``finetune`` and ``experiment`` hold one)."""
     start = time.perf_counter() if started is None else started
     source = pretrain_codes(pretrain)
@@ -153,7 +170,8 @@ def leakage_of(data: DownstreamData, pretrain: str | os.PathLike, *, threshold: 
                        "leaked": int(frame.loc[frame["split"] == s, "leaked"].sum())} for s in SPLITS},
         "val_in_train": int(frame.loc[frame["split"] == "val", "in_train"].sum()),
         "test_in_train": int(frame.loc[frame["split"] == "test", "in_train"].sum()),
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(time.perf_counter() - start, 3), "unreadable": list(unreadable or []),
+        "task_paths": list(task_paths if task_paths is not None else [data.source] if data.source else []),
     }
     return LeakageResult(frame, meta)
 

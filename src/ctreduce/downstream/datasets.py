@@ -75,6 +75,10 @@ class Split:
         if self.labels.ndim == 2 and self.labels.shape[1] == 1:
             self.labels = self.labels[:, 0]
         self.names = list(self.names)
+        if isinstance(self.images, list) and any(image is None for image in self.images):  # skipped: unreadable
+            keep = [k for k, image in enumerate(self.images) if image is not None]
+            self.images, self.labels = [self.images[k] for k in keep], self.labels[keep]
+            self.names = [self.names[k] for k in keep]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -244,8 +248,23 @@ def read_image_uint8(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable image ({exc})") from exc
 
 
-def _read_all(paths: Sequence[Path]) -> list[np.ndarray]:
-    return [read_image_uint8(p) for p in paths]
+def _read_all(paths: Sequence[Path], skipped: list[dict[str, str]] | None = None) -> list[np.ndarray | None]:
+    """Every image. The unreadable ones are one DataError naming each; with ``skipped``, they are None
+    instead (a Split leaves them out) and listed there with the reason."""
+    images: list[np.ndarray | None] = []
+    bad: list[dict[str, str]] = []
+    for path in paths:
+        try:
+            images.append(read_image_uint8(path))
+        except (DataError, OSError, ValueError) as exc:
+            images.append(None)
+            bad.append({"file": str(path), "error": str(exc)})
+    if bad and skipped is None:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} unreadable image(s): " + "; ".join(b["error"] for b in bad[:5]) + more)
+    if skipped is not None:
+        skipped.extend(bad)
+    return images
 
 
 def _images_in(folder: Path, extensions: Sequence[str]) -> list[Path]:
@@ -277,7 +296,8 @@ def _read_list(path: Path) -> list[str]:
     return names
 
 
-def load_covid_ct(root: str | Path, *, covid_label: int = 0, name: str = "covid_ct") -> DownstreamData:
+def load_covid_ct(root: str | Path, *, covid_label: int = 0, name: str = "covid_ct",
+                  skipped: list[dict[str, str]] | None = None) -> DownstreamData:
     """COVID-CT as released by UCSD-AI4H (github.com/UCSD-AI4H/COVID-CT):
 
     ``root/Images-processed/CT_COVID/*`` and ``CT_NonCOVID/*`` (unzipped), with the official
@@ -326,7 +346,7 @@ def load_covid_ct(root: str | Path, *, covid_label: int = 0, name: str = "covid_
                 more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
                 raise DataError(f"{list_path}: {len(missing)} listed image(s) not found in {folder}: "
                                 f"{', '.join(repr(m) for m in missing[:3])}{more}")
-    splits = {s: Split(_read_all(paths), np.asarray(lab, dtype=np.int64), names)
+    splits = {s: Split(_read_all(paths, skipped), np.asarray(lab, dtype=np.int64), names)
               for s, (paths, lab, names) in parts.items()}
     classes = ["COVID", "NonCOVID"] if covid_label == 0 else ["NonCOVID", "COVID"]
     data = DownstreamData(splits["train"], splits["val"], splits["test"], classes, name, str(root),
@@ -582,7 +602,7 @@ def _rel(path: Path, root: Path) -> str:
 
 def load_image_folder(root: str | Path, *, split_csv: str | Path | None = None, val_fraction: float = 0.15,
                       test_fraction: float = 0.15, seed: int = 0, extensions: Iterable[str] = IMAGE_EXTENSIONS,
-                      name: str | None = None) -> DownstreamData:
+                      name: str | None = None, skipped: list[dict[str, str]] | None = None) -> DownstreamData:
     """Class sub-folders of images (PNG/JPEG, or DICOM: rescaled, min-max to uint8).
 
     Classes are the sorted sub-folder names (labels 0..K-1, e.g. ``a_without`` 0, ``b_with`` 1);
@@ -617,7 +637,7 @@ def load_image_folder(root: str | Path, *, split_csv: str | Path | None = None, 
             csv_path = root / csv_path  # a relative CSV path is looked up in root first, then the working dir
         paths, split_of, raw_labels = _read_split_csv(root, csv_path)
         labels, classes = _labels_from_csv(root, csv_path, paths, raw_labels)
-        images = _read_all(paths)
+        images = _read_all(paths, skipped)
         split_arr = np.asarray(split_of)
         parts = {}
         for s in SPLITS:
@@ -657,7 +677,8 @@ def load_image_folder(root: str | Path, *, split_csv: str | Path | None = None, 
                 labels_of[s] = train_labels[idx]
             notes.append(f"{'/'.join(carve)} carved from {split_dirs['train']} (stratified, seed {seed})")
         notes.append("split folders")
-        parts = {s: Split(_read_all(files[s]), labels_of[s], [_rel(p, root) for p in files[s]]) for s in SPLITS}
+        parts = {s: Split(_read_all(files[s], skipped), labels_of[s], [_rel(p, root) for p in files[s]])
+                 for s in SPLITS}
         data = DownstreamData(parts["train"], parts["val"], parts["test"], classes, name, str(root), notes)
         return data.validate()
 
@@ -667,7 +688,7 @@ def load_image_folder(root: str | Path, *, split_csv: str | Path | None = None, 
     all_files = [p for group in groups for p in group]
     labels = np.asarray([c for c, group in enumerate(groups) for _ in group], dtype=np.int64)
     picked = _stratified(labels, {"val": val_fraction, "test": test_fraction}, seed)
-    images = _read_all(all_files)
+    images = _read_all(all_files, skipped)
     parts = {s: Split([images[i] for i in idx], labels[idx], [_rel(all_files[i], root) for i in idx])
              for s, idx in picked.items()}
     notes.append(f"stratified random split val {val_fraction}, test {test_fraction}, seed {seed}")
@@ -677,11 +698,12 @@ def load_image_folder(root: str | Path, *, split_csv: str | Path | None = None, 
 
 # --- dispatch ------------------------------------------------------------------------------------
 
-def load_task(spec: dict[str, Any]) -> DownstreamData:
+def load_task(spec: dict[str, Any], *, skipped: list[dict[str, str]] | None = None) -> DownstreamData:
     """Load a task from a spec such as ``{"format": "covid_ct", "root": "..."}``,
     ``{"format": "medmnist", "flag": "organsmnist", "root": "...", "size": 28}`` (or ``"path"``:
     an .npz) or ``{"format": "folder", "root": "...", "split_csv": "..."}``; the other keys are
-    the loader's keyword arguments."""
+    the loader's keyword arguments. Unreadable image files are one error naming each; with
+    ``skipped`` they are left out and listed there (file, error)."""
     spec = check_task_spec(spec)
     fmt = spec.pop("format")
     if fmt == "medmnist":
@@ -689,5 +711,5 @@ def load_task(spec: dict[str, Any]) -> DownstreamData:
         return load_medmnist(target, **spec)
     root = spec.pop("root")
     if fmt == "covid_ct":
-        return load_covid_ct(root, **spec)
-    return load_image_folder(root, **spec)
+        return load_covid_ct(root, **spec, skipped=skipped)
+    return load_image_folder(root, **spec, skipped=skipped)

@@ -35,7 +35,8 @@ from ..config import FinetuneConfig
 from ..devices import DeviceError, ThreadPolicy, device_name, resolve_device
 from ..store import finetune as store_finetune
 from ..store.finetune import BEST, CHECKPOINTS, HISTORY, LAST, LOGS, MODEL, FinetuneRun, FinetuneRunError
-from .datasets import DownstreamData, ImageDataset, load_task
+from ..store.places import check_output_place
+from .datasets import DownstreamData, ImageDataset, load_task, task_paths
 from .evaluate import save_predictions, score, write_results
 from .module import EpochHistory, FinetuneModule, knn_probabilities
 
@@ -185,6 +186,11 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
         raise FinetuneError("no output folder: pass --out DIR")
     if not config.task:
         raise FinetuneError("no task: pass --task (a folder, a COVID-CT root or a MedMNIST .npz)")
+    try:  # the task and the initial weights are inputs: never written into
+        weights = [config.init] if Path(config.init).is_file() else []
+        check_output_place(config.out, [*task_paths(config.task), *weights])
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from exc
     try:
         data = load_task(config.task)
     except (FileNotFoundError, ValueError) as exc:

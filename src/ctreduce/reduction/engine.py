@@ -28,7 +28,8 @@ from ..io.volume import Volume, VolumeSource
 from ..store.export import ExportParts
 from ..store.files import DiskFull, disk_full, is_disk_full
 from ..store.fingerprint import DIGEST_COLUMN, Fingerprint, slice_digests
-from ..store.run import RunConflict, RunFolder, check_output_dir, read_part, write_part
+from ..store.places import check_output_place
+from ..store.run import RunConflict, RunFolder, read_part, write_part
 from ..workers import pool as process_pool
 from ..workers import ray_session, terminate
 from . import hashing
@@ -519,7 +520,7 @@ def reduce(
         measure_of(config).preflight()
     t0 = time.perf_counter()
     if out is not None:
-        check_output_dir(Path(out), paths)
+        check_output_place(out, paths)
         if export is not None:
             export_out = Path(export_out) if export_out is not None else RunFolder(out).default_export
             check_export_out(export_out, paths, Path(out), overwrite)

@@ -21,7 +21,8 @@ from ..io.volume import VolumeError, VolumeSource
 from ..store.export import FORMATS, META, ExportError, ExportParts, ExportWriter, refuse_existing
 from ..store.files import read_json
 from ..store.fingerprint import first_mismatch
-from ..store.run import RunFolder, check_output_dir
+from ..store.places import check_output_place
+from ..store.run import RunFolder
 from .intensity import Intensity
 from .verify import REDO_HINT, legacy_dhashes
 
@@ -43,7 +44,7 @@ def check_export_out(out: Path, inputs: list[Path], run_dir: Path, overwrite: bo
     """Refuse, before any volume is reduced, an export folder the finished run could not be written
     to: inside an input, not writable, a file, a folder of other files, or another run's export
     (without ``overwrite``). This run's own export is replaced when the run changes."""
-    check_output_dir(out, inputs)
+    check_output_place(out, inputs)
     refuse_existing(out, overwrite=True)  # a file, or a folder of files that are not an export
     if not overwrite and (out / META).exists():
         try:

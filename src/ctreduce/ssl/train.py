@@ -17,6 +17,7 @@ import torch
 
 from .. import trainer as lightning_setup
 from ..config import PretrainConfig, make_pretrain_config
+from ..store.places import check_output_place
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
 from ..trainer import launched_rank
 from .data import ExportError, export_info, intensity_stats, open_export
@@ -136,6 +137,10 @@ def _check(config: PretrainConfig, run: PretrainRun, overwrite: bool) -> None:
     (named first: the method is what differs, not the dozen settings that follow from it)."""
     if config.missing():
         raise PretrainError(config.missing())
+    try:  # the export is an input: never written into
+        check_output_place(config.out, [config.data])
+    except ValueError as exc:
+        raise PretrainError(str(exc)) from exc
     recorded = run.config().get("method")
     if recorded is not None and recorded != config.method and not overwrite:
         raise PretrainError(f"{run.path} holds a {recorded} run, not {config.method}: use another --out, or "

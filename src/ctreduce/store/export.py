@@ -15,17 +15,17 @@ export whose ``export.json`` is missing or incomplete, or whose array, index and
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
-from .files import atomic_write, disk_full, is_disk_full, read_json, write_json
+from .files import atomic_write, encoded_name, hidden_sibling, read_json, reserve, write_failed, write_json
 from .lock import FolderLock
 
 SCHEMA = 2
@@ -64,12 +64,10 @@ def npy_rows(u8: np.ndarray, size: int) -> np.ndarray:
 
 
 def png_name(volume_id: str, slice_index: int) -> str:
-    """A file name that is unique by construction: percent-encoding is injective, so "CT 1",
-    "CT_1" and any two non-ASCII ids get different, stable names."""
-    encoded = quote(volume_id, safe="")
-    if encoded.startswith("."):
-        encoded = "%2E" + encoded[1:]  # no hidden files
-    return f"{encoded}__{int(slice_index):04d}.png"
+    """A file name that is unique and stable (``files.encoded_name``: "CT 1", "CT_1" and any two
+    non-ASCII ids differ) and within the file system's 255 bytes, however long the id; the index
+    keeps the full id beside it."""
+    return encoded_name(volume_id, f"__{int(slice_index):04d}.png")
 
 
 class ExportWriter:
@@ -83,16 +81,18 @@ class ExportWriter:
         if fmt not in FORMATS:
             raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.out = Path(out)
+        # An --out that is a symbolic link names the export it points to: that one is replaced, the link stays.
+        self.target = real_path(self.out)
         self.format = fmt
         self.size = size
         self.overwrite = overwrite
-        self.stage = self.out.parent / f".{self.out.name}.partial"
-        self._lock = FolderLock(self.out.parent / f".{self.out.name}.lock", f"export folder {self.out}")
+        self.stage = hidden_sibling(self.target, "partial")
+        self._lock = FolderLock.beside(self.target, f"export folder {self.out}")
         self._array: np.ndarray | None = None
         self.rows: list[dict[str, Any]] = []
 
     def __enter__(self) -> ExportWriter:
-        refuse_existing(self.out, self.overwrite)
+        refuse_existing(self.target, self.overwrite)
         self._lock.__enter__()
         try:
             if self.stage.exists():
@@ -112,10 +112,16 @@ class ExportWriter:
             self._lock.__exit__(exc_type, exc, tb)
 
     def allocate(self, n: int) -> None:
-        """npy: the array of ``n`` rows (shrunk on commit when fewer were written)."""
+        """npy: the array of ``n`` rows (shrunk on commit when fewer were written), its space reserved
+        on disk before it is mapped: a disk too small is DiskFull now, never a crash while writing."""
         assert self.format == "npy" and self.size is not None
-        self._array = np.lib.format.open_memmap(self.stage / ARRAY, mode="w+", dtype=np.uint8,
-                                                shape=(n, self.size, self.size))
+        path = self.stage / ARRAY
+        header = _npy_header((n, self.size, self.size))
+        with open(path, "wb") as fh:
+            fh.write(header)
+            fh.flush()
+            reserve(fh.fileno(), len(header) + n * self.size * self.size, path)
+        self._array = np.lib.format.open_memmap(path, mode="r+")
 
     @property
     def images(self) -> Path | None:
@@ -140,8 +146,7 @@ class ExportWriter:
             allocated = self._array.shape[0]
             self._array = None
             if n != allocated:  # unreadable volumes: shrink the store to the rows written
-                data = np.load(self.stage / ARRAY, mmap_mode="r")[:n].copy()
-                atomic_write(self.stage / ARRAY, lambda p: _save_npy(p, data))
+                _shrink_npy(self.stage / ARRAY, (n, self.size, self.size))
         columns = INDEX_COLUMNS + (["file"] if self.format == "png" else [])
         index = pd.DataFrame(self.rows, columns=columns[1:])
         index.insert(0, "row", np.arange(n, dtype=np.int64))
@@ -149,10 +154,10 @@ class ExportWriter:
         meta = {"schema": SCHEMA, "complete": True, "format": self.format,
                 "size": self.size if self.format == "npy" else None, "slices": n, **meta}
         write_json(self.stage / META, meta)
-        old = self.out.parent / f".{self.out.name}.old"
-        if self.out.exists():
-            os.replace(self.out, old)
-        os.replace(self.stage, self.out)
+        old = hidden_sibling(self.target, "old")
+        if self.target.exists():
+            os.replace(self.target, old)
+        os.replace(self.stage, self.target)
         shutil.rmtree(old, ignore_errors=True)
         return meta
 
@@ -165,16 +170,39 @@ def save_png(images: Path, volume_id: str, slice_index: int, u8: np.ndarray) -> 
     name = png_name(volume_id, slice_index)
     try:
         Image.fromarray(u8).save(images / name, compress_level=1)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full(images, exc) from exc
-        raise
+    except OSError as exc:  # the output's fault, not the volume's: the export stops
+        raise write_failed(images / name, exc) from exc
     return f"{IMAGES}/{name}"
 
 
 def _save_npy(path: Path, data: np.ndarray) -> None:
     with open(path, "wb") as fh:  # np.save on a file object adds no suffix
         np.save(fh, data)
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(np.uint8).str, "fortran_order": False,
+                                                  "shape": shape})
+    return buffer.getvalue()
+
+
+def _shrink_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """Keep the first ``shape[0]`` rows of a uint8 .npy file, in place: numpy pads the header so that
+    the first axis can change without moving the data, so nothing is copied and no space is needed."""
+    header = _npy_header(shape)
+    with open(path, "r+b") as fh:
+        old = np.lib.format.read_array_header_1_0(fh) if np.lib.format.read_magic(fh) == (1, 0) else None
+        if old is None or fh.tell() != len(header):
+            raise ExportError(f"{path}: unexpected .npy header; export again")
+        fh.seek(0)
+        fh.write(header)
+        fh.truncate(len(header) + int(np.prod(shape)))
+
+
+def real_path(path: Path) -> Path:
+    """``path`` with symbolic links resolved (also a link to a folder that does not exist yet)."""
+    return Path(os.path.realpath(path))
 
 
 def refuse_existing(out: Path, overwrite: bool) -> None:
@@ -240,7 +268,8 @@ class ExportStore:
 
     def clone(self, out: Path) -> None:
         """This export at ``out`` too (hard links where possible), replacing what is there, whole."""
-        stage = out.parent / f".{out.name}.partial"
+        out = real_path(out)
+        stage = hidden_sibling(out, "partial")
         shutil.rmtree(stage, ignore_errors=True)
         shutil.copytree(self.root, stage, copy_function=_link_or_copy)
         if out.exists():

@@ -109,21 +109,6 @@ def read_part(parts: Path, volume_id: str) -> pd.DataFrame | None:
     return pd.read_parquet(part) if part.exists() else None
 
 
-def check_output_dir(out: Path, inputs: Iterable[Path]) -> None:
-    """Refuse an output folder inside an input tree or one that cannot be created; creates nothing."""
-    resolved = out.resolve()
-    for root in inputs:
-        root = root.resolve()
-        if root.is_dir() and (resolved == root or root in resolved.parents):
-            raise ValueError(f"output folder {out} is inside the input folder {root}; input "
-                             "folders are never written to, choose a folder outside it")
-    existing = resolved
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to output folder {out}: {existing} is not a writable folder")
-
-
 class RunFolder:
     """One reduction run on disk. Writers hold ``lock()``; readers use ``open``."""
 
@@ -142,9 +127,10 @@ class RunFolder:
     def default_export(self) -> Path:
         return self.path / EXPORT
 
-    def lock(self) -> FolderLock:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return FolderLock(self.path / LOCK, f"run folder {self.path}")
+    def lock(self, *, shared: bool = False) -> FolderLock:
+        """Held by the process writing the folder; ``shared`` by those reading it whole (``export``), which
+        may read together while no writer can start, and cannot start while one writes."""
+        return FolderLock(self.path / LOCK, f"run folder {self.path}", shared=shared)
 
     def start(self, settings: dict[str, Any], inputs: list[str], overwrite: bool) -> bool:
         """Begin or resume a run (the lock is held). Returns True when the inputs moved (same names
@@ -291,6 +277,11 @@ class RunFolder:
     def schema(self) -> int:
         run_file = self.path / RUN_JSON
         return int(read_json(run_file).get("schema", 1)) if run_file.exists() else 1
+
+    def inputs(self) -> list[str]:
+        """The files and folders the run was made from, as given to ``reduce`` (resolved)."""
+        path = self.path / RUN_JSON
+        return [str(p) for p in read_json(path).get("inputs", [])] if path.exists() else []
 
     def settings(self) -> dict[str, Any]:
         data = read_json(self.path / RUN_JSON)
