@@ -70,6 +70,11 @@ def task_spec_for(target: str | Path) -> dict[str, Any]:
     return {"format": "folder", "root": str(path)}
 
 
+def task_paths(spec: dict[str, Any]) -> list[str]:
+    """The files and folders a task spec reads (its inputs: nothing is ever written into them)."""
+    return [str(spec[key]) for key in ("path", "root", "split_csv") if spec.get(key)]
+
+
 def task_source(spec: dict[str, Any]) -> str:
     """What a task spec reads: its file or folder (or MedMNIST flag); "" when it names none."""
     return str(spec.get("path") or spec.get("root") or spec.get("flag") or "")
