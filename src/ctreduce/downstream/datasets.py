@@ -39,6 +39,7 @@ from .taskspec import (  # noqa: F401
     DataError,
     check_task_spec,
     medmnist_file,
+    task_paths,
     task_source,
     task_spec_for,
 )
