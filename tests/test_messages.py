@@ -101,7 +101,8 @@ def test_report_into_an_existing_folder_writes_report_html_there(tmp_path):
     blocked = subprocess.run([ctreduce, "report", str(tmp_path / "run"), "-o", str(folder / "report.html" / "r.html")],
                              capture_output=True, text=True, timeout=120)  # a file where the folder should be
     assert blocked.returncode == 2 and blocked.stdout == ""
-    assert blocked.stderr == f"error: {folder / 'report.html'}: cannot write the report (File exists)\n"
+    assert blocked.stderr == (f"error: cannot write to output file {folder / 'report.html' / 'r.html'}: "
+                              f"{folder / 'report.html'} is not a writable folder\n")
 
 
 def test_threshold_and_thresholds_combine_as_the_readme_says(tmp_path):
