@@ -229,3 +229,16 @@ def test_the_report_draws_a_series_with_a_slice_left_out(series, tmp_path):
     ctreduce.reduce(tmp_path / "in", tmp_path / "run", method="hash", allow_gaps=True)
     text = Path(write_report(tmp_path / "run", tmp_path / "report.html")).read_text()
     assert "could not be read" not in text and "data:image/png;base64," in text
+
+
+def test_reduce_says_how_many_slices_it_left_out_when_read(series, tmp_path):
+    _undecodable(series[5])
+    proc = _reduce(tmp_path / "in", "--out", tmp_path / "run", "--allow-gaps")
+    assert proc.returncode == 0, proc.stderr
+    assert ("note: 1 slice(s) could not be read and were left out of their series (--allow-gaps); each is "
+            "named in the volume's warnings in summary.json") in proc.stderr.splitlines()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [w for w in summary["volumes"][0]["warnings"] if str(series[5]) in w]
+    series[5].unlink()  # a series with a real gap (no file) has nothing unread to report
+    proc = _reduce(tmp_path / "in", "--out", tmp_path / "run2", "--allow-gaps")
+    assert proc.returncode == 0 and "could not be read" not in proc.stderr

@@ -194,6 +194,10 @@ def reduce(
         typer.echo(f"error: {error['error']}", err=True)
     if summary["skipped"]:
         typer.echo(f"{len(summary['skipped'])} file(s)/series skipped, reasons in summary.json")
+    unread = sum("left out of the series, slice" in w for v in summary["volumes"] for w in v.get("warnings", []))
+    if unread:
+        typer.echo(f"note: {unread} slice(s) could not be read and were left out of their series (--allow-gaps); "
+                   "each is named in the volume's warnings in summary.json", err=True)
     typer.echo(
         f"{totals['volumes_reduced']} volume(s) reduced, {totals['volumes_failed']} failed; "
         f"kept {totals['kept']} of {totals['slices']} slices ({totals['kept_fraction']:.1%}) "
