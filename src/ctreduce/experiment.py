@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -379,7 +380,7 @@ class Runner:
         return synthetic_task_spec(task, str(folder / "task"))
 
     def finetune(self, init: str, init_key: str, task: TaskSpec) -> Path:
-        from .downstream.finetune import finetune
+        from .downstream.finetune import LeakageWarning, finetune
 
         spec = self.task_spec(task)
         settings = {**self.config.finetune, "seeds": tuple(self.config.seeds),
@@ -390,7 +391,9 @@ class Runner:
             config = FinetuneConfig(**settings, task=spec, init=init, out=str(folder / "run"))
             for note in config.notes():  # also in the run's results.json
                 self.log(f"  note: {note}")
-            finetune(config)
+            with warnings.catch_warnings():  # the leakage stage reports leaks in one line of the log
+                warnings.simplefilter("ignore", LeakageWarning)
+                finetune(config)
             return {}
 
         return self._stage("finetune", key, run, f"finetune {task.name} from {init_key}")
