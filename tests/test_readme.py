@@ -260,6 +260,7 @@ class Sandbox:
         self.inputs.mkdir()
         self.env = {**os.environ, "TORCH_HOME": str(root / "torch"), "MPLBACKEND": "Agg"}
         self.env.pop("RAY_ADDRESS", None)
+        self.ran: list[list[str]] = []  # argv of every command run here, in order
 
     def data(self, readme_path: str) -> Path:
         target = self.inputs / readme_path.lstrip("/")
@@ -362,6 +363,8 @@ def check_reduce(argv, box, proc) -> list[str]:
         totals = json.loads((out / "summary.json").read_text())["totals"]
         if totals["volumes_reduced"] == 0 or totals["volumes_failed"]:
             problems.append(f"summary.json totals {totals}")
+    if box.ran.count(argv) > 1 and "nothing to do" not in proc.stdout:  # the same command again
+        problems.append("the rerun of a complete run did not say 'nothing to do'")
     return problems
 
 
@@ -529,6 +532,7 @@ def test_every_readme_command_runs(doc: Path, tmp_path) -> None:
         start = time.perf_counter()
         problems = prepare(argv, commands, box)
         proc, run_problems = run(argv, box)
+        box.ran.append(argv)
         print(f"{time.perf_counter() - start:6.1f} s  {line.where()}")  # shown by pytest -s or on failure
         ran.add(line.lineno)
         problems += run_problems
