@@ -1,21 +1,26 @@
-"""The README, executed: every ``ctreduce`` command of its ``sh`` blocks and its Python API block run
-on generated data, in README order, so that a documented command cannot break unnoticed.
+"""The README and the guides in ``docs/``, executed: every ``ctreduce`` command of their ``sh`` blocks and
+the README's Python API block run on generated data, in document order, so that a documented command
+cannot break unnoticed.
 
-Each command runs as a user types it (the venv's ``ctreduce`` entry point, in a scratch folder, so the
-README's relative paths such as ``runs/hash6`` land there). Only three things change, all listed here:
+Each document runs in a scratch folder of its own, and each command as a user types it (the venv's
+``ctreduce`` entry point, in that folder, so relative paths such as ``runs/hash6`` land there): a guide
+creates what its commands read, as a reader following it would. Only three things change, all listed
+here:
 
-* the README's example data (``/data/...``) is replaced by small generated data (:data:`DATA`);
+* the example data (``/data/...``) is replaced by small generated data (:data:`DATA`);
 * options that size the machine are replaced (:data:`REPLACE_VALUES`, e.g. ``--devices 4`` -> 1);
-* pretrain/finetune get tiny settings appended (:data:`TINY_SETTINGS`: 1 epoch, ResNet-18, 32 px).
+* pretrain/finetune/evaluate get tiny settings appended (:data:`TINY_SETTINGS`: 1 epoch, ResNet-18, 32 px).
 
-What the README assumes without creating it is made by :func:`prepare`: the runs ``compare`` names
-(the README's own reduce line with the method changed), the ``my.yaml`` of ``pretrain --config``, and a
-stand-in for torchvision's ImageNet weights in a private ``$TORCH_HOME`` (this machine cannot download).
+What a document assumes without creating it is made by :func:`prepare`: the runs ``compare`` names (the
+document's own first reduce line with the method changed), the file of ``pretrain --config`` (the
+document's ```yaml block that starts with ``# <file name>``), and a stand-in for torchvision's ImageNet
+weights in a private ``$TORCH_HOME`` (this machine cannot download).
 
-Every command must exit 0 without a traceback and write what it says it writes. A README command the
-test cannot run (an unknown sub-command, an absolute path with no generated stand-in) fails the test,
-unless :data:`EXCEPTIONS` names it with a reason. Failures are collected and reported together, one
-per README line, so one broken command does not hide the others.
+Every command must exit 0 without a traceback and write what it says it writes. A command the test
+cannot run (an unknown sub-command, an absolute path with no generated stand-in) fails the test, unless
+:data:`EXCEPTIONS` names it with a reason. Failures are collected and reported together, one per
+document line, so one broken command does not hide the others. Links between the documents (files and
+``#anchors``) are checked too.
 """
 
 from __future__ import annotations
@@ -34,15 +39,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 CTREDUCE = str(Path(sys.executable).with_name("ctreduce"))
 TIMEOUT_S = 300
 
-# Machine-sized options: the README's values on a 2-core CPU machine would only cost time.
+# Machine-sized options: the documents' values on a 2-core CPU machine would only cost time.
 REPLACE_VALUES = {"--workers": "2", "--devices": "1"}
 
-# Appended to every command of the sub-command (explicit values override presets, YAML and the README's).
+# Appended to every command of the sub-command (explicit values override presets, YAML and the document's;
+# a repeated option's last value wins).
 TINY_SETTINGS = {
+    "evaluate": ["--bootstrap", "20"],
     "pretrain": ["--epochs", "1", "--batch-size", "8", "backbone=resnet18", "input_size=32", "num_workers=0",
                  "swav.local_crop_size=16"],
     "finetune": ["epochs=1", "head_only_epochs=0", "backbone=resnet18", "input_size=32", "batch_size=8",
@@ -57,34 +66,40 @@ def samples_cached() -> bool:
     return all(p.is_file() for p in sample_paths())
 
 
-# README command lines (comments stripped) that may be left unrun: the reason, and a check that
-# says when they run anyway. Keep this small.
+# Command lines of any document (comments stripped) that may be left unrun: the reason, and a check
+# that says when they run anyway. Keep this small.
 EXCEPTIONS: dict[str, tuple[str, Callable[[], bool]]] = {
     # The only command that needs the network: it runs when the sample CTs are already cached
     # (by `make demo` or the test suite's sample fixture), and is left out otherwise.
     "ctreduce samples": ("downloads the sample CTs from the package index", samples_cached),
 }
 
-# Lines of sh blocks that are not ctreduce commands and are checked elsewhere (Makefile targets).
-OTHER_LINES = ("make ",)
+# Lines of sh blocks that are not ctreduce commands: Makefile targets (what `make demo` and `make test`
+# run is tested elsewhere) and installing by hand (what the Makefile does).
+OTHER_LINES = ("make ", "pip install ")
+
+# Files that other branches of this change write (docs/testing.md, docs/architecture.md): a link to them
+# is checked once they exist. Remove an entry when its file is merged.
+LINKED_BEFORE_WRITTEN = {"docs/testing.md", "docs/architecture.md"}
 
 
-# --- the README ---------------------------------------------------------------------------------
+# --- the documents ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Line:
-    lineno: int  # 1-based line number in README.md
+    lineno: int  # 1-based line number in the document
     text: str  # the command without its trailing comment
+    doc: Path = README
 
     def where(self) -> str:
-        return f"README.md:{self.lineno}: `{self.text}`"
+        return f"{self.doc.relative_to(ROOT)}:{self.lineno}: `{self.text}`"
 
 
-def fenced_blocks(language: str) -> list[tuple[int, list[str]]]:
-    """(line number of the block's first line, its lines) for every ```language block of the README."""
+def fenced_blocks(language: str, doc: Path = README) -> list[tuple[int, list[str]]]:
+    """(line number of the block's first line, its lines) for every ```language block of a document."""
     blocks, inside = [], None  # inside: (language, first line number, lines) of the open block
-    for number, raw in enumerate(README.read_text().splitlines(), 1):
+    for number, raw in enumerate(doc.read_text().splitlines(), 1):
         stripped = raw.strip()
         if stripped.startswith("```"):
             if inside is None:
@@ -98,10 +113,10 @@ def fenced_blocks(language: str) -> list[tuple[int, list[str]]]:
     return blocks
 
 
-def shell_lines() -> list[Line]:
-    """Every command line of the README's sh blocks (continuations joined, comments stripped)."""
+def shell_lines(doc: Path = README) -> list[Line]:
+    """Every command line of a document's sh blocks (continuations joined, comments stripped)."""
     lines = []
-    for start, block in fenced_blocks("sh"):
+    for start, block in fenced_blocks("sh", doc):
         pending, first = "", 0
         for offset, raw in enumerate(block):
             if not pending:
@@ -113,25 +128,57 @@ def shell_lines() -> list[Line]:
             text = shlex.join(shlex.split(pending, comments=True))
             pending = ""
             if text:
-                lines.append(Line(first, text))
+                lines.append(Line(first, text, doc))
     return lines
 
 
-def readme_commands() -> list[Line]:
-    return [line for line in shell_lines() if line.text.startswith("ctreduce ")]
+def readme_commands(doc: Path = README) -> list[Line]:
+    """The ctreduce command lines of a document's sh blocks, in order."""
+    return [line for line in shell_lines(doc) if line.text.startswith("ctreduce ")]
 
 
 def test_readme_has_the_documented_commands() -> None:
-    """The parser finds the README's commands (else the test below would pass vacuously), and every
-    sh line is a ctreduce command or a Makefile target."""
+    """The parser finds the commands (else the test below would pass vacuously): the README's main ones,
+    and together with the guides every sub-command this test checks; every sh line of every document is
+    a ctreduce command, a Makefile target or an install line."""
     commands = readme_commands()
     subcommands = {shlex.split(c.text)[1] for c in commands}
     assert {"scan", "reduce", "export", "report", "compare", "pretrain", "finetune", "evaluate"} <= subcommands, (
         subcommands)
-    others = [line.where() for line in shell_lines()
+    everywhere = [c for doc in DOCUMENTS for c in readme_commands(doc)]
+    assert set(CHECKS) <= {shlex.split(c.text)[1] for c in everywhere}, "a sub-command no document runs"
+    others = [line.where() for doc in DOCUMENTS for line in shell_lines(doc)
               if not line.text.startswith("ctreduce ") and not line.text.startswith(OTHER_LINES)]
-    assert not others, f"sh lines that are neither ctreduce commands nor make targets (run them here): {others}"
-    assert not set(EXCEPTIONS) - {c.text for c in commands}, "EXCEPTIONS names a command the README no longer has"
+    assert not others, f"sh lines that are neither ctreduce commands nor make/pip lines (run them here): {others}"
+    assert not set(EXCEPTIONS) - {c.text for c in everywhere}, "EXCEPTIONS names a command no document has"
+
+
+def github_anchor(heading: str) -> str:
+    """The #fragment GitHub gives a Markdown heading: lower case, punctuation but - and _ dropped,
+    spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_documents_resolve() -> None:
+    """Every relative link of the README and the guides names a file of the checkout and, with a
+    #fragment, a heading of that file."""
+    problems = []
+    for doc in DOCUMENTS:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)  # links are not read inside code blocks
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, fragment = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            name = str(file.relative_to(ROOT)) if file.is_relative_to(ROOT) else str(file)
+            if not file.exists():
+                if name not in LINKED_BEFORE_WRITTEN:
+                    problems.append(f"{doc.relative_to(ROOT)}: link to {target}: no such file")
+                continue
+            headings = [github_anchor(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), re.M)]
+            if fragment and file.suffix == ".md" and fragment not in headings:
+                problems.append(f"{doc.relative_to(ROOT)}: link to {target}: no heading #{fragment} in {name}")
+    assert not problems, "\n".join(problems)
 
 
 # --- generated stand-ins for the README's example data ------------------------------------------
@@ -170,9 +217,18 @@ def make_organsmnist(path: Path) -> None:
     np.savez(path, **arrays)
 
 
-# README path -> generator writing its stand-in at the given path (called once, on first use).
+def make_second_collection(path: Path) -> None:
+    """Another collection holding two of make_lidc's scans again (the same phantoms, DICOM and NIfTI):
+    the same scan stored twice, for ``duplicates`` and ``--scope archive``."""
+    from ctreduce.phantom import make_archive
+
+    make_archive(path, n_volumes=2, n_slices=20, size=48, slice_thickness=5.0)
+
+
+# Document path -> generator writing its stand-in at the given path (called once, on first use).
 DATA: dict[str, Callable[[Path], None]] = {
     "/data/LIDC-IDRI": make_lidc,
+    "/data/NSCLC-Radiomics": make_second_collection,
     "/data/COVID-CT": make_covid_ct,
     "/data/medmnist/organsmnist.npz": make_organsmnist,
     "/data/brain": make_brain,
@@ -204,6 +260,7 @@ class Sandbox:
         self.inputs.mkdir()
         self.env = {**os.environ, "TORCH_HOME": str(root / "torch"), "MPLBACKEND": "Agg"}
         self.env.pop("RAY_ADDRESS", None)
+        self.ran: list[list[str]] = []  # argv of every command run here, in order
 
     def data(self, readme_path: str) -> Path:
         target = self.inputs / readme_path.lstrip("/")
@@ -227,7 +284,8 @@ def option(argv: list[str], *names: str) -> str | None:
     return value
 
 
-FLAGS = ("--quiet", "--overwrite", "--allow-changed", "--allow-incomplete", "--allow-gaps", "--json")
+FLAGS = ("--quiet", "--overwrite", "--allow-changed", "--allow-incomplete", "--allow-gaps", "--json", "--csv",
+         "--verify", "--kept-only", "--resume", "--no-resume")
 
 
 def positionals(argv: list[str]) -> list[str]:
@@ -244,7 +302,7 @@ def positionals(argv: list[str]) -> list[str]:
 
 
 def adapt(line: Line, box: Sandbox) -> tuple[list[str], list[str]]:
-    """The argv to run for a README line, and the problems that prevent running it faithfully."""
+    """The argv to run for a document's line, and the problems that prevent running it faithfully."""
     argv = shlex.split(line.text)
     problems = []
     for i, arg in enumerate(argv):
@@ -291,6 +349,9 @@ def nonempty(path: Path) -> str | None:
 
 
 def check_scan(argv, box, proc) -> list[str]:
+    if "--json" in argv:
+        volumes = json.loads(proc.stdout)["volumes"]
+        return [] if volumes and all(v["slices"] > 0 for v in volumes) else [f"volumes listed: {volumes}"]
     found = re.search(r"^(\d+) volume\(s\), (\d+) slices", proc.stdout, re.M)
     return [] if found and int(found[1]) > 0 else ["no volumes listed"]
 
@@ -302,6 +363,8 @@ def check_reduce(argv, box, proc) -> list[str]:
         totals = json.loads((out / "summary.json").read_text())["totals"]
         if totals["volumes_reduced"] == 0 or totals["volumes_failed"]:
             problems.append(f"summary.json totals {totals}")
+    if box.ran.count(argv) > 1 and "nothing to do" not in proc.stdout:  # the same command again
+        problems.append("the rerun of a complete run did not say 'nothing to do'")
     return problems
 
 
@@ -390,15 +453,15 @@ CHECKS = {"scan": check_scan, "reduce": check_reduce, "export": check_export, "r
           "leakage": check_leakage}
 
 
-# --- inputs the README assumes without creating them ---------------------------------------------
+# --- inputs a document assumes without creating them ---------------------------------------------
 
 
 def prepare(argv: list[str], commands: list[Line], box: Sandbox) -> list[str]:
-    """Create what a command reads but the README does not create; return problems."""
+    """Create what a command reads but its document does not create; return problems."""
     problems = []
     if argv[1] == "compare":
-        # The README compares runs/all and runs/ssim but never creates them: run the README's own
-        # reduce line with --out set to the missing run and --method to its name (a threshold in
+        # The README compares runs/all and runs/ssim but never creates them: run the document's own
+        # first reduce line with --out set to the missing run and --method to its name (a threshold in
         # Hamming bits means nothing to another method, so it is dropped; one worker: no process pool
         # to start for a set-up step).
         reduce_line = next((c for c in commands if shlex.split(c.text)[1] == "reduce"), None)
@@ -406,7 +469,7 @@ def prepare(argv: list[str], commands: list[Line], box: Sandbox) -> list[str]:
             if (box.cwd / run_dir).exists():
                 continue
             if reduce_line is None:
-                problems.append(f"compares {run_dir}, which no README reduce line creates")
+                problems.append(f"compares {run_dir}, which no reduce line of the document creates")
                 continue
             base, base_problems = adapt(reduce_line, box)
             setup = _without(base, "--out", "--method", "--threshold", "-o", "--workers")
@@ -416,14 +479,14 @@ def prepare(argv: list[str], commands: list[Line], box: Sandbox) -> list[str]:
                 problems.append(f"creating {run_dir}: {base_problems + run_problems}{describe(setup, proc)}")
     config = option(argv, "--config")
     if argv[1] == "pretrain" and config and not (box.cwd / config).exists():
-        # The README's --config example needs a YAML file of the user's: a small one naming the
-        # README's own export (the --data of its first pretrain line) and a run folder of its own.
-        pretrain = [shlex.split(c.text) for c in commands if shlex.split(c.text)[1] == "pretrain"]
-        data = next((option(p, "--data") for p in pretrain if option(p, "--data")), None)
-        if data is None:
-            problems.append(f"no README pretrain line names --data for {config}")
+        # A --config example needs a YAML file of the user's: the document shows it, in a ```yaml block
+        # whose first line is "# <its name>".
+        doc = commands[0].doc
+        shown = [b for _, b in fenced_blocks("yaml", doc) if b and b[0].strip() == f"# {config}"]
+        if shown:
+            (box.cwd / config).write_text("\n".join(shown[0]) + "\n")
         else:
-            (box.cwd / config).write_text(f"method: swav\npreset: cpu\ndata: {data}\nout: pretrain/from_yaml\n")
+            problems.append(f"{doc.name} shows no ```yaml block starting with '# {config}'")
     if argv[1] == "finetune" and option(argv, "--init") == "imagenet":
         backbone = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("backbone=")), "resnet50")
         imagenet_stand_in(Path(box.env["TORCH_HOME"]), backbone)
@@ -445,10 +508,12 @@ def _without(argv: list[str], *names: str) -> list[str]:
 # --- the tests ----------------------------------------------------------------------------------
 
 
-def test_every_readme_command_runs(tmp_path) -> None:
-    """Every ctreduce command of the README, in README order, on generated data: exit 0, no traceback,
-    its outputs written. Later commands use earlier ones' outputs, as a reader following the README."""
-    commands = readme_commands()
+@pytest.mark.parametrize("doc", [d for d in DOCUMENTS if readme_commands(d)], ids=lambda d: d.name)
+def test_every_readme_command_runs(doc: Path, tmp_path) -> None:
+    """Every ctreduce command of the document (the README, a guide), in order, on generated data: exit 0,
+    no traceback, its outputs written. Later commands use earlier ones' outputs, as a reader following
+    the document."""
+    commands = readme_commands(doc)
     box = Sandbox(tmp_path)
     failures, ran, excepted = [], set(), set()
     for line in commands:
@@ -467,6 +532,7 @@ def test_every_readme_command_runs(tmp_path) -> None:
         start = time.perf_counter()
         problems = prepare(argv, commands, box)
         proc, run_problems = run(argv, box)
+        box.ran.append(argv)
         print(f"{time.perf_counter() - start:6.1f} s  {line.where()}")  # shown by pytest -s or on failure
         ran.add(line.lineno)
         problems += run_problems
@@ -474,12 +540,12 @@ def test_every_readme_command_runs(tmp_path) -> None:
             problems += CHECKS[subcommand](argv, box, proc)
         if problems:
             failures.append(f"{line.where()}\n    " + "; ".join(problems) + describe(argv, proc))
-    # Every README command ran or is an exception; the others are among the failures, with the reason.
+    # Every command ran or is an exception; the others are among the failures, with the reason.
     not_run = [c.where() for c in commands if c.lineno not in ran | excepted]
     if not_run:
-        failures.append("README commands not run: " + ", ".join(not_run))
+        failures.append("commands not run: " + ", ".join(not_run))
     if failures:
-        pytest.fail(f"{len(failures)} problem(s) with the README's {len(commands)} command(s):\n\n"
+        pytest.fail(f"{len(failures)} problem(s) with the {len(commands)} command(s) of {doc.relative_to(ROOT)}:\n\n"
                     + "\n\n".join(failures), pytrace=False)
 
 
