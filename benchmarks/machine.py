@@ -6,7 +6,7 @@ import os
 import platform
 import subprocess
 
-from ctreduce.versions import package_versions
+from ctreduce.core.versions import package_versions
 
 
 def cpu_model() -> str:

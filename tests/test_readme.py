@@ -52,7 +52,7 @@ TINY_SETTINGS = {
 
 
 def samples_cached() -> bool:
-    from ctreduce.samples import sample_paths
+    from ctreduce.sample_data.real_ct import sample_paths
 
     return all(p.is_file() for p in sample_paths())
 
@@ -139,7 +139,7 @@ def test_readme_has_the_documented_commands() -> None:
 
 def make_lidc(path: Path) -> None:
     """Six phantom CTs (DICOM, NIfTI, NRRD): Hash-6 keeps 15 of their 120 slices, enough for batch 8."""
-    from ctreduce.phantom import make_archive
+    from ctreduce.sample_data.phantom import make_archive
 
     make_archive(path, n_volumes=6, n_slices=20, size=48, slice_thickness=5.0)
 
@@ -371,7 +371,7 @@ def check_evaluate(argv, box, proc) -> list[str]:
 
 
 def check_duplicates(argv, box, proc) -> list[str]:
-    from ctreduce.curate.store import DuplicatesFolder
+    from ctreduce.store.curation import DuplicatesFolder
 
     found = DuplicatesFolder.open(box.cwd / option(argv, "--out", "-o"))
     return [] if found.meta["slices"] > 0 and len(found.slices) == found.meta["slices"] else [
@@ -487,7 +487,7 @@ def test_readme_python_api_block(tmp_path) -> None:
     """The README's Python API example, with its paths replaced by generated data, runs in a fresh folder."""
     blocks = ["\n".join(block) for _, block in fenced_blocks("python") if "import ctreduce" in "\n".join(block)]
     assert blocks, "README has no ```python block with `import ctreduce`"
-    from ctreduce.phantom import make_phantom, write_nifti, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nifti, write_nrrd
 
     box = Sandbox(tmp_path)
     for code in blocks:

@@ -9,8 +9,8 @@ import pytest
 from conftest import reference_uint8
 from PIL import Image
 
+from ctreduce.io.intensity import Intensity
 from ctreduce.reduction import hashing
-from ctreduce.reduction.intensity import Intensity
 
 
 def imagehash_hex(u8: np.ndarray, kind: str = "dhash", hash_size: int = 8) -> str:

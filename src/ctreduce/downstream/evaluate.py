@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..store.finetune import CONFIG, CONFUSION, METRICS, PREDICTIONS, RESULTS, RESULTS_LINE, ROC, FinetuneRun
+from ..tasks.spec import task_source
 from .metrics import bootstrap_ci, classification_metrics, mean_sd, save_confusion_matrix_png, save_roc_png
-from .taskspec import task_source
 
 
 class EvaluateError(ValueError):

@@ -7,11 +7,11 @@ validation accuracy (the first to reach the maximum) is kept and scored on the t
 Every seed is a full repetition.
 
 Training is :class:`.module.FinetuneModule` on the Lightning set-up shared with pre-training
-(:mod:`ctreduce.trainer`): ``devices`` per machine (DDP when more than one, gloo on CPU; the batch
+(:mod:`ctreduce.lightning_setup`): ``devices`` per machine (DDP when more than one, gloo on CPU; the batch
 size is per device), ``precision`` (``auto``: 16-mixed on a GPU, 32-true on CPU), CSV and TensorBoard
 logs, a progress bar, a ``ModelCheckpoint`` keeping the best validation epoch and one keeping the
 last, from which a rerun of the same command continues (``resume``). CPU threads follow
-:func:`ctreduce.devices.thread_policy`. The folder layout is :mod:`ctreduce.store.finetune`'s.
+:func:`ctreduce.core.devices.thread_policy`. The folder layout is :mod:`ctreduce.store.finetune`'s.
 """
 
 from __future__ import annotations
@@ -28,15 +28,17 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .. import backbones
-from .. import trainer as lightning_setup
+from .. import backbones, lightning_setup
 from ..backbones import BackboneError, Normalisation
 from ..config import FinetuneConfig
-from ..devices import DeviceError, ThreadPolicy, device_name, resolve_device
+from ..core.devices import DeviceError, ThreadPolicy, device_name, resolve_device
 from ..store import finetune as store_finetune
 from ..store.finetune import BEST, CHECKPOINTS, HISTORY, LAST, LOGS, MODEL, FinetuneRun, FinetuneRunError
 from ..store.places import check_output_place
-from .datasets import DownstreamData, ImageDataset, load_task, task_paths
+from ..tasks.data import DownstreamData
+from ..tasks.load import load_task
+from ..tasks.spec import task_paths
+from .datasets import ImageDataset
 from .evaluate import save_predictions, score, write_results
 from .module import EpochHistory, FinetuneModule, knn_probabilities
 
@@ -110,7 +112,7 @@ def trainer_settings(config: FinetuneConfig) -> dict[str, Any]:
 
 def fit_best(module: FinetuneModule, train, val, folder: Path, settings: dict[str, Any], *, epochs: int,
              resume: bool = False, threads: ThreadPolicy | None = None) -> tuple[int, bool] | None:
-    """Train ``module`` for ``epochs`` on the set-up ``settings`` (:func:`ctreduce.trainer.resolve`), logs and
+    """Train ``module`` for ``epochs`` on the set-up ``settings`` (:func:`ctreduce.lightning_setup.resolve`), logs and
     checkpoints under ``folder``, from ``folder/checkpoints/last.ckpt`` when ``resume`` and it exists; then load
     the best validation epoch's weights into ``module``. (best epoch, resumed) on rank 0, None on other ranks."""
     best = pl.callbacks.ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename=BEST, monitor="val_accuracy",
@@ -209,7 +211,7 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     setup = {"trainer": {k: settings[k] for k in ("accelerator", "devices", "strategy", "precision")},
              "threads": threads.as_dict()}
     if rank == 0:
-        from ..versions import package_versions
+        from ..core.versions import package_versions
 
         versions = package_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "scikit-learn"])
         (run.path / store_finetune.RUN_INFO).write_text(json.dumps({**setup, "versions": versions}, indent=2))

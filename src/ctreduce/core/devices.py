@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import DEVICE_PATTERN
+from ..config import DEVICE_PATTERN
 
 if TYPE_CHECKING:
     import torch

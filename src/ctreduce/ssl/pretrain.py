@@ -15,11 +15,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .. import trainer as lightning_setup
+from .. import lightning_setup
 from ..config import PretrainConfig, make_pretrain_config
+from ..lightning_setup import launched_rank
 from ..store.places import check_output_place
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
-from ..trainer import launched_rank
 from .data import ExportError, export_info, intensity_stats, open_export
 
 __all__ = ["PretrainError", "TrainingStopped", "launched_rank", "method_class", "pretrain"]
@@ -50,7 +50,7 @@ def method_class(name: str):
 
 
 def library_versions() -> dict[str, str]:
-    from ..versions import package_versions
+    from ..core.versions import package_versions
 
     out = package_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy"])
     out["cuda"] = torch.version.cuda or "none"

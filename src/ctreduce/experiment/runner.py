@@ -28,14 +28,14 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .config import FinetuneConfig, ReduceConfig, checked, describe, make_pretrain_config
-from .devices import ThreadPolicy, thread_policy
-from .experiment_table import plot_results, results_markdown, speedups
-from .store.export import ExportError, ExportStore
-from .store.finetune import FinetuneRun
-from .store.places import check_output_place
-from .store.pretrain import PretrainRun
-from .store.run import RunFolder
+from ..config import FinetuneConfig, ReduceConfig, checked, describe, make_pretrain_config
+from ..core.devices import ThreadPolicy, thread_policy
+from ..store.export import ExportError, ExportStore
+from ..store.finetune import FinetuneRun
+from ..store.places import check_output_place
+from ..store.pretrain import PretrainRun
+from ..store.run import RunFolder
+from .table import plot_results, results_markdown, speedups
 
 
 class ExperimentError(ValueError):
@@ -56,7 +56,7 @@ class DatasetSpec(BaseModel):
     @classmethod
     def _phantom_arguments(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            from .phantom import make_archive
+            from ..sample_data.phantom import make_archive
 
             _check_arguments(make_archive, value)
         return value
@@ -71,7 +71,7 @@ class ReductionSpec(BaseModel):
     @field_validator("settings")
     @classmethod
     def _reduce_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from .reduction.settings import resolve
+        from ..reduction.settings import resolve
 
         resolve(checked(ReduceConfig, value))
         return value
@@ -103,14 +103,14 @@ class TaskSpec(BaseModel):
     @model_validator(mode="after")
     def _data_spec(self) -> TaskSpec:
         """The spec the loader will get is well formed; its files need not exist yet."""
-        from .downstream.taskspec import check_task_spec
+        from ..tasks.spec import check_task_spec
 
         if self.synthetic is None:
             if not self.data:
                 raise ValueError(f"task {self.name!r} needs 'data' (a load_task spec) or 'synthetic'")
             check_task_spec(self.data)
         else:
-            from .downstream.synthetic import make_lesion_task
+            from ..downstream.synthetic import make_lesion_task
 
             _check_arguments(make_lesion_task, self.synthetic)
             check_task_spec(synthetic_task_spec(self, "-"))
@@ -119,8 +119,8 @@ class TaskSpec(BaseModel):
 
 def synthetic_task_spec(task: TaskSpec, root: str) -> dict[str, Any]:
     """The load_task spec of a synthetic task generated in ``root``; ``data`` adds loader arguments."""
-    from .downstream.synthetic import make_lesion_task
-    from .downstream.taskspec import medmnist_file
+    from ..downstream.synthetic import make_lesion_task
+    from ..tasks.spec import medmnist_file
 
     bound = inspect.signature(make_lesion_task).bind(root, **(task.synthetic or {}))
     bound.apply_defaults()
@@ -237,7 +237,7 @@ def _key(*parts: Any) -> str:
 # Stage keys hash the resolved settings, not the file's spelling: an omitted setting whose default
 # changes, or a preset that changes, gives a new key; equivalent spellings share one.
 def _reduce_identity(settings: dict[str, Any]) -> dict[str, Any]:
-    from .reduction.settings import identity, resolve
+    from ..reduction.settings import identity, resolve
 
     return identity(resolve(ReduceConfig(**settings)))
 
@@ -286,14 +286,14 @@ class Runner:
     def dataset_inputs(self, spec: DatasetSpec) -> list[str]:
         inputs = list(spec.inputs)
         if spec.samples:
-            from .samples import fetch
+            from ..sample_data.real_ct import fetch
 
             inputs += [str(p) for p in fetch(quiet=True)]
         if spec.phantom is not None:
             key = _key("phantom", spec.phantom)
 
             def generate(folder: Path) -> dict[str, Any]:
-                from .phantom import make_archive
+                from ..sample_data.phantom import make_archive
 
                 make_archive(folder / "archive", **spec.phantom)
                 return {}
@@ -304,7 +304,7 @@ class Runner:
         return inputs
 
     def reduce(self, dataset: DatasetSpec, reduction: ReductionSpec, size: int) -> tuple[Path, str]:
-        from .reduction.engine import reduce
+        from ..reduction.engine import reduce
 
         inputs = self.dataset_inputs(dataset)
         key = _key("reduce", inputs, _reduce_identity(reduction.settings))
@@ -330,7 +330,7 @@ class Runner:
         return folder, key
 
     def export(self, reduce_folder: Path, reduce_key: str, size: int) -> tuple[Path, str]:
-        from .exporting import export
+        from ..exporting.from_run import export
 
         key = _key("export", reduce_key, size)
 
@@ -350,7 +350,7 @@ class Runner:
         return self._stage("export", key, run, f"export {size}px"), key
 
     def pretrain(self, export_folder: Path, export_key: str, ssl: SSLSpec) -> tuple[Path, str]:
-        from .ssl.train import pretrain
+        from ..ssl.pretrain import pretrain
 
         key = _key("pretrain", export_key, _pretrain_identity(ssl.settings))
 
@@ -368,7 +368,7 @@ class Runner:
     def task_spec(self, task: TaskSpec) -> dict[str, Any]:
         if task.synthetic is None:
             return task.data
-        from .downstream.synthetic import make_lesion_task
+        from ..downstream.synthetic import make_lesion_task
 
         key = _key("task", task.synthetic)
 
@@ -380,7 +380,7 @@ class Runner:
         return synthetic_task_spec(task, str(folder / "task"))
 
     def finetune(self, init: str, init_key: str, task: TaskSpec) -> Path:
-        from .downstream.finetune import LeakageWarning, finetune
+        from ..downstream.finetune import LeakageWarning, finetune
 
         spec = self.task_spec(task)
         settings = {**self.config.finetune, "seeds": tuple(self.config.seeds),
@@ -401,7 +401,7 @@ class Runner:
     # -- the grid ---------------------------------------------------------------------------------
     def check_tasks(self) -> None:
         """Load every downstream task once: a missing class or an empty split fails here."""
-        from .downstream.datasets import load_task
+        from ..tasks.load import load_task
 
         for task in self.config.tasks:
             try:
@@ -411,7 +411,7 @@ class Runner:
 
     def check_place(self) -> None:
         """The experiment's folder is never inside its data: the archives and the tasks' files."""
-        from .downstream.datasets import task_paths
+        from ..tasks.spec import task_paths
 
         inputs = [p for d in self.config.datasets for p in d.inputs]
         inputs += [p for t in self.config.tasks if t.synthetic is None for p in task_paths(t.data)]
@@ -457,7 +457,7 @@ class Runner:
         """Test images of ``task`` within the dHash threshold of a pre-training slice of the export
         (``ctreduce leakage``), and test images also in the training split: they inflate the metrics.
         Cached like every stage; the warning is logged when it is computed."""
-        from .curate.leakage import find_leakage
+        from ..curate.leakage import find_leakage
 
         spec = self.task_spec(task)
 
