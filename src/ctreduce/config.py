@@ -7,10 +7,11 @@ one line (:class:`SettingsError`, :func:`describe`) in a fraction of a second, n
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Annotated, Any, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .core.devices import DEVICE_PATTERN
 
 SELECTORS = ("all", "every-n")
 # The paper's fixed input statistics of grey slices on [0, 1] (of LIDC), used for ALL and every reduced subset.
@@ -22,7 +23,6 @@ EFFICIENTNET_LITE0 = "efficientnet-lite0"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
 OPTIMIZERS = ("lars", "sgd", "lamb", "adamw")
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 Settings = TypeVar("Settings", bound=BaseModel)
 
