@@ -24,6 +24,7 @@ _API = {
     "read_sources": "ctreduce.store.run",
     "export": "ctreduce.exporting.from_run",
     "dhash": "ctreduce.reduction.hashing",
+    "DHash": "ctreduce.core.dhash",
     "pretrain": "ctreduce.ssl.pretrain",
     "PretrainConfig": "ctreduce.config",
     "FinetuneConfig": "ctreduce.config",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.dhash import codes_from_hex
+from ..core.dhash import codes_from_hex, is_dhash
 from ..reduction.hamming_index import HammingIndex
 from ..store.places import check_output_place
 from ..store.run import RunFolder
@@ -48,7 +48,7 @@ def hash_column(run: RunFolder, manifest: pd.DataFrame) -> str:
                                     f"{missing}); rerun 'ctreduce reduce ... --out {run.path}' to complete it")
         return "dhash"
     settings = run.settings()
-    if (settings.get("method") == "hash" and settings.get("hash") == "dhash" and settings.get("hash_size") == 8
+    if (settings.get("method") == "hash" and is_dhash(settings.get("hash"), settings.get("hash_size"))
             and "hash" in manifest.columns and manifest["hash"].notna().all()):
         return "hash"
     raise HashesUnavailable(

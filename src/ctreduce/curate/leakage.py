@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..core.dhash import codes_from_bits
+from ..core.dhash import codes_from_bits, hex_from_codes
 from ..reduction import hashing
 from ..reduction.hamming_index import HammingIndex
 from ..store.export import META as EXPORT_META
@@ -187,7 +187,7 @@ def leakage_table(split_codes: dict[str, np.ndarray], names: dict[str, list[str]
     found = nearest >= 0
     at = np.where(found, nearest, 0)
     frame = pd.DataFrame({"split": split, "name": [n for s in SPLITS for n in names[s]],
-                          "dhash": [f"{int(c):016x}" for c in codes]})
+                          "dhash": hex_from_codes(codes)})
     for column in ("volume_id", "slice_index", "source"):
         values = source.slices[column].to_numpy()[at] if len(source.slices) else np.zeros(len(at), object)
         frame[f"nearest_{column}"] = pd.Series(values, dtype=object).where(found)

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..config import SELECTORS, ReduceConfig
+from ..core.dhash import is_dhash
 from ..core.workers import pool as process_pool
 from ..core.workers import ray_session, terminate
 from ..io.discover import ScanResult, load, scan, walk
@@ -96,7 +97,8 @@ def select(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None
     columns = dict(prepared.columns)
     # Every manifest carries each slice's 64-bit dHash: archive-wide duplicate and leakage searches
     # (``ctreduce.curate``) then need no second read of the archive.
-    columns["dhash"] = (columns["hash"] if measure.params() == {"hash": "dhash", "hash_size": 8}
+    params = measure.params()
+    columns["dhash"] = (columns["hash"] if is_dhash(params.get("hash"), params.get("hash_size"))
                         else hashing.dhash(u8))
     return selections, columns
 
