@@ -330,7 +330,7 @@ def test_evaluate_scores_the_positive_label_it_is_given(tmp_path):
     config = FinetuneConfig(task={"format": "folder", "root": "-"}, out=str(out))
     FinetuneRun(out).prepare(config.model_dump(mode="json"), resume=True)
     (out / "seed0").mkdir()
-    save_predictions(out / "seed0" / "predictions.csv", [f"i{k}" for k in range(labels.size)], labels, prob,
+    save_predictions(out / "seed0", [f"i{k}" for k in range(labels.size)], labels, prob,
                      ["a", "b"])
     pred = prob.argmax(axis=1)
     runner = CliRunner()

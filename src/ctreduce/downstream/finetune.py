@@ -16,7 +16,6 @@ last, from which a rerun of the same command continues (``resume``). CPU threads
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import warnings
@@ -32,6 +31,7 @@ from .. import backbones, lightning_setup
 from ..backbones import BackboneError, Normalisation
 from ..config import FinetuneConfig
 from ..core.devices import DeviceError, ThreadPolicy, device_name, resolve_device
+from ..core.versions import library_versions
 from ..store import finetune as store_finetune
 from ..store.finetune import BEST, CHECKPOINTS, HISTORY, LAST, LOGS, MODEL, FinetuneRun, FinetuneRunError
 from ..store.places import check_output_place
@@ -41,6 +41,9 @@ from ..tasks.spec import task_paths
 from .datasets import ImageDataset
 from .evaluate import save_predictions, score, write_results
 from .module import EpochHistory, FinetuneModule, knn_probabilities
+
+# What a fine-tune's numbers depend on, recorded in its run.json
+LIBRARIES = ("ctreduce", "torch", "torchvision", "pytorch-lightning", "scikit-learn")
 
 
 class FinetuneError(ValueError):
@@ -140,8 +143,9 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
     """Train (or, for ``knn``, embed) and score one seed; a seed an earlier session finished is read back.
     None on the other DDP ranks (rank 0 scores)."""
     folder = run.seed_dir(seed)
-    if config.resume and (folder / store_finetune.METRICS).exists():
-        return json.loads((folder / store_finetune.METRICS).read_text())
+    finished = store_finetune.seed_metrics(folder) if config.resume else None
+    if finished is not None:
+        return finished
     pl.seed_everything(seed, verbose=False)
     n_classes = len(data.classes)
     model, norm = build_model(config, n_classes)
@@ -164,7 +168,7 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
         extra = {"best_epoch": fitted[0], "resumed": fitted[1]}
         prob, labels = module.probabilities(loaders["test"])
     folder.mkdir(parents=True, exist_ok=True)
-    save_predictions(folder / store_finetune.PREDICTIONS, list(data.test.names), labels, prob, data.classes)
+    save_predictions(folder, list(data.test.names), labels, prob, data.classes)
     result = score(folder, data.classes, labels, prob, positive_label=config.positive_label,
                    bootstrap=config.bootstrap, seed=seed,
                    extra={**extra, "seconds": round(time.perf_counter() - start, 2), "normalisation": norm.as_dict()})
@@ -211,10 +215,7 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     setup = {"trainer": {k: settings[k] for k in ("accelerator", "devices", "strategy", "precision")},
              "threads": threads.as_dict()}
     if rank == 0:
-        from ..core.versions import package_versions
-
-        versions = package_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "scikit-learn"])
-        (run.path / store_finetune.RUN_INFO).write_text(json.dumps({**setup, "versions": versions}, indent=2))
+        run.write_run_info({**setup, "versions": library_versions(LIBRARIES)})
     per_seed = [run_seed(config, data, seed, run, settings, threads) for seed in config.seeds]
     if rank != 0:
         return {}
@@ -225,7 +226,7 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     leakage = pretraining_leakage(config.init, data)
     if leakage is not None:
         info["leakage"] = leakage
-    return write_results(run.path, info, per_seed)
+    return write_results(run, info, per_seed)
 
 
 def pretraining_leakage(init: str, data: DownstreamData) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.versions import package_versions
+from ..core.versions import library_versions
 from ..core.workers import ray_session
 from ..io.discover import load
 from ..io.intensity import Intensity
@@ -30,6 +30,9 @@ from ..store.files import OutputError, disk_full, is_disk_full
 from ..store.fingerprint import DIGEST_COLUMN, first_mismatch
 from ..store.places import check_output_place
 from ..store.run import RunFolder, RunFolderError
+
+# What an export's images depend on, recorded in its export.json
+LIBRARIES = ("ctreduce", "numpy", "Pillow", "pandas", "pyarrow")
 
 
 def _reading_the_run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
@@ -138,7 +141,7 @@ def export(
             "allow_changed": sorted(check.changed) if allow_changed else [],
             "unchecked_sources": check.unchecked, "workers": workers, "backend": backend,
             "seconds": round(time.perf_counter() - start, 3),
-            "versions": package_versions(["ctreduce", "numpy", "Pillow", "pandas", "pyarrow"]),
+            "versions": library_versions(LIBRARIES),
         })
     return meta
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from ..config import SELECTORS, ReduceConfig
 from ..core.dhash import is_dhash
+from ..core.versions import library_versions
 from ..core.workers import pool as process_pool
 from ..core.workers import ray_session, terminate
 from ..io.discover import ScanResult, load, scan, walk
@@ -42,6 +43,9 @@ from .settings import identity, measure_of, resolve, score_column, sweep
 from .verify import recorded_frame, still_valid
 
 __all__ = ["RunConflict", "NoVolumes", "reduce", "reduce_volume", "select"]
+
+# What a run's manifest depends on, recorded in its summary.json and run.json
+LIBRARIES = ("ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "nibabel", "SimpleITK", "pandas", "pyarrow")
 
 
 class NoVolumes(ValueError):
@@ -347,13 +351,6 @@ def _named(source: VolumeSource, exc: Exception) -> str:
 # --- archives ------------------------------------------------------------------------------------
 
 
-def library_versions() -> dict[str, str]:
-    from ..core.versions import package_versions
-
-    return package_versions(["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "nibabel", "SimpleITK",
-                             "pandas", "pyarrow"])
-
-
 def _job(source: VolumeSource, verify: set[str]):
     """What a worker runs for ``source``: reduce it, or verify it against its part (``verify_source``)."""
     return verify_source if source.volume_id in verify else process_source
@@ -523,7 +520,7 @@ def reduce(
         if parts is not None and manifest.attrs["summary"]["complete"]:
             manifest.attrs["summary"]["export"] = assemble_export(run, manifest, parts, Path(export_out),
                                                                   {s.volume_id: s for s in found.volumes},
-                                                                  library_versions())
+                                                                  library_versions(LIBRARIES))
             run.update_summary(manifest.attrs["summary"])
         return manifest
 
@@ -718,5 +715,5 @@ def _summary(found: ScanResult, entries: dict[str, dict[str, Any]], manifest: pd
         "volumes": volumes,
         "errors": errors,
         "skipped": found.skipped,
-        "versions": library_versions(),
+        "versions": library_versions(LIBRARIES),
     }

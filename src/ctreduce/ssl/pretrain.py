@@ -17,6 +17,7 @@ import torch
 
 from .. import lightning_setup
 from ..config import PretrainConfig, make_pretrain_config
+from ..core.versions import library_versions
 from ..lightning_setup import launched_rank
 from ..store.places import check_output_place
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
@@ -49,12 +50,8 @@ def method_class(name: str):
     raise PretrainError(f"unknown pre-training method {name!r}; choose swav, moco or spark")
 
 
-def library_versions() -> dict[str, str]:
-    from ..core.versions import package_versions
-
-    out = package_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy"])
-    out["cuda"] = torch.version.cuda or "none"
-    return out
+# What a pre-training run depends on, recorded in its versions.json with the CUDA build of torch
+LIBRARIES = ("ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy")
 
 
 # --- callbacks ---------------------------------------------------------------------------------
@@ -207,7 +204,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     # run folder before launching them, and another rank must not check, clear or rewrite it meanwhile.
     if launched_rank() == 0:
         try:
-            run.prepare(config.model_dump(mode="json"), library_versions(), overwrite)
+            run.prepare(config.model_dump(mode="json"),
+                        {**library_versions(LIBRARIES), "cuda": torch.version.cuda or "none"}, overwrite)
         except PretrainRunError as exc:
             raise PretrainError(str(exc)) from exc
 
