@@ -4,6 +4,7 @@ function, where the cycles of parts 1-10 hid)."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,11 @@ def test_every_package_and_top_level_module_has_one_layer():
     assert len(LAYERS) == len(set(LAYERS))
 
 
+def test_the_architecture_page_lists_the_same_layers_in_the_same_order():
+    page = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    assert tuple(re.findall(r"^\| `([a-z_]+)(?:/|\.py)` \|", page, flags=re.MULTILINE)) == LAYERS
+
+
 def test_no_module_imports_a_layer_above_its_own():
     assert upward_imports(dict.fromkeys(_modules())) == []
 
@@ -120,9 +126,12 @@ def test_config_loads_no_algorithm():
     assert {m for _, m in _imports(SRC / "config.py")} <= allowed | {"ctreduce.config"}
     code = ("import sys; from ctreduce.config import ReduceConfig, PretrainConfig, FinetuneConfig; "
             "ReduceConfig(method='ssim', threshold=0.8); "
-            "print(sorted(m for m in sys.modules if m.startswith('ctreduce.') and m != 'ctreduce.config'))")
+            "print([m for m in sys.modules if m.startswith('ctreduce.') and m != 'ctreduce.config'], "
+            "'numpy' in sys.modules, 'torch' in sys.modules)")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert set(ast.literal_eval(loaded)) <= allowed
+    modules, numpy, torch = loaded.rsplit(" ", 2)
+    # Settings are checked in a fraction of a second: nothing heavy loads with them.
+    assert set(ast.literal_eval(modules)) <= allowed and numpy.strip() == torch.strip() == "False"
 
 
 @pytest.mark.parametrize("module", ["ctreduce.core.dhash", "ctreduce.core.versions", "ctreduce.core.workers",

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where arrays are made: config.py imports this module for is_dhash
+    import numpy as np
 
 KIND = "dhash"
 SIZE = 8  # imagehash's hash_size: 8 x 8 bits
@@ -72,6 +74,8 @@ class DHash:
 
 def codes_from_hex(hexes: Sequence[str], *, where: str = "hashes") -> np.ndarray:
     """uint64 codes of 16-hex-digit hash strings (imagehash's ``str`` of a 64-bit hash)."""
+    import numpy as np
+
     values = list(hexes)
     bad = next((k for k, h in enumerate(values) if not isinstance(h, str) or len(h) != _DIGITS), None)
     if bad is not None:  # an index: the bad value itself may be None
@@ -84,11 +88,15 @@ def codes_from_hex(hexes: Sequence[str], *, where: str = "hashes") -> np.ndarray
 
 def hex_from_codes(codes: np.ndarray) -> list[str]:
     """imagehash's text of each uint64 code."""
+    import numpy as np
+
     return [format(c, _TEXT) for c in np.asarray(codes, dtype=np.uint64).tolist()]
 
 
 def codes_from_bits(packed: np.ndarray) -> np.ndarray:
     """uint64 codes of (n, 8) packed hashes (``np.packbits`` of 8 x 8 hash bits, first bit most significant)."""
+    import numpy as np
+
     if packed.ndim != 2 or packed.shape[1] != BITS // 8 or packed.dtype != np.uint8:
         raise ValueError(f"expected (n, 8) uint8 packed 64-bit hashes, got {packed.dtype} {packed.shape}")
     return np.ascontiguousarray(packed).view(">u8")[:, 0].astype(np.uint64)
