@@ -18,7 +18,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ctreduce samples
-	$(BIN)/ctreduce reduce "$$($(BIN)/python -c 'from ctreduce.samples import sample_dir; print(sample_dir())')" \
+	$(BIN)/ctreduce reduce "$$($(BIN)/python -c 'from ctreduce.sample_data.real_ct import sample_dir; print(sample_dir())')" \
 		--out $(DEMO)/hash6 --method hash --threshold 6 --workers 2 --csv --quiet
 	$(BIN)/ctreduce export $(DEMO)/hash6 --format png --out $(DEMO)/png --overwrite --quiet
 	$(BIN)/ctreduce export $(DEMO)/hash6 --format npy --size 224 --out $(DEMO)/npy --overwrite --quiet

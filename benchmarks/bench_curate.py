@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import cpu_model, load_line, versions  # noqa: E402
 
-from ctreduce.curate.index import HammingIndex, brute_pairs, codes_from_bits  # noqa: E402
+from ctreduce.core.dhash import codes_from_bits  # noqa: E402
+from ctreduce.io.intensity import Intensity  # noqa: E402
 from ctreduce.reduction import hashing  # noqa: E402
-from ctreduce.reduction.intensity import Intensity  # noqa: E402
+from ctreduce.reduction.hamming_index import HammingIndex, brute_pairs
 
 RADIUS = 6
 
@@ -54,13 +55,13 @@ def slice_codes(u8: np.ndarray) -> np.ndarray:
 def sample_u8() -> list[np.ndarray]:
     import SimpleITK as sitk
 
-    from ctreduce.samples import fetch
+    from ctreduce.sample_data.real_ct import fetch
 
     return [Intensity().to_uint8(sitk.GetArrayFromImage(sitk.ReadImage(str(p)))) for p in fetch(quiet=True)]
 
 
 def anatomies(samples: list[np.ndarray]) -> list[np.ndarray]:
-    from ctreduce.phantom import make_phantom
+    from ctreduce.sample_data.phantom import make_phantom
 
     out = []
     for seed in range(60):

@@ -2,7 +2,7 @@
 against an earlier commit.
 
 Three series (the two real sample CTs of ``ctreduce samples``, 48 and 61 slices of 512 px, written
-as DICOM by ``ctreduce.phantom.write_dicom_series``, and a 108-slice phantom), then, per seed, a
+as DICOM by ``ctreduce.sample_data.phantom.write_dicom_series``, and a 108-slice phantom), then, per seed, a
 few random header bytes changed (1-4 per file, never in the pixel data) in ~15% of the files. Each
 checkout runs ``ctreduce reduce ROOT --allow-gaps --method all`` in its own process; the figures
 are the slices reduced, the volumes that failed, the unchanged files that were not reduced (lost
@@ -36,8 +36,8 @@ def clean_series(folder: Path) -> list[Path]:
     """The three series, written once; their files in slice order."""
     import SimpleITK as sitk
 
-    from ctreduce.phantom import make_phantom, write_dicom_series
-    from ctreduce.samples import fetch
+    from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
+    from ctreduce.sample_data.real_ct import fetch
 
     done = folder / ".complete"
     if not done.exists():

@@ -33,8 +33,8 @@ from machine import cpu_model, load_line, versions  # noqa: E402
 
 import ctreduce  # noqa: E402
 from ctreduce.io.discover import scan  # noqa: E402
-from ctreduce.phantom import make_phantom, write_nifti  # noqa: E402
 from ctreduce.reduction import engine  # noqa: E402
+from ctreduce.sample_data.phantom import make_phantom, write_nifti  # noqa: E402
 from ctreduce.store import run as store_run  # noqa: E402
 from ctreduce.store.fingerprint import Fingerprint  # noqa: E402
 from ctreduce.store.lock import FolderLock  # noqa: E402

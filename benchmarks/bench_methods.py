@@ -3,7 +3,7 @@ throughput, and an archive run of all methods with 1 and 2 workers.
 
 What is measured (wall time with ``time.perf_counter``):
 
-  1. SSIM on the two real sample chest CTs (``ctreduce.samples.fetch()``, 48 + 61 slices of
+  1. SSIM on the two real sample chest CTs (``ctreduce.sample_data.real_ct.fetch()``, 48 + 61 slices of
      512x512 NRRD), threshold 0.9, ssim_size 128:
        ctreduce   ``ctreduce.reduce(samples, method="ssim", threshold=0.9, ssim_size=128,
                   device="cpu")`` (reading included);
@@ -17,7 +17,7 @@ What is measured (wall time with ``time.perf_counter``):
      ResNet-50 architecture with random weights from a local state-dict file; device cpu,
      batch_size 32) on the sample CTs: slices/s = slices / wall time of ``ctreduce.reduce``,
      after a warm-up on a 4-slice phantom (imports and model loading excluded).
-  3. A synthetic NRRD archive (``ctreduce.phantom``, slice thickness 1.25 mm, one seed per
+  3. A synthetic NRRD archive (``ctreduce.sample_data.phantom``, slice thickness 1.25 mm, one seed per
      volume; by default 200 volumes x 300 slices of 64x64 px, scaled down from the paper's
      512x512 slices to fit a 2-core machine), written once. Each method (all, every-n with
      target_fraction 0.1, hash 6, ssim 0.9, mi default, deepnet EfficientNet-Lite0 on the first
@@ -116,7 +116,7 @@ def leader_pairs(manifest) -> int:
 
 def tiny_volume(root: Path) -> Path:
     """A 4-slice phantom used to warm up imports and model loading."""
-    from ctreduce.phantom import make_phantom, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     path = root / "warmup" / "tiny.nrrd"
     if not path.exists():
@@ -285,7 +285,7 @@ def print_throughput(rows: list[tuple[str, int, float, int, float]], ssim: SSIMR
 
 
 def _write_phantom(path: str, slices: int, size: int, seed: int) -> None:
-    from ctreduce.phantom import make_phantom, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     hu, spacing = make_phantom(slices, size, SLICE_THICKNESS, seed=seed)
     write_nrrd(hu, spacing, path)
@@ -506,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours = ref = None
     try:
         if not args.skip_samples:
-            from ctreduce.samples import fetch
+            from ctreduce.sample_data.real_ct import fetch
 
             samples = fetch(quiet=True)
             if args.quick:

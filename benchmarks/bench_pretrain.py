@@ -7,7 +7,7 @@ What is measured (wall time with ``time.perf_counter``):
      paper's settings (2 global crops of 224 px, scale (0.9, 1); 6 local crops of 96 px,
      scale (0.10, 0.33)), timed over ``--batches`` batches after 2 warm-up batches (worker
      start-up excluded). Data: every slice of the two real sample chest CTs
-     (``ctreduce.samples.fetch()``, 48 + 61 slices of 512x512 NRRD) reduced with method
+     (``ctreduce.sample_data.real_ct.fetch()``, 48 + 61 slices of 512x512 NRRD) reduced with method
      ``all`` (109 slices), drawn with replacement (same seed for both) so that any number
      of batches exists.
        (a) ctreduce  ``ctreduce export --format npy --size 224``, read through
@@ -78,8 +78,8 @@ from torchvision import transforms as T
 import ctreduce
 from ctreduce.config import PretrainConfig, make_pretrain_config
 from ctreduce.ssl.data import open_export
+from ctreduce.ssl.pretrain import method_class
 from ctreduce.ssl.swav import SwAV
-from ctreduce.ssl.train import method_class
 from ctreduce.store.export import ExportStore
 
 PAPER_MEAN = 0.1806
@@ -142,7 +142,7 @@ class Exports:
 
 def prepare_exports(workdir: Path) -> Exports:
     """Reduce the sample CTs with method ``all`` and export the kept slices as npy (224) and PNG."""
-    from ctreduce.samples import fetch
+    from ctreduce.sample_data.real_ct import fetch
 
     start = time.perf_counter()
     run, npy, png = workdir / "run-all", workdir / "npy224", workdir / "png"

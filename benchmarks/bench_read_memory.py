@@ -62,7 +62,7 @@ def write_cases(root: Path, n: int, size: int) -> dict[str, tuple[Path, Path]]:
     """(volume, tiny volume of the same kind) per case, written once."""
     import nibabel as nib
 
-    from ctreduce.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
 
     done = root / f".complete-{n}-{size}"
     cases = {

@@ -21,8 +21,8 @@ run on the dataset's first volume; ctreduce's runs and the export best of ``--re
   (x) export    ``ctreduce.export(run, out, format="png", workers=W)`` of the (d) run, W = 1, 2;
                 rates in exported (kept) slices per second.
 
-Datasets: the two real sample chest CTs (``ctreduce.samples.fetch()``, 48 + 61 slices of
-512x512 NRRD) and a synthetic archive of DICOM series written once with ``ctreduce.phantom``
+Datasets: the two real sample chest CTs (``ctreduce.sample_data.real_ct.fetch()``, 48 + 61 slices of
+512x512 NRRD) and a synthetic archive of DICOM series written once with ``ctreduce.sample_data.phantom``
 (slice thickness 1.25 mm, one seed per volume). Files are read from a warm page cache. The load
 average is printed with every dataset: the figures mean little without it.
 
@@ -60,7 +60,7 @@ from PIL import Image
 
 import ctreduce
 from ctreduce.io.discover import load, scan
-from ctreduce.phantom import make_phantom, write_dicom_series
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 
 THRESHOLD = 6
 EXPORT_SIZE = 224
@@ -131,7 +131,7 @@ def volume_count(inputs: Sequence[Path]) -> tuple[int, int]:
 
 
 def samples_dataset() -> Dataset:
-    from ctreduce.samples import fetch
+    from ctreduce.sample_data.real_ct import fetch
 
     paths = fetch(quiet=True)
     n_volumes, n_slices = volume_count(paths)

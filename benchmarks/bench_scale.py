@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import cpu_model, load_line, versions  # noqa: E402
 
-from ctreduce.phantom import make_phantom, write_dicom_series  # noqa: E402
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series  # noqa: E402
 from ctreduce.store.run import MANIFEST, SUMMARY, RunFolder, part_name  # noqa: E402
 
 CTREDUCE = str(Path(sys.executable).with_name("ctreduce"))

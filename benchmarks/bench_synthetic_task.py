@@ -39,10 +39,11 @@ def cnn_accuracy(samples: LesionSamples, *, epochs: int = 30, seed: int = 0) -> 
     from torch import nn
     from torchvision.transforms import v2
 
-    from ctreduce.downstream.datasets import ImageDataset, Split
+    from ctreduce.downstream.datasets import ImageDataset
     from ctreduce.downstream.finetune import fit_best
     from ctreduce.downstream.module import FinetuneModule
-    from ctreduce.trainer import resolve
+    from ctreduce.lightning_setup import resolve
+    from ctreduce.tasks.data import Split
 
     pl.seed_everything(seed, verbose=False)
     layers: list[tuple[str, nn.Module]] = []

@@ -1,4 +1,4 @@
-"""CPU threads of a training run on a shared machine: torch's defaults against ``ctreduce.devices.thread_policy``.
+"""CPU threads of a training run on a shared machine: torch's defaults against ``ctreduce.core.devices.thread_policy``.
 
 Issue 11 measured ctreduce SwAV slowing 6.4x under a load of ~3 from another job on a 2-core machine
 (lightly-train SimCLR: 3.2x). This benchmark trains SwAV (cpu preset: ResNet-18, 64 px, batch 32, 2 + 2
@@ -36,8 +36,8 @@ from machine import cpu_model, load_line  # noqa: E402
 
 import ctreduce  # noqa: E402
 from ctreduce.config import make_pretrain_config  # noqa: E402
-from ctreduce.devices import thread_policy  # noqa: E402
-from ctreduce.phantom import make_phantom, write_nifti  # noqa: E402
+from ctreduce.core.devices import thread_policy  # noqa: E402
+from ctreduce.sample_data.phantom import make_phantom, write_nifti  # noqa: E402
 from ctreduce.ssl.data import open_export  # noqa: E402
 from ctreduce.ssl.swav import SwAV  # noqa: E402
 

@@ -39,7 +39,7 @@ from bench_reduce import archive_dataset  # noqa: E402
 from machine import cpu_model, load_line, versions  # noqa: E402
 
 import ctreduce  # noqa: E402
-from ctreduce import exporting  # noqa: E402
+from ctreduce.exporting import from_run  # noqa: E402
 from ctreduce.io.discover import load  # noqa: E402
 from ctreduce.reduction import engine  # noqa: E402
 from ctreduce.reduction.verify import legacy_dhashes  # noqa: E402
@@ -60,13 +60,13 @@ def per_slice(fn: Callable[[], int], repeats: int) -> float:
 @contextlib.contextmanager
 def without_verification():
     """The digest (reduce) and the comparison (export) as no-ops, everything else unchanged."""
-    saved = engine.slice_digests, exporting.first_mismatch
+    saved = engine.slice_digests, from_run.first_mismatch
     engine.slice_digests = lambda hu: [""] * len(hu)  # type: ignore[assignment]
-    exporting.first_mismatch = lambda *a, **k: None  # type: ignore[assignment]
+    from_run.first_mismatch = lambda *a, **k: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        engine.slice_digests, exporting.first_mismatch = saved  # type: ignore[misc]
+        engine.slice_digests, from_run.first_mismatch = saved  # type: ignore[misc]
 
 
 def timed(fn: Callable[[], object]) -> float:

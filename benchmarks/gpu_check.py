@@ -10,14 +10,14 @@ Sections (each timed and reported on its own; a failing section prints its error
                  similarities; when the device's kept sets differ, the device run is repeated without
                  TF32 convolutions (``torch.backends.cudnn.allow_tf32 = False``) to tell whether TF32 is why.
   2. ssl         SwAV, MoCo v2 and SparK, ResNet-50, paper preset at 224 px, ``--batch`` images per step,
-                 ``bf16-mixed``, through a Lightning ``Trainer`` (``ctreduce.trainer`` settings) fed one
+                 ``bf16-mixed``, through a Lightning ``Trainer`` (``ctreduce.lightning_setup`` settings) fed one
                  batch of views already made (no loader cost): training images/s over ``--steps`` steps
                  after ``--warmup`` untimed ones, and peak GPU memory.
   3. finetune    ``ctreduce.downstream.module.FinetuneModule`` on a ResNet-50 with an 11-class head
                  (OrganSMNIST), every layer training (the protocol after its head-only epochs), Adam, batch
                  64 at 224 px, ``bf16-mixed``: steps/s and images/s, fed like (2).
   4. loader      images/s of the DataLoader each method trains from (npy export of the phantoms at 224 px,
-                 the method's views, the loader workers ``ctreduce.devices.thread_policy`` grants, and all
+                 the method's views, the loader workers ``ctreduce.core.devices.thread_policy`` grants, and all
                  cores less one), against the GPU's appetite from (2).
   5. pretrain    one real ``ctreduce.pretrain`` SwAV run (paper preset, ResNet-50, bf16-mixed, loader
                  included) from that export: images/s per epoch from its metrics.jsonl and its threads.
@@ -66,14 +66,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import pytorch_lightning as pl  # noqa: E402
 
 import ctreduce  # noqa: E402
-from ctreduce import backbones, trainer  # noqa: E402
+from ctreduce import backbones, lightning_setup  # noqa: E402
 from ctreduce.config import make_pretrain_config  # noqa: E402
-from ctreduce.devices import resolve_device, thread_policy, usable_cores  # noqa: E402
-from ctreduce.phantom import make_phantom, write_nifti  # noqa: E402
+from ctreduce.core.devices import resolve_device, thread_policy, usable_cores  # noqa: E402
 from ctreduce.reduction.deepnet import DeepNetMeasure  # noqa: E402
 from ctreduce.reduction.engine import kept_column  # noqa: E402
+from ctreduce.sample_data.phantom import make_phantom, write_nifti  # noqa: E402
 from ctreduce.ssl.data import open_export  # noqa: E402
-from ctreduce.ssl.train import method_class, pretrain  # noqa: E402
+from ctreduce.ssl.pretrain import method_class, pretrain  # noqa: E402
 
 METHODS = ("swav", "moco", "spark")
 ORGANSMNIST_CLASSES = 11
@@ -170,7 +170,7 @@ def reduction_check(method: str, ct: Path, first_hu: np.ndarray, device: torch.d
 
 
 def similarity_sample(hu: np.ndarray, backbone_file: Path) -> np.ndarray:
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
 
     u8 = Intensity.parse("minmax").to_uint8(hu)
     compare = DeepNetMeasure(str(backbone_file), "cpu", 32).prepare(u8).compare
@@ -212,7 +212,7 @@ class SameBatch(torch.utils.data.Dataset):
 
 def timed_fit(module: pl.LightningModule, batch: Any, s: dict[str, Any], device: torch.device,
               precision: str, images: int) -> dict[str, Any]:
-    settings = trainer.resolve(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+    settings = lightning_setup.resolve(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                                precision=precision)
     timer = StepTimer(s["warmup"])
     total = s["warmup"] + s["steps"]

@@ -6,7 +6,7 @@ import os
 import platform
 import subprocess
 
-from ctreduce.versions import package_versions
+from ctreduce.core.versions import library_versions
 
 
 def cpu_model() -> str:
@@ -26,4 +26,4 @@ def load_line() -> str:
 
 
 def versions(names: list[str]) -> dict[str, str]:
-    return package_versions(names)
+    return library_versions(names)

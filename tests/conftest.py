@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def sample_volumes() -> list[Path]:
     """The two real chest CTs (downloaded once into the cache by ``ctreduce samples``)."""
-    from ctreduce.samples import SamplesUnavailable, fetch
+    from ctreduce.sample_data.real_ct import SamplesUnavailable, fetch
 
     try:
         return fetch(quiet=True)
@@ -30,7 +30,7 @@ def real_ct_slice() -> Path:
 @pytest.fixture
 def archive(tmp_path: Path) -> Path:
     """A small mixed archive: two DICOM series, one NIfTI, one NRRD, plus non-volume files."""
-    from ctreduce.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
 
     root = tmp_path / "archive"
     for i, (thickness, n) in enumerate([(1.0, 30), (2.5, 20)]):
@@ -81,8 +81,8 @@ def slices():
     """16 phantom slices as uint8 (16, 48, 48), the input of the SSL view transforms."""
     import torch
 
-    from ctreduce.phantom import make_phantom
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
+    from ctreduce.sample_data.phantom import make_phantom
 
     hu, _ = make_phantom(n_slices=16, size=48)
     return torch.from_numpy(Intensity().to_uint8(hu))
@@ -92,7 +92,7 @@ def slices():
 def export_48(tmp_path_factory) -> Path:
     """An npy export (40 px) of 48 phantom slices, 3 NRRD volumes of 16, reduced with method all."""
     import ctreduce
-    from ctreduce.phantom import make_phantom, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     root = tmp_path_factory.mktemp("export48")
     for seed in range(3):

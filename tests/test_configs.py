@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctreduce.experiment import ExperimentError, load_experiment
+from ctreduce.experiment.runner import ExperimentError, load_experiment
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.y*ml"))
 

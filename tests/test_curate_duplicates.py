@@ -12,22 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctreduce.curate.duplicates import (
-    HashesUnavailable,
-    VolumeCodes,
-    archive_greedy,
-    find_duplicates,
-    manifest_codes,
-)
-from ctreduce.curate.index import BITS, brute_pairs, codes_from_hex
-from ctreduce.curate.store import CurateFolderError, DuplicatesFolder
+from ctreduce.core.dhash import BITS, codes_from_hex
+from ctreduce.curate.duplicates import HashesUnavailable, find_duplicates, manifest_codes
+from ctreduce.reduction.archive import VolumeCodes, archive_greedy
+from ctreduce.reduction.hamming_index import brute_pairs
+from ctreduce.store.curation import CurateFolderError, DuplicatesFolder
 
 
 def write_small_ct(sample: Path, out: Path) -> Path:
     """A real sample CT at 128 x 128 (every 4th pixel): real anatomy, quick to reduce."""
     import SimpleITK as sitk
 
-    from ctreduce.phantom import write_nrrd
+    from ctreduce.sample_data.phantom import write_nrrd
 
     image = sitk.ReadImage(str(sample))
     hu = sitk.GetArrayFromImage(image)[:, ::4, ::4]

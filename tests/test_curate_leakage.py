@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from test_curate_duplicates import write_small_ct
 
-from ctreduce.curate.index import codes_from_hex
+from ctreduce.core.dhash import codes_from_hex
 from ctreduce.curate.leakage import find_leakage, image_codes, leakage_of, pretrain_codes
-from ctreduce.curate.store import LeakageFolder
+from ctreduce.store.curation import LeakageFolder
 
 CLASSES = ("a_without", "b_with")
 
@@ -25,7 +25,7 @@ def setting(sample_volumes, tmp_path_factory) -> dict[str, Path]:
     import SimpleITK as sitk
 
     import ctreduce
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
 
     root = tmp_path_factory.mktemp("leak")
     write_small_ct(sample_volumes[0], root / "ct" / "lung1.nrrd")
@@ -119,7 +119,7 @@ def test_leakage_command_and_folder(setting, tmp_path):
 
 
 def test_a_loaded_task_gives_the_same_result(setting):
-    from ctreduce.downstream.datasets import load_image_folder
+    from ctreduce.tasks.folder import load_image_folder
 
     loaded = leakage_of(load_image_folder(setting["task"]), setting["run"])
     direct = find_leakage(setting["run"], setting["task"])

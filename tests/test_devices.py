@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from ctreduce import trainer
-from ctreduce.devices import THREADS_ENV, DeviceError, busy_cores, resolve_device, thread_policy
+from ctreduce import lightning_setup
+from ctreduce.core.devices import THREADS_ENV, DeviceError, busy_cores, resolve_device, thread_policy
 
 
 def test_auto_and_cpu_devices(monkeypatch):
@@ -75,20 +75,20 @@ def test_busy_cores_is_a_count():
 
 def test_trainer_settings_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    single = trainer.resolve()
+    single = lightning_setup.resolve()
     assert (single["accelerator"], single["precision"], single["strategy"]) == ("cpu", "32-true", "auto")
-    several = trainer.resolve(devices=2, num_nodes=2, sync_batchnorm=True)
+    several = lightning_setup.resolve(devices=2, num_nodes=2, sync_batchnorm=True)
     assert several["strategy"] == "ddp" and several["sync_batchnorm"] is False  # no SyncBN kernel on CPU
-    assert trainer.world_size(several) == 4 and trainer.local_processes(several) == 2
+    assert lightning_setup.world_size(several) == 4 and lightning_setup.local_processes(several) == 2
     with pytest.raises(ValueError, match="accelerator 'gpu' requested but CUDA is not available"):
-        trainer.resolve(accelerator="gpu")
+        lightning_setup.resolve(accelerator="gpu")
     with pytest.raises(ValueError, match="unknown accelerator 'tpu'"):
-        trainer.resolve(accelerator="tpu")
+        lightning_setup.resolve(accelerator="tpu")
 
 
 def test_trainer_writes_csv_and_tensorboard_logs(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    built = trainer.build(trainer.resolve(), root=tmp_path, logs=tmp_path / "logs", callbacks=[], max_epochs=1,
-                          steps_per_epoch=3, log_every_n_steps=50, enable_model_summary=False)
+    built = lightning_setup.build(lightning_setup.resolve(), root=tmp_path, logs=tmp_path / "logs", callbacks=[],
+                                  max_epochs=1, steps_per_epoch=3, log_every_n_steps=50, enable_model_summary=False)
     names = sorted(type(logger).__name__ for logger in built.loggers)
     assert names == ["CSVLogger", "TensorBoardLogger"] and built.log_every_n_steps == 3

@@ -16,11 +16,12 @@ import torchvision
 from PIL import Image
 
 from ctreduce.config import FinetuneConfig
-from ctreduce.downstream.datasets import _ORGAN_LABELS, load_task
 from ctreduce.downstream.evaluate import EvaluateError, evaluate_run
 from ctreduce.downstream.finetune import FinetuneError, build_model, finetune, transforms
 from ctreduce.downstream.module import FinetuneModule, knn_probabilities, trainable_names
 from ctreduce.downstream.synthetic import make_lesion_task
+from ctreduce.tasks.load import load_task
+from ctreduce.tasks.medmnist import _ORGAN_LABELS
 
 TINY = {"backbone": "resnet18", "input_size": 32, "batch_size": 8, "num_workers": 0, "bootstrap": 20}
 
@@ -329,7 +330,7 @@ def test_evaluate_scores_the_positive_label_it_is_given(tmp_path):
     config = FinetuneConfig(task={"format": "folder", "root": "-"}, out=str(out))
     FinetuneRun(out).prepare(config.model_dump(mode="json"), resume=True)
     (out / "seed0").mkdir()
-    save_predictions(out / "seed0" / "predictions.csv", [f"i{k}" for k in range(labels.size)], labels, prob,
+    save_predictions(out / "seed0", [f"i{k}" for k in range(labels.size)], labels, prob,
                      ["a", "b"])
     pred = prob.argmax(axis=1)
     runner = CliRunner()
@@ -404,7 +405,7 @@ def test_the_module_trains_as_a_plain_loop_of_the_papers_protocol(task, tmp_path
     (the head and BatchNorm with their own Adam for the head-only epoch, then every layer with a new Adam)."""
     from ctreduce.downstream.datasets import ImageDataset
     from ctreduce.downstream.finetune import fit_best
-    from ctreduce.trainer import resolve
+    from ctreduce.lightning_setup import resolve
 
     config = FinetuneConfig(task=task, init="random", **{**TINY, "flips": False})
     data = load_task(task)

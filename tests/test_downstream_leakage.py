@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_downstream_finetune import TINY, brightness_task, init_file  # noqa: F401  (fixture)
 
-from ctreduce.downstream.datasets import load_task
 from ctreduce.downstream.finetune import LeakageWarning, finetune
 from ctreduce.store.export import ExportWriter
+from ctreduce.tasks.load import load_task
 
 
 @pytest.fixture(scope="module")

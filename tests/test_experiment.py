@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ctreduce.experiment import ExperimentError, Runner, load_experiment, run_experiment
+from ctreduce.experiment.runner import ExperimentError, Runner, load_experiment, run_experiment
 
 TINY = {
     "name": "tiny",
@@ -36,7 +36,7 @@ def write(tmp_path, config) -> str:
 def test_tiny_grid_end_to_end_then_cached(tmp_path, monkeypatch):
     from PIL import Image
 
-    from ctreduce import devices
+    from ctreduce.core import devices
     from ctreduce.store.export import ExportStore
     from ctreduce.store.finetune import FinetuneRun
     from ctreduce.store.pretrain import PretrainRun

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import ctreduce
-from ctreduce.reduction.intensity import Intensity
+from ctreduce.io.intensity import Intensity
 
 
 @pytest.fixture

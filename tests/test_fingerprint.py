@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from ctreduce.io.discover import load, scan
 from ctreduce.io.volume import VolumeSource, hu_array
-from ctreduce.phantom import write_nifti
+from ctreduce.sample_data.phantom import write_nifti
 from ctreduce.store.fingerprint import Fingerprint, first_mismatch, slice_digest, slice_digests
 
 SLOW = settings(max_examples=25, deadline=None)

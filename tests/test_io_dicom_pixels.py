@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossl
 from ctreduce.io import dicom
 from ctreduce.io.discover import read_volume
 from ctreduce.io.volume import VolumeError, hu_array
-from ctreduce.phantom import make_phantom, write_dicom_series
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 
 
 def _library_files() -> list[str]:

@@ -16,9 +16,9 @@ import pytest
 
 import ctreduce
 from ctreduce.io.discover import read_volume, scan
+from ctreduce.io.intensity import Intensity
 from ctreduce.io.volume import VolumeError
-from ctreduce.phantom import make_phantom, write_dicom_series
-from ctreduce.reduction.intensity import Intensity
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 
 CTREDUCE = [str(Path(sys.executable).with_name("ctreduce"))]
 HINT = "use --allow-gaps to reduce the rest of the series"

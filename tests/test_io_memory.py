@@ -16,7 +16,7 @@ import pytest
 
 from ctreduce.io.discover import read_volume
 from ctreduce.io.volume import hu_array
-from ctreduce.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
 
 CHILD = r"""
 import gc, json, re, sys

@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ctreduce.io.discover import load, read_volume, scan
 from ctreduce.io.volume import VolumeError
-from ctreduce.phantom import make_phantom, write_dicom_series
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 LEGACY_CONVERTED_CT = "1.2.840.10008.5.1.4.1.1.2.2"

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from ctreduce.io.discover import read_volume
-from ctreduce.phantom import make_phantom
+from ctreduce.sample_data.phantom import make_phantom
 
 
 def _write(hu: np.ndarray, spacing, path, *, descending: bool, origin_z: float = -40.0) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from ctreduce.io.discover import read_volume, scan
 from ctreduce.io.volume import VolumeError
-from ctreduce.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from ctreduce.io.discover import scan
-from ctreduce.phantom import make_phantom, write_dicom_series
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def test_help_shows_no_value_type_beside_flags():
 
 def test_report_into_an_existing_folder_writes_report_html_there(tmp_path):
     import ctreduce
-    from ctreduce.phantom import make_phantom, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     hu, spacing = make_phantom(n_slices=6, size=32, slice_thickness=5.0, seed=0)
     write_nrrd(hu, spacing, tmp_path / "ct" / "p.nrrd")
@@ -108,7 +108,7 @@ def test_report_into_an_existing_folder_writes_report_html_there(tmp_path):
 def test_threshold_and_thresholds_combine_as_the_readme_says(tmp_path):
     """README (sweeps): the primary kept is --threshold's and joins the sweep; without it, the smallest of the sweep."""
     import ctreduce
-    from ctreduce.phantom import make_phantom, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     hu, spacing = make_phantom(n_slices=16, size=48, slice_thickness=5.0, seed=1)
     write_nrrd(hu, spacing, tmp_path / "ct" / "p.nrrd")

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import RLELossless
 
-from ctreduce.phantom import make_archive, make_phantom, write_dicom_series, write_nifti, write_nrrd
+from ctreduce.sample_data.phantom import make_archive, make_phantom, write_dicom_series, write_nifti, write_nrrd
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ INSIDE = "is inside the input folder"
 @pytest.fixture
 def task(tmp_path) -> Path:
     """A small image-folder task: two classes of phantom slices."""
-    from ctreduce.phantom import make_phantom
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
+    from ctreduce.sample_data.phantom import make_phantom
 
     root = tmp_path / "task"
     for label, name in enumerate(("a_without", "b_with")):

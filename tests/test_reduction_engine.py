@@ -94,7 +94,7 @@ def test_same_result_whatever_the_number_of_workers(archive, tmp_path):
 
 def test_a_single_large_series_is_read_by_every_worker_with_the_same_result(tmp_path):
     from ctreduce.io.discover import scan
-    from ctreduce.phantom import make_phantom, write_dicom_series
+    from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 
     hu, spacing = make_phantom(n_slices=40, size=32, slice_thickness=1.0, seed=3)
     write_dicom_series(hu, spacing, tmp_path / "in" / "ct", seed=3)

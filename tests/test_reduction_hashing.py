@@ -9,8 +9,9 @@ import pytest
 from conftest import reference_uint8
 from PIL import Image
 
+from ctreduce.core.dhash import hex_of_packed
+from ctreduce.io.intensity import Intensity
 from ctreduce.reduction import hashing
-from ctreduce.reduction.intensity import Intensity
 
 
 def imagehash_hex(u8: np.ndarray, kind: str = "dhash", hash_size: int = 8) -> str:
@@ -63,7 +64,7 @@ def test_other_hashes_are_imagehash(kind):
     rng = np.random.default_rng(1)
     u8 = rng.integers(0, 256, size=(4, 64, 64), dtype=np.uint8)
     packed = hashing.pack(hashing.hash_bits(u8, kind, 8))
-    assert [hashing.hash_hex(row, 64) for row in packed] == [imagehash_hex(s, kind) for s in u8]
+    assert hex_of_packed(packed, 64) == [imagehash_hex(s, kind) for s in u8]
 
 
 def test_hamming_equals_imagehash_difference():

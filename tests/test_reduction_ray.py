@@ -47,7 +47,7 @@ def test_unknown_backend(archive):
 
 
 def test_ray_export_matches_local_pool(archive, tmp_path, local_ray):
-    from ctreduce.exporting import export
+    from ctreduce.exporting.from_run import export
     from ctreduce.store.export import ExportStore
 
     ctreduce.reduce(archive, tmp_path / "run")
@@ -94,7 +94,7 @@ def _running(pids: set[int]) -> list[str]:
 @pytest.fixture(scope="module")
 def slow_archive(tmp_path_factory) -> Path:
     """Eight volumes that take SSIM a while: the command is still reducing when it is stopped."""
-    from ctreduce.phantom import make_phantom, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     root = tmp_path_factory.mktemp("slow")
     for i in range(8):

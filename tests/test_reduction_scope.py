@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import ctreduce
-from ctreduce.curate.index import brute_pairs, codes_from_hex
-from ctreduce.phantom import make_phantom, write_dicom_series
+from ctreduce.core.dhash import codes_from_hex
+from ctreduce.reduction.hamming_index import brute_pairs
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 from ctreduce.store.export import ExportStore
 
 

@@ -8,11 +8,11 @@ from skimage.metrics import structural_similarity
 from sklearn.metrics import normalized_mutual_info_score
 
 from ctreduce.config import ReduceConfig
-from ctreduce.phantom import make_phantom
-from ctreduce.reduction.intensity import Intensity
+from ctreduce.io.intensity import Intensity
 from ctreduce.reduction.leader import greedy_leader
 from ctreduce.reduction.measures import get_measure
 from ctreduce.reduction.settings import measure_of
+from ctreduce.sample_data.phantom import make_phantom
 
 
 @pytest.fixture(scope="module")

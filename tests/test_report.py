@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 import ctreduce
-from ctreduce.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
 from ctreduce.report import pick_slices, write_report
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
 
 ODD_NAME = "p&<odd>"  # a file name that must be HTML-escaped
 IMG = re.compile(r"<img\b[^>]*>")

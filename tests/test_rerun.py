@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import ctreduce
-from ctreduce.phantom import make_phantom, write_dicom_series
 from ctreduce.reduction import engine
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 from ctreduce.store.export import ExportStore
 from ctreduce.store.run import RunFolder, part_name
 

@@ -19,7 +19,7 @@ from ctreduce.ssl.data import ExportError, PngFolderDataset, SliceArrayDataset, 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    from ctreduce.phantom import make_phantom, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     root = tmp_path_factory.mktemp("exp")
     hu, spacing = make_phantom(n_slices=10, size=40, slice_thickness=5.0)

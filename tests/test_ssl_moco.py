@@ -384,7 +384,7 @@ def test_queue_is_kept_in_checkpoints(slices):
 def test_run_folder_records_the_queue(export_48, tmp_path, preset, used):
     """A 48-slice export: the cpu preset caps the queue to the data, the paper preset keeps its length;
     summary.json records the length used, config.yaml every MoCo setting, the checkpoint the queue."""
-    from ctreduce.ssl.train import pretrain
+    from ctreduce.ssl.pretrain import pretrain
 
     out = tmp_path / "pretrain"
     settings = {"method": "moco", "preset": preset, "backbone": "resnet18", "input_size": 32, "batch_size": 8,

@@ -42,8 +42,8 @@ def module() -> SparK:
 @pytest.fixture(scope="module")
 def slices() -> torch.Tensor:
     """8 normalised phantom slices (8, 3, 64, 64), the way the views present them."""
-    from ctreduce.phantom import make_phantom
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
+    from ctreduce.sample_data.phantom import make_phantom
 
     hu, _ = make_phantom(n_slices=8, size=64, seed=1)
     x = torch.from_numpy(Intensity().to_uint8(hu)).float().div(255)[:, None].expand(-1, 3, -1, -1)
@@ -568,7 +568,7 @@ def test_paper_preset_resolves_the_official_recipe():
     """Paper preset = official SparK as the paper's script runs it (docs/fidelity/spark.md)."""
     from timm.optim import Lamb
 
-    from ctreduce.ssl.train import _trainer_settings
+    from ctreduce.ssl.pretrain import _trainer_settings
 
     config = make_pretrain_config({"method": "spark"})
     assert (config.backbone, config.input_size, config.epochs, config.batch_size, config.warmup_epochs) == (
@@ -729,7 +729,7 @@ def test_one_step_matches_the_official_forward_and_update():
     input and mask."""
     import pytorch_lightning as pl
 
-    from ctreduce.ssl.train import _trainer_settings
+    from ctreduce.ssl.pretrain import _trainer_settings
 
     config = make_pretrain_config({"method": "spark", "input_size": 96, "batch_size": 4, "epochs": 2,
                                    "warmup_epochs": 1, "lr": 1.0, "num_workers": 0,

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 import ctreduce
-from ctreduce.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
+from ctreduce.io.intensity import Intensity
 from ctreduce.reduction import engine
-from ctreduce.reduction.intensity import Intensity
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
 from ctreduce.store.export import ExportError, ExportStore, png_name
 from ctreduce.store.run import RunConflict, RunFolder
 

@@ -201,7 +201,7 @@ def test_an_interrupted_export_exits_130_and_leaves_out_as_it_was(tmp_path):
     import signal
     import time
 
-    from ctreduce.phantom import make_phantom, write_nrrd
+    from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     for i in range(6):
         hu, spacing = make_phantom(n_slices=60, size=128, slice_thickness=1.0, seed=i)
@@ -237,7 +237,7 @@ def test_an_npy_export_without_an_unreadable_volume_is_cut_to_its_rows_in_place(
 
 def assert_export_is_the_manifest_except(run: Path, out: Path, missing: str) -> None:
     from ctreduce.io.discover import load
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
     from ctreduce.store.export import resize_pad
     from ctreduce.store.run import RunFolder
 

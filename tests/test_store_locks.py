@@ -106,7 +106,7 @@ def test_the_holder_note_on_a_full_disk_is_one_line(archive, tmp_path, monkeypat
 SLOW_EXPORT = """
 import sys, time
 from pathlib import Path
-import ctreduce.exporting as exporting
+import ctreduce.exporting.from_run as exporting
 real = exporting.export_volume
 def waiting(*args, **kwargs):
     print("exporting", flush=True)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from test_store import assert_export_is_the_manifest, cli
 
 import ctreduce
-from ctreduce.phantom import make_phantom, write_nifti
+from ctreduce.sample_data.phantom import make_phantom, write_nifti
 from ctreduce.store.export import ExportStore, png_name
 from ctreduce.store.files import NAME_MAX, encoded_name, hidden_sibling
 

@@ -16,8 +16,8 @@ from PIL import Image
 
 import ctreduce
 from ctreduce.io.discover import load
-from ctreduce.phantom import make_phantom, write_dicom_series
-from ctreduce.reduction.intensity import Intensity
+from ctreduce.io.intensity import Intensity
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 from ctreduce.store.export import ExportStore, resize_pad
 from ctreduce.store.run import RunFolder
 

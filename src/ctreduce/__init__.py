@@ -18,17 +18,18 @@ _API = {
     "read_volume": "ctreduce.io.discover",
     "scan": "ctreduce.io.discover",
     "ReduceConfig": "ctreduce.config",
-    "Intensity": "ctreduce.reduction.intensity",
+    "Intensity": "ctreduce.io.intensity",
     "reduce_volume": "ctreduce.reduction.engine",
     "reduce": "ctreduce.reduction.engine",
     "read_sources": "ctreduce.store.run",
-    "export": "ctreduce.exporting",
+    "export": "ctreduce.exporting.from_run",
     "dhash": "ctreduce.reduction.hashing",
-    "pretrain": "ctreduce.ssl.train",
+    "DHash": "ctreduce.core.dhash",
+    "pretrain": "ctreduce.ssl.pretrain",
     "PretrainConfig": "ctreduce.config",
     "FinetuneConfig": "ctreduce.config",
     "finetune": "ctreduce.downstream.finetune",
-    "run_experiment": "ctreduce.experiment",
+    "run_experiment": "ctreduce.experiment.runner",
 }
 
 __all__ = [*_API, "__version__"]

@@ -246,7 +246,7 @@ def export(
 
     The export is written beside OUT and moved into place when complete: OUT holds a whole
     export or none."""
-    from .exporting import export as do_export
+    from .exporting.from_run import export as do_export
     from .store.files import OutputError
     from .store.lock import LockHeld
 
@@ -351,8 +351,8 @@ def pretrain(
         _fail(str(exc))
     if settings.missing():
         _fail(settings.missing())
-    from .ssl.train import PretrainError, TrainingStopped, launched_rank
-    from .ssl.train import pretrain as do_pretrain
+    from .ssl.pretrain import PretrainError, TrainingStopped, launched_rank
+    from .ssl.pretrain import pretrain as do_pretrain
 
     try:
         summary = do_pretrain(settings, overwrite=overwrite)
@@ -399,7 +399,7 @@ def finetune(
 ) -> None:
     """Fine-tune and score a backbone with the paper's protocol (AUC, F1, ACC, mean +- sd)."""
     from .config import FinetuneConfig, checked, parse_overrides
-    from .downstream.taskspec import task_spec_for
+    from .tasks.spec import task_spec_for
 
     options = {k: v for k, v in {"devices": devices, "precision": precision}.items() if v is not None}
     try:
@@ -414,7 +414,7 @@ def finetune(
         _fail(str(exc))
     from .downstream.finetune import FinetuneError, LeakageWarning
     from .downstream.finetune import finetune as do_finetune
-    from .trainer import launched_rank
+    from .lightning_setup import launched_rank
 
     if launched_rank() == 0:
         for note in config.notes():
@@ -464,7 +464,7 @@ def experiment(
     config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/quick.yaml, configs/paper.yaml).")],
 ) -> None:
     """Run reduce -> export -> pretrain -> finetune for every cell; cached, resumable; writes the table."""
-    from .experiment import ExperimentError, run_experiment
+    from .experiment.runner import ExperimentError, run_experiment
 
     try:
         table = run_experiment(config, log=lambda line: typer.echo(line))
@@ -476,7 +476,7 @@ def experiment(
 @app.command()
 def samples() -> None:
     """Download the two real sample chest CTs into the cache and print their paths."""
-    from .samples import SamplesUnavailable, fetch
+    from .sample_data.real_ct import SamplesUnavailable, fetch
 
     try:
         paths = fetch()

@@ -7,10 +7,12 @@ one line (:class:`SettingsError`, :func:`describe`) in a fraction of a second, n
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Annotated, Any, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .core.devices import DEVICE_PATTERN
+from .core.dhash import is_dhash
 
 SELECTORS = ("all", "every-n")
 # The paper's fixed input statistics of grey slices on [0, 1] (of LIDC), used for ALL and every reduced subset.
@@ -22,7 +24,6 @@ EFFICIENTNET_LITE0 = "efficientnet-lite0"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
 OPTIMIZERS = ("lars", "sgd", "lamb", "adamw")
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 Settings = TypeVar("Settings", bound=BaseModel)
 
@@ -162,7 +163,7 @@ class ReduceConfig(BaseModel):
             raise ValueError("thresholds is empty")
         if self.scope not in ("volume", "archive"):
             raise ValueError(f"scope must be 'volume' or 'archive', got {self.scope!r}")
-        if self.scope == "archive" and (self.method != "hash" or self.hash_kind != "dhash" or self.hash_size != 8):
+        if self.scope == "archive" and (self.method != "hash" or not is_dhash(self.hash_kind, self.hash_size)):
             raise ValueError("scope 'archive' compares slices of different volumes by their 64-bit dHash: it "
                              "needs --method hash with the default dhash of size 8")
         if self.scope == "archive" and (self.target_fraction is not None or self.thresholds):

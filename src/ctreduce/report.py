@@ -1,7 +1,7 @@
 """A self-contained HTML report of a run folder: what was kept, overall and per volume.
 
 ``write_report(run_dir, out_html)`` reads ``manifest.parquet`` and ``summary.json`` of a run
-folder (see ``ctreduce.reduction.engine``) and writes one HTML file with every image embedded as a
+folder (layout: ``ctreduce.store.run``) and writes one HTML file with every image embedded as a
 base64 PNG data URI, so it opens offline and can be mailed or archived. The dataset summary and
 its figures cover all volumes; thumbnail strips and distance plots are drawn for the first
 ``max_volumes`` volumes only (each read again from its source), which keeps the file small and
@@ -23,8 +23,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from .io.discover import load
+from .io.intensity import Intensity
 from .io.volume import Volume, VolumeError, VolumeSource
-from .reduction.intensity import Intensity
 from .store.places import check_output_place
 from .store.run import SCORE_COLUMNS, VOLUMES, RunFolder, RunFolderError
 

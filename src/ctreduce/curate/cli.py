@@ -67,9 +67,9 @@ def leakage(
                                                                  "leakage.json.")] = None,
 ) -> None:
     """Task images (train/val/test) with a near-duplicate in the pre-training data, and test images in train."""
-    from ..downstream.datasets import task_paths, task_spec_for
     from ..store.files import OutputError
     from ..store.places import check_output_place
+    from ..tasks.spec import task_paths, task_spec_for
     from .leakage import find_leakage, leakage_inputs
 
     try:

@@ -2,13 +2,10 @@
 
 Every manifest records each slice's 64-bit dHash (imagehash's ``dhash`` of the slice's 8-bit
 image, hex), so the archive is not read again: :func:`find_duplicates` joins all slices of the
-given runs within ``threshold`` bits (:class:`~ctreduce.curate.index.HammingIndex`, exact) and
+given runs within ``threshold`` bits (:class:`~ctreduce.reduction.hamming_index.HammingIndex`, exact) and
 reports, per slice, its nearest slice in ANOTHER volume, and per pair of volumes how many slices
 of each have a near-duplicate in the other. A volume stored twice (copied into two collections,
 re-exported under new UIDs) shows as a pair where (nearly) every slice of both is matched.
-
-:func:`archive_greedy` applies the paper's greedy leader rule (Wolf et al. 2024, Sec. 2) across
-volumes, for ``reduce --scope archive``.
 """
 
 from __future__ import annotations
@@ -23,9 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.dhash import codes_from_hex, is_dhash
+from ..reduction.hamming_index import HammingIndex
 from ..store.places import check_output_place
 from ..store.run import RunFolder
-from .index import HammingIndex, codes_from_hex
 
 DEFAULT_THRESHOLD = 6
 # A volume pair is reported when at least this share of one volume's slices has a near-duplicate
@@ -50,7 +48,7 @@ def hash_column(run: RunFolder, manifest: pd.DataFrame) -> str:
                                     f"{missing}); rerun 'ctreduce reduce ... --out {run.path}' to complete it")
         return "dhash"
     settings = run.settings()
-    if (settings.get("method") == "hash" and settings.get("hash") == "dhash" and settings.get("hash_size") == 8
+    if (settings.get("method") == "hash" and is_dhash(settings.get("hash"), settings.get("hash_size"))
             and "hash" in manifest.columns and manifest["hash"].notna().all()):
         return "hash"
     raise HashesUnavailable(
@@ -112,7 +110,7 @@ class DuplicatesResult:
     meta: dict[str, Any]
 
     def write(self, out: str | os.PathLike) -> Path:
-        from .store import DuplicatesFolder
+        from ..store.curation import DuplicatesFolder
 
         check_output_place(out, archive_inputs(self.meta["runs"]))
         return DuplicatesFolder.write(out, self.meta, self.slices, self.volume_pairs)
@@ -220,63 +218,3 @@ def _volume_pairs(volumes: pd.MultiIndex, sizes: np.ndarray, matched: np.ndarray
         table = table.sort_values(["_share", "run_a", "volume_a", "run_b", "volume_b"],
                                   ascending=[False, True, True, True, True]).drop(columns="_share")
     return table.reset_index(drop=True)
-
-
-# --- archive-level reduction ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VolumeCodes:
-    """One volume's slices that survived the per-volume pass, in ascending slice order."""
-
-    volume_id: str
-    slice_index: np.ndarray
-    codes: np.ndarray  # uint64, one per slice
-
-    def __post_init__(self) -> None:
-        if len(self.slice_index) != len(self.codes):
-            raise ValueError(f"volume {self.volume_id}: {len(self.slice_index)} slice indices but "
-                             f"{len(self.codes)} codes")
-        if np.any(np.diff(np.asarray(self.slice_index)) <= 0):
-            raise ValueError(f"volume {self.volume_id}: slice indices must be strictly ascending")
-
-
-def archive_greedy(volumes: Sequence[VolumeCodes], threshold: int = DEFAULT_THRESHOLD) -> pd.DataFrame:
-    """The paper's greedy leader rule over the whole archive, after the per-volume pass.
-
-    Order (deterministic): the volumes as given (the engine passes them in manifest order, which
-    is input order), and inside each volume its slices by ascending slice index. Walking that
-    order, a slice is dropped when it lies within ``threshold`` bits of an earlier slice that was
-    kept (a leader), anywhere in the archive; its leader is the first such kept slice. This is the
-    paper's procedure (take the first remaining slice as leader, drop every remaining slice within
-    the threshold, repeat) applied to the concatenated order, so no two kept slices lie within
-    the threshold of each other. Inside one volume the per-volume pass has already separated the
-    kept slices, so only slices near an earlier volume's leader are dropped.
-
-    Returns one row per input slice, in that order: volume_id, slice_index, kept, leader_volume,
-    leader_slice (the slice itself when kept) and distance to the leader (0 when kept).
-    """
-    volume_id = np.concatenate([np.full(len(v.codes), v.volume_id, dtype=object) for v in volumes]) \
-        if volumes else np.zeros(0, dtype=object)
-    slice_index = np.concatenate([np.asarray(v.slice_index, np.int64) for v in volumes]) if volumes \
-        else np.zeros(0, np.int64)
-    codes = np.concatenate([np.asarray(v.codes, np.uint64) for v in volumes]) if volumes \
-        else np.zeros(0, np.uint64)
-    n = len(codes)
-    i, j, d = HammingIndex(codes, threshold).pairs()  # i < j: i comes first in the order
-    by_later = np.lexsort((i, j))
-    i, j, d = i[by_later].tolist(), j[by_later].tolist(), d[by_later].tolist()
-    kept = np.ones(n, dtype=bool)
-    leader = np.arange(n, dtype=np.int64)
-    distance = np.zeros(n, dtype=np.int64)
-    k = 0
-    while k < len(j):  # later slices ascending; their earlier neighbours ascending
-        later = j[k]
-        while k < len(j) and j[k] == later:
-            if kept[later] and kept[i[k]]:
-                kept[later] = False
-                leader[later], distance[later] = i[k], d[k]
-            k += 1
-    return pd.DataFrame({"volume_id": volume_id, "slice_index": slice_index, "kept": kept,
-                         "leader_volume": volume_id[leader], "leader_slice": slice_index[leader],
-                         "distance": distance})

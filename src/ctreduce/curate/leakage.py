@@ -25,16 +25,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..core.dhash import codes_from_bits, hex_from_codes
 from ..reduction import hashing
+from ..reduction.hamming_index import HammingIndex
 from ..store.export import META as EXPORT_META
 from ..store.export import ExportStore
 from ..store.places import check_output_place
 from ..store.run import MANIFEST, RunFolder
 from .duplicates import DEFAULT_THRESHOLD, manifest_codes
-from .index import HammingIndex, codes_from_bits
 
 if TYPE_CHECKING:
-    from ..downstream.datasets import DownstreamData
+    from ..tasks.data import DownstreamData
 
 SPLITS = ("train", "val", "test")
 _HASH_BATCH = 4096  # images hashed per stack: bounds the float64 copy of a batch
@@ -82,7 +83,7 @@ def pretrain_codes(path: str | os.PathLike) -> PretrainCodes:
             codes = np.concatenate([image_codes(np.asarray(array[lo:lo + _HASH_BATCH]))
                                     for lo in range(0, len(array), _HASH_BATCH)] or [np.zeros(0, np.uint64)])
         else:
-            from ..downstream.datasets import read_image_uint8
+            from ..io.images import read_image_uint8
 
             codes = image_codes([read_image_uint8(p) for p in store.image_paths()])
         slices = store.index[["volume_id", "slice_index", "source"]].reset_index(drop=True)
@@ -120,7 +121,7 @@ class LeakageResult:
         return list(self.meta.get("unreadable", []))
 
     def write(self, out: str | os.PathLike) -> Path:
-        from .store import LeakageFolder
+        from ..store.curation import LeakageFolder
 
         check_output_place(out, leakage_inputs(self.meta["pretrain"], self.meta.get("task_paths", [])))
         return LeakageFolder.write(out, self.meta, self.images)
@@ -144,7 +145,8 @@ def find_leakage(pretrain: str | os.PathLike, task: str | os.PathLike | dict[str
     and test rows also their nearest training image (``train_nearest``, ``train_distance``) and
     ``in_train``. Task images that cannot be read are left out and listed (``unreadable``).
     """
-    from ..downstream.datasets import load_task, task_paths, task_source, task_spec_for
+    from ..tasks.load import load_task
+    from ..tasks.spec import task_paths, task_source, task_spec_for
 
     start = time.perf_counter()
     spec = dict(task) if isinstance(task, dict) else task_spec_for(task)
@@ -185,7 +187,7 @@ def leakage_table(split_codes: dict[str, np.ndarray], names: dict[str, list[str]
     found = nearest >= 0
     at = np.where(found, nearest, 0)
     frame = pd.DataFrame({"split": split, "name": [n for s in SPLITS for n in names[s]],
-                          "dhash": [f"{int(c):016x}" for c in codes]})
+                          "dhash": hex_from_codes(codes)})
     for column in ("volume_id", "slice_index", "source"):
         values = source.slices[column].to_numpy()[at] if len(source.slices) else np.zeros(len(at), object)
         frame[f"nearest_{column}"] = pd.Series(values, dtype=object).where(found)

@@ -1,6 +1,7 @@
-"""Downstream evaluation data and metrics (the paper's COVID-CT, OrganSMNIST and folder tasks).
+"""Downstream evaluation of a backbone on a task (the paper's COVID-CT, OrganSMNIST and folder tasks).
 
-Submodules: :mod:`.datasets` (loaders, splits, torch dataset), :mod:`.metrics` (accuracy, AUC, F1,
+The task data (specs, loaders, splits) is :mod:`ctreduce.tasks`'s, without torch. Submodules here:
+:mod:`.datasets` (a split as a torch dataset), :mod:`.metrics` (accuracy, AUC, F1,
 bootstrap intervals, plots: scikit-learn's), :mod:`.module` (the fine-tuning protocol as a
 LightningModule), :mod:`.finetune` (the run: seeds, trainer, scoring), :mod:`.evaluate` (scoring
 saved predictions again) and :mod:`.synthetic` (a phantom lung-nodule task for tests and quick
@@ -13,15 +14,7 @@ from importlib import import_module
 from typing import Any
 
 _API = {
-    "DataError": "datasets",
-    "DataWarning": "datasets",
-    "DownstreamData": "datasets",
     "ImageDataset": "datasets",
-    "Split": "datasets",
-    "load_covid_ct": "datasets",
-    "load_image_folder": "datasets",
-    "load_medmnist": "datasets",
-    "load_task": "datasets",
     "BootstrapCI": "metrics",
     "MeanSD": "metrics",
     "MetricWarning": "metrics",

@@ -3,16 +3,24 @@ which recomputes them from the saved predictions; no Lightning needed."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..store.finetune import CONFIG, CONFUSION, METRICS, PREDICTIONS, RESULTS, RESULTS_LINE, ROC, FinetuneRun
+from ..store.finetune import (
+    CONFIG,
+    CONFUSION,
+    PREDICTIONS,
+    ROC,
+    FinetuneRun,
+    seed_metrics,
+    write_predictions,
+    write_seed_metrics,
+)
+from ..tasks.spec import task_source
 from .metrics import bootstrap_ci, classification_metrics, mean_sd, save_confusion_matrix_png, save_roc_png
-from .taskspec import task_source
 
 
 class EvaluateError(ValueError):
@@ -37,7 +45,7 @@ def evaluate_run(run_dir: str | Path, *, bootstrap: int = 1000, positive_label: 
         if "label" not in table or not prob_columns:
             raise EvaluateError(f"{folder / PREDICTIONS}: expected columns label and prob_<class>")
         classes = [c.removeprefix("prob_") for c in prob_columns]
-        previous = json.loads((folder / METRICS).read_text()) if (folder / METRICS).exists() else {}
+        previous = seed_metrics(folder) or {}
         extra = {k: previous[k] for k in ("best_epoch", "resumed", "seconds", "normalisation") if k in previous}
         per_seed.append(score(folder, classes, table["label"].to_numpy(), table[prob_columns].to_numpy(np.float64),
                               positive_label=positive, bootstrap=bootstrap, seed=seed, extra=extra))
@@ -47,15 +55,15 @@ def evaluate_run(run_dir: str | Path, *, bootstrap: int = 1000, positive_label: 
     previous = run.results()
     info.update({k: previous[k] for k in ("task", "split_sizes", "epochs", "head_only_epochs", "notes", "trainer",
                                           "threads") if k in previous})
-    return write_results(run.path, info, per_seed)
+    return write_results(run, info, per_seed)
 
 
-def save_predictions(path: Path, names: list[str], labels: np.ndarray, prob: np.ndarray, classes: list[str]) -> None:
-    """predictions.csv: name, label and one probability column ``prob_<class>`` per class."""
+def save_predictions(folder: Path, names: list[str], labels: np.ndarray, prob: np.ndarray, classes: list[str]) -> None:
+    """A seed's predictions.csv: name, label and one probability column ``prob_<class>`` per class."""
     table = pd.DataFrame({"name": names, "label": labels})
     for k, cls in enumerate(classes):
         table[f"prob_{cls}"] = prob[:, k]
-    table.to_csv(path, index=False)
+    write_predictions(folder, table)
 
 
 def score(out: Path, classes: list[str], labels: np.ndarray, prob: np.ndarray, *, positive_label: int,
@@ -67,30 +75,21 @@ def score(out: Path, classes: list[str], labels: np.ndarray, prob: np.ndarray, *
     save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), classes, out / CONFUSION)
     save_roc_png(labels, prob, classes, out / ROC, positive_label=positive_label)
     result = {"seed": seed, **extra, **metrics, "ci95": intervals}
-    (out / METRICS).write_text(json.dumps(result, indent=2, default=_plain))
+    write_seed_metrics(out, result)
     return result
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value))
-
-
-def write_results(out: Path, info: dict[str, Any], per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """results.json (per seed, mean +- sd) and the one-line results.csv of a run."""
+def write_results(run: FinetuneRun, info: dict[str, Any], per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's results.json (per seed, mean +- sd) and its one-line results.csv."""
     summary = dict(info)
     for name in ("accuracy", "auc", "f1", "f1_macro"):
         values = [r[name] for r in per_seed if r.get(name) is not None and not np.isnan(r[name])]
         if values:
             summary[name] = mean_sd(values)
     summary["per_seed"] = per_seed
-    (out / RESULTS).write_text(json.dumps(summary, indent=2, default=_plain))
     line = {k: info[k] for k in ("task", "init", "mode")} | {"seeds": len(per_seed)}
     for name in ("accuracy", "auc", "f1"):
         if name in summary:
             line[f"{name}_mean"], line[f"{name}_sd"] = summary[name]["mean"], summary[name]["sd"]
-    pd.DataFrame([line]).to_csv(out / RESULTS_LINE, index=False)
+    run.write_results(summary, line)
     return summary

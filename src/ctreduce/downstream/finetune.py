@@ -7,16 +7,15 @@ validation accuracy (the first to reach the maximum) is kept and scored on the t
 Every seed is a full repetition.
 
 Training is :class:`.module.FinetuneModule` on the Lightning set-up shared with pre-training
-(:mod:`ctreduce.trainer`): ``devices`` per machine (DDP when more than one, gloo on CPU; the batch
+(:mod:`ctreduce.lightning_setup`): ``devices`` per machine (DDP when more than one, gloo on CPU; the batch
 size is per device), ``precision`` (``auto``: 16-mixed on a GPU, 32-true on CPU), CSV and TensorBoard
 logs, a progress bar, a ``ModelCheckpoint`` keeping the best validation epoch and one keeping the
 last, from which a rerun of the same command continues (``resume``). CPU threads follow
-:func:`ctreduce.devices.thread_policy`. The folder layout is :mod:`ctreduce.store.finetune`'s.
+:func:`ctreduce.core.devices.thread_policy`. The folder layout is :mod:`ctreduce.store.finetune`'s.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import warnings
@@ -28,17 +27,23 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .. import backbones
-from .. import trainer as lightning_setup
+from .. import backbones, lightning_setup
 from ..backbones import BackboneError, Normalisation
 from ..config import FinetuneConfig
-from ..devices import DeviceError, ThreadPolicy, device_name, resolve_device
+from ..core.devices import DeviceError, ThreadPolicy, device_name, resolve_device
+from ..core.versions import library_versions
 from ..store import finetune as store_finetune
 from ..store.finetune import BEST, CHECKPOINTS, HISTORY, LAST, LOGS, MODEL, FinetuneRun, FinetuneRunError
 from ..store.places import check_output_place
-from .datasets import DownstreamData, ImageDataset, load_task, task_paths
+from ..tasks.data import DownstreamData
+from ..tasks.load import load_task
+from ..tasks.spec import task_paths
+from .datasets import ImageDataset
 from .evaluate import save_predictions, score, write_results
 from .module import EpochHistory, FinetuneModule, knn_probabilities
+
+# What a fine-tune's numbers depend on, recorded in its run.json
+LIBRARIES = ("ctreduce", "torch", "torchvision", "pytorch-lightning", "scikit-learn")
 
 
 class FinetuneError(ValueError):
@@ -110,7 +115,7 @@ def trainer_settings(config: FinetuneConfig) -> dict[str, Any]:
 
 def fit_best(module: FinetuneModule, train, val, folder: Path, settings: dict[str, Any], *, epochs: int,
              resume: bool = False, threads: ThreadPolicy | None = None) -> tuple[int, bool] | None:
-    """Train ``module`` for ``epochs`` on the set-up ``settings`` (:func:`ctreduce.trainer.resolve`), logs and
+    """Train ``module`` for ``epochs`` on the set-up ``settings`` (:func:`ctreduce.lightning_setup.resolve`), logs and
     checkpoints under ``folder``, from ``folder/checkpoints/last.ckpt`` when ``resume`` and it exists; then load
     the best validation epoch's weights into ``module``. (best epoch, resumed) on rank 0, None on other ranks."""
     best = pl.callbacks.ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename=BEST, monitor="val_accuracy",
@@ -138,8 +143,9 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
     """Train (or, for ``knn``, embed) and score one seed; a seed an earlier session finished is read back.
     None on the other DDP ranks (rank 0 scores)."""
     folder = run.seed_dir(seed)
-    if config.resume and (folder / store_finetune.METRICS).exists():
-        return json.loads((folder / store_finetune.METRICS).read_text())
+    finished = store_finetune.seed_metrics(folder) if config.resume else None
+    if finished is not None:
+        return finished
     pl.seed_everything(seed, verbose=False)
     n_classes = len(data.classes)
     model, norm = build_model(config, n_classes)
@@ -162,7 +168,7 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
         extra = {"best_epoch": fitted[0], "resumed": fitted[1]}
         prob, labels = module.probabilities(loaders["test"])
     folder.mkdir(parents=True, exist_ok=True)
-    save_predictions(folder / store_finetune.PREDICTIONS, list(data.test.names), labels, prob, data.classes)
+    save_predictions(folder, list(data.test.names), labels, prob, data.classes)
     result = score(folder, data.classes, labels, prob, positive_label=config.positive_label,
                    bootstrap=config.bootstrap, seed=seed,
                    extra={**extra, "seconds": round(time.perf_counter() - start, 2), "normalisation": norm.as_dict()})
@@ -209,10 +215,7 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     setup = {"trainer": {k: settings[k] for k in ("accelerator", "devices", "strategy", "precision")},
              "threads": threads.as_dict()}
     if rank == 0:
-        from ..versions import package_versions
-
-        versions = package_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "scikit-learn"])
-        (run.path / store_finetune.RUN_INFO).write_text(json.dumps({**setup, "versions": versions}, indent=2))
+        run.write_run_info({**setup, "versions": library_versions(LIBRARIES)})
     per_seed = [run_seed(config, data, seed, run, settings, threads) for seed in config.seeds]
     if rank != 0:
         return {}
@@ -223,7 +226,7 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
     leakage = pretraining_leakage(config.init, data)
     if leakage is not None:
         info["leakage"] = leakage
-    return write_results(run.path, info, per_seed)
+    return write_results(run, info, per_seed)
 
 
 def pretraining_leakage(init: str, data: DownstreamData) -> dict[str, Any] | None:

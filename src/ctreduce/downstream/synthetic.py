@@ -1,6 +1,6 @@
 """A synthetic labelled CT task: lung nodule present or not on a single phantom slice.
 
-The slices come from phantom volumes (:func:`ctreduce.phantom.make_phantom`) whose seeds are
+The slices come from phantom volumes (:func:`ctreduce.sample_data.phantom.make_phantom`) whose seeds are
 held out from anything ``make_archive`` or the tests pre-train on (they start at
 ``HELD_OUT_SEED`` = 1,000,000). For every sample the same seed is rendered with and without
 ``lesion``; the phantom draws its noise independently of ``lesion``, so the two volumes differ
@@ -80,7 +80,7 @@ def _knobs(difficulty: float) -> tuple[float, float, float]:
 def _lesion_pair(phantom_seed: int, size: int, n_slices: int, slice_thickness: float,
                  noise_hu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(with, without, area): both volumes in HU (float32) and the nodule area per slice."""
-    from ..phantom import make_phantom
+    from ..sample_data.phantom import make_phantom
 
     kwargs = dict(n_slices=n_slices, size=size, slice_thickness=slice_thickness, noise_hu=noise_hu,
                   seed=phantom_seed)
@@ -107,7 +107,7 @@ def lesion_samples(n_per_class: int = 150, *, size: int = 64, seed: int = 0, dif
     ``HELD_OUT_SEED + 100_000 * seed + i`` (a seed whose nodule falls outside the scanned range
     is skipped), so no two samples share a patient.
     """
-    from ..reduction.intensity import Intensity
+    from ..io.intensity import Intensity
 
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
@@ -205,7 +205,7 @@ def make_lesion_task(root: str | Path, *, n_per_class: int = 150, size: int = 64
         mask = samples.splits == split
         arrays[f"{split}_images"] = samples.images[mask]
         arrays[f"{split}_labels"] = samples.labels[mask].astype(np.uint8)[:, None]
-    from .datasets import medmnist_file  # torch: only for this format
+    from ..tasks.spec import medmnist_file  # torch: only for this format
 
     path = root / medmnist_file(flag, size)
     np.savez_compressed(path, **arrays)

@@ -276,7 +276,7 @@ def _read_headers(paths: list[Path], known: dict[str, tuple[int, int]], workers:
     if workers <= 1 or len(todo) < 64:
         read = [_header_or_reason(p) for p in todo]
     else:
-        from ..workers import pool
+        from ..core.workers import pool
 
         with pool(workers) as executor:
             read = list(executor.map(_header_or_reason, todo, chunksize=max(16, len(todo) // (8 * workers))))

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import device_name, resolve_device
+from ..core.devices import device_name, resolve_device
 from .measures import Measure, Prepared, register_measure
 
 INPUT_SIZE = 224

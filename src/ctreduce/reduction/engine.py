@@ -23,23 +23,29 @@ import pandas as pd
 import pyarrow as pa
 
 from ..config import SELECTORS, ReduceConfig
+from ..core.dhash import is_dhash
+from ..core.versions import library_versions
+from ..core.workers import pool as process_pool
+from ..core.workers import ray_session, terminate
 from ..io.discover import ScanResult, load, scan, walk
+from ..io.intensity import Intensity
 from ..io.volume import Volume, VolumeSource
 from ..store.export import ExportParts
 from ..store.files import DiskFull, disk_full, is_disk_full
 from ..store.fingerprint import DIGEST_COLUMN, Fingerprint, slice_digests
 from ..store.places import check_output_place
 from ..store.run import RunConflict, RunFolder, read_part, write_part
-from ..workers import pool as process_pool
-from ..workers import ray_session, terminate
 from . import hashing
-from .intensity import Intensity
+from .archive import archive_scope
 from .leader import Selection, every_n, greedy_leader, keep_all, memoize
 from .onepass import assemble_export, check_export, check_export_out
 from .settings import identity, measure_of, resolve, score_column, sweep
 from .verify import recorded_frame, still_valid
 
 __all__ = ["RunConflict", "NoVolumes", "reduce", "reduce_volume", "select"]
+
+# What a run's manifest depends on, recorded in its summary.json and run.json
+LIBRARIES = ("ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "nibabel", "SimpleITK", "pandas", "pyarrow")
 
 
 class NoVolumes(ValueError):
@@ -95,7 +101,8 @@ def select(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None
     columns = dict(prepared.columns)
     # Every manifest carries each slice's 64-bit dHash: archive-wide duplicate and leakage searches
     # (``ctreduce.curate``) then need no second read of the archive.
-    columns["dhash"] = (columns["hash"] if measure.params() == {"hash": "dhash", "hash_size": 8}
+    params = measure.params()
+    columns["dhash"] = (columns["hash"] if is_dhash(params.get("hash"), params.get("hash_size"))
                         else hashing.dhash(u8))
     return selections, columns
 
@@ -154,43 +161,6 @@ def resolve_target(manifest: pd.DataFrame, config: ReduceConfig) -> tuple[pd.Dat
     manifest = manifest.drop(columns=[c for c in manifest.columns if c.startswith("_")])
     return manifest, {"target_fraction": config.target_fraction, "threshold": best,
                       "kept_fraction": fractions[best]}
-
-
-def archive_scope(manifest: pd.DataFrame, threshold: int) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """``--scope archive``: the greedy leader rule again over the slices every volume kept, in
-    manifest order (volumes in input order, slices ascending), across volumes, by their dHash
-    (``ctreduce.curate.duplicates.archive_greedy``), so no two kept slices of the archive lie within
-    ``threshold`` bits.
-
-    Adds ``volume_kept`` (the per-volume pass) and ``leader_volume``; a slice dropped by the archive
-    pass gets its archive leader's volume, slice and Hamming distance. A slice dropped by the
-    per-volume pass keeps its leader there (``leader_volume`` = its own volume).
-    """
-    from ..curate.duplicates import VolumeCodes, archive_greedy
-    from ..curate.index import codes_from_hex
-
-    start = time.perf_counter()
-    manifest = manifest.copy()
-    manifest["volume_kept"] = manifest["kept"].to_numpy(copy=True)
-    manifest["leader_volume"] = manifest["volume_id"]
-    kept = manifest[manifest["kept"]]
-    volumes = [VolumeCodes(vid, group["slice_index"].to_numpy(np.int64),
-                           codes_from_hex(group["dhash"].tolist(), where=f"volume {vid}"))
-               for vid, group in kept.groupby("volume_id", sort=False)]
-    result = archive_greedy(volumes, threshold)  # rows in the order of ``kept`` (volumes are contiguous)
-    dropped = ~result["kept"].to_numpy()
-    rows = kept.index[dropped]
-    manifest.loc[rows, "kept"] = False
-    manifest.loc[rows, "leader"] = result["leader_slice"].to_numpy()[dropped].astype(np.int32)
-    manifest.loc[rows, "leader_volume"] = result["leader_volume"].to_numpy()[dropped]
-    manifest.loc[rows, "distance"] = result["distance"].to_numpy()[dropped].astype(np.float64)
-    pairs = result[dropped].groupby(["volume_id", "leader_volume"], sort=False).size()
-    return manifest, {"scope": "archive", "threshold": threshold, "kept_by_volumes": len(kept),
-                      "dropped_across_volumes": int(dropped.sum()), "kept": int(manifest["kept"].sum()),
-                      "volumes_with_drops": int(result[dropped]["volume_id"].nunique()),
-                      "top_pairs": [{"volume": v, "leader_volume": lv, "slices": int(n)}
-                                    for (v, lv), n in pairs.sort_values(ascending=False).head(20).items()],
-                      "seconds": round(time.perf_counter() - start, 3)}
 
 
 def every_n_for_target(slice_counts: Sequence[int], target: float) -> int:
@@ -381,13 +351,6 @@ def _named(source: VolumeSource, exc: Exception) -> str:
 # --- archives ------------------------------------------------------------------------------------
 
 
-def library_versions() -> dict[str, str]:
-    from ..versions import package_versions
-
-    return package_versions(["ctreduce", "numpy", "Pillow", "ImageHash", "pydicom", "nibabel", "SimpleITK",
-                             "pandas", "pyarrow"])
-
-
 def _job(source: VolumeSource, verify: set[str]):
     """What a worker runs for ``source``: reduce it, or verify it against its part (``verify_source``)."""
     return verify_source if source.volume_id in verify else process_source
@@ -557,7 +520,7 @@ def reduce(
         if parts is not None and manifest.attrs["summary"]["complete"]:
             manifest.attrs["summary"]["export"] = assemble_export(run, manifest, parts, Path(export_out),
                                                                   {s.volume_id: s for s in found.volumes},
-                                                                  library_versions())
+                                                                  library_versions(LIBRARIES))
             run.update_summary(manifest.attrs["summary"])
         return manifest
 
@@ -752,5 +715,5 @@ def _summary(found: ScanResult, entries: dict[str, dict[str, Any]], manifest: pd
         "volumes": volumes,
         "errors": errors,
         "skipped": found.skipped,
-        "versions": library_versions(),
+        "versions": library_versions(LIBRARIES),
     }

@@ -9,8 +9,8 @@ products whose every partial sum is an integer that the floating-point type hold
 BLAS computes them exactly in any order: in float32 with each weight split as
 ``high * 2**b + low`` (``split_weights``), or in float64 where no split keeps sums below 2**24.
 
-Hashes are stored as packed bits, most significant bit first, one row per slice, so that
-``hash_hex`` gives imagehash's ``str(hash)`` and Hamming distance is a popcount of XOR.
+Hashes are stored as packed bits, most significant bit first, one row per slice: Hamming distance is a
+popcount of XOR, and :mod:`ctreduce.core.dhash` writes them as imagehash's ``str(hash)``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import math
 from functools import lru_cache
 
 import numpy as np
+
+from ..core.dhash import hex_of_packed
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
 # ctreduce name -> imagehash function
@@ -187,12 +189,6 @@ def pack(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits.reshape(bits.shape[0], -1), axis=1)
 
 
-def hash_hex(packed_row: np.ndarray, n_bits: int) -> str:
-    """imagehash's ``str(ImageHash)`` for one packed hash."""
-    value = int.from_bytes(packed_row.tobytes(), "big") >> (packed_row.size * 8 - n_bits)
-    return f"{value:0{math.ceil(n_bits / 4)}x}"
-
-
 def hamming(packed: np.ndarray, ref: int, others: np.ndarray) -> np.ndarray:
     """Hamming distances between hash ``ref`` and each hash in ``others`` (row indices)."""
     x = np.bitwise_xor(packed[others], packed[ref])
@@ -202,6 +198,5 @@ def hamming(packed: np.ndarray, ref: int, others: np.ndarray) -> np.ndarray:
 def dhash(u8: np.ndarray, hash_size: int = 8) -> str | list[str]:
     """imagehash-compatible hex dHash of one uint8 slice (H, W), or of each slice of (n, H, W)."""
     stack = u8[None] if u8.ndim == 2 else u8
-    packed = pack(dhash_bits(stack, hash_size))
-    hexes = [hash_hex(row, hash_size * hash_size) for row in packed]
+    hexes = hex_of_packed(pack(dhash_bits(stack, hash_size)), hash_size * hash_size)
     return hexes[0] if u8.ndim == 2 else hexes

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..core.dhash import hex_of_packed
 from . import hashing
 from .leader import Compare
 
@@ -132,7 +133,7 @@ class HashMeasure(Measure):
         bits = hashing.hash_bits(u8, self.hash_kind, self.hash_size)
         packed = hashing.pack(bits)
         n_bits = int(np.prod(bits.shape[1:]))
-        hexes = [hashing.hash_hex(row, n_bits) for row in packed]
+        hexes = hex_of_packed(packed, n_bits)
         if packed.shape[1] % 8 == 0:  # XOR whole 64-bit words
             packed = packed.view(">u8")
         return Prepared(lambda ref, others: hashing.hamming(packed, ref, others), {"hash": hexes})

@@ -17,13 +17,13 @@ import pandas as pd
 
 from ..config import SELECTORS, ReduceConfig
 from ..io.discover import load
+from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
 from ..store.export import FORMATS, META, ExportError, ExportParts, ExportWriter, refuse_existing
 from ..store.files import read_json
 from ..store.fingerprint import first_mismatch
 from ..store.places import check_output_place
 from ..store.run import RunFolder
-from .intensity import Intensity
 from .verify import REDO_HINT, legacy_dhashes
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import SELECTORS, ReduceConfig
-from .intensity import Intensity
+from ..io.intensity import Intensity
 from .measures import Measure, available_measures, get_measure
 
 

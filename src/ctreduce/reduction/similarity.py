@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import device_name, resolve_device
+from ..core.devices import device_name, resolve_device
 from .measures import Measure, Prepared, register_measure
 
 SSIM_SIGMA = 1.5

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..io.intensity import Intensity
 from ..io.volume import Volume, VolumeSource
 from ..store.fingerprint import DIGEST_COLUMN, Fingerprint, digest_algorithm, first_mismatch
 from . import hashing
-from .intensity import Intensity
 
 # What to do about a volume whose slices no longer hold what the manifest records
 REDO_HINT = "Rerun the same 'ctreduce reduce' command with --verify to reduce it again"

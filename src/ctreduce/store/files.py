@@ -123,15 +123,18 @@ def _digest(text: str) -> str:
 
 
 def plain_json(value: Any) -> Any:
-    """``value`` with NaN/infinity as null and tuples as lists: strict JSON that any reader parses."""
+    """``value`` with NaN/infinity as null, tuples and numpy arrays as lists, numpy scalars as numbers and
+    paths as text: strict JSON that any reader parses."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain_json(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-        return plain_json(value.item())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays and scalars
+        return plain_json(value.tolist())
     return value
 
 
@@ -146,3 +149,16 @@ def write_json(path: Path, value: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def write_yaml(path: Path, value: Any) -> None:
+    """A settings file (``config.yaml``), atomically."""
+    import yaml
+
+    text = yaml.safe_dump(value, sort_keys=False)
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_csv(path: Path, table: Any) -> None:
+    """A pandas table as CSV without its index, atomically."""
+    atomic_write(path, lambda p: table.to_csv(p, index=False))

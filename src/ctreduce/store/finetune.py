@@ -1,13 +1,18 @@
-"""The fine-tuning run folder: names, and the readers that ``evaluate`` and ``experiment`` use.
+"""The fine-tuning run folder (``ctreduce finetune``): names, writers and readers.
 
 Layout (``OUT``)::
 
     config.yaml               the FinetuneConfig of the run
-    run.json                  how the latest session ran: Lightning set-up, threads, library versions
-    results.json, results.csv metrics per seed and mean +- sd; one summary line
-    seed<N>/                  per seed: model.pt, history.jsonl, predictions.csv, metrics.json (written
-                              last: a seed with it is finished), confusion.png, roc.png, logs/ (CSV and
-                              TensorBoard), checkpoints/ (best.ckpt, last.ckpt; removed once the seed is scored)
+    run.json                  how the latest session ran: Lightning set-up, threads, library versions (not a
+                              reduction's run.json, which holds its settings: ``store.run``)
+    results.csv               the one-line summary (task, init, mode, seeds, mean and sd of each metric)
+    results.json              metrics per seed and mean +- sd; written last: a run with it is finished
+    seed<N>/                  per seed: model.pt, history.jsonl, predictions.csv, confusion.png, roc.png,
+                              logs/ (CSV and TensorBoard), checkpoints/ (best.ckpt, last.ckpt; removed once the
+                              seed is scored) and metrics.json, written last: a seed with it is finished
+
+Every JSON file is strict JSON (an undefined metric, such as the AUC of a test split missing a class, is
+null) and every file written here is replaced atomically.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
-from .files import read_json
+from .files import read_json, write_csv, write_json, write_yaml
 
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
@@ -79,7 +85,10 @@ class FinetuneRun:
             for name in (RESULTS, RESULTS_LINE):
                 (self.path / name).unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+        write_yaml(self.path / CONFIG, config)
+
+    def write_run_info(self, info: dict[str, Any]) -> None:
+        write_json(self.path / RUN_INFO, info)
 
     def checkpoint(self, seed: int, name: str) -> Path:
         return self.seed_dir(seed) / CHECKPOINTS / f"{name}.ckpt"
@@ -87,3 +96,23 @@ class FinetuneRun:
     def results(self) -> dict[str, Any]:
         path = self.path / RESULTS
         return read_json(path) if path.exists() else {}
+
+    def write_results(self, summary: dict[str, Any], line: dict[str, Any]) -> None:
+        """results.csv (``line``), then results.json (``summary``), which marks the run finished."""
+        write_csv(self.path / RESULTS_LINE, pd.DataFrame([line]))
+        write_json(self.path / RESULTS, summary)
+
+
+def write_predictions(folder: Path, table: pd.DataFrame) -> None:
+    write_csv(folder / PREDICTIONS, table)
+
+
+def write_seed_metrics(folder: Path, metrics: dict[str, Any]) -> None:
+    """A seed's metrics.json, written after its other files: it marks the seed finished."""
+    write_json(folder / METRICS, metrics)
+
+
+def seed_metrics(folder: Path) -> dict[str, Any] | None:
+    """A finished seed's metrics (None when the seed is not finished)."""
+    path = folder / METRICS
+    return read_json(path) if path.exists() else None

@@ -8,7 +8,8 @@ Layout (``OUT``)::
     metrics.jsonl          one line per epoch
     logs/                  CSV and TensorBoard logs
     backbone.pt            the trained backbone (torchvision state_dict), when finished
-    summary.json           wall time, GPU hours, images seen, dataset size, status
+    summary.json           wall time, GPU hours, images seen, dataset size, status (not a reduction's
+                           summary.json, which counts kept slices: ``store.run``)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .files import read_json, write_json
+from .files import read_json, write_json, write_yaml
 
 CONFIG = "config.yaml"
 VERSIONS = "versions.json"
@@ -75,7 +76,7 @@ class PretrainRun:
                 target = self.path / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_yaml(config_file, resolved)
         write_json(self.path / VERSIONS, versions)
 
     def write_summary(self, summary: dict[str, Any]) -> None:

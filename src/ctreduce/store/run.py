@@ -2,13 +2,15 @@
 
 Layout (``DIR``)::
 
-    run.json           schema, settings and inputs of the run (a rerun must match them)
+    run.json           schema, settings and inputs of the run (a rerun must match them; a fine-tune's
+                       run.json says how it ran instead: ``store.finetune``)
     volumes.parquet    every volume found: id, format, files in anatomical order, fingerprint
     parts/*.parquet    one manifest part per finished volume (written atomically)
     progress.jsonl     journal of finished volumes (ok or error, with input fingerprints)
     manifest.parquet   one row per slice, all volumes in input order (manifest.csv with --csv), with each
                        slice's pixel digest (``fingerprint.slice_digest``): what later reads compare
-    summary.json       counts, kept fractions, timings, errors, skipped files, library versions
+    summary.json       counts, kept fractions, timings, errors, skipped files, library versions (a
+                       pre-training run's summary.json describes its training: ``store.pretrain``)
     headers.parquet    the DICOM header (or skip reason) of every file scanned, with its size and mtime:
                        a rerun reads again only the files that changed (a cache: deleting it is safe)
     export-parts/      reduce --export: each volume's exported slices, assembled into the export

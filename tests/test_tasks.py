@@ -11,24 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ctreduce.downstream.datasets import (
-    DataError,
-    DataWarning,
-    DownstreamData,
-    ImageDataset,
-    Split,
-    check_task_spec,
-    load_covid_ct,
-    load_image_folder,
-    load_medmnist,
-    load_task,
-    read_image_uint8,
-    task_source,
-    task_spec_for,
-)
+from ctreduce.downstream.datasets import ImageDataset
 from ctreduce.downstream.synthetic import CLASSES, _knobs, lesion_samples, make_lesion_task
-from ctreduce.phantom import make_phantom, write_dicom_series
-from ctreduce.reduction.intensity import Intensity, minmax_uint8
+from ctreduce.io.images import read_image_uint8
+from ctreduce.io.intensity import Intensity, minmax_uint8
+from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
+from ctreduce.tasks.covid_ct import load_covid_ct
+from ctreduce.tasks.data import DataWarning, DownstreamData, Split
+from ctreduce.tasks.folder import load_image_folder
+from ctreduce.tasks.load import load_task
+from ctreduce.tasks.medmnist import load_medmnist
+from ctreduce.tasks.spec import DataError, check_task_spec, task_source, task_spec_for
 
 TINY = dict(n_per_class=5, size=32, n_slices=8, seed=0)  # 10 slices: 3/1/1 per class
 
@@ -417,7 +410,7 @@ def test_image_dataset_item_and_transform(generated) -> None:
     x, y = ImageDataset(data.train)[0]
     assert x.dtype == torch.uint8 and x.shape == (1, 32, 32) and y == int(data.train.labels[0])
     assert torch.equal(x[0], torch.from_numpy(data.train.images[0]))
-    xt, _ = data.dataset("test", transform=lambda t: t.float() / 255)[1]
+    xt, _ = ImageDataset(data.test, transform=lambda t: t.float() / 255)[1]
     assert xt.dtype == torch.float32 and float(xt.max()) <= 1.0
     loader = torch.utils.data.DataLoader(ImageDataset(data.train), batch_size=4)
     xb, yb = next(iter(loader))

@@ -5,17 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctreduce.curate.index import (
-    BITS,
-    HammingIndex,
-    brute_nearest,
-    brute_pairs,
-    brute_query,
-    codes_from_bits,
-    codes_from_hex,
-    hex_from_codes,
-    plan,
-)
+from ctreduce.core.dhash import BITS, codes_from_bits
+from ctreduce.reduction.hamming_index import HammingIndex, brute_nearest, brute_pairs, brute_query, plan
 
 
 def _flips(rng: np.random.Generator, n: int, max_bits: int) -> np.ndarray:
@@ -31,9 +22,9 @@ def _flips(rng: np.random.Generator, n: int, max_bits: int) -> np.ndarray:
 def structured() -> np.ndarray:
     """CT-like codes: dHashes of phantom slices of 4 'patients', each volume stored with small
     perturbations several times, plus exact repeats (ties) and the all-zero code."""
-    from ctreduce.phantom import make_phantom
+    from ctreduce.io.intensity import Intensity
     from ctreduce.reduction import hashing
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.sample_data.phantom import make_phantom
 
     rng = np.random.default_rng(7)
     base = []
@@ -120,19 +111,3 @@ def test_bad_arguments_are_refused():
         HammingIndex(np.zeros(2, np.uint64), 65)
     with pytest.raises(ValueError, match="uint64"):
         HammingIndex(np.zeros(2, np.int64), 6)
-    with pytest.raises(ValueError, match="16 hex"):
-        codes_from_hex(["abc"], where="manifest.parquet")
-
-
-def test_codes_follow_imagehash_hex(real_ct_slice):
-    import imagehash
-    import pydicom
-    from PIL import Image
-
-    from ctreduce.reduction import hashing
-    from ctreduce.reduction.intensity import minmax_uint8
-
-    u8 = minmax_uint8(pydicom.dcmread(real_ct_slice).pixel_array.astype(np.float64))
-    text = str(imagehash.dhash(Image.fromarray(u8)))
-    code = codes_from_bits(hashing.pack(hashing.dhash_bits(u8[None])))
-    assert hex_from_codes(code) == [text] and codes_from_hex([text])[0] == code[0]

@@ -22,48 +22,25 @@ means nearest within the radius.
 Memory is linear in the number of codes: per part the sort order, the codes in that order and
 one table of ``2**bits`` int32 (4 MiB for 22-bit parts); results stream out in chunks.
 
-Codes are ``uint64`` with imagehash's bit order: the first hash bit is the most significant, so
-``int(hex_string, 16)`` is the code of imagehash's ``str(hash)``.
+Codes are ``uint64`` as :mod:`ctreduce.core.dhash` reads them from a manifest (imagehash's bit order).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-BITS = 64
+from ..core.dhash import BITS
+
 # Candidate pairs handled per vectorised step: bounds the temporary arrays (~40 bytes each).
 CHUNK = 1 << 21
 # Buckets larger than this are compared block by block (outer XOR over row chunks); smaller
 # ones through windows of the sorted codes (see HammingIndex._blocks).
 WINDOW = 1 << 11
-
-
-def codes_from_hex(hexes: Sequence[str], *, where: str = "hashes") -> np.ndarray:
-    """uint64 codes of 16-hex-digit hash strings (imagehash's ``str`` of a 64-bit hash)."""
-    values = list(hexes)
-    bad = next((h for h in values if not isinstance(h, str) or len(h) != 16), None)
-    if bad is not None:
-        raise ValueError(f"{where}: {bad!r} is not a 64-bit hash (16 hex digits)")
-    try:
-        return np.fromiter((int(h, 16) for h in values), dtype=np.uint64, count=len(values))
-    except ValueError as exc:
-        raise ValueError(f"{where}: not a hex hash ({exc})") from exc
-
-
-def hex_from_codes(codes: np.ndarray) -> list[str]:
-    return [f"{int(c):016x}" for c in np.asarray(codes, dtype=np.uint64)]
-
-
-def codes_from_bits(packed: np.ndarray) -> np.ndarray:
-    """uint64 codes of (n, 8) packed hashes (``reduction.hashing.pack`` of 8x8 dHash bits)."""
-    if packed.ndim != 2 or packed.shape[1] != 8 or packed.dtype != np.uint8:
-        raise ValueError(f"expected (n, 8) uint8 packed 64-bit hashes, got {packed.dtype} {packed.shape}")
-    return np.ascontiguousarray(packed).view(">u8")[:, 0].astype(np.uint64)
 
 
 def _check_codes(codes: np.ndarray, what: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Export the kept slices of a run for training: a PNG folder or one memory-mappable uint8 array.
+"""Export a finished run's kept slices for training: a PNG folder or one memory-mappable uint8 array.
 
 The format (file names, index, completion marker) belongs to ``ctreduce.store.export``; this
 module decides what goes in: the slices flagged in the manifest, read again from sources that
@@ -19,17 +19,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io.discover import load
-from .io.volume import VolumeError, VolumeSource
-from .reduction.intensity import Intensity
-from .reduction.verify import REDO_HINT, legacy_dhashes
-from .store.export import FORMATS, ExportError, ExportWriter, npy_rows, save_png
-from .store.files import OutputError, disk_full, is_disk_full
-from .store.fingerprint import DIGEST_COLUMN, first_mismatch
-from .store.places import check_output_place
-from .store.run import RunFolder, RunFolderError
-from .versions import package_versions
-from .workers import ray_session
+from ..core.versions import library_versions
+from ..core.workers import ray_session
+from ..io.discover import load
+from ..io.intensity import Intensity
+from ..io.volume import VolumeError, VolumeSource
+from ..reduction.verify import REDO_HINT, legacy_dhashes
+from ..store.export import FORMATS, ExportError, ExportWriter, npy_rows, save_png
+from ..store.files import OutputError, disk_full, is_disk_full
+from ..store.fingerprint import DIGEST_COLUMN, first_mismatch
+from ..store.places import check_output_place
+from ..store.run import RunFolder, RunFolderError
+
+# What an export's images depend on, recorded in its export.json
+LIBRARIES = ("ctreduce", "numpy", "Pillow", "pandas", "pyarrow")
 
 
 def _reading_the_run(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
@@ -138,7 +141,7 @@ def export(
             "allow_changed": sorted(check.changed) if allow_changed else [],
             "unchecked_sources": check.unchecked, "workers": workers, "backend": backend,
             "seconds": round(time.perf_counter() - start, 3),
-            "versions": package_versions(["ctreduce", "numpy", "Pillow", "pandas", "pyarrow"]),
+            "versions": library_versions(LIBRARIES),
         })
     return meta
 
@@ -194,7 +197,7 @@ def _in_order(jobs: list, policy: Intensity, fmt: str, size: int, images: Path |
         for job in jobs:
             yield export_volume(*job, policy, fmt, size, images)
         return
-    from .workers import pool, terminate
+    from ..core.workers import pool, terminate
 
     executor = pool(workers)
     finished = False

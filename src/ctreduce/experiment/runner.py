@@ -3,8 +3,9 @@
 For every cell (pre-training dataset x reduction x SSL method x downstream task) the runner
 executes reduce -> export -> pretrain -> finetune. Every stage lives in
 ``OUT/cache/<stage>/<key>/`` where the key hashes the stage's settings and its upstream keys,
-and is marked finished by ``done.json``; a rerun (after a crash, or with one more cell) runs only
-what is missing and never recomputes or deletes a finished stage. Reduction and pre-training
+and is marked finished by ``done.json`` (the folder's layout is :mod:`ctreduce.store.experiment`'s);
+a rerun (after a crash, or with one more cell) runs only what is missing and never recomputes or
+deletes a finished stage. Reduction and pre-training
 also resume inside a stage. Results: ``OUT/results.csv``, ``OUT/results.md`` (the paper's
 table) and ``OUT/plots/*.png``.
 
@@ -28,14 +29,25 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .config import FinetuneConfig, ReduceConfig, checked, describe, make_pretrain_config
-from .devices import ThreadPolicy, thread_policy
-from .experiment_table import plot_results, results_markdown, speedups
-from .store.export import ExportError, ExportStore
-from .store.finetune import FinetuneRun
-from .store.places import check_output_place
-from .store.pretrain import PretrainRun
-from .store.run import RunFolder
+from ..config import FinetuneConfig, ReduceConfig, checked, describe, make_pretrain_config
+from ..core.devices import ThreadPolicy, thread_policy
+from ..store.experiment import (
+    ARCHIVE,
+    EXPORT,
+    LEAKAGE,
+    RUN,
+    TASK,
+    ExperimentFolder,
+    done,
+    mark_done,
+    write_pretrain_settings,
+)
+from ..store.export import ExportError, ExportStore
+from ..store.finetune import FinetuneRun
+from ..store.places import check_output_place
+from ..store.pretrain import PretrainRun
+from ..store.run import RunFolder
+from .table import plot_results, results_markdown, speedups
 
 
 class ExperimentError(ValueError):
@@ -56,7 +68,7 @@ class DatasetSpec(BaseModel):
     @classmethod
     def _phantom_arguments(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            from .phantom import make_archive
+            from ..sample_data.phantom import make_archive
 
             _check_arguments(make_archive, value)
         return value
@@ -71,7 +83,7 @@ class ReductionSpec(BaseModel):
     @field_validator("settings")
     @classmethod
     def _reduce_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from .reduction.settings import resolve
+        from ..reduction.settings import resolve
 
         resolve(checked(ReduceConfig, value))
         return value
@@ -103,14 +115,14 @@ class TaskSpec(BaseModel):
     @model_validator(mode="after")
     def _data_spec(self) -> TaskSpec:
         """The spec the loader will get is well formed; its files need not exist yet."""
-        from .downstream.taskspec import check_task_spec
+        from ..tasks.spec import check_task_spec
 
         if self.synthetic is None:
             if not self.data:
                 raise ValueError(f"task {self.name!r} needs 'data' (a load_task spec) or 'synthetic'")
             check_task_spec(self.data)
         else:
-            from .downstream.synthetic import make_lesion_task
+            from ..downstream.synthetic import make_lesion_task
 
             _check_arguments(make_lesion_task, self.synthetic)
             check_task_spec(synthetic_task_spec(self, "-"))
@@ -119,8 +131,8 @@ class TaskSpec(BaseModel):
 
 def synthetic_task_spec(task: TaskSpec, root: str) -> dict[str, Any]:
     """The load_task spec of a synthetic task generated in ``root``; ``data`` adds loader arguments."""
-    from .downstream.synthetic import make_lesion_task
-    from .downstream.taskspec import medmnist_file
+    from ..downstream.synthetic import make_lesion_task
+    from ..tasks.spec import medmnist_file
 
     bound = inspect.signature(make_lesion_task).bind(root, **(task.synthetic or {}))
     bound.apply_defaults()
@@ -220,8 +232,7 @@ def _pretrain_in_own_process(config: Any, folder: Path) -> dict[str, Any]:
     import subprocess
     import sys
 
-    settings = folder / "pretrain.yaml"
-    settings.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    settings = write_pretrain_settings(folder, config.model_dump(mode="json"))
     done = subprocess.run([sys.executable, "-m", "ctreduce.cli", "pretrain", "--config", str(settings)])
     summary = PretrainRun(config.out).summary()
     if done.returncode or summary.get("status") != "finished":
@@ -237,7 +248,7 @@ def _key(*parts: Any) -> str:
 # Stage keys hash the resolved settings, not the file's spelling: an omitted setting whose default
 # changes, or a preset that changes, gives a new key; equivalent spellings share one.
 def _reduce_identity(settings: dict[str, Any]) -> dict[str, Any]:
-    from .reduction.settings import identity, resolve
+    from ..reduction.settings import identity, resolve
 
     return identity(resolve(ReduceConfig(**settings)))
 
@@ -259,6 +270,7 @@ class Runner:
     def __init__(self, config: ExperimentConfig, log=print) -> None:
         self.config = config
         self.out = Path(config.out)
+        self.folder = ExperimentFolder(self.out)
         self.log = log
 
     # -- planning ---------------------------------------------------------------------------------
@@ -268,9 +280,8 @@ class Runner:
 
     # -- stages -----------------------------------------------------------------------------------
     def _stage(self, stage: str, key: str, run, description: str) -> Path:
-        folder = self.out / "cache" / stage / key
-        done = folder / "done.json"
-        if done.exists():
+        folder = self.folder.stage(stage, key)
+        if done(folder) is not None:
             return folder
         folder.mkdir(parents=True, exist_ok=True)
         self.log(f"[{stage}] {description}")
@@ -279,32 +290,31 @@ class Runner:
             info = run(folder) or {}
         except ValueError as exc:  # settings that only fail on this cell's data (e.g. batch > slices)
             raise ExperimentError(f"[{stage}] {description}: {exc}") from exc
-        done.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 2), "description": description,
-                                    **info}, indent=2, default=str))
+        mark_done(folder, {"seconds": round(time.perf_counter() - start, 2), "description": description, **info})
         return folder
 
     def dataset_inputs(self, spec: DatasetSpec) -> list[str]:
         inputs = list(spec.inputs)
         if spec.samples:
-            from .samples import fetch
+            from ..sample_data.real_ct import fetch
 
             inputs += [str(p) for p in fetch(quiet=True)]
         if spec.phantom is not None:
             key = _key("phantom", spec.phantom)
 
             def generate(folder: Path) -> dict[str, Any]:
-                from .phantom import make_archive
+                from ..sample_data.phantom import make_archive
 
-                make_archive(folder / "archive", **spec.phantom)
+                make_archive(folder / ARCHIVE, **spec.phantom)
                 return {}
 
-            inputs.append(str(self._stage("data", key, generate, f"phantom archive {spec.phantom}") / "archive"))
+            inputs.append(str(self._stage("data", key, generate, f"phantom archive {spec.phantom}") / ARCHIVE))
         if not inputs:
             raise ExperimentError(f"dataset {spec.name!r} has no inputs, samples or phantom")
         return inputs
 
     def reduce(self, dataset: DatasetSpec, reduction: ReductionSpec, size: int) -> tuple[Path, str]:
-        from .reduction.engine import reduce
+        from ..reduction.engine import reduce
 
         inputs = self.dataset_inputs(dataset)
         key = _key("reduce", inputs, _reduce_identity(reduction.settings))
@@ -313,50 +323,50 @@ class Runner:
         fused = reduction.settings.get("target_fraction") is None or reduction.settings.get("method") == "every-n"
 
         def run(folder: Path) -> dict[str, Any]:
-            manifest = reduce(inputs, folder / "run", workers=self.config.workers,
+            manifest = reduce(inputs, folder / RUN, workers=self.config.workers,
                               **({"export": "npy", "export_size": size} if fused else {}), **reduction.settings)
             summary = manifest.attrs["summary"]
             if summary["totals"]["volumes_failed"]:
-                self.log(f"  {summary['totals']['volumes_failed']} volume(s) failed; see {folder / 'run'}")
+                self.log(f"  {summary['totals']['volumes_failed']} volume(s) failed; see {folder / RUN}")
             return {"kept": summary["totals"]["kept"], "slices": summary["totals"]["slices"]}
 
         folder = self._stage("reduce", key, run, f"{dataset.name} / {reduction.name}")
-        check = RunFolder(folder / "run").check_sources()
+        check = RunFolder(folder / RUN).check_sources()
         if check.changed or check.unchecked:
             if not self.config.allow_changed:
-                raise ExperimentError(f"[reduce] {dataset.name} / {reduction.name}: {check.message(folder / 'run')}"
+                raise ExperimentError(f"[reduce] {dataset.name} / {reduction.name}: {check.message(folder / RUN)}"
                                       " (in an experiment file: allow_changed: true)")
             self.log(f"  warning: {len(check.changed)} volume(s) changed since reduced; allow_changed is set")
         return folder, key
 
     def export(self, reduce_folder: Path, reduce_key: str, size: int) -> tuple[Path, str]:
-        from .exporting import export
+        from ..exporting.from_run import export
 
         key = _key("export", reduce_key, size)
 
         def run(folder: Path) -> dict[str, Any]:
             try:  # written in the reduce pass: link it, nothing is read again
-                fused = ExportStore.open(RunFolder(reduce_folder / "run").default_export)
+                fused = ExportStore.open(RunFolder(reduce_folder / RUN).default_export)
                 if fused.format == "npy" and fused.meta.get("size") == size:
-                    fused.clone(folder / "data")
+                    fused.clone(folder / EXPORT)
                     return {"slices": fused.meta["slices"], "fused": True}
             except ExportError:
                 pass
             # The stage owns its folder: an export left complete by a crash before done.json is replaced.
-            meta = export(reduce_folder / "run", folder / "data", format="npy", size=size, overwrite=True,
+            meta = export(reduce_folder / RUN, folder / EXPORT, format="npy", size=size, overwrite=True,
                           allow_changed=self.config.allow_changed)
             return {"slices": meta["slices"]}
 
         return self._stage("export", key, run, f"export {size}px"), key
 
     def pretrain(self, export_folder: Path, export_key: str, ssl: SSLSpec) -> tuple[Path, str]:
-        from .ssl.train import pretrain
+        from ..ssl.pretrain import pretrain
 
         key = _key("pretrain", export_key, _pretrain_identity(ssl.settings))
 
         def run(folder: Path) -> dict[str, Any]:
-            config = make_pretrain_config({**ssl.settings, "data": str(export_folder / "data"),
-                                           "out": str(folder / "run")})
+            config = make_pretrain_config({**ssl.settings, "data": str(export_folder / EXPORT),
+                                           "out": str(folder / RUN)})
             if config.devices == 1 and config.num_nodes == 1:
                 summary = pretrain(config)
             else:
@@ -368,19 +378,19 @@ class Runner:
     def task_spec(self, task: TaskSpec) -> dict[str, Any]:
         if task.synthetic is None:
             return task.data
-        from .downstream.synthetic import make_lesion_task
+        from ..downstream.synthetic import make_lesion_task
 
         key = _key("task", task.synthetic)
 
         def generate(folder: Path) -> dict[str, Any]:
-            make_lesion_task(folder / "task", **task.synthetic)
+            make_lesion_task(folder / TASK, **task.synthetic)
             return {}
 
         folder = self._stage("data", key, generate, f"synthetic task {task.name}")
-        return synthetic_task_spec(task, str(folder / "task"))
+        return synthetic_task_spec(task, str(folder / TASK))
 
     def finetune(self, init: str, init_key: str, task: TaskSpec) -> Path:
-        from .downstream.finetune import LeakageWarning, finetune
+        from ..downstream.finetune import LeakageWarning, finetune
 
         spec = self.task_spec(task)
         settings = {**self.config.finetune, "seeds": tuple(self.config.seeds),
@@ -388,7 +398,7 @@ class Runner:
         key = _key("finetune", init_key, _finetune_identity(settings, spec))
 
         def run(folder: Path) -> dict[str, Any]:
-            config = FinetuneConfig(**settings, task=spec, init=init, out=str(folder / "run"))
+            config = FinetuneConfig(**settings, task=spec, init=init, out=str(folder / RUN))
             for note in config.notes():  # also in the run's results.json
                 self.log(f"  note: {note}")
             with warnings.catch_warnings():  # the leakage stage reports leaks in one line of the log
@@ -401,7 +411,7 @@ class Runner:
     # -- the grid ---------------------------------------------------------------------------------
     def check_tasks(self) -> None:
         """Load every downstream task once: a missing class or an empty split fails here."""
-        from .downstream.datasets import load_task
+        from ..tasks.load import load_task
 
         for task in self.config.tasks:
             try:
@@ -411,7 +421,7 @@ class Runner:
 
     def check_place(self) -> None:
         """The experiment's folder is never inside its data: the archives and the tasks' files."""
-        from .downstream.datasets import task_paths
+        from ..tasks.spec import task_paths
 
         inputs = [p for d in self.config.datasets for p in d.inputs]
         inputs += [p for t in self.config.tasks if t.synthetic is None for p in task_paths(t.data)]
@@ -424,7 +434,7 @@ class Runner:
         self.check_place()
         self.out.mkdir(parents=True, exist_ok=True)
         self.check_tasks()
-        (self.out / "experiment.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        self.folder.write_config(self.config.model_dump(mode="json"))
         threads = grid_threads()
         rows = []
         with threads.handed_on():  # every stage's thread policy takes this count (CTREDUCE_THREADS)
@@ -442,7 +452,7 @@ class Runner:
         pretrain_folder, pretrain_key = self.pretrain(export_folder, export_key, ssl)
         row = self._cell_row(dataset, reduction, ssl, reduce_folder, pretrain_folder)
         for task in self.config.tasks:
-            metrics = FinetuneRun(self.finetune(str(pretrain_folder / "run"), pretrain_key, task) / "run").results()
+            metrics = FinetuneRun(self.finetune(str(pretrain_folder / RUN), pretrain_key, task) / RUN).results()
             for name, label in (("auc", "AUC"), ("f1", "F1"), ("accuracy", "ACC")):
                 stat = metrics.get(name) or {}
                 row[f"{task.name} {label}"] = stat.get("mean")
@@ -457,13 +467,13 @@ class Runner:
         """Test images of ``task`` within the dHash threshold of a pre-training slice of the export
         (``ctreduce leakage``), and test images also in the training split: they inflate the metrics.
         Cached like every stage; the warning is logged when it is computed."""
-        from .curate.leakage import find_leakage
+        from ..curate.leakage import find_leakage
 
         spec = self.task_spec(task)
 
         def run(folder: Path) -> dict[str, Any]:
-            found = find_leakage(export_folder / "data", spec)
-            found.write(folder / "leakage")
+            found = find_leakage(export_folder / EXPORT, spec)
+            found.write(folder / LEAKAGE)
             summary = found.summary()
             test, in_train = summary["leaked"]["test"], summary["test_in_train"]
             if test or in_train:
@@ -474,16 +484,16 @@ class Runner:
 
         folder = self._stage("leakage", _key("leakage", export_key, spec), run,
                              f"leakage of {task.name} against export {export_key}")
-        summary = json.loads((folder / "done.json").read_text())
+        summary = done(folder)
         return {f"{task.name} test leaks": summary["leaked"]["test"],
                 f"{task.name} test in train": summary["test_in_train"],
                 f"{task.name} test images": summary["images"]["test"]}
 
     def _cell_row(self, dataset: DatasetSpec, reduction: ReductionSpec, ssl: SSLSpec, reduce_folder: Path,
                   pretrain_folder: Path) -> dict[str, Any]:
-        summary = RunFolder(reduce_folder / "run").summary()
+        summary = RunFolder(reduce_folder / RUN).summary()
         target = summary.get("target", {})
-        pre = PretrainRun(pretrain_folder / "run").summary()
+        pre = PretrainRun(pretrain_folder / RUN).summary()
         return {
             "dataset": dataset.name,
             "reduction": reduction.name,
@@ -500,9 +510,8 @@ class Runner:
         }
 
     def write(self, table: pd.DataFrame, threads: ThreadPolicy) -> None:
-        table.to_csv(self.out / "results.csv", index=False)
-        (self.out / "results.md").write_text(results_markdown(table, [t.name for t in self.config.tasks], threads))
-        plot_results(table, [t.name for t in self.config.tasks], self.out / "plots")
+        self.folder.write_results(table, results_markdown(table, [t.name for t in self.config.tasks], threads))
+        plot_results(table, [t.name for t in self.config.tasks], self.folder.plots)
 
 
 def grid_threads() -> ThreadPolicy:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import reference_uint8
 
-from ctreduce.reduction.intensity import Intensity, minmax_uint8
+from ctreduce.io.intensity import Intensity, minmax_uint8
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint16, np.float32, np.float64])
@@ -79,7 +79,7 @@ def test_every_policy_equals_the_old_float64_formula(policy, dtype):
 
 
 def test_the_table_is_gathered_where_float32_would_differ():
-    from ctreduce.reduction.intensity import _plan
+    from ctreduce.io.intensity import _plan
 
     # One of the few int16 ranges where float32 arithmetic rounds one value differently.
     assert not _plan(np.dtype(np.int16).str, -32768, 10911, -32768.0, 10911.0).float32

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .devices import ThreadPolicy
+from ..core.devices import ThreadPolicy
 
 
 def speedups(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""The spelling of a downstream task spec (``{"format": ..., "root"/"path": ...}``), without torch: the CLI and
-experiment files check it with every other setting before torch loads; :mod:`.datasets` loads what it names."""
+"""The spelling of a downstream task spec (``{"format": ..., "root"/"path": ...}``): the CLI and experiment files
+check it with every other setting before any data is read; :mod:`.load` loads what it names."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 One place decides what ``accelerator``/``devices``/``strategy``/``precision`` = ``auto`` mean, how many
 processes a run has, which loggers write (CSV always, TensorBoard when installed) and how many CPU
-threads each process uses (:func:`ctreduce.devices.thread_policy`), so that a fine-tune runs exactly as
+threads each process uses (:func:`ctreduce.core.devices.thread_policy`), so that a fine-tune runs exactly as
 a pre-training run on the same machine.
 """
 
@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from .config import ACCELERATORS
-from .devices import ThreadPolicy, thread_policy
+from .core.devices import ThreadPolicy, thread_policy
 
 # Lightning's rank-zero messages go to these loggers (fabric's or pytorch_lightning's, whichever set it last).
 _RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..store.files import atomic_write, read_json, write_json
+from .files import atomic_write, read_json, write_json
 
 SCHEMA = 1
 DUPLICATES_META = "duplicates.json"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 import time
 from collections.abc import Iterator
@@ -23,11 +24,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import DEVICE_PATTERN
-
 if TYPE_CHECKING:
     import torch
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the device names settings accept
 THREADS_ENV = "CTREDUCE_THREADS"  # explicit torch threads per training process; rank 0 passes its choice on
 
 

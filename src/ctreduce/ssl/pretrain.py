@@ -15,11 +15,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .. import trainer as lightning_setup
+from .. import lightning_setup
 from ..config import PretrainConfig, make_pretrain_config
+from ..core.versions import library_versions
+from ..lightning_setup import launched_rank
 from ..store.places import check_output_place
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
-from ..trainer import launched_rank
 from .data import ExportError, export_info, intensity_stats, open_export
 
 __all__ = ["PretrainError", "TrainingStopped", "launched_rank", "method_class", "pretrain"]
@@ -49,12 +50,8 @@ def method_class(name: str):
     raise PretrainError(f"unknown pre-training method {name!r}; choose swav, moco or spark")
 
 
-def library_versions() -> dict[str, str]:
-    from ..versions import package_versions
-
-    out = package_versions(["ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy"])
-    out["cuda"] = torch.version.cuda or "none"
-    return out
+# What a pre-training run depends on, recorded in its versions.json with the CUDA build of torch
+LIBRARIES = ("ctreduce", "torch", "torchvision", "pytorch-lightning", "lightly", "numpy")
 
 
 # --- callbacks ---------------------------------------------------------------------------------
@@ -207,7 +204,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     # run folder before launching them, and another rank must not check, clear or rewrite it meanwhile.
     if launched_rank() == 0:
         try:
-            run.prepare(config.model_dump(mode="json"), library_versions(), overwrite)
+            run.prepare(config.model_dump(mode="json"),
+                        {**library_versions(LIBRARIES), "cuda": torch.version.cuda or "none"}, overwrite)
         except PretrainRunError as exc:
             raise PretrainError(str(exc)) from exc
 

@@ -1,0 +1,6 @@
+"""The lowest layer: small utilities every other layer may use, importing nothing else of ctreduce.
+
+:mod:`.dhash` (the 64-bit dHash value and its text), :mod:`.versions` (library versions recorded in
+outputs), :mod:`.workers` (process pools and the Ray session), :mod:`.devices` (torch devices and the
+CPU thread policy; torch is imported only where a device is made).
+"""
