@@ -189,12 +189,16 @@ class SSIMMeasure(Measure):
     def resize(self, u8: np.ndarray) -> np.ndarray:
         """The images SSIM compares (float64): bilinear, antialiased resize to ssim_size x ssim_size, along
         rows first, as torch's ``F.interpolate(antialias=True)`` (equal to it after the float32 cast: tested)."""
-        x = np.asarray(u8, dtype=np.float64)
+        u8 = np.asarray(u8)
         size = self.ssim_size
-        if x.shape[-2:] != (size, size):
-            x = _banded_product(x, resize_weights(x.shape[-1], size), axis=-1)
-            x = _banded_product(x, resize_weights(x.shape[-2], size), axis=-2)
-        return x.clip(0, 255)
+        if u8.shape[-2:] == (size, size):
+            return u8.astype(np.float64)
+        across, down = resize_weights(u8.shape[-1], size), resize_weights(u8.shape[-2], size)
+        out = np.empty((len(u8), size, size))
+        for start in range(0, len(u8), 8):  # 8 slices at a time: no float64 copy of the whole volume
+            x = u8[start : start + 8].astype(np.float64)
+            out[start : start + 8] = _banded_product(_banded_product(x, across, axis=-1), down, axis=-2)
+        return out.clip(0, 255, out=out)
 
     def prepare(self, u8: np.ndarray) -> Prepared:
         images = (self.resize(u8) - 128.0).astype(np.float32)
