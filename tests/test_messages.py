@@ -106,7 +106,7 @@ def test_report_into_an_existing_folder_writes_report_html_there(tmp_path):
 
 
 def test_threshold_and_thresholds_combine_as_the_readme_says(tmp_path):
-    """README (sweeps): the primary kept is --threshold's and joins the sweep; without it, the smallest of the sweep."""
+    """docs/reduction.md (sweeps): the primary kept is --threshold's and joins the sweep; else the sweep's smallest."""
     import ctreduce
     from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
@@ -119,8 +119,8 @@ def test_threshold_and_thresholds_combine_as_the_readme_says(tmp_path):
     both = ctreduce.reduce(tmp_path / "ct", method="hash", thresholds=[8, 4], threshold=6)
     assert both["kept"].tolist() == single[6].tolist()
     assert [c for c in both.columns if c.startswith("kept@")] == ["kept@4", "kept@6", "kept@8"]
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
-    assert "is `--threshold`'s when both are given, and that threshold joins the sweep" in readme
+    guide = " ".join((Path(__file__).parents[1] / "docs" / "reduction.md").read_text().split())
+    assert "is `--threshold`'s when both are given, and that threshold joins the sweep" in guide
 
 
 def test_pretrain_prints_no_tips_or_deprecations_and_a_finished_rerun_trains_nothing(export_48, tmp_path):
