@@ -3,20 +3,29 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CORE := $(VENV)/.installed-core
 DEMO := demo-out
 
 .PHONY: install demo test bench lint clean
 
-# Reinstall only when the package metadata changed; a second `make` is instant.
+# Two installs in the one .venv: the core (what `make demo` needs: no torch, about 0.9 GB) and everything
+# (`make test`: the train, ray, deepnet and dev extras, about 7 GB). Each reinstalls only when the package
+# metadata changed, so a second `make` is instant; everything includes the core.
+$(CORE): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(CORE)
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[train,dev,ray,deepnet]'
-	touch $(STAMP)
+	touch $(CORE) $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(BIN)/ctreduce samples
 	$(BIN)/ctreduce reduce "$$($(BIN)/python -c 'from ctreduce.sample_data.real_ct import sample_dir; print(sample_dir())')" \
 		--out $(DEMO)/hash6 --method hash --threshold 6 --workers 2 --csv --quiet

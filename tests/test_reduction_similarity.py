@@ -82,3 +82,74 @@ def test_preflight_refuses_a_device_this_machine_lacks(monkeypatch):
     measure_of(ReduceConfig(method="ssim", device="auto")).preflight()
     measure_of(ReduceConfig(method="mi", device="cuda")).preflight()  # MI runs on numpy: no device to check
     measure_of(ReduceConfig(method="hash")).preflight()
+
+
+# --- SSIM without torch: the numpy path keeps the torch path's slices ----------------------------
+
+
+def test_numpy_ssim_scores_equal_torch_ssim(slices):
+    """The two implementations, on the same resized images: scores equal up to the order of the final mean."""
+    import torch
+
+    from ctreduce.reduction.similarity import gaussian_window, ssim_numpy, ssim_torch
+
+    measure = get_measure("ssim", ssim_size=64, device="cpu")
+    images = (measure.resize(slices) - 128.0).astype(np.float32)
+    kernel = gaussian_window().astype(np.float32)
+    with_numpy, with_torch = ssim_numpy(images, kernel), ssim_torch(images, kernel, torch.device("cpu"), 5)
+    others = np.arange(len(slices))
+    for ref in range(len(slices)):
+        np.testing.assert_allclose(with_numpy.compare(ref, others), with_torch.compare(ref, others),
+                                   rtol=0, atol=1e-9)
+
+
+def test_numpy_resize_equals_torch_interpolate():
+    """``SSIMMeasure.resize`` (numpy) gives torch's antialiased bilinear resize, down and up, odd sizes too."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    for shape, size in [((3, 512, 512), 128), ((2, 333, 517), 128), ((2, 48, 64), 128), ((2, 100, 100), 100)]:
+        u8 = rng.integers(0, 256, shape, dtype=np.uint8)
+        expected = F.interpolate(torch.from_numpy(u8).double()[:, None], size=(size, size), mode="bilinear",
+                                 antialias=True, align_corners=False)[:, 0].clamp(0, 255).numpy()
+        got = get_measure("ssim", ssim_size=size, device="cpu").resize(u8)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        assert np.array_equal((got - 128.0).astype(np.float32), (expected - 128.0).astype(np.float32))
+
+
+SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95)  # 0.9 is the default threshold
+
+
+def _ssim_runs(inputs, tmp_path, monkeypatch, ssim_size=128):
+    """Manifests of one SSIM sweep reduced with torch and again with numpy (torch hidden from the measure)."""
+    import pandas as pd
+
+    import ctreduce
+    from ctreduce.reduction.similarity import SSIMMeasure
+
+    settings = {"method": "ssim", "thresholds": SWEEP, "ssim_size": ssim_size, "device": "cpu"}
+    ctreduce.reduce(inputs, tmp_path / "torch", **settings)
+    with monkeypatch.context() as patch:
+        patch.setattr(SSIMMeasure, "torch_device", lambda self: None)
+        ctreduce.reduce(inputs, tmp_path / "numpy", **settings)
+    return [pd.read_parquet(tmp_path / name / "manifest.parquet") for name in ("torch", "numpy")]
+
+
+def _assert_same_slices(with_torch, with_numpy):
+    columns = ["kept"] + [f"kept@{t:g}" for t in SWEEP]
+    assert set(columns) <= set(with_torch.columns)
+    for column in columns:
+        assert with_numpy[column].tolist() == with_torch[column].tolist(), column
+    assert with_numpy["leader"].tolist() == with_torch["leader"].tolist()
+    np.testing.assert_allclose(with_numpy["similarity"], with_torch["similarity"], rtol=0, atol=1e-9)
+    assert 0 < with_torch["kept@0.9"].sum() < len(with_torch)
+
+
+def test_numpy_ssim_keeps_the_torch_slices_of_the_real_cts(sample_volumes, tmp_path, monkeypatch):
+    _assert_same_slices(*_ssim_runs(sample_volumes, tmp_path, monkeypatch))
+
+
+@pytest.mark.parametrize("ssim_size", [128, 48])
+def test_numpy_ssim_keeps_the_torch_slices_of_the_phantom_archive(archive, tmp_path, monkeypatch, ssim_size):
+    _assert_same_slices(*_ssim_runs(archive, tmp_path, monkeypatch, ssim_size))

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write
 ODD_NAME = "p&<odd>"  # a file name that must be HTML-escaped
 IMG = re.compile(r"<img\b[^>]*>")
 DATA_PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+DATA_SVG = re.compile(r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"')
 
 
 def _archive(root: Path) -> Path:
@@ -61,9 +63,16 @@ def test_report_is_self_contained(report: Path) -> None:
     assert 'src="http' not in text and "<link" not in text and "<script" not in text
     tags = IMG.findall(text)
     assert len(tags) >= 1 + 2 * 3  # histogram, then a strip and a plot per volume
+    charts = [tag for tag in tags if DATA_SVG.search(tag)]
+    assert len(charts) == 1 + 3  # the histogram and a score plot per volume, drawn as SVG
     for tag in tags:
-        assert '<img src="data:image/png;base64,' in tag
-        data = DATA_PNG.search(tag).group(1)
+        if tag in charts:
+            svg = ElementTree.fromstring(base64.b64decode(DATA_SVG.search(tag).group(1)))
+            assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+            assert int(svg.get("width")) > 0 and int(svg.get("height")) > 0
+            assert f'width="{svg.get("width")}"' in tag and svg.findall(".//{http://www.w3.org/2000/svg}text")
+            continue
+        data = DATA_PNG.search(tag).group(1)  # the thumbnail strips
         with Image.open(io.BytesIO(base64.b64decode(data))) as image:
             assert image.format == "PNG"
             image.load()
@@ -212,7 +221,8 @@ def test_report_renders_in_chromium(run_dir: Path, report: Path, tmp_path: Path)
     assert len(titles) == len(ids)
     for title, vid in zip(titles, ids, strict=True):
         assert vid.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in title
-    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == len(IMG.findall(report.read_text("utf-8")))
+    drawn = re.findall(r'<img src="data:image/(png|svg\+xml);base64,', dom)
+    assert len(drawn) == len(IMG.findall(report.read_text("utf-8")))
 
     shot = tmp_path / "shot.png"
     _headless(chromium, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,2000", report.as_uri())
@@ -222,3 +232,13 @@ def test_report_renders_in_chromium(run_dir: Path, report: Path, tmp_path: Path)
     assert len(colours) > 50  # not blank: text, figures and thumbnails drew
     green = np.abs(pixels - [46, 158, 62]).sum(axis=1) < 40
     assert green.sum() > 100  # the green frames of kept slices in the thumbnail strips
+
+
+def test_chart_ticks_are_round_and_cover_the_range() -> None:
+    from ctreduce.core.charts import nice_ticks
+
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(-0.5, 47.5) == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert nice_ticks(0.0, 2.1, integer=True) == [0.0, 1.0, 2.0]  # counts: no half volumes
+    assert nice_ticks(0.8275, 0.9925) == [0.85, 0.9, 0.95]
+    assert nice_ticks(3.0, 3.0) == [3.0]

@@ -1,7 +1,8 @@
 """The ``ctreduce`` command. Heavy libraries are imported inside commands to keep start-up fast.
 
 Exit status: 0 when every volume was processed, 1 when any failed (after doing the rest),
-2 for unusable arguments (missing paths, conflicting run folder, bad settings).
+2 for unusable arguments (missing paths, conflicting run folder, bad settings) and for a command whose
+optional extra is not installed (one line naming it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from .core.extras import missing_extra
 from .curate import cli as curate_cli
 
 
@@ -35,6 +37,17 @@ class _Commands(typer.core.TyperGroup):
     def format_help(self, ctx: typer.Context, formatter) -> None:
         _blank_flag_types(self, ctx)
         super().format_help(ctx, formatter)
+
+    def invoke(self, ctx: typer.Context):
+        """A command that needs an extra that is not installed (torch for pre-training, say) says which one in
+        one line and exits 2, where Python would print a traceback."""
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            missing = missing_extra(exc, f"ctreduce {ctx.invoked_subcommand}")
+            if missing is None:
+                raise
+            _fail(str(missing))
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,

@@ -2,7 +2,8 @@
 
 ``write_report(run_dir, out_html)`` reads ``manifest.parquet`` and ``summary.json`` of a run
 folder (layout: ``ctreduce.store.run``) and writes one HTML file with every image embedded as a
-base64 PNG data URI, so it opens offline and can be mailed or archived. The dataset summary and
+base64 data URI (thumbnails as PNG, charts as SVG drawn by ``core.charts``, with no plotting library), so
+it opens offline and can be mailed or archived. The dataset summary and
 its figures cover all volumes; thumbnail strips and distance plots are drawn for the first
 ``max_volumes`` volumes only (each read again from its source), which keeps the file small and
 quick to open for archives of thousands of volumes.
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from .core.charts import Chart
 from .io.discover import load
 from .io.intensity import Intensity
 from .io.volume import Volume, VolumeError, VolumeSource
@@ -232,11 +234,11 @@ def _dataset_section(manifest: pd.DataFrame, summary: dict[str, Any], groups: di
     figures = []
     if groups:
         fractions = np.array([rows_[column].mean() for rows_ in groups.values()])
-        figures.append(_img(_fraction_histogram(fractions, column), "histogram of the kept fraction per volume"))
+        figures.append(_svg_img(_fraction_histogram(fractions, column), "histogram of the kept fraction per volume"))
     sweep = _sweep(manifest)
     if sweep is not None:
         if len(sweep) > 1:
-            figures.append(_img(_sweep_plot(sweep), "kept fraction per threshold"))
+            figures.append(_svg_img(_sweep_plot(sweep), "kept fraction per threshold"))
         figures.append(_sweep_table(sweep))
     if figures:
         out.append('<div class="figs">\n' + "\n".join(figures) + "\n</div>")
@@ -299,7 +301,7 @@ def _volume_section(number: int, rows: pd.DataFrame, source: VolumeSource | None
     distance = rows[score_name].to_numpy(float) if score_name else np.full(len(rows), np.nan)
     if np.isfinite(distance).any():
         threshold = float(rows["threshold"].iloc[0])
-        plot = _img(_distance_plot(rows["slice_index"].to_numpy(int), distance, kept_mask, threshold, column,
+        plot = _svg_img(_distance_plot(rows["slice_index"].to_numpy(int), distance, kept_mask, threshold, column,
                                    f'{rows["method"].iloc[0]} {score_name}'),
                     f"{vid}: score to leader along the slices")
     else:
@@ -383,62 +385,38 @@ def thumbnail_strip(images: np.ndarray, kept: np.ndarray, index: np.ndarray, thu
 # --- figures -------------------------------------------------------------------------------------
 
 
-def _figure(width_in: float, height_in: float, layout: str | None = "constrained"):
-    """A matplotlib Figure rendered by Agg, without touching pyplot's global state."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width_in, height_in), dpi=100, layout=layout)
-
-
-def _fig_png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return _png(Image.open(buffer).convert("RGB"))
+def _fraction_histogram(fractions: np.ndarray, column: str) -> Chart:
+    edges = np.linspace(0, 1, 21)
+    counts, _ = np.histogram(fractions, bins=edges)
+    chart = Chart(460, 240, (0.0, 1.0), (0.0, max(1.0, counts.max() * 1.05)),
+                  f"kept fraction per volume ({column})", "volumes", integer_y=True)
+    chart.bars(edges.tolist(), counts.tolist(), "#4a7fb5")
+    return chart
 
 
-def _fraction_histogram(fractions: np.ndarray, column: str) -> bytes:
-    fig = _figure(4.6, 2.4)
-    ax = fig.add_subplot()
-    ax.hist(fractions, bins=np.linspace(0, 1, 21), color="#4a7fb5", edgecolor="white")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"kept fraction per volume ({column})")
-    ax.set_ylabel("volumes")
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    return _fig_png(fig)
-
-
-def _sweep_plot(sweep: pd.DataFrame) -> bytes:
+def _sweep_plot(sweep: pd.DataFrame) -> Chart:
     known = sweep.dropna(subset=["threshold"])
-    fig = _figure(3.6, 2.4)
-    ax = fig.add_subplot()
-    ax.plot(known["threshold"], known["fraction"], "o-", color="#4a7fb5")
+    lo, hi = float(known["threshold"].min()), float(known["threshold"].max())
+    pad = 0.05 * ((hi - lo) or 1.0)
+    chart = Chart(360, 240, (lo - pad, hi + pad), (0.0, 1.02), "threshold", "kept fraction")
+    chart.line(known["threshold"].tolist(), known["fraction"].tolist(), "#4a7fb5")
     run = known[known["run"]]
-    ax.plot(run["threshold"], run["fraction"], "o", color="#d98c1f", label="this run")
-    ax.set_xlabel("threshold")
-    ax.set_ylabel("kept fraction")
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8, frameon=False)
-    return _fig_png(fig)
+    chart.points(run["threshold"].tolist(), run["fraction"].tolist(), "#d98c1f", label="this run", radius=3.5)
+    return chart
 
 
 def _distance_plot(index: np.ndarray, distance: np.ndarray, kept: np.ndarray, threshold: float,
-                   column: str, method: str) -> bytes:
-    fig = _figure(9.6, 1.9, layout=None)  # fixed margins: constrained layout would double the time per volume
-    fig.subplots_adjust(left=0.07, right=0.8, bottom=0.26, top=0.95)
-    ax = fig.add_subplot()
+                   column: str, method: str) -> Chart:
     dropped = np.isfinite(distance)
     lo, hi = min(distance[dropped].min(), threshold), max(distance[dropped].max(), threshold)
     span = hi - lo or 1.0
-    ax.set_ylim(lo - 0.25 * span, hi + 0.1 * span)  # room below the scores for the kept marks
-    ax.plot(index[dropped], distance[dropped], ".", color=_hex(DROPPED_COLOUR), ms=5, label="dropped: score to leader")
-    ax.axhline(threshold, color="#888", ls="--", lw=1, label=f"threshold {threshold:g}")
-    ax.plot(index[kept], np.full(int(kept.sum()), 0.07), "|", color=_hex(KEPT_COLOUR), ms=8, mew=1.5,
-            transform=ax.get_xaxis_transform(), label=column)
-    ax.set_xlim(index[0] - 0.5, index[-1] + 0.5)
-    ax.set_xlabel("slice index (inferior to superior)")
-    ax.set_ylabel(method)
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _fig_png(fig)
+    chart = Chart(960, 190, (index[0] - 0.5, index[-1] + 0.5), (lo - 0.25 * span, hi + 0.1 * span),
+                  "slice index (inferior to superior)", method, margins=(64, 190, 10, 40))
+    chart.points(index[dropped].tolist(), distance[dropped].tolist(), _hex(DROPPED_COLOUR),
+                 label="dropped: score to leader")
+    chart.level(threshold, "#888", label=f"threshold {threshold:g}")
+    chart.ticks(index[kept].tolist(), _hex(KEPT_COLOUR), label=column)  # below the scores: room was left
+    return chart
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -462,6 +440,13 @@ def _img(png: bytes, alt: str) -> str:
     width, height = Image.open(io.BytesIO(png)).size
     data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" width="{width}" height="{height}" alt="{_esc(alt)}">'
+
+
+def _svg_img(chart: Chart, alt: str) -> str:
+    """A chart as an image (not inline SVG: its text and ids stay out of the page's)."""
+    data = base64.b64encode(chart.svg().encode("utf-8")).decode("ascii")
+    return (f'<img src="data:image/svg+xml;base64,{data}" width="{chart.width}" height="{chart.height}" '
+            f'alt="{_esc(alt)}">')
 
 
 def _legend(column: str) -> str:

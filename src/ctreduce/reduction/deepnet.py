@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..core.devices import device_name, resolve_device
+from ..core.extras import missing_extra
 from .measures import Measure, Prepared, register_measure
 
 INPUT_SIZE = 224
@@ -116,9 +117,15 @@ class DeepNetMeasure(Measure):
     def preflight(self) -> None:
         """The device exists and the weights load: a backbone file, the ResNet-50 ImageNet weights (cached or
         downloadable), the EfficientNet packages. Loaded on the CPU, where in-process reductions reuse them
-        (workers load their own); a GPU is not touched before the run."""
-        resolve_device(self.device)
-        load_backbone(self._spec(), "cpu")
+        (workers load their own); a GPU is not touched before the run. Without torch: which extra to install."""
+        try:
+            resolve_device(self.device)
+            load_backbone(self._spec(), "cpu")
+        except ModuleNotFoundError as exc:
+            missing = missing_extra(exc, "deepnet reduction")
+            if missing is None:
+                raise
+            raise missing from exc
 
     def params(self) -> dict[str, Any]:
         if self.is_file:
