@@ -220,7 +220,7 @@ def make_organsmnist(path: Path) -> None:
 def make_second_collection(path: Path) -> None:
     """Another collection holding two of make_lidc's scans again (the same phantoms, DICOM and NIfTI):
     the same scan stored twice, for ``duplicates`` and ``--scope archive``."""
-    from ctreduce.phantom import make_archive
+    from ctreduce.sample_data.phantom import make_archive
 
     make_archive(path, n_volumes=2, n_slices=20, size=48, slice_thickness=5.0)
 
