@@ -55,13 +55,13 @@ class ReduceResult:
 
     summary: dict[str, Any]
     run_dir: Path | None = None
-    held: pd.DataFrame | None = field(default=None, repr=False)
+    held: pd.DataFrame | None = field(default=None, repr=False, compare=False)  # the manifest, when held
 
     @cached_property
     def manifest(self) -> pd.DataFrame:
-        if self.held is not None or self.run_dir is None:
-            return self.held if self.held is not None else empty_manifest()
-        return RunFolder.open(self.run_dir).manifest()
+        if self.held is not None:
+            return self.held
+        return RunFolder.open(self.run_dir).manifest()  # type: ignore[arg-type]  # held when there is no folder
 
     @property
     def complete(self) -> bool:
