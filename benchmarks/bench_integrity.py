@@ -33,7 +33,7 @@ from machine import cpu_model, load_line, versions  # noqa: E402
 
 import ctreduce  # noqa: E402
 from ctreduce.io.discover import scan  # noqa: E402
-from ctreduce.reduction import engine  # noqa: E402
+from ctreduce.reduction import backends, worker  # noqa: E402
 from ctreduce.sample_data.phantom import make_phantom, write_nifti  # noqa: E402
 from ctreduce.store import run as store_run  # noqa: E402
 from ctreduce.store.fingerprint import Fingerprint  # noqa: E402
@@ -48,14 +48,15 @@ class _NoLock(contextlib.nullcontext):
 def without_integrity():
     """Fingerprints, pixel digests and locks as no-ops, everything else unchanged."""
     empty = Fingerprint(())
-    saved = (engine.Fingerprint.of, engine.slice_digests, store_run.RunFolder.lock)
-    engine.Fingerprint.of = classmethod(lambda cls, source, stats=None: empty)  # type: ignore[method-assign]
-    engine.slice_digests = lambda hu: [""] * len(hu)  # type: ignore[assignment]
+    saved = (Fingerprint.of, worker.slice_digests, backends.slice_digests, store_run.RunFolder.lock)
+    Fingerprint.of = classmethod(lambda cls, source, stats=None: empty)  # type: ignore[method-assign]
+    worker.slice_digests = backends.slice_digests = lambda hu: [""] * len(hu)  # type: ignore[assignment]
     store_run.RunFolder.lock = lambda self: (self.path.mkdir(parents=True, exist_ok=True), _NoLock())[1]
     try:
         yield
     finally:
-        engine.Fingerprint.of, engine.slice_digests, store_run.RunFolder.lock = saved  # type: ignore[misc]
+        (Fingerprint.of, worker.slice_digests, backends.slice_digests,  # type: ignore[misc]
+         store_run.RunFolder.lock) = saved
 
 
 def timed_reduce(inputs: list[Path], out: Path) -> float:

@@ -128,12 +128,12 @@ def tiny_volume(root: Path) -> Path:
 def timed_reduce(inputs: Sequence[Path], **settings: Any):
     reduce = ctreduce.reduce
     start = time.perf_counter()
-    manifest = reduce(list(inputs), **settings)
+    result = reduce(list(inputs), **settings)
     seconds = time.perf_counter() - start
-    errors = manifest.attrs["summary"]["errors"]
+    errors = result.summary["errors"]
     if errors:
         raise RuntimeError(f"ctreduce.reduce reported errors: {errors}")
-    return manifest, seconds
+    return result.manifest, seconds
 
 
 # --- 1. SSIM: ctreduce against a scikit-image loop -----------------------------------------------

@@ -148,8 +148,8 @@ def prepare_exports(workdir: Path) -> Exports:
     run, npy, png = workdir / "run-all", workdir / "npy224", workdir / "png"
     for path in (run, npy, png):
         shutil.rmtree(path, ignore_errors=True)
-    manifest = ctreduce.reduce(fetch(quiet=True), out=run, method="all")
-    summary = manifest.attrs["summary"]
+    result = ctreduce.reduce(fetch(quiet=True), out=run, method="all")
+    manifest, summary = result.manifest, result.summary
     if summary["errors"]:
         raise RuntimeError(f"ctreduce.reduce reported errors: {summary['errors']}")
     npy_summary = ctreduce.export(run, npy, format="npy", size=STORE_SIZE)

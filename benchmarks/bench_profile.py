@@ -43,9 +43,9 @@ from ctreduce.io import dicom
 from ctreduce.io.discover import load, scan
 from ctreduce.io.intensity import Intensity
 from ctreduce.io.volume import Volume, VolumeSource, hu_array
-from ctreduce.reduction.engine import reduce_volume
 from ctreduce.reduction.leader import greedy_leader
 from ctreduce.reduction.measures import HashMeasure
+from ctreduce.reduction.selection import reduce_volume
 from ctreduce.store.export import npy_rows, save_png
 from ctreduce.store.run import write_part
 

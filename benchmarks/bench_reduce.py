@@ -237,12 +237,12 @@ def kept_from_manifest(manifest) -> KeptSets:
 def ctreduce_pipeline(workers: int, export: str | None = None) -> Callable[..., KeptSets]:
     def run(dataset: Dataset, scratch: Path, inputs: Sequence[Path]) -> KeptSets:
         out = Path(tempfile.mkdtemp(prefix=f"run-w{workers}-", dir=scratch))
-        manifest = ctreduce.reduce(list(inputs), out=out, method="hash", threshold=THRESHOLD,
-                                   workers=workers, export=export, export_size=EXPORT_SIZE)
-        errors = manifest.attrs["summary"]["errors"]
+        result = ctreduce.reduce(list(inputs), out=out, method="hash", threshold=THRESHOLD,
+                                 workers=workers, export=export, export_size=EXPORT_SIZE)
+        errors = result.summary["errors"]
         if errors:
             raise RuntimeError(f"ctreduce.reduce reported errors: {errors}")
-        return kept_from_manifest(manifest)
+        return kept_from_manifest(result.manifest)
 
     return run
 

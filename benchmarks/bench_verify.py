@@ -41,7 +41,7 @@ from machine import cpu_model, load_line, versions  # noqa: E402
 import ctreduce  # noqa: E402
 from ctreduce.exporting import from_run  # noqa: E402
 from ctreduce.io.discover import load  # noqa: E402
-from ctreduce.reduction import engine  # noqa: E402
+from ctreduce.reduction import backends, worker  # noqa: E402
 from ctreduce.reduction.verify import legacy_dhashes  # noqa: E402
 from ctreduce.store.fingerprint import ALGORITHM, ALGORITHMS, first_mismatch, slice_digest, slice_digests  # noqa: E402
 from ctreduce.store.run import RunFolder  # noqa: E402
@@ -60,13 +60,13 @@ def per_slice(fn: Callable[[], int], repeats: int) -> float:
 @contextlib.contextmanager
 def without_verification():
     """The digest (reduce) and the comparison (export) as no-ops, everything else unchanged."""
-    saved = engine.slice_digests, from_run.first_mismatch
-    engine.slice_digests = lambda hu: [""] * len(hu)  # type: ignore[assignment]
+    saved = worker.slice_digests, backends.slice_digests, from_run.first_mismatch
+    worker.slice_digests = backends.slice_digests = lambda hu: [""] * len(hu)  # type: ignore[assignment]
     from_run.first_mismatch = lambda *a, **k: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        engine.slice_digests, from_run.first_mismatch = saved  # type: ignore[misc]
+        worker.slice_digests, backends.slice_digests, from_run.first_mismatch = saved  # type: ignore[misc]
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         run = scratch / "run"
-        manifest = ctreduce.reduce(dataset.inputs, run, method="hash", threshold=6)  # also warms the page cache
+        manifest = ctreduce.reduce(dataset.inputs, run, method="hash", threshold=6).manifest  # warms the page cache
         sources = RunFolder(run).sources()
         volumes = [load(s) for s in sources]
         rows = {vid: g.reset_index(drop=True) for vid, g in manifest[manifest["kept"]].groupby("volume_id", sort=False)}

@@ -70,7 +70,7 @@ from ctreduce import backbones, lightning_setup  # noqa: E402
 from ctreduce.config import make_pretrain_config  # noqa: E402
 from ctreduce.core.devices import resolve_device, thread_policy, usable_cores  # noqa: E402
 from ctreduce.reduction.deepnet import DeepNetMeasure  # noqa: E402
-from ctreduce.reduction.engine import kept_column  # noqa: E402
+from ctreduce.reduction.selection import kept_column  # noqa: E402
 from ctreduce.sample_data.phantom import make_phantom, write_nifti  # noqa: E402
 from ctreduce.ssl.data import open_export  # noqa: E402
 from ctreduce.ssl.pretrain import method_class, pretrain  # noqa: E402
@@ -152,17 +152,17 @@ def reduction_check(method: str, ct: Path, first_hu: np.ndarray, device: torch.d
     else:
         settings["thresholds"] = (0.7, 0.8, 0.9)
     start = time.perf_counter()
-    cpu = ctreduce.reduce(ct, device="cpu", workers=cpu_workers, **settings)
+    cpu = ctreduce.reduce(ct, device="cpu", workers=cpu_workers, **settings).manifest
     cpu_s = time.perf_counter() - start
     start = time.perf_counter()
-    dev = ctreduce.reduce(ct, device=str(device), workers=1, **settings)
+    dev = ctreduce.reduce(ct, device=str(device), workers=1, **settings).manifest
     dev_s = time.perf_counter() - start
     out = {"slices": len(cpu), "cpu_s": round(cpu_s, 2), "cpu_workers": cpu_workers, "device_s": round(dev_s, 2),
            **compare_manifests(cpu, dev, settings["thresholds"])}
     if device.type == "cuda" and not all(out["kept_equal"].values()):
         torch.backends.cudnn.allow_tf32 = False
         try:
-            exact = ctreduce.reduce(ct, device=str(device), workers=1, **settings)
+            exact = ctreduce.reduce(ct, device=str(device), workers=1, **settings).manifest
         finally:
             torch.backends.cudnn.allow_tf32 = True
         out["without_tf32"] = compare_manifests(cpu, exact, settings["thresholds"])
@@ -337,7 +337,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         ct, first_hu = write_volumes(work, s)
-        run = ctreduce.reduce(ct, work / "all", method="all", export="npy", export_size=s["input"])
+        run = ctreduce.reduce(ct, work / "all", method="all", export="npy", export_size=s["input"]).manifest
         export = work / "all" / "export"
         backbone_file = work / "resnet50.pt"
         torch.manual_seed(0)

@@ -116,7 +116,7 @@ def test_a_slice_unreadable_at_read_time_keeps_exports_and_reruns_consistent(ser
     _undecodable(series[5])
     settings = dict(method="hash", threshold=0, allow_gaps=True)
     run = tmp_path / "run"
-    rows = ctreduce.reduce(tmp_path / "in", run, export="png", **settings).reset_index(drop=True)
+    rows = ctreduce.reduce(tmp_path / "in", run, export="png", **settings).manifest.reset_index(drop=True)
     assert list(rows["slice_index"]) == [k for k in range(12) if k != 5]
     kept = rows[rows["kept"]]
     assert (kept["slice_index"] > 5).any()
@@ -124,8 +124,8 @@ def test_a_slice_unreadable_at_read_time_keeps_exports_and_reruns_consistent(ser
     assert set(rows["leader"]) <= set(kept["slice_index"])
     # a rerun with nothing changed does nothing and shifts nothing
     again = ctreduce.reduce(tmp_path / "in", run, export="png", **settings)
-    assert again.attrs["summary"].get("rerun", {}).get("unchanged")
-    pd.testing.assert_frame_equal(again.reset_index(drop=True)[rows.columns], rows)
+    assert again.summary.get("rerun", {}).get("unchanged")
+    pd.testing.assert_frame_equal(again.manifest.reset_index(drop=True)[rows.columns], rows)
     # the export read again from the sources holds the slices the manifest names, as the one-pass export
     ctreduce.export(run, tmp_path / "png", format="png")
     separate, one_pass = (pd.read_parquet(folder / "index.parquet") for folder in (tmp_path / "png", run / "export"))
@@ -144,8 +144,8 @@ def test_chunked_reading_with_two_workers_leaves_out_the_same_slice(tmp_path):
     hu, spacing = make_phantom(n_slices=40, size=16, slice_thickness=2.0, seed=8)
     files = write_dicom_series(hu, spacing, tmp_path / "in" / "s", seed=3)
     _undecodable(files[20])
-    one = ctreduce.reduce(tmp_path / "in", tmp_path / "one", method="hash", allow_gaps=True)
-    two = ctreduce.reduce(tmp_path / "in", tmp_path / "two", method="hash", allow_gaps=True, workers=2)
+    one = ctreduce.reduce(tmp_path / "in", tmp_path / "one", method="hash", allow_gaps=True).manifest
+    two = ctreduce.reduce(tmp_path / "in", tmp_path / "two", method="hash", allow_gaps=True, workers=2).manifest
     assert 20 not in set(one["slice_index"]) and len(one) == 39
     pd.testing.assert_frame_equal(one.reset_index(drop=True), two.reset_index(drop=True))
 
@@ -191,8 +191,8 @@ def test_byte_fuzzed_series_lose_only_their_fuzzed_files(tmp_path):
         files += write_dicom_series(hu, spacing, tmp_path / "in" / f"s{k}", seed=k)
     fuzzed = _fuzz(files, rng, 0.15)
     assert 8 <= len(fuzzed) <= 24
-    manifest = ctreduce.reduce(tmp_path / "in", tmp_path / "run", method="all", allow_gaps=True)
-    summary = manifest.attrs["summary"]
+    result = ctreduce.reduce(tmp_path / "in", tmp_path / "run", method="all", allow_gaps=True)
+    manifest, summary = result.manifest, result.summary
     reduced = set(manifest["source"])
     assert {str(p) for p in files if p not in fuzzed} <= reduced, summary["errors"]
     text = json.dumps(summary)
@@ -213,13 +213,13 @@ def test_scan_lists_left_out_files_as_skipped(series, tmp_path):
 
 def test_a_moved_series_with_a_slice_left_out_keeps_each_row_on_its_file(series, tmp_path):
     _undecodable(series[5])
-    before = ctreduce.reduce(tmp_path / "in", tmp_path / "run", method="all", allow_gaps=True)
+    before = ctreduce.reduce(tmp_path / "in", tmp_path / "run", method="all", allow_gaps=True).manifest
     moved = tmp_path / "elsewhere" / "in"
     shutil.copytree(tmp_path / "in", moved)
     after = ctreduce.reduce(moved, tmp_path / "run", method="all", allow_gaps=True)
-    assert after.attrs["summary"]["inputs_moved"] == ["in/s"]
-    assert list(after["source"]) == [str(moved / "s" / p.name) for p in series if p != series[5]]
-    assert list(after["slice_index"]) == list(before["slice_index"])
+    assert after.summary["inputs_moved"] == ["in/s"]
+    assert list(after.manifest["source"]) == [str(moved / "s" / p.name) for p in series if p != series[5]]
+    assert list(after.manifest["slice_index"]) == list(before["slice_index"])
 
 
 def test_the_report_draws_a_series_with_a_slice_left_out(series, tmp_path):

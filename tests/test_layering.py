@@ -111,14 +111,9 @@ def test_an_import_inside_a_function_counts():
     assert len(bad) == 1 and bad[0].startswith("curate/leakage.py:") and "ctreduce.downstream.datasets" in bad[0]
 
 
-# The reduction engine is being split into stages (planning, selection, execution, the run); until then it
-# is the one module allowed past the limit.
-_SPLIT_PENDING = {"reduction/engine.py"}
-
-
 def test_no_module_over_600_lines():
     long = {str(p.relative_to(SRC)): n for p in _modules() if (n := len(p.read_text().splitlines())) > 600}
-    assert set(long) <= _SPLIT_PENDING, long
+    assert long == {}
 
 
 def test_config_loads_no_algorithm():

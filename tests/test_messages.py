@@ -106,17 +106,18 @@ def test_report_into_an_existing_folder_writes_report_html_there(tmp_path):
 
 
 def test_threshold_and_thresholds_combine_as_the_guide_says(tmp_path):
-    """docs/reduction.md (sweeps): the primary kept is --threshold's and joins the sweep; without it, the smallest."""
+    """docs/reduction.md (sweeps): the primary kept is --threshold's and joins the sweep; without it, the smallest
+    of the sweep."""
     import ctreduce
     from ctreduce.sample_data.phantom import make_phantom, write_nrrd
 
     hu, spacing = make_phantom(n_slices=16, size=48, slice_thickness=5.0, seed=1)
     write_nrrd(hu, spacing, tmp_path / "ct" / "p.nrrd")
-    single = {t: ctreduce.reduce(tmp_path / "ct", method="hash", threshold=t)["kept"] for t in (4, 6, 8)}
+    single = {t: ctreduce.reduce(tmp_path / "ct", method="hash", threshold=t).manifest["kept"] for t in (4, 6, 8)}
     assert single[4].sum() > single[8].sum()  # the thresholds select differently here
-    swept = ctreduce.reduce(tmp_path / "ct", method="hash", thresholds=[8, 4])
+    swept = ctreduce.reduce(tmp_path / "ct", method="hash", thresholds=[8, 4]).manifest
     assert swept["kept"].tolist() == single[4].tolist() and {"kept@4", "kept@8"} <= set(swept.columns)
-    both = ctreduce.reduce(tmp_path / "ct", method="hash", thresholds=[8, 4], threshold=6)
+    both = ctreduce.reduce(tmp_path / "ct", method="hash", thresholds=[8, 4], threshold=6).manifest
     assert both["kept"].tolist() == single[6].tolist()
     assert [c for c in both.columns if c.startswith("kept@")] == ["kept@4", "kept@6", "kept@8"]
     guide = " ".join((Path(__file__).parents[1] / "docs" / "reduction.md").read_text().split())

@@ -19,7 +19,7 @@ from ctreduce.reduction import deepnet  # noqa: E402
 from ctreduce.reduction.deepnet import DeepNetMeasure  # noqa: E402
 from ctreduce.reduction.leader import greedy_leader  # noqa: E402
 from ctreduce.reduction.measures import MEASURES, get_measure  # noqa: E402
-from ctreduce.reduction.settings import identity, measure_of, resolve  # noqa: E402
+from ctreduce.reduction.plan import identity, method_of, resolve  # noqa: E402
 
 
 def tiny_volume() -> np.ndarray:
@@ -274,7 +274,7 @@ def test_preflight_loads_the_weights_once_for_the_run(resnet18_file, monkeypatch
     calls = []
     real = backbones.from_file
     monkeypatch.setattr(backbones, "from_file", lambda path: calls.append(path) or real(path))
-    measure = measure_of(ReduceConfig(method="deepnet", backbone=str(resnet18_file), device="cpu", batch_size=4))
+    measure = method_of(ReduceConfig(method="deepnet", backbone=str(resnet18_file), device="cpu", batch_size=4))
     measure.preflight()
     measure.prepare(tiny_volume())  # an in-process reduction reuses the preflight's network
     assert len(calls) == 1
@@ -287,7 +287,7 @@ def test_preflight_without_cached_or_downloadable_resnet50_weights(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     deepnet.load_backbone.cache_clear()
     with pytest.raises(ValueError, match="could not load the ImageNet weights of backbone 'resnet50'") as info:
-        measure_of(ReduceConfig(method="deepnet", backbone="resnet50", device="cpu")).preflight()
+        method_of(ReduceConfig(method="deepnet", backbone="resnet50", device="cpu")).preflight()
     assert "efficientnet-lite0" in str(info.value) and torch.hub.get_dir() in str(info.value)
 
 

@@ -27,8 +27,8 @@ def local_ray():
 
 
 def test_ray_backend_matches_local_pool(archive, tmp_path, local_ray):
-    local = ctreduce.reduce(archive, tmp_path / "local", workers=2)
-    remote = ctreduce.reduce(archive, tmp_path / "ray", backend="ray")
+    local = ctreduce.reduce(archive, tmp_path / "local", workers=2).manifest
+    remote = ctreduce.reduce(archive, tmp_path / "ray", backend="ray").manifest
     pd.testing.assert_frame_equal(local, remote)
     on_disk = pd.read_parquet(tmp_path / "ray" / "manifest.parquet")
     pd.testing.assert_frame_equal(on_disk, pd.read_parquet(tmp_path / "local" / "manifest.parquet"))
@@ -36,9 +36,11 @@ def test_ray_backend_matches_local_pool(archive, tmp_path, local_ray):
 
 def test_ray_backend_sweeps_and_errors(archive, tmp_path, local_ray):
     (archive / "broken.nii.gz").write_bytes(b"\x1f\x8b broken")
-    local = ctreduce.reduce(archive, method="mi", thresholds=[0.4, 0.6])
+    local = ctreduce.reduce(archive, tmp_path / "local", method="mi", thresholds=[0.4, 0.6])
     remote = ctreduce.reduce(archive, tmp_path / "ray", method="mi", thresholds=[0.4, 0.6], backend="ray")
-    pd.testing.assert_frame_equal(local, remote)
+    pd.testing.assert_frame_equal(local.manifest, remote.manifest)
+    assert local.summary["skipped"] == remote.summary["skipped"]
+    assert any("broken.nii.gz" in s["path"] for s in remote.summary["skipped"])
 
 
 def test_unknown_backend(archive):

@@ -29,8 +29,9 @@ def twice(tmp_path):
 
 
 def test_a_scan_stored_twice_is_kept_once(twice, tmp_path):
-    per_volume = ctreduce.reduce(twice, tmp_path / "volume")
-    archive = ctreduce.reduce(twice, tmp_path / "archive", scope="archive")
+    per_volume = ctreduce.reduce(twice, tmp_path / "volume").manifest
+    result = ctreduce.reduce(twice, tmp_path / "archive", scope="archive")
+    archive = result.manifest
     first, copy = "in/a_first", "in/b_copy"
     assert (archive["volume_kept"] == per_volume["kept"]).all()
     assert per_volume.loc[per_volume.volume_id == copy, "kept"].sum() > 0
@@ -43,13 +44,13 @@ def test_a_scan_stored_twice_is_kept_once(twice, tmp_path):
     kept = archive[archive["kept"]]
     i, j, _ = brute_pairs(codes_from_hex(kept["dhash"].tolist()), 6)
     assert len(i) == 0  # no near-duplicate pair anywhere in the kept set
-    summary = archive.attrs["summary"]["scope"]
+    summary = result.summary["scope"]
     assert summary["dropped_across_volumes"] == int((archive["volume_kept"] & ~archive["kept"]).sum()) >= len(dropped)
 
 
 def test_one_pass_export_follows_the_archive_decision(twice, tmp_path):
     run = tmp_path / "run"
-    manifest = ctreduce.reduce(twice, run, scope="archive", export="npy", export_size=32, workers=2)
+    manifest = ctreduce.reduce(twice, run, scope="archive", export="npy", export_size=32, workers=2).manifest
     store = ExportStore.open(run / "export")
     kept = manifest[manifest["kept"]]
     assert store.index["volume_id"].tolist() == kept["volume_id"].tolist()

@@ -11,7 +11,7 @@ from ctreduce.config import ReduceConfig
 from ctreduce.io.intensity import Intensity
 from ctreduce.reduction.leader import greedy_leader
 from ctreduce.reduction.measures import get_measure
-from ctreduce.reduction.settings import measure_of
+from ctreduce.reduction.plan import method_of
 from ctreduce.sample_data.phantom import make_phantom
 
 
@@ -78,10 +78,10 @@ def test_preflight_refuses_a_device_this_machine_lacks(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # any machine: as if it had no GPU
     with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available; use device='cpu'"):
-        measure_of(ReduceConfig(method="ssim", device="cuda")).preflight()
-    measure_of(ReduceConfig(method="ssim", device="auto")).preflight()
-    measure_of(ReduceConfig(method="mi", device="cuda")).preflight()  # MI runs on numpy: no device to check
-    measure_of(ReduceConfig(method="hash")).preflight()
+        method_of(ReduceConfig(method="ssim", device="cuda")).preflight()
+    method_of(ReduceConfig(method="ssim", device="auto")).preflight()
+    method_of(ReduceConfig(method="mi", device="cuda")).preflight()  # MI runs on numpy: no device to check
+    method_of(ReduceConfig(method="hash")).preflight()
 
 
 # --- SSIM without torch: the numpy path keeps the torch path's slices ----------------------------

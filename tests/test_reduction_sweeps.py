@@ -8,17 +8,18 @@ import pytest
 from pydantic import ValidationError
 
 import ctreduce
-from ctreduce.reduction import engine
 from ctreduce.reduction.compare import compare_runs
+from ctreduce.reduction.measures import every_n_for_target
 
 
 def test_sweep_columns_equal_separate_runs(archive):
-    swept = ctreduce.reduce(archive, method="hash", thresholds=[2, 6, 10])
+    result = ctreduce.reduce(archive, method="hash", thresholds=[2, 6, 10])
+    swept = result.manifest
     for t in (2, 6, 10):
-        single = ctreduce.reduce(archive, method="hash", threshold=t)
+        single = ctreduce.reduce(archive, method="hash", threshold=t).manifest
         assert swept[f"kept@{t}"].tolist() == single["kept"].tolist()
     assert (swept["threshold"] == 2).all()  # the first sweep value is the primary selection
-    fractions = swept.attrs["summary"]["sweep"]
+    fractions = result.summary["sweep"]
     assert fractions["2"] >= fractions["6"] >= fractions["10"]
 
 
@@ -42,9 +43,8 @@ def test_sweep_scores_each_pair_at_most_once(archive, monkeypatch):
 
 @pytest.mark.parametrize("method", ["hash", "ssim", "mi"])
 def test_target_fraction_picks_the_closest_threshold(archive, method):
-    manifest = ctreduce.reduce(archive, method=method, target_fraction=0.25)
-    target = manifest.attrs["summary"]["target"]
-    sweep = manifest.attrs["summary"]["sweep"]
+    result = ctreduce.reduce(archive, method=method, target_fraction=0.25)
+    manifest, target, sweep = result.manifest, result.summary["target"], result.summary["sweep"]
     best = min(sweep.values(), key=lambda f: abs(f - 0.25))
     assert target["kept_fraction"] == pytest.approx(best)
     assert manifest["kept"].mean() == pytest.approx(best)
@@ -55,9 +55,9 @@ def test_target_fraction_picks_the_closest_threshold(archive, method):
 
 
 def test_every_n_target_fraction_chooses_n_from_slice_counts(archive):
-    manifest = ctreduce.reduce(archive, method="every-n", target_fraction=0.2)
-    n = manifest.attrs["summary"]["target"]["every_n"]
-    assert n == engine.every_n_for_target([30, 20, 24, 16], 0.2) == 5
+    result = ctreduce.reduce(archive, method="every-n", target_fraction=0.2)
+    manifest, n = result.manifest, result.summary["target"]["every_n"]
+    assert n == every_n_for_target([30, 20, 24, 16], 0.2) == 5
     assert manifest["kept"].tolist() == (manifest["slice_index"] % n == 0).tolist()
 
 
@@ -66,7 +66,7 @@ def test_target_and_sweep_survive_resume(archive, tmp_path):
     first = ctreduce.reduce(archive, out, method="hash", target_fraction=0.3)
     (out / "manifest.parquet").unlink()
     again = ctreduce.reduce(archive, out, method="hash", target_fraction=0.3)
-    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first.manifest, again.manifest)
 
 
 def test_bad_sweep_settings(archive):
@@ -82,8 +82,10 @@ def test_compare_runs(archive, tmp_path):
     ctreduce.reduce(archive, tmp_path / "hash6", method="hash", threshold=6)
     ctreduce.reduce(archive, tmp_path / "every", method="every-n", every_n=3)
     ctreduce.reduce(archive, tmp_path / "all", method="all")
-    table, overlap = compare_runs([tmp_path / "hash6", tmp_path / "every", tmp_path / "all"])
-    assert table["run"].tolist() == ["hash6", "every", "all"]
+    ctreduce.reduce(archive, tmp_path / "every20pc", method="every-n", target_fraction=0.2)
+    table, overlap = compare_runs([tmp_path / "hash6", tmp_path / "every", tmp_path / "all", tmp_path / "every20pc"])
+    assert table["run"].tolist() == ["hash6", "every", "all", "every20pc"]
+    assert table["every_n"].tolist()[1::2] == [3, 5] and table["every_n"].isna().tolist()[::2] == [True, True]
     assert table.loc[2, "kept_fraction"] == 1.0
     assert table.loc[1, "kept"] == sum(int(np.ceil(n / 3)) for n in (30, 20, 24, 16))
     assert overlap.loc["hash6", "all"] == pytest.approx(table.loc[0, "kept"] / table.loc[2, "kept"])

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import ctreduce
-from ctreduce.reduction import engine
+from ctreduce.reduction import backends
 from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 from ctreduce.store.export import ExportStore
 from ctreduce.store.run import RunFolder, part_name
@@ -90,7 +90,7 @@ def test_a_damaged_export_is_rebuilt_by_the_rerun(archive, tmp_path, fmt):
 
 def test_a_corrupt_manifest_is_rebuilt_from_the_parts(archive, tmp_path):
     run = tmp_path / "run"
-    first = ctreduce.reduce(archive, run)
+    first = ctreduce.reduce(archive, run).manifest
     (run / "manifest.parquet").write_bytes(b"PAR1 not a parquet file")
     proc = cli("reduce", archive, "--out", run, "--quiet")
     assert "nothing to do" not in proc.stdout
@@ -102,7 +102,7 @@ def test_a_corrupt_manifest_is_rebuilt_from_the_parts(archive, tmp_path):
 
 def test_resume_reduces_again_a_volume_whose_journal_line_has_no_part(archive, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real = engine.process_source
+    real = backends.process_source
     done = []
 
     def stop_after_two(source, config, outputs=None):
@@ -111,17 +111,18 @@ def test_resume_reduces_again_a_volume_whose_journal_line_has_no_part(archive, t
         done.append(source.volume_id)
         return real(source, config, outputs)
 
-    monkeypatch.setattr(engine, "process_source", stop_after_two)
+    monkeypatch.setattr(backends, "process_source", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         ctreduce.reduce(archive, run)
     (run / "parts" / part_name(done[0])).unlink()  # its journal line stays
     reduced = []
-    monkeypatch.setattr(engine, "process_source", lambda s, c, o=None: reduced.append(s.volume_id) or real(s, c, o))
-    manifest = ctreduce.reduce(archive, run)
+    monkeypatch.setattr(backends, "process_source", lambda s, c, o=None: reduced.append(s.volume_id) or real(s, c, o))
+    result = ctreduce.reduce(archive, run)
+    manifest = result.manifest
     assert sorted(reduced) == sorted({*manifest["volume_id"]} - {done[1]})
     assert manifest.groupby("volume_id").size().to_dict() == {
         "archive/nifti/p5": 24, "archive/nrrd/p6": 16, "archive/patient0/ct": 30, "archive/patient1/ct": 20}
-    assert manifest.attrs["summary"]["complete"]
+    assert result.complete
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def inputs(tmp_path) -> list[Path]:
 @pytest.mark.parametrize("scope", ["volume", "archive"])
 @pytest.mark.parametrize("fmt", ["npy", "png"])
 def test_the_one_pass_export_is_ctreduce_export_row_for_row(inputs, tmp_path, scope, fmt):
-    fused = ctreduce.reduce(inputs, tmp_path / "fused", scope=scope, export=fmt, export_size=32)
+    fused = ctreduce.reduce(inputs, tmp_path / "fused", scope=scope, export=fmt, export_size=32).manifest
     kept = fused[fused["kept"]]
     assert list(dict.fromkeys(fused["volume_id"])) == ["c_first/c_first", "a_other/a_other", "b_copy/b_copy"]
     if scope == "archive":  # the copied half's kept slices are dropped across volumes, not those after it

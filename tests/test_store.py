@@ -20,7 +20,7 @@ from PIL import Image
 
 import ctreduce
 from ctreduce.io.intensity import Intensity
-from ctreduce.reduction import engine
+from ctreduce.reduction import backends, plan, worker
 from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
 from ctreduce.store.export import ExportError, ExportStore, png_name
 from ctreduce.store.run import RunConflict, RunFolder
@@ -114,12 +114,12 @@ def test_a_moved_and_touched_archive_is_not_reduced_again(run_dir, archive, tmp_
     shutil.copytree(archive, moved, copy_function=shutil.copy)  # new paths and new times
     before = RunFolder.open(run_dir).manifest()
     calls = []  # volumes reduced again (moved ones are read again and compared, not reduced)
-    real = engine._volume_frame
-    monkeypatch.setattr(engine, "_volume_frame", lambda v, *a: calls.append(v.volume_id) or real(v, *a))
+    real = worker.volume_frame
+    monkeypatch.setattr(worker, "volume_frame", lambda v, *a: calls.append(v.volume_id) or real(v, *a))
 
-    manifest = ctreduce.reduce(moved, run_dir)
+    result = ctreduce.reduce(moved, run_dir)
     assert calls == []
-    summary = manifest.attrs["summary"]
+    manifest, summary = result.manifest, result.summary
     assert len(summary["inputs_moved"]) == 4 and summary["inputs_changed"] == {}
     assert all(str(moved) in s for s in manifest["source"])
     pd.testing.assert_frame_equal(manifest.drop(columns="source"), before.drop(columns="source"))
@@ -129,12 +129,12 @@ def test_a_moved_and_touched_archive_is_not_reduced_again(run_dir, archive, tmp_
 
     nrrd = next(moved.rglob("*.nrrd"))
     os.utime(nrrd, ns=(1, 1))  # touched, same content: kept
-    assert ctreduce.reduce(moved, run_dir).attrs["summary"]["inputs_moved"] == ["archive/nrrd/p6"]
+    assert ctreduce.reduce(moved, run_dir).summary["inputs_moved"] == ["archive/nrrd/p6"]
     assert calls == []
     data = bytearray(nrrd.read_bytes())
     data[-1] ^= 0xFF  # same size and path, other content: reduced again
     nrrd.write_bytes(bytes(data))
-    summary = ctreduce.reduce(moved, run_dir).attrs["summary"]
+    summary = ctreduce.reduce(moved, run_dir).summary
     assert list(summary["inputs_changed"]) == ["archive/nrrd/p6"] and calls == ["archive/nrrd/p6"]
 
 
@@ -221,7 +221,7 @@ def test_pretrain_refuses_an_interrupted_npy_export(tmp_path):
 
 def interrupt_after_two_volumes(monkeypatch) -> None:
     """Ctrl-C after two volumes of a run (in-process, one worker)."""
-    real = engine.process_source
+    real = backends.process_source
     count = []
 
     def stop_after_two(source, config, outputs=None):
@@ -230,7 +230,7 @@ def interrupt_after_two_volumes(monkeypatch) -> None:
         count.append(1)
         return real(source, config, outputs)
 
-    monkeypatch.setattr(engine, "process_source", stop_after_two)
+    monkeypatch.setattr(backends, "process_source", stop_after_two)
 
 
 def test_an_incomplete_run_exports_only_when_asked(archive, tmp_path, monkeypatch):
@@ -357,8 +357,8 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(archive, tmp_path, monkey
     assert lines[0].endswith("(No space left on device); free some space and run the same command again: "
                              "finished work is kept")
     monkeypatch.setattr(pd.DataFrame, "to_parquet", real)
-    manifest = ctreduce.reduce(archive, tmp_path / "run")
-    assert manifest.attrs["summary"]["complete"] and manifest["volume_id"].nunique() == 4
+    result = ctreduce.reduce(archive, tmp_path / "run")
+    assert result.complete and result.manifest["volume_id"].nunique() == 4
 
 
 def test_scan_json_is_strict_json(tmp_path):
@@ -387,13 +387,13 @@ def test_a_schema_1_run_folder_reads_and_says_how_to_redo_it(run_dir, archive, t
         ctreduce.export(run_dir, tmp_path / "png")
     with pytest.raises(RunConflict, match="older ctreduce.*--overwrite"):
         ctreduce.reduce(archive, run_dir)
-    assert ctreduce.reduce(archive, run_dir, overwrite=True).attrs["summary"]["complete"]
+    assert ctreduce.reduce(archive, run_dir, overwrite=True).complete
     ctreduce.export(run_dir, tmp_path / "png")
 
 
 def test_the_score_column_is_named_for_what_it_holds(archive, tmp_path):
-    hashed = ctreduce.reduce(archive, tmp_path / "hash")
-    ssim = ctreduce.reduce(archive, tmp_path / "ssim", method="ssim", threshold=0.9)
+    hashed = ctreduce.reduce(archive, tmp_path / "hash").manifest
+    ssim = ctreduce.reduce(archive, tmp_path / "ssim", method="ssim", threshold=0.9).manifest
     assert "distance" in hashed.columns and "similarity" not in hashed.columns
     assert "similarity" in ssim.columns and "distance" not in ssim.columns
     dropped = ssim[~ssim["kept"]]
@@ -408,8 +408,8 @@ def test_a_rerun_reads_only_the_headers_of_changed_files(run_dir, archive, monke
     monkeypatch.setattr(discover, "_header_or_reason", lambda path: read.append(path.name) or real(path))
     first = RunFolder.open(run_dir).manifest()
     again = ctreduce.reduce(archive, run_dir)
-    assert read == [] and again.attrs["summary"]["complete"]
-    pd.testing.assert_frame_equal(again, first)
+    assert read == [] and again.complete
+    pd.testing.assert_frame_equal(again.manifest, first)
 
     touched = sorted((archive / "patient1" / "ct").glob("*.dcm"))[3]
     os.utime(touched, ns=(5, 5))
@@ -428,11 +428,12 @@ def test_a_rerun_reads_only_the_headers_of_changed_files(run_dir, archive, monke
 def test_reduce_with_export_equals_reduce_then_export_and_reads_each_volume_once(archive, tmp_path, monkeypatch,
                                                                                   fmt):
     loads = []
-    real = engine.load
-    monkeypatch.setattr(engine, "load", lambda source, *a: loads.append(source.volume_id) or real(source, *a))
-    manifest = ctreduce.reduce(archive, tmp_path / "run", export=fmt, export_size=32)
+    real = worker.load
+    monkeypatch.setattr(worker, "load", lambda source, *a: loads.append(source.volume_id) or real(source, *a))
+    result = ctreduce.reduce(archive, tmp_path / "run", export=fmt, export_size=32)
+    manifest = result.manifest
     assert sorted(loads) == sorted(manifest["volume_id"].unique())  # one read per volume
-    assert manifest.attrs["summary"]["export"]["slices"] == int(manifest["kept"].sum())
+    assert result.summary["export"]["slices"] == int(manifest["kept"].sum())
     ctreduce.export(tmp_path / "run", tmp_path / "separate", format=fmt, size=32)
     fused, separate = ExportStore.open(tmp_path / "run" / "export"), ExportStore.open(tmp_path / "separate")
     pd.testing.assert_frame_equal(fused.index, separate.index)
@@ -445,20 +446,20 @@ def test_reduce_with_export_equals_reduce_then_export_and_reads_each_volume_once
 
 
 def test_reduce_with_export_is_complete_or_absent_and_resumes(archive, tmp_path, monkeypatch):
-    real = engine.process_source
+    real = backends.process_source
     interrupt_after_two_volumes(monkeypatch)
     out = tmp_path / "exported"
     with pytest.raises(KeyboardInterrupt):
         ctreduce.reduce(archive, tmp_path / "run", export="npy", export_size=32, export_out=out)
     assert not out.exists()
-    monkeypatch.setattr(engine, "process_source", real)
+    monkeypatch.setattr(backends, "process_source", real)
     proc = cli("reduce", archive, "--out", tmp_path / "run", "--export", "npy", "--size", "32", "--export-out", out,
                "--quiet")
     assert f"export:   {out} (" in proc.stdout
     assert_export_is_the_manifest(tmp_path / "run", out)
     written = (out / "export.json").stat().st_mtime_ns
     again = ctreduce.reduce(archive, tmp_path / "run", export="npy", export_size=32, export_out=out)
-    assert again.attrs["summary"]["rerun"]["unchanged"]  # nothing changed: nothing read or assembled again
+    assert again.summary["rerun"]["unchanged"]  # nothing changed: nothing read or assembled again
     assert (out / "export.json").stat().st_mtime_ns == written
     with pytest.raises(ValueError, match="target-fraction"):
         ctreduce.reduce(archive, tmp_path / "t", target_fraction=0.3, export="npy")
@@ -466,15 +467,15 @@ def test_reduce_with_export_is_complete_or_absent_and_resumes(archive, tmp_path,
 
 def test_rerun_of_a_complete_run_reads_no_header_unless_a_file_changed(archive, tmp_path, monkeypatch):
     first = ctreduce.reduce(archive, tmp_path / "run")
-    assert first.attrs["summary"]["inputs_digest"]
+    assert first.summary["inputs_digest"]
 
     def no_scan(*args, **kwargs):
         raise AssertionError("a complete run with unchanged inputs was scanned again")
 
-    monkeypatch.setattr(engine, "scan", no_scan)
+    monkeypatch.setattr(plan, "scan", no_scan)
     again = ctreduce.reduce(archive, tmp_path / "run")
-    assert again.attrs["summary"]["rerun"]["unchanged"]
-    pd.testing.assert_frame_equal(again, first)
+    assert again.summary["rerun"]["unchanged"]
+    pd.testing.assert_frame_equal(again.manifest, first.manifest)
     touched = sorted((archive).rglob("*.dcm"))[0]
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 1_000_000_000))
     with pytest.raises(AssertionError, match="scanned again"):

@@ -137,7 +137,7 @@ def test_one_library_versions():
 def test_a_runs_versions_are_the_libraries_it_names(tmp_path, archive):
     import ctreduce
     from ctreduce.core.versions import library_versions
-    from ctreduce.reduction.engine import LIBRARIES
+    from ctreduce.reduction.run import LIBRARIES
 
     ctreduce.reduce(archive, tmp_path / "run", method="all")
     recorded = json.loads((tmp_path / "run" / "summary.json").read_text())["versions"]

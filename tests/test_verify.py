@@ -99,7 +99,7 @@ def test_a_kept_slice_rewritten_in_place_is_not_exported_and_the_rerun_redoes_it
     assert exported.meta["errors"][0]["volume_id"] == "in/a"
     assert_export_is_the_sources(tmp_path / "out", run)
 
-    fresh = ctreduce.reduce(series, tmp_path / "fresh")
+    fresh = ctreduce.reduce(series, tmp_path / "fresh").manifest
     assert not decisions(fresh)["kept"].equals(decisions(before)["kept"])  # the rewrite changes the decision
     rerun = cli("reduce", series, "--out", run, "--quiet")
     assert "inputs of in/a changed since the last run" in rerun.stderr and f"slice {k} ({path})" in rerun.stderr
@@ -112,7 +112,7 @@ def test_a_kept_slice_rewritten_in_place_is_not_exported_and_the_rerun_redoes_it
 def test_a_dropped_slice_rewritten_makes_the_decision_stale_and_its_volume_is_not_exported(series, tmp_path):
     """The kept slices still hold their pixels, but the decision was made with the old dropped one."""
     run = tmp_path / "run"
-    manifest = ctreduce.reduce(series, run)
+    manifest = ctreduce.reduce(series, run).manifest
     rows = manifest[manifest["volume_id"] == "in/a"].set_index("slice_index")
     k = int(rows.index[~rows["kept"]][0])
     rewrite_pixels(rows.loc[k, "source"], rows.loc[23, "source"])
@@ -153,9 +153,9 @@ def test_another_series_file_of_the_same_size_copied_over_a_kept_slice(series, t
 
     fresh = ctreduce.reduce(series, tmp_path / "fresh", allow_gaps=True)
     rerun = ctreduce.reduce(series, run, allow_gaps=True)
-    assert "in/a" in rerun.attrs["summary"]["inputs_changed"]
-    pd.testing.assert_frame_equal(decisions(rerun), decisions(fresh))
-    assert rerun.attrs["summary"]["errors"] == fresh.attrs["summary"]["errors"]
+    assert "in/a" in rerun.summary["inputs_changed"]
+    pd.testing.assert_frame_equal(decisions(rerun.manifest), decisions(fresh.manifest))
+    assert rerun.summary["errors"] == fresh.summary["errors"]
 
 
 def test_reduce_verify_reads_every_slice_and_redoes_a_volume_whose_stat_was_kept(series, tmp_path):
@@ -172,9 +172,9 @@ def test_reduce_verify_reads_every_slice_and_redoes_a_volume_whose_stat_was_kept
     verified = cli("reduce", series, "--out", run, "--verify", "--quiet")
     assert "verified 2 finished volume(s) slice by slice: 1 changed and reduced again" in verified.stdout
     assert f"inputs of in/a changed since the last run (slice {k} ({path})" in verified.stderr
-    fresh = ctreduce.reduce(series, tmp_path / "fresh")
+    fresh = ctreduce.reduce(series, tmp_path / "fresh").manifest
     pd.testing.assert_frame_equal(decisions(RunFolder.open(run).manifest()), decisions(fresh))
-    again = ctreduce.reduce(series, run, verify=True).attrs["summary"]
+    again = ctreduce.reduce(series, run, verify=True).summary
     assert again["inputs_verified"] == {"volumes": 2, "changed": []} and "inputs_changed" not in again
     assert "rerun" not in again  # --verify never takes the nothing-to-do shortcut
 
@@ -203,28 +203,29 @@ def test_a_moved_archive_is_compared_by_its_pixels_not_its_uids(series, tmp_path
     shutil.copytree(series, moved)
     k, path, previous = kept_slice(run)
     rewrite_pixels(str(moved / Path(path).relative_to(series)), str(moved / Path(previous).relative_to(series)))
-    summary = ctreduce.reduce(moved, run).attrs["summary"]
+    summary = ctreduce.reduce(moved, run).summary
     assert summary["inputs_moved"] == ["in/b"] and list(summary["inputs_changed"]) == ["in/a"]
     pd.testing.assert_frame_equal(decisions(RunFolder.open(run).manifest()),
-                                  decisions(ctreduce.reduce(moved, tmp_path / "fresh")))
+                                  decisions(ctreduce.reduce(moved, tmp_path / "fresh").manifest))
 
 
 def test_a_single_large_series_read_in_chunks_is_verified_too(tmp_path):
-    """Fewer series than workers: the series is read in chunks by every worker (``engine._run_chunked``),
+    """Fewer series than workers: the series is read in chunks by every worker (``backends._run_chunked``),
     which compute the digests where they read; a rerun compares them like any other."""
     hu, spacing = make_phantom(n_slices=40, size=64, slice_thickness=5.0, seed=1)
     write_dicom_series(hu, spacing, tmp_path / "in" / "a", seed=1)
     run = tmp_path / "run"
-    first = ctreduce.reduce(tmp_path / "in", run, workers=2)
-    assert first["pixel_digest"].tolist() == ctreduce.reduce(tmp_path / "in")["pixel_digest"].tolist()
+    first = ctreduce.reduce(tmp_path / "in", run, workers=2).manifest
+    assert first["pixel_digest"].tolist() == ctreduce.reduce(tmp_path / "in").manifest["pixel_digest"].tolist()
     moved = tmp_path / "elsewhere" / "in"
     shutil.copytree(tmp_path / "in", moved)
-    assert ctreduce.reduce(moved, run, workers=2).attrs["summary"]["inputs_moved"] == ["in/a"]
+    assert ctreduce.reduce(moved, run, workers=2).summary["inputs_moved"] == ["in/a"]
     k, path, previous = kept_slice(run)
     rewrite_pixels(path, previous)
     rerun = ctreduce.reduce(moved, run, workers=2)
-    assert f"slice {k} ({path})" in rerun.attrs["summary"]["inputs_changed"]["in/a"]
-    pd.testing.assert_frame_equal(decisions(rerun), decisions(ctreduce.reduce(moved, tmp_path / "fresh")))
+    assert f"slice {k} ({path})" in rerun.summary["inputs_changed"]["in/a"]
+    fresh = ctreduce.reduce(moved, tmp_path / "fresh").manifest
+    pd.testing.assert_frame_equal(decisions(rerun.manifest), decisions(fresh))
 
 
 # --- runs recorded without pixel digests -----------------------------------------------------------------
@@ -251,7 +252,7 @@ def test_a_run_without_digests_is_compared_by_the_dhash_of_its_8bit_slices(serie
     (error,) = meta["errors"]
     assert error["volume_id"] == "in/a" and f"slice {k} ({path}) holds other pixels" in error["error"]
 
-    summary = ctreduce.reduce(series, run, verify=True).attrs["summary"]
+    summary = ctreduce.reduce(series, run, verify=True).summary
     assert list(summary["inputs_changed"]) == ["in/a"] and summary["inputs_verified"]["volumes"] == 2
     assert RunFolder.open(run).manifest()["pixel_digest"].notna().all()  # both reduced again, digests recorded
 
@@ -297,5 +298,6 @@ def test_ray_export_and_rerun_compare_slices_too(series, tmp_path):
         rerun = ctreduce.reduce(series, run, backend="ray")
     finally:
         ray.shutdown()
-    assert list(rerun.attrs["summary"]["inputs_changed"]) == ["in/a"]
-    pd.testing.assert_frame_equal(decisions(rerun), decisions(ctreduce.reduce(series, tmp_path / "fresh")))
+    assert list(rerun.summary["inputs_changed"]) == ["in/a"]
+    fresh = ctreduce.reduce(series, tmp_path / "fresh").manifest
+    pd.testing.assert_frame_equal(decisions(rerun.manifest), decisions(fresh))

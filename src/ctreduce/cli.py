@@ -8,15 +8,20 @@ optional extra is not installed (one line naming it).
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .core.extras import missing_extra
 from .curate import cli as curate_cli
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 def _blank_flag_types(command: typer.core.TyperCommand | typer.core.TyperGroup, ctx: typer.Context) -> None:
@@ -29,7 +34,7 @@ def _blank_flag_types(command: typer.core.TyperCommand | typer.core.TyperGroup, 
 
 class _Commands(typer.core.TyperGroup):
     def get_command(self, ctx: typer.Context, cmd_name: str) -> typer.core.TyperCommand | typer.core.TyperGroup | None:
-        command = super().get_command(ctx, cmd_name)
+        command = _BUILT_ON_USE[cmd_name]() if cmd_name in _BUILT_ON_USE else super().get_command(ctx, cmd_name)
         if command is not None:
             _blank_flag_types(command, ctx)
         return command
@@ -109,79 +114,45 @@ def scan(
         raise typer.Exit(1)
 
 
-@app.command()
+def _options_of(*models: type[BaseModel]) -> list[inspect.Parameter]:
+    """One option per field of ``models``: its name (or ``Cli.flags``), type (or ``Cli.type``), default and
+    description as help, so that a setting is declared once, in ``ctreduce.config``, for the API and here."""
+    from .config import Cli
+
+    params = []
+    for model in models:
+        for name, info in model.model_fields.items():
+            cli = next((m for m in info.metadata if isinstance(m, Cli)), Cli())
+            if not cli.hidden:
+                kind = cli.type if cli.type is not None else info.annotation
+                params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info.default,
+                                                annotation=Annotated[kind, typer.Option(*cli.flags,
+                                                                                        help=info.description)]))
+    return params
+
+
 def reduce(
     inputs: Annotated[list[Path], typer.Argument(help="Files or folders to reduce.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for manifest and summary.")],
-    method: Annotated[str, typer.Option(help="all, every-n, hash, ssim, mi or deepnet.")] = "hash",
-    threshold: Annotated[
-        float | None, typer.Option(help="Redundancy threshold in the measure's unit (hash: Hamming bits, "
-                                        "default 6; ssim/mi/deepnet: similarity).")
-    ] = None,
-    thresholds: Annotated[
-        str | None, typer.Option(help="Sweep: comma-separated thresholds, one kept@<t> column each.")
-    ] = None,
-    target_fraction: Annotated[
-        float | None, typer.Option(help="Choose the threshold (every-n: N) whose kept fraction over the "
-                                        "whole dataset is closest to this, e.g. 0.10.")
-    ] = None,
-    n: Annotated[int, typer.Option("--n", help="N for every-n.")] = 10,
-    intensity: Annotated[str, typer.Option(help="minmax | window:WL,WW | range:LO,HI")] = "minmax",
-    hash_kind: Annotated[str, typer.Option("--hash", help="dhash, phash, ahash or whash.")] = "dhash",
-    hash_size: Annotated[int, typer.Option(help="Hash side length (8 -> 64 bits).")] = 8,
-    ssim_size: Annotated[int, typer.Option(help="ssim: slices are resized to this square size.")] = 128,
-    mi_bins: Annotated[int, typer.Option(help="mi: bins of the joint histogram.")] = 64,
-    backbone: Annotated[str, typer.Option(help="deepnet: resnet50, efficientnet-lite0 or a state_dict file.")] = (
-        "resnet50"),
-    device: Annotated[str, typer.Option(help="ssim/deepnet: auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="ssim/mi/deepnet: slices per batch.")] = 64,
-    modality: Annotated[str, typer.Option(help="DICOM modality to keep; 'any' keeps all.")] = "CT",
-    allow_gaps: Annotated[bool, typer.Option(help="Reduce DICOM series with missing slices anyway.")] = False,
-    scope: Annotated[str, typer.Option(help="volume (the paper: each volume alone) or archive (then the same "
-                                            "rule across volumes: no near-duplicate pair anywhere; hash only).")
-                     ] = "volume",
-    workers: Annotated[int, typer.Option(help="Volumes processed in parallel.")] = 1,
-    backend: Annotated[str, typer.Option(help="local (process pool) or ray.")] = "local",
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, "
-                                                         "else a local Ray).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a previous run with other settings.")] = False,
-    csv: Annotated[bool, typer.Option("--csv", help="Also write manifest.csv.")] = False,
-    export: Annotated[str | None, typer.Option(help="Also export the kept slices in the same pass: npy or png "
-                                                    "(each volume is read once).")] = None,
-    size: Annotated[int, typer.Option(help="--export npy: side of the square slices.")] = 224,
-    export_out: Annotated[Path | None, typer.Option(help="--export: the export folder (default OUT/export).")] = None,
-    verify: Annotated[bool, typer.Option("--verify", help="Read every slice of the finished volumes again and "
-                                                          "reduce again those whose pixels changed (a rerun "
-                                                          "otherwise trusts files whose size and time are "
-                                                          "unchanged).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    **settings: Any,
 ) -> None:
     """Reduce every volume; write DIR/manifest.parquet and DIR/summary.json (resumable)."""
     from pydantic import ValidationError
 
-    from .config import ReduceConfig
-    from .reduction.engine import reduce as do_reduce
+    from .config import ReduceConfig, RunOptions
+    from .exporting.onepass import reduce as do_reduce
     from .store.files import DiskFull
     from .store.lock import LockHeld
 
-    if workers < 1:
-        _fail(f"--workers must be >= 1, got {workers}")
-    try:
-        sweep = None if thresholds is None else tuple(float(t) for t in thresholds.split(",") if t.strip())
-    except ValueError:
-        _fail(f"--thresholds must be comma-separated numbers, got {thresholds!r}")
-    try:
-        config = ReduceConfig(method=method, threshold=threshold, thresholds=sweep, target_fraction=target_fraction,
-                              every_n=n, intensity=intensity, hash_kind=hash_kind, hash_size=hash_size,
-                              ssim_size=ssim_size, mi_bins=mi_bins, backbone=backbone, device=device,
-                              batch_size=batch_size, modality=modality, allow_gaps=allow_gaps, scope=scope)
+    try:  # in the order a mistake is reported: how it runs, then what it keeps
+        options = RunOptions(progress=not quiet, **{k: v for k, v in settings.items() if k in RunOptions.model_fields})
+        config = ReduceConfig(**{k: v for k, v in settings.items() if k in ReduceConfig.model_fields})
     except ValidationError as exc:
         _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
     _terminate_as_interrupt()
     try:
-        manifest = do_reduce(inputs, out, config=config, workers=workers, overwrite=overwrite,
-                             csv=csv, progress=not quiet, backend=backend, ray_address=ray_address,
-                             export=export, export_size=size, export_out=export_out, verify=verify)
+        result = do_reduce(inputs, out, config=config, **options.model_dump())
     except (FileNotFoundError, ValueError, LockHeld) as exc:  # before any volume is read
         _fail(str(exc))
     except DiskFull as exc:
@@ -189,7 +160,7 @@ def reduce(
     except KeyboardInterrupt as exc:
         typer.echo(f"\n{exc}; run the same command again to finish", err=True)
         raise typer.Exit(130) from None
-    summary = manifest.attrs["summary"]
+    summary = result.summary
     totals = summary["totals"]
     if summary.get("rerun", {}).get("unchanged"):
         typer.echo(f"nothing to do: the run is complete and no input file changed (checked in "
@@ -235,6 +206,25 @@ def reduce(
             typer.echo(f"error: {error['error']}", err=True)
     if totals["volumes_failed"] or summary.get("export", {}).get("errors"):
         raise typer.Exit(1)
+
+
+@functools.cache
+def _reduce_command() -> typer.core.TyperCommand:
+    """``reduce`` with an option per setting of ``ReduceConfig`` and ``RunOptions`` between --out and --quiet."""
+    from .config import ReduceConfig, RunOptions
+
+    inputs, out, quiet = list(inspect.signature(reduce, eval_str=True).parameters.values())[:3]
+    reduce.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inputs, out, *_options_of(ReduceConfig, RunOptions), quiet.replace(kind=inspect.Parameter.KEYWORD_ONLY)])
+    single = typer.Typer(add_completion=False)
+    single.command()(reduce)
+    return typer.main.get_command(single)  # type: ignore[return-value]
+
+
+# Built when used (``_Commands.get_command``): their options come from the settings models, and pydantic
+# loads with them, not when every other command starts. Registered here for their place in the help.
+_BUILT_ON_USE = {"reduce": _reduce_command}
+app.command("reduce")(lambda: None)
 
 
 @app.command()

@@ -7,6 +7,8 @@ one line (:class:`SettingsError`, :func:`describe`) in a fraction of a second, n
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -112,32 +114,59 @@ def checked(model: type[Settings], values: dict[str, Any]) -> Settings:
         raise SettingsError(describe(exc, model)) from None
 
 
+@dataclass(frozen=True)
+class Cli:
+    """How a setting appears on the command line where that differs from its field: other option names
+    (``flags``), another type taken there (``type``: the text a validator parses), or not at all (``hidden``).
+    ``ctreduce.cli`` builds the options of ``reduce`` from the fields, their defaults and descriptions."""
+
+    flags: tuple[str, ...] = ()
+    type: Any = None
+    hidden: bool = False
+
+
 class ReduceConfig(BaseModel):
     """How every volume is reduced: plain typed settings, no algorithm behind them.
 
-    What the names mean is the measure registry's business: ``ctreduce.reduction.settings.resolve``
+    What the names mean is the method registry's business: ``ctreduce.reduction.plan.resolve``
     checks the method, intensity policy and thresholds against it and fills the measure's default
-    threshold (``threshold=None``), before any volume is read.
+    threshold (``threshold=None``), before any volume is read. Each description is the option's help on
+    the command line (``ctreduce reduce --help``), whose options are built from these fields.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str = "hash"
-    threshold: float | None = None
-    thresholds: tuple[float, ...] | None = None
-    target_fraction: float | None = None
-    every_n: AtLeastOne = 10
-    intensity: str = "minmax"
-    hash_kind: str = "dhash"
-    hash_size: int = 8
-    ssim_size: int = 128
-    mi_bins: int = 64
-    backbone: str = "resnet50"
-    device: str = "auto"
-    batch_size: AtLeastOne = 64
-    modality: str = "CT"
-    allow_gaps: bool = False
-    scope: str = "volume"  # or "archive": the greedy rule again over every volume's kept slices
+    method: str = Field("hash", description="all, every-n, hash, ssim, mi or deepnet.")
+    threshold: float | None = Field(None, description="Redundancy threshold in the measure's unit (hash: Hamming "
+                                                      "bits, default 6; ssim/mi/deepnet: similarity).")
+    thresholds: Annotated[tuple[float, ...] | None, Cli(type=str | None)] = Field(
+        None, description="Sweep: comma-separated thresholds, one kept@<t> column each.")
+    target_fraction: float | None = Field(None, description="Choose the threshold (every-n: N) whose kept fraction "
+                                                            "over the whole dataset is closest to this, e.g. 0.10.")
+    every_n: Annotated[AtLeastOne, Cli(flags=("--n",))] = Field(10, description="N for every-n.")
+    intensity: str = Field("minmax", description="minmax | window:WL,WW | range:LO,HI")
+    hash_kind: Annotated[str, Cli(flags=("--hash",))] = Field("dhash", description="dhash, phash, ahash or whash.")
+    hash_size: int = Field(8, description="Hash side length (8 -> 64 bits).")
+    ssim_size: int = Field(128, description="ssim: slices are resized to this square size.")
+    mi_bins: int = Field(64, description="mi: bins of the joint histogram.")
+    backbone: str = Field("resnet50", description="deepnet: resnet50, efficientnet-lite0 or a state_dict file.")
+    device: str = Field("auto", description="ssim/deepnet: auto, cpu or cuda.")
+    batch_size: AtLeastOne = Field(64, description="ssim/mi/deepnet: slices per batch.")
+    modality: str = Field("CT", description="DICOM modality to keep; 'any' keeps all.")
+    allow_gaps: bool = Field(False, description="Reduce DICOM series with missing slices anyway.")
+    # archive: the greedy rule again over every volume's kept slices
+    scope: str = Field("volume", description="volume (the paper: each volume alone) or archive (then the same rule "
+                                             "across volumes: no near-duplicate pair anywhere; hash only).")
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return tuple(float(t) for t in value.split(",") if t.strip())
+        except ValueError:
+            raise ValueError(f"--thresholds must be comma-separated numbers, got {value!r}") from None
 
     @field_validator("method")
     @classmethod
@@ -169,6 +198,46 @@ class ReduceConfig(BaseModel):
         if self.scope == "archive" and (self.target_fraction is not None or self.thresholds):
             raise ValueError("scope 'archive' takes one threshold, not a sweep or a target fraction")
         return self
+
+
+class RunOptions(BaseModel):
+    """How ``reduce`` runs, not what it keeps: workers, the run folder's handling, the one-pass export.
+
+    ``ctreduce.reduce`` takes these as keyword arguments beside the ReduceConfig fields; each description is
+    the option's help on the command line (``ctreduce reduce --help``), whose options are built from these fields.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workers: int = Field(1, description="Volumes processed in parallel.")
+    backend: str = Field("local", description="local (process pool) or ray.")
+    ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    overwrite: bool = Field(False, description="Replace a previous run with other settings.")
+    csv: Annotated[bool, Cli(flags=("--csv",))] = Field(False, description="Also write manifest.csv.")
+    export: str | None = Field(None, description="Also export the kept slices in the same pass: npy or png (each "
+                                                 "volume is read once).")
+    export_size: Annotated[int, Cli(flags=("--size",))] = Field(224, description="--export npy: side of the square "
+                                                                                 "slices.")
+    export_out: Path | None = Field(None, description="--export: the export folder (default OUT/export).")
+    verify: Annotated[bool, Cli(flags=("--verify",))] = Field(
+        False, description="Read every slice of the finished volumes again and reduce again those whose pixels "
+                           "changed (a rerun otherwise trusts files whose size and time are unchanged).")
+    # The command line shows a progress bar unless --quiet.
+    progress: Annotated[bool, Cli(hidden=True)] = Field(False, description="A progress bar on stderr.")
+
+    @field_validator("workers")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"--workers must be >= 1, got {value}")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in ("local", "ray"):
+            raise ValueError(f"unknown backend {value!r}; choose 'local' or 'ray'")
+        return value
 
 
 # --- pre-training --------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class ReductionSpec(BaseModel):
     @field_validator("settings")
     @classmethod
     def _reduce_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from ..reduction.settings import resolve
+        from ..reduction.plan import resolve
 
         resolve(checked(ReduceConfig, value))
         return value
@@ -248,7 +248,7 @@ def _key(*parts: Any) -> str:
 # Stage keys hash the resolved settings, not the file's spelling: an omitted setting whose default
 # changes, or a preset that changes, gives a new key; equivalent spellings share one.
 def _reduce_identity(settings: dict[str, Any]) -> dict[str, Any]:
-    from ..reduction.settings import identity, resolve
+    from ..reduction.plan import identity, resolve
 
     return identity(resolve(ReduceConfig(**settings)))
 
@@ -314,18 +314,18 @@ class Runner:
         return inputs
 
     def reduce(self, dataset: DatasetSpec, reduction: ReductionSpec, size: int) -> tuple[Path, str]:
-        from ..reduction.engine import reduce
+        from ..exporting.onepass import reduce
+        from ..reduction.plan import kept_known_per_volume, resolve
 
         inputs = self.dataset_inputs(dataset)
         key = _key("reduce", inputs, _reduce_identity(reduction.settings))
         # One pass: the export the first cell needs is written while reducing (not possible when a target
         # fraction decides the kept slices only at the end).
-        fused = reduction.settings.get("target_fraction") is None or reduction.settings.get("method") == "every-n"
+        fused = kept_known_per_volume(resolve(ReduceConfig(**reduction.settings)))
 
         def run(folder: Path) -> dict[str, Any]:
-            manifest = reduce(inputs, folder / RUN, workers=self.config.workers,
-                              **({"export": "npy", "export_size": size} if fused else {}), **reduction.settings)
-            summary = manifest.attrs["summary"]
+            summary = reduce(inputs, folder / RUN, workers=self.config.workers,
+                             **({"export": "npy", "export_size": size} if fused else {}), **reduction.settings).summary
             if summary["totals"]["volumes_failed"]:
                 self.log(f"  {summary['totals']['volumes_failed']} volume(s) failed; see {folder / RUN}")
             return {"kept": summary["totals"]["kept"], "slices": summary["totals"]["slices"]}

@@ -30,7 +30,8 @@ def compare_runs(run_dirs: list[str | os.PathLike]) -> tuple[pd.DataFrame, pd.Da
             "run": run_dir.name,
             "method": config.get("method"),
             "threshold": manifest["threshold"].iloc[0] if len(manifest) else None,
-            "every_n": target.get("every_n", config.get("every_n")) if config.get("method") == "every-n" else None,
+            # recorded for every-n only (its N, or the one chosen for a target fraction)
+            "every_n": target.get("every_n", run.settings().get("every_n")),
             "volumes": int(per_volume.size),
             "slices": int(len(manifest)),
             "kept": int(manifest["kept"].sum()),

@@ -73,6 +73,7 @@ class DeepNetMeasure(Measure):
     """
 
     name = "deepnet"
+    loads_network = True  # Ray: one actor per GPU keeps the backbone loaded (``load_backbone`` caches it)
     unit = "cosine similarity of embeddings"
     higher_is_similar = True
     default_threshold = 0.95

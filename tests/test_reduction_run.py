@@ -1,4 +1,4 @@
-"""The archive engine: manifest, determinism, resume, refusals, bad volumes."""
+"""The reduce run: manifest, determinism, resume, refusals, bad volumes; the ReduceResult it returns."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from conftest import reference_uint8, tree_fingerprint
 from PIL import Image
 
 import ctreduce
-from ctreduce.reduction import engine
-from ctreduce.reduction.engine import RunConflict
+from ctreduce.reduction import backends, plan
+from ctreduce.store.run import RunConflict
 
 COLUMNS = ["volume_id", "source", "slice_index", "z_mm", "kept", "leader", "distance", "method",
            "threshold", "params", "intensity", "hash", "dhash", "pixel_digest"]
@@ -31,7 +31,7 @@ def paper_reference(hu: np.ndarray, threshold: int = 6) -> list[int]:
 
 
 def test_manifest_rows_and_columns(archive, tmp_path):
-    manifest = ctreduce.reduce(archive, tmp_path / "run")
+    manifest = ctreduce.reduce(archive, tmp_path / "run").manifest
     assert list(manifest.columns) == COLUMNS
     assert manifest.groupby("volume_id").size().to_dict() == {
         "archive/nifti/p5": 24, "archive/nrrd/p6": 16, "archive/patient0/ct": 30, "archive/patient1/ct": 20}
@@ -53,7 +53,7 @@ def test_manifest_rows_and_columns(archive, tmp_path):
 @pytest.mark.parametrize("method", ["all", "every-n", "ssim", "hash"])
 def test_every_manifest_carries_each_slices_dhash(archive, method):
     """Part 9: the 64-bit dHash of each slice's 8-bit image, whatever the method, equal to imagehash's."""
-    manifest = ctreduce.reduce(archive / "nrrd", method=method)
+    manifest = ctreduce.reduce(archive / "nrrd", method=method).manifest
     volume = ctreduce.read_volume(archive / "nrrd" / "p6.nrrd")
     expected = [str(imagehash.dhash(Image.fromarray(reference_uint8(s)))) for s in volume.hu]
     assert manifest["dhash"].tolist() == expected
@@ -61,17 +61,23 @@ def test_every_manifest_carries_each_slices_dhash(archive, method):
         assert manifest["hash"].tolist() == expected
 
 
-def test_frames_derived_from_the_manifest_share_its_summary(archive):
-    """pandas deep-copies attrs into every derived frame; the summary (one entry per volume) is shared
-    instead, or a loop over an archive's volumes spends minutes copying it."""
-    manifest = ctreduce.reduce(archive)
-    group = next(iter(manifest.groupby("volume_id")))[1]
-    assert group.attrs["summary"] is manifest.attrs["summary"]
-    assert json.loads(json.dumps(manifest.attrs["summary"]))["totals"]["volumes_reduced"] == 4
+def test_the_result_holds_the_summary_and_reads_the_manifest_from_the_run_folder(archive, tmp_path):
+    """The summary is a value of the result, not an attribute of the manifest (which pandas deep-copies into
+    every frame derived from it); the manifest is read from the run folder when asked for, or held in
+    memory for a run without one."""
+    result = ctreduce.reduce(archive, tmp_path / "run")
+    assert result.summary == {k: v for k, v in json.loads((tmp_path / "run" / "summary.json").read_text()).items()
+                              if k != "schema"}
+    assert "manifest" not in vars(result)  # not read until asked for
+    assert result.complete and result.totals["volumes_reduced"] == 4 and result.manifest.attrs == {}
+    pd.testing.assert_frame_equal(result.manifest, pd.read_parquet(tmp_path / "run" / "manifest.parquet"))
+    in_memory = ctreduce.reduce(archive)
+    assert in_memory.run_dir is None and in_memory.totals == result.totals
+    pd.testing.assert_frame_equal(in_memory.manifest, result.manifest, check_dtype=False)
 
 
 def test_kept_slices_equal_the_paper_procedure(archive):
-    manifest = ctreduce.reduce(archive)
+    manifest = ctreduce.reduce(archive).manifest
     for vid, vol in manifest.groupby("volume_id"):
         volume = ctreduce.read_volume(archive / vid.removeprefix("archive/")
                                       if "patient" in vid else next(archive.glob(vid.split("/", 1)[1] + ".*")))
@@ -79,16 +85,16 @@ def test_kept_slices_equal_the_paper_procedure(archive):
 
 
 def test_sample_volumes_reduce_like_the_paper(sample_volumes, tmp_path):
-    manifest = ctreduce.reduce(sample_volumes, tmp_path / "run")
-    for path, (_, vol) in zip(sample_volumes, manifest.groupby("volume_id", sort=False), strict=True):
+    result = ctreduce.reduce(sample_volumes, tmp_path / "run")
+    for path, (_, vol) in zip(sample_volumes, result.manifest.groupby("volume_id", sort=False), strict=True):
         hu = ctreduce.read_volume(path).hu
         assert vol.loc[vol.kept, "slice_index"].tolist() == paper_reference(hu)
-    assert manifest.attrs["summary"]["totals"]["kept"] == 48  # 25 of 48 and 23 of 61
+    assert result.totals["kept"] == 48  # 25 of 48 and 23 of 61
 
 
 def test_same_result_whatever_the_number_of_workers(archive, tmp_path):
-    one = ctreduce.reduce(archive, tmp_path / "w1", workers=1)
-    two = ctreduce.reduce(archive, tmp_path / "w2", workers=2)
+    one = ctreduce.reduce(archive, tmp_path / "w1", workers=1).manifest
+    two = ctreduce.reduce(archive, tmp_path / "w2", workers=2).manifest
     pd.testing.assert_frame_equal(one, two)
 
 
@@ -98,10 +104,10 @@ def test_a_single_large_series_is_read_by_every_worker_with_the_same_result(tmp_
 
     hu, spacing = make_phantom(n_slices=40, size=32, slice_thickness=1.0, seed=3)
     write_dicom_series(hu, spacing, tmp_path / "in" / "ct", seed=3)
-    config = engine.make_config(method="hash")
-    assert engine._chunkable(scan([tmp_path / "in"]).volumes, config, workers=2)  # fewer volumes than workers
-    one = ctreduce.reduce(tmp_path / "in", tmp_path / "w1", workers=1)
-    two = ctreduce.reduce(tmp_path / "in", tmp_path / "w2", workers=2, export="npy", export_size=32)
+    config = plan.settings(method="hash")
+    assert backends.chunkable(scan([tmp_path / "in"]).volumes, config, workers=2)  # fewer volumes than workers
+    one = ctreduce.reduce(tmp_path / "in", tmp_path / "w1", workers=1).manifest
+    two = ctreduce.reduce(tmp_path / "in", tmp_path / "w2", workers=2, export="npy", export_size=32).manifest
     pd.testing.assert_frame_equal(one, two)
     kept = np.flatnonzero(one["kept"])
     exported = np.load(tmp_path / "w2" / "export" / "slices.npy")
@@ -110,16 +116,16 @@ def test_a_single_large_series_is_read_by_every_worker_with_the_same_result(tmp_
 
 
 def test_all_and_every_n(archive):
-    every = ctreduce.reduce(archive, method="every-n", every_n=4)
+    every = ctreduce.reduce(archive, method="every-n", every_n=4).manifest
     assert every["kept"].tolist() == (every["slice_index"] % 4 == 0).tolist()
     assert every["threshold"].isna().all()
-    assert ctreduce.reduce(archive, method="all")["kept"].all()
+    assert ctreduce.reduce(archive, method="all").manifest["kept"].all()
 
 
 def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = []
-    real = engine.process_source
+    real = backends.process_source
 
     def interrupted_after_two(source, config, parts=None):
         if len(calls) == 2:
@@ -127,7 +133,7 @@ def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
         calls.append(source.volume_id)
         return real(source, config, parts)
 
-    monkeypatch.setattr(engine, "process_source", interrupted_after_two)
+    monkeypatch.setattr(backends, "process_source", interrupted_after_two)
     with pytest.raises(KeyboardInterrupt):
         ctreduce.reduce(archive, out)
     partial = pd.read_parquet(out / "manifest.parquet")
@@ -135,12 +141,12 @@ def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
     assert json.loads((out / "summary.json").read_text())["complete"] is False
 
     resumed = []
-    monkeypatch.setattr(engine, "process_source",
+    monkeypatch.setattr(backends, "process_source",
                         lambda s, c, p=None: resumed.append(s.volume_id) or real(s, c, p))
-    manifest = ctreduce.reduce(archive, out)
+    result = ctreduce.reduce(archive, out)
     assert len(resumed) == 2 and not set(resumed) & set(calls)
-    assert manifest.attrs["summary"]["complete"] is True
-    pd.testing.assert_frame_equal(manifest, ctreduce.reduce(archive, tmp_path / "fresh"))
+    assert result.summary["complete"] is True
+    pd.testing.assert_frame_equal(result.manifest, ctreduce.reduce(archive, tmp_path / "fresh").manifest)
 
 
 def test_killed_run_with_a_torn_journal_line_resumes(archive, tmp_path):
@@ -149,7 +155,7 @@ def test_killed_run_with_a_torn_journal_line_resumes(archive, tmp_path):
     lines = (out / "progress.jsonl").read_text().splitlines()
     (out / "progress.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:15])
     (out / "manifest.parquet").unlink()
-    manifest = ctreduce.reduce(archive, out)
+    manifest = ctreduce.reduce(archive, out).manifest
     assert manifest["volume_id"].nunique() == 4
 
 
@@ -158,7 +164,7 @@ def test_other_settings_in_the_same_folder_are_refused(archive, tmp_path):
     ctreduce.reduce(archive, out, threshold=6)
     with pytest.raises(RunConflict, match="threshold was 6.0, now 4.0"):
         ctreduce.reduce(archive, out, threshold=4)
-    manifest = ctreduce.reduce(archive, out, threshold=4, overwrite=True)
+    manifest = ctreduce.reduce(archive, out, threshold=4, overwrite=True).manifest
     assert (manifest["threshold"] == 4).all()
 
 
@@ -186,7 +192,7 @@ def test_one_bad_volume_never_stops_the_others(archive, tmp_path):
     ct = archive / "patient1" / "ct"
     victim = sorted(ct.iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:-300])
-    manifest = ctreduce.reduce(archive, tmp_path / "run", workers=2)
+    manifest = ctreduce.reduce(archive, tmp_path / "run", workers=2).manifest
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["totals"]["volumes_reduced"] == 3 and summary["totals"]["volumes_failed"] == 2
     errors = {e["volume_id"]: e["error"] for e in summary["errors"]}

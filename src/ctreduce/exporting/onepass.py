@@ -1,30 +1,101 @@
-"""``reduce --export``: the export of a run written in the same pass, assembled from per-volume parts.
+"""``ctreduce.reduce``, and with ``export=`` the export of the run written in the same pass.
 
 Each worker writes its volume's kept slices while the volume is in memory (``store.export.ExportParts``);
 when the run is complete they are assembled, in manifest order, into the same export as
 ``ctreduce export`` of the run. Volumes without a part (reduced before ``--export`` was asked for)
 are read once more and compared with the manifest first, like every export that reads the sources again.
+
+The reduce run (``reduction.run``) sits below the export side and cannot import it: :func:`reduce` hands it
+a :class:`OnePassExport`, which the run calls back to check the export folder before anything is read, to
+give its workers the parts to write and to assemble them once the run is complete.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..config import SELECTORS, ReduceConfig
+from ..config import ReduceConfig, RunOptions
+from ..core.versions import library_versions
 from ..io.discover import load
 from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
+from ..reduction.plan import kept_known_per_volume, settings
+from ..reduction.run import LIBRARIES, ReduceResult, run_reduction
+from ..reduction.verify import REDO_HINT, legacy_dhashes
 from ..store.export import FORMATS, META, ExportError, ExportParts, ExportWriter, refuse_existing
 from ..store.files import read_json
 from ..store.fingerprint import first_mismatch
 from ..store.places import check_output_place
 from ..store.run import RunFolder
-from .verify import REDO_HINT, legacy_dhashes
+
+
+def reduce(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
+           config: ReduceConfig | None = None, **settings_: Any) -> ReduceResult:
+    """Reduce every volume under ``inputs``; returns a :class:`~ctreduce.reduction.run.ReduceResult`: the
+    summary (counts, errors, skipped files, changed inputs, versions) and the manifest, one row per slice.
+
+    Manifest columns: volume_id, source (the slice's file), slice_index (0-based, anatomical), z_mm,
+    kept, leader (slice_index of the kept slice representing it; itself when kept), distance
+    (hash: Hamming bits to the leader) or similarity (ssim/mi/deepnet: score to the leader),
+    NaN when kept or for all/every-n, method, threshold, params (JSON), intensity, hash (the
+    method's hash, hash methods only), dhash (every slice's 64-bit difference hash of its 8-bit
+    image, imagehash's hex, whatever the method), pixel_digest (a 64-bit BLAKE2b of the slice's
+    HU values, ``store.fingerprint.slice_digest``: what exports compare before writing a slice).
+
+    ``settings_`` are the fields of ``ReduceConfig`` (what is kept: method, threshold, every_n, intensity,
+    ...; ``config`` gives them as one value) and of ``RunOptions`` (how it runs: workers, overwrite, csv,
+    progress, backend, ray_address, export, export_size, export_out, verify); ``ctreduce reduce --help``
+    describes each.
+
+    With ``out``, results are written to a resumable, locked run folder (``ctreduce.store.run``),
+    from which the result reads its manifest. A rerun trusts the volumes whose files have the size and time
+    they had; a volume whose files' stat changed is read again and reduced again only when its
+    slices' pixels (``pixel_digest``) or positions changed: moved, copied or touched, it is not.
+    ``verify`` reads every finished volume again and redoes those whose content changed.
+    ``backend="ray"`` runs the volumes as Ray tasks (``ray_address`` or RAY_ADDRESS, else a
+    local Ray with ``workers`` CPUs); the output is identical to the local process pool.
+    ``export="npy"|"png"`` writes the export of the kept slices in the same pass (each volume is
+    read once; ``export_size`` for npy) to ``export_out`` (default ``out/export``), whole, once the
+    run is complete: the same export as ``ctreduce export`` of the run folder.
+    Raises ValueError (NoVolumes, RunConflict, a pydantic ValidationError; LockHeld is a RuntimeError) before
+    any volume is read for unusable settings, and DiskFull when the disk fills (a rerun resumes).
+    """
+    options = RunOptions(**{k: settings_.pop(k) for k in list(settings_) if k in RunOptions.model_fields})
+    config = settings(config, **settings_)
+    export = None
+    if options.export is not None:
+        check_export(options.export, options.export_size, out, config)
+        export = OnePassExport.of(options, Path(out), config)  # type: ignore[arg-type]  # checked: out is given
+    return run_reduction(inputs, out, config, options, export)
+
+
+class OnePassExport:
+    """The export a ``reduce --export`` run writes (``reduction.run.ExportPass``): its per-volume parts in
+    the run folder, assembled into ``out`` once the run is complete."""
+
+    def __init__(self, parts: ExportParts, out: Path, run_dir: Path) -> None:
+        self.parts, self.out, self.run_dir = parts, out, run_dir
+        self.spec = {"path": str(out), "format": parts.format, "size": parts.size}
+
+    @classmethod
+    def of(cls, options: RunOptions, run_dir: Path, config: ReduceConfig) -> OnePassExport:
+        fmt, size = options.export, options.export_size
+        out = Path(options.export_out) if options.export_out is not None else RunFolder(run_dir).default_export
+        parts = ExportParts(RunFolder(run_dir).export_parts, fmt, size if fmt == "npy" else None, config.intensity)
+        return cls(parts, out, run_dir)
+
+    def check_place(self, inputs: list[Path], overwrite: bool) -> None:
+        check_export_out(self.out, inputs, self.run_dir, overwrite)
+
+    def assemble(self, run: RunFolder, manifest: pd.DataFrame, sources: dict[str, VolumeSource]) -> dict[str, Any]:
+        return assemble_export(run, manifest, self.parts, self.out, sources, library_versions(LIBRARIES))
 
 
 def check_export(fmt: str, size: int, out: Any, config: ReduceConfig) -> None:
@@ -35,7 +106,7 @@ def check_export(fmt: str, size: int, out: Any, config: ReduceConfig) -> None:
         raise ValueError("--export writes beside a run folder: give --out")
     if fmt == "npy" and size < 8:
         raise ValueError(f"--size must be at least 8, got {size}")
-    if config.target_fraction is not None and config.method not in SELECTORS:
+    if not kept_known_per_volume(config):
         raise ValueError("--export needs each volume's kept slices when it is reduced, but with --target-fraction "
                          "they are known only when every volume is done: reduce first, then 'ctreduce export'")
 
