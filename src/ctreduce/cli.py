@@ -324,7 +324,7 @@ def report(
 def pretrain(
     overrides: Annotated[list[str] | None, typer.Argument(help="More settings as key=value, dotted for "
                                                                "nested ones: swav.n_prototypes=300 lr=0.3")] = None,
-    method: Annotated[str | None, typer.Option(help="swav, moco or spark.")] = None,
+    method: Annotated[str | None, typer.Option(help="swav, moco, spark or a plug-in's method.")] = None,
     data: Annotated[Path | None, typer.Option(help="Export folder (ctreduce export: npy or png).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
     preset: Annotated[str | None, typer.Option(help="paper (the paper's settings) or cpu (a short real run).")] = None,
@@ -337,7 +337,8 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option(help="Replace a run with other settings in --out.")] = False,
 ) -> None:
     """Self-supervised pre-training (SwAV, MoCo v2, SparK) on an export; resumable run folder."""
-    from .config import SettingsError, make_pretrain_config, parse_overrides
+    from .config import make_pretrain_config
+    from .core.validation import SettingsError, parse_overrides
 
     values = {k: v for k, v in {"method": method, "data": None if data is None else str(data),
                                  "out": None if out is None else str(out), "preset": preset, "backbone": backbone,
@@ -398,7 +399,8 @@ def finetune(
                                                                "backbone=resnet18 input_size=224 ...).")] = None,
 ) -> None:
     """Fine-tune and score a backbone with the paper's protocol (AUC, F1, ACC, mean +- sd)."""
-    from .config import FinetuneConfig, checked, parse_overrides
+    from .config import FinetuneConfig
+    from .core.validation import checked, parse_overrides
     from .tasks.spec import task_spec_for
 
     options = {k: v for k, v in {"devices": devices, "precision": precision}.items() if v is not None}

@@ -29,8 +29,9 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from ..config import FinetuneConfig, ReduceConfig, checked, describe, make_pretrain_config
+from ..config import FinetuneConfig, ReduceConfig, make_pretrain_config
 from ..core.devices import ThreadPolicy, thread_policy
+from ..core.validation import checked, describe
 from ..store.experiment import (
     ARCHIVE,
     EXPORT,
