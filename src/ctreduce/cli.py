@@ -228,7 +228,8 @@ def reduce(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'ctreduce reduce'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Export folder.")],
-    format: Annotated[str, typer.Option("--format", help="png (folder of images) or npy (one array).")] = "png",
+    format: Annotated[str, typer.Option("--format", help="png (folder of images), npy (one array) or a plug-in's "
+                                                         "format.")] = "png",
     size: Annotated[int, typer.Option(help="npy: side of the square slices (aspect kept by padding).")] = 224,
     intensity: Annotated[str | None, typer.Option(help="Override the run's intensity policy.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export in --out, whole.")] = False,

@@ -31,6 +31,7 @@ from ..io.discover import ScanResult, load, scan, walk
 from ..io.intensity import Intensity
 from ..io.volume import Volume, VolumeSource
 from ..store.export import ExportParts
+from ..store.export_formats import export_format
 from ..store.files import DiskFull, disk_full, is_disk_full
 from ..store.fingerprint import DIGEST_COLUMN, Fingerprint, slice_digests
 from ..store.places import check_output_place
@@ -461,8 +462,8 @@ def reduce(
     ``settings`` are ReduceConfig fields (method, threshold, every_n, intensity, ...).
     ``backend="ray"`` runs the volumes as Ray tasks (``ray_address`` or RAY_ADDRESS, else a
     local Ray with ``workers`` CPUs); the output is identical to the local process pool.
-    ``export="npy"|"png"`` writes the export of the kept slices in the same pass (each volume is
-    read once; ``export_size`` for npy) to ``export_out`` (default ``out/export``), whole, once the
+    ``export="npy"|"png"`` (or a plug-in's export format) writes the export of the kept slices in the same pass
+    (each volume is read once; ``export_size`` for npy) to ``export_out`` (default ``out/export``), whole, once the
     run is complete: the same export as ``ctreduce export`` of the run folder.
     Raises ValueError (NoVolumes, RunConflict, LockHeld is a RuntimeError) before any volume is
     read for unusable settings, and DiskFull when the disk fills (a rerun resumes).
@@ -513,7 +514,7 @@ def reduce(
     with run.lock() if run is not None else nullcontext():
         parts = None
         if run is not None and export is not None:
-            parts = ExportParts(run.export_parts, export, export_size if export == "npy" else None, config.intensity)
+            parts = ExportParts(run.export_parts, export, export_size, config.intensity)
         manifest = _reduce_found(found, run, config, run_config, paths, t0, scan_seconds, workers=workers,
                                  overwrite=overwrite, csv=csv, progress=progress, backend=backend,
                                  ray_address=ray_address, export=parts, rewrite_cache=rewrite_cache, verify=verify)
@@ -534,7 +535,7 @@ def _unchanged(run: RunFolder, config: ReduceConfig, paths: list[Path], digest: 
         return None
     spec = None
     if export is not None:
-        spec = {"path": str(export_out), "format": export, "size": export_size if export == "npy" else None}
+        spec = {"path": str(export_out), "format": export, "size": export_format(export, export_size).size}
     with run.lock():
         summary = run.unchanged_since_complete(identity(config), [str(p.resolve()) for p in paths], digest, spec)
         if summary is None:

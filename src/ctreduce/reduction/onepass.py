@@ -19,7 +19,8 @@ from ..config import SELECTORS, ReduceConfig
 from ..io.discover import load
 from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
-from ..store.export import FORMATS, META, ExportError, ExportParts, ExportWriter, refuse_existing
+from ..store.export import META, ExportError, ExportParts, ExportWriter, refuse_existing
+from ..store.export_formats import export_format
 from ..store.files import read_json
 from ..store.fingerprint import first_mismatch
 from ..store.places import check_output_place
@@ -29,12 +30,9 @@ from .verify import REDO_HINT, legacy_dhashes
 
 def check_export(fmt: str, size: int, out: Any, config: ReduceConfig) -> None:
     """The export settings of ``reduce --export``; ValueError before anything is read."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    export_format(fmt, size)  # ExportError: an unknown format, or a size it cannot use
     if out is None:
         raise ValueError("--export writes beside a run folder: give --out")
-    if fmt == "npy" and size < 8:
-        raise ValueError(f"--size must be at least 8, got {size}")
     if config.target_fraction is not None and config.method not in SELECTORS:
         raise ValueError("--export needs each volume's kept slices when it is reduced, but with --target-fraction "
                          "they are known only when every volume is done: reduce first, then 'ctreduce export'")
@@ -71,8 +69,7 @@ def assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts, 
     start = time.perf_counter()
     errors: list[dict[str, str]] = []
     with ExportWriter(out, parts.format, size=parts.size, overwrite=True) as writer:
-        if parts.format == "npy":
-            writer.allocate(len(kept))
+        writer.allocate(len(kept))
         # A part holds the slices its volume kept; --scope archive may have dropped some since.
         in_parts = manifest[manifest["volume_kept"]] if "volume_kept" in manifest.columns else kept
         part_rows = {vid: rows for vid, rows in in_parts.groupby("volume_id", sort=False)}
