@@ -203,8 +203,8 @@ class ExportStore:
         try:
             return export_format(self.format, self.meta.get("size"))
         except ExportError as exc:
-            raise ExportError(f"{self.root}: unknown export format {self.format!r} in {META} ({exc}; a plug-in's "
-                              "format needs its plug-in loaded)") from exc
+            raise ExportError(f"{self.root}: {exc} (in {META}; a plug-in's format is known once its plug-in is "
+                              "loaded: CTREDUCE_PLUGINS or an installed entry point)") from exc
 
     def _check(self) -> None:
         n = int(self.meta.get("slices", -1))
