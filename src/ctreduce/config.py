@@ -132,6 +132,7 @@ class PretrainMethod:
 
 
 _METHODS: dict[str, PretrainMethod] = {}
+DEFAULT_METHOD = "swav"  # the paper's
 
 
 def register_pretrain_method(method: PretrainMethod) -> PretrainMethod:
@@ -146,8 +147,9 @@ def register_pretrain_method(method: PretrainMethod) -> PretrainMethod:
         raise ValueError(f"pre-training method {name!r}: settings must be a pydantic model class")
     if method.optimiser.kind not in OPTIMIZERS:
         raise ValueError(f"pre-training method {name!r}: " + not_one_of("optimiser", method.optimiser.kind, OPTIMIZERS))
-    for preset in {*method.presets, *method.section_presets} - set(PRESETS):
-        raise ValueError(f"pre-training method {name!r}: " + not_one_of("preset", preset, PRESETS))
+    unknown = sorted({*method.presets, *method.section_presets} - set(PRESETS))
+    if unknown:
+        raise ValueError(f"pre-training method {name!r}: " + not_one_of("preset", unknown[0], PRESETS))
     _METHODS[name] = method
     return method
 
@@ -195,12 +197,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 class PretrainConfig(BaseModel):
     """One pre-training run. ``preset`` fills the defaults; explicit values override them.
 
-    Each registered method's own settings are a section named after it (``config.swav``, ``config.moco``;
-    ``method_settings`` is the run's method's), validated by its settings model."""
+    Each registered method's own settings are a section named after it (``config.swav``, ``config.moco``),
+    validated by its settings model."""
 
     model_config = ConfigDict(extra="allow")  # the method sections; any other key is refused below
 
-    method: str = "swav"
+    method: str = DEFAULT_METHOD
     data: str = ""
     out: str = ""
     preset: str = "paper"
@@ -243,7 +245,7 @@ class PretrainConfig(BaseModel):
         models = cls.sections()
         own = {k: v for k, v in data.items() if k in cls.model_fields}
         errors: list[InitErrorDetails] = []
-        for name in _sections(str(own.get("method", "swav")).lower(), data):
+        for name in _sections(str(own.get("method", DEFAULT_METHOD)).lower(), data):
             try:
                 own[name] = models[name].model_validate(data.get(name) or {})
             except ValidationError as exc:
@@ -279,11 +281,6 @@ class PretrainConfig(BaseModel):
     @classmethod
     def _known_devices(cls, value: int | str) -> int | str:
         return _devices(value)
-
-    @property
-    def method_settings(self) -> BaseModel:
-        """The settings of this run's method (its section)."""
-        return getattr(self, self.method)
 
     def missing(self) -> str:
         """What a run still needs before it can start ("" when nothing): the data and the run folder."""
@@ -444,7 +441,7 @@ def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str
         methods = pretrain_methods()
     except ValueError as exc:  # a plug-in that cannot be loaded
         raise SettingsError(str(exc)) from None
-    method = str(merged.get("method", "swav")).lower()
+    method = str(merged.get("method", DEFAULT_METHOD)).lower()
     sections = {name: methods[name].section_presets.get(preset, {}) for name in _sections(method, merged)}
     run = methods[method].presets.get(preset, {}) if method in methods else {}
     return checked(PretrainConfig, merge(PRESETS[preset], sections, run, merged))
