@@ -134,11 +134,11 @@ def _path(*folders: Path) -> str:
 def test_the_variable_brings_the_plugin_to_every_command(ct, tmp_path):
     env = {"CTREDUCE_PLUGINS": "ctreduce_toy", "PYTHONPATH": _path(PLUGINS)}
     reduced = cli("reduce", str(ct), "--out", str(tmp_path / "run"), "--method", "toy", "--threshold", "3",
-                  "--quiet", env=env)
+                  "--workers", "2", "--quiet", env=env)  # the worker processes find it too
     assert "2 volume(s) reduced, 0 failed" in reduced.stdout
     assert RunFolder(tmp_path / "run").settings()["method"] == "toy"
-    exported = cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "toy"), "--format", "toy", "--quiet",
-                   env=env)
+    exported = cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "toy"), "--format", "toy", "--workers",
+                   "2", "--quiet", env=env)
     assert f"to {tmp_path / 'toy'} (toy)" in exported.stdout
     trained = cli("pretrain", "--method", "toy", "--data", str(tmp_path / "toy"), "--out", str(tmp_path / "pre"),
                   *(f"{k}={v}" for k, v in TINY.items()), env=env)
