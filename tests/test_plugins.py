@@ -119,6 +119,29 @@ def test_a_registration_that_cannot_work_is_refused(toy):
         export_formats.export_format("tiff")
 
 
+def test_an_implementation_that_cannot_be_found_is_one_line(monkeypatch):
+    from pydantic import BaseModel
+
+    from ctreduce import config
+    from ctreduce.ssl.pretrain import PretrainError, method_class
+
+    class Settings(BaseModel):
+        pass
+
+    monkeypatch.setattr(config, "_METHODS", dict(config._METHODS))  # registrations of this test only
+    for name, implementation in [("gone", "no_such_module:Method"), ("wrong", "ctreduce.ssl.swav:SwAVV"),
+                                 ("plain", "ctreduce.config:PretrainConfig")]:
+        register_pretrain_method(PretrainMethod(name, Settings, implementation, Optimiser("sgd", 0.1, 0.0)))
+    with pytest.raises(PretrainError, match="^pre-training method 'gone': no module 'no_such_module' for its "):
+        method_class("gone")
+    with pytest.raises(PretrainError, match="^pre-training method 'wrong': ctreduce.ssl.swav has no 'SwAVV'$"):
+        method_class("wrong")
+    with pytest.raises(PretrainError, match="is not an SSLMethod subclass$"):
+        method_class("plain")
+    with pytest.raises(PretrainError, match="^method 'simclr' is not one of swav, moco, spark, gone, wrong, plain$"):
+        method_class("simclr")
+
+
 def cli(*args: str, env: dict[str, str], code: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([CTREDUCE, *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "CTREDUCE_THREADS": "1", **env})
