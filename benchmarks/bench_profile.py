@@ -46,7 +46,7 @@ from ctreduce.io.volume import Volume, VolumeSource, hu_array
 from ctreduce.reduction.leader import greedy_leader
 from ctreduce.reduction.measures import HashMeasure
 from ctreduce.reduction.selection import reduce_volume
-from ctreduce.store.export import npy_rows, save_png
+from ctreduce.store.export_formats import npy_rows, save_png
 from ctreduce.store.run import write_part
 
 THRESHOLD = 6

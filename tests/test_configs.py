@@ -62,7 +62,7 @@ def test_settings_the_experiment_sets_itself_are_refused(tmp_path):
 
 
 def test_overrides_are_dotted_keys_with_yaml_values():
-    from ctreduce.config import parse_overrides
+    from ctreduce.core.validation import parse_overrides
 
     values = parse_overrides(["swav.n_prototypes=64", "lr=1e-3", " epochs = 3", "data=", "optimizer=null",
                               "spark.input_mean=[0.5, 0.5, 0.5]", "swav.n_prototypes=32"])

@@ -51,7 +51,7 @@ def test_npy_export_is_memory_mappable_with_an_index(run, tmp_path):
 
 
 def test_resize_pad_keeps_aspect():
-    from ctreduce.store.export import resize_pad
+    from ctreduce.store.export_formats import resize_pad
 
     out = resize_pad(np.full((20, 40), 200, np.uint8), 32)
     assert out.shape == (32, 32)

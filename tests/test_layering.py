@@ -117,7 +117,8 @@ def test_no_module_over_600_lines():
 
 
 def test_config_loads_no_algorithm():
-    allowed = {"ctreduce.core", "ctreduce.core.devices", "ctreduce.core.dhash"}
+    allowed = {"ctreduce.core", "ctreduce.core.devices", "ctreduce.core.dhash", "ctreduce.core.plugins",
+               "ctreduce.core.validation"}
     assert {m for _, m in _imports(SRC / "config.py")} <= allowed | {"ctreduce.config"}
     code = ("import sys; from ctreduce.config import ReduceConfig, PretrainConfig, FinetuneConfig; "
             "ReduceConfig(method='ssim', threshold=0.8); "
@@ -130,7 +131,7 @@ def test_config_loads_no_algorithm():
 
 
 @pytest.mark.parametrize("module", ["ctreduce.core.dhash", "ctreduce.core.versions", "ctreduce.core.workers",
-                                    "ctreduce.core.devices"])
+                                    "ctreduce.core.devices", "ctreduce.core.plugins", "ctreduce.core.validation"])
 def test_the_lowest_layer_imports_nothing_of_ctreduce(module):
     path = SRC / Path(*module.split(".")[1:]).with_suffix(".py")
     assert _imports(path) == []

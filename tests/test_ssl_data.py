@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 
 import ctreduce
 from ctreduce.ssl.augment import RandomGamma, SeparableGaussianBlur, ct_view
-from ctreduce.ssl.data import ExportError, PngFolderDataset, SliceArrayDataset, intensity_stats, open_export
+from ctreduce.ssl.data import ExportError, SliceDataset, intensity_stats, open_export
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def exports(tmp_path_factory):
 
 def test_array_store_and_png_folder_give_the_same_slices(exports):
     npy, png = open_export(exports / "npy"), open_export(exports / "png")
-    assert isinstance(npy, SliceArrayDataset) and isinstance(png, PngFolderDataset)
+    assert isinstance(npy, SliceDataset) and isinstance(png, SliceDataset)
     assert len(npy) == len(png) == 10
     assert npy.raw(0).shape == (1, 32, 32) and npy.raw(0).dtype == torch.uint8
     assert png.raw(0).shape == (1, 40, 40)

@@ -21,7 +21,8 @@ import yaml
 
 from ctreduce.config import SettingsError, make_pretrain_config
 from ctreduce.ssl import pretrain as train_module
-from ctreduce.ssl.pretrain import CollapseWarning, PretrainError, TrainingStopped, pretrain
+from ctreduce.ssl.pretrain import PretrainError, TrainingStopped, pretrain
+from ctreduce.ssl.swav import CollapseWarning
 
 TINY = {"preset": "cpu", "backbone": "resnet18", "input_size": 32, "batch_size": 8, "epochs": 2,
         "num_workers": 0, "swav": {"local_crop_size": 16, "n_prototypes": 16}}

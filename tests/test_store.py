@@ -22,7 +22,8 @@ import ctreduce
 from ctreduce.io.intensity import Intensity
 from ctreduce.reduction import backends, plan, worker
 from ctreduce.sample_data.phantom import make_phantom, write_dicom_series, write_nifti, write_nrrd
-from ctreduce.store.export import ExportError, ExportStore, png_name
+from ctreduce.store.export import ExportError, ExportStore
+from ctreduce.store.export_formats import png_name
 from ctreduce.store.run import RunConflict, RunFolder
 
 CTREDUCE = str(Path(sys.executable).with_name("ctreduce"))
@@ -51,7 +52,7 @@ def assert_export_is_the_manifest(run: Path, out: Path) -> None:
         volume = ctreduce.io.discover.load(sources[row.volume_id])
         expected = Intensity.parse(manifest["intensity"].iloc[0] or "minmax").to_uint8(volume.hu[[row.slice_index]])[0]
         if array is not None:
-            from ctreduce.store.export import resize_pad
+            from ctreduce.store.export_formats import resize_pad
 
             np.testing.assert_array_equal(array[row.row], resize_pad(expected, store.meta["size"]))
         else:

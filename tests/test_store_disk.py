@@ -223,10 +223,10 @@ def test_an_interrupted_export_exits_130_and_leaves_out_as_it_was(tmp_path):
 
 def test_an_npy_export_without_an_unreadable_volume_is_cut_to_its_rows_in_place(run_all, archive, tmp_path,
                                                                                monkeypatch):
-    from ctreduce.store import export as store_export
+    from ctreduce.store import export_formats
 
     (archive / "nrrd" / "p6.nrrd").unlink()  # 16 slices that can no longer be read
-    monkeypatch.setattr(store_export, "_save_npy", None)  # the cut copies nothing
+    monkeypatch.setattr(export_formats, "_save_npy", None)  # the cut copies nothing
     meta = ctreduce.export(run_all, tmp_path / "npy", format="npy", size=24, allow_changed=True)
     assert meta["slices"] == 90 - 16 and [e["volume_id"] for e in meta["errors"]] == ["archive/nrrd/p6"]
     store = ExportStore.open(tmp_path / "npy")
@@ -238,7 +238,7 @@ def test_an_npy_export_without_an_unreadable_volume_is_cut_to_its_rows_in_place(
 def assert_export_is_the_manifest_except(run: Path, out: Path, missing: str) -> None:
     from ctreduce.io.discover import load
     from ctreduce.io.intensity import Intensity
-    from ctreduce.store.export import resize_pad
+    from ctreduce.store.export_formats import resize_pad
     from ctreduce.store.run import RunFolder
 
     manifest = RunFolder.open(run).manifest()

@@ -13,7 +13,8 @@ from test_store import assert_export_is_the_manifest, cli
 
 import ctreduce
 from ctreduce.sample_data.phantom import make_phantom, write_nifti
-from ctreduce.store.export import ExportStore, png_name
+from ctreduce.store.export import ExportStore
+from ctreduce.store.export_formats import png_name
 from ctreduce.store.files import NAME_MAX, encoded_name, hidden_sibling
 
 # ids as archives produce them: any text (non-ASCII, '/', dots, spaces), often long, often sharing a

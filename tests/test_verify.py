@@ -18,7 +18,8 @@ import ctreduce
 from ctreduce.io.discover import load
 from ctreduce.io.intensity import Intensity
 from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
-from ctreduce.store.export import ExportStore, resize_pad
+from ctreduce.store.export import ExportStore
+from ctreduce.store.export_formats import resize_pad
 from ctreduce.store.run import RunFolder
 
 CTREDUCE = str(Path(sys.executable).with_name("ctreduce"))

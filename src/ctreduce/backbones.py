@@ -268,15 +268,17 @@ def from_file(path: str | os.PathLike, name: str | None = None) -> nn.Module:
 
 
 def run_normalisation(run_dir: str | os.PathLike) -> Normalisation:
-    """The input statistics a ``ctreduce pretrain`` run trained with: SparK's per-channel ``spark.input_mean``/
-    ``input_std`` when set (ImageNet's in the paper preset), else the run's grey ``mean``/``std``."""
+    """The input statistics a ``ctreduce pretrain`` run trained with: its method's per-channel ``input_mean``/
+    ``input_std`` when its settings hold them (SparK's: ImageNet's in the paper preset), else the run's grey
+    ``mean``/``std``."""
     from .store.pretrain import PretrainRun
 
     config = PretrainRun(run_dir).config()
-    spark = config.get("spark") or {}
-    if config.get("method") == "spark" and spark.get("input_mean") and spark.get("input_std"):
-        mean, std = tuple(float(v) for v in spark["input_mean"]), tuple(float(v) for v in spark["input_std"])
-        return Normalisation(mean, std, f"{run_dir} (spark.input_mean/input_std)")
+    method = str(config.get("method"))
+    own = config.get(method) if isinstance(config.get(method), dict) else {}
+    if own.get("input_mean") and own.get("input_std"):
+        mean, std = tuple(float(v) for v in own["input_mean"]), tuple(float(v) for v in own["input_std"])
+        return Normalisation(mean, std, f"{run_dir} ({method}.input_mean/input_std)")
     if config.get("mean") is None or config.get("std") is None:
         raise BackboneError(f"{run_dir}: its config.yaml records no input mean/std; is it a ctreduce pretrain run?")
     return Normalisation.grey(config["mean"], config["std"], f"{run_dir} (mean/std)")

@@ -231,7 +231,8 @@ app.command("reduce")(lambda: None)
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'ctreduce reduce'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Export folder.")],
-    format: Annotated[str, typer.Option("--format", help="png (folder of images) or npy (one array).")] = "png",
+    format: Annotated[str, typer.Option("--format", help="png (folder of images), npy (one array) or a plug-in's "
+                                                         "format.")] = "png",
     size: Annotated[int, typer.Option(help="npy: side of the square slices (aspect kept by padding).")] = 224,
     intensity: Annotated[str | None, typer.Option(help="Override the run's intensity policy.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export in --out, whole.")] = False,
@@ -327,7 +328,7 @@ def report(
 def pretrain(
     overrides: Annotated[list[str] | None, typer.Argument(help="More settings as key=value, dotted for "
                                                                "nested ones: swav.n_prototypes=300 lr=0.3")] = None,
-    method: Annotated[str | None, typer.Option(help="swav, moco or spark.")] = None,
+    method: Annotated[str | None, typer.Option(help="swav, moco, spark or a plug-in's method.")] = None,
     data: Annotated[Path | None, typer.Option(help="Export folder (ctreduce export: npy or png).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
     preset: Annotated[str | None, typer.Option(help="paper (the paper's settings) or cpu (a short real run).")] = None,
@@ -340,7 +341,8 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option(help="Replace a run with other settings in --out.")] = False,
 ) -> None:
     """Self-supervised pre-training (SwAV, MoCo v2, SparK) on an export; resumable run folder."""
-    from .config import SettingsError, make_pretrain_config, parse_overrides
+    from .config import make_pretrain_config
+    from .core.validation import SettingsError, parse_overrides
 
     values = {k: v for k, v in {"method": method, "data": None if data is None else str(data),
                                  "out": None if out is None else str(out), "preset": preset, "backbone": backbone,
@@ -401,7 +403,8 @@ def finetune(
                                                                "backbone=resnet18 input_size=224 ...).")] = None,
 ) -> None:
     """Fine-tune and score a backbone with the paper's protocol (AUC, F1, ACC, mean +- sd)."""
-    from .config import FinetuneConfig, checked, parse_overrides
+    from .config import FinetuneConfig
+    from .core.validation import checked, parse_overrides
     from .tasks.spec import task_spec_for
 
     options = {k: v for k, v in {"devices": devices, "precision": precision}.items() if v is not None}

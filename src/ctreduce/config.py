@@ -1,20 +1,24 @@
 """Typed configuration shared by the CLI, the Python API and experiment files (same names).
 
 Nothing here imports torch: the CLI checks every setting with these models first, so a mistyped one is
-one line (:class:`SettingsError`, :func:`describe`) in a fraction of a second, not after torch loads.
+one line (``ctreduce.core.validation``) in a fraction of a second, not after torch loads. Pre-training methods
+register here (:func:`register_pretrain_method`) with their settings; their training code is in ``ctreduce.ssl``.
 """
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from .core.devices import DEVICE_PATTERN
 from .core.dhash import is_dhash
+from .core.plugins import load_plugins
+from .core.validation import SettingsError, checked, choice, merge, not_one_of, one_line
 
 SELECTORS = ("all", "every-n")
 # The paper's fixed input statistics of grey slices on [0, 1] (of LIDC), used for ALL and every reduced subset.
@@ -27,32 +31,6 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
 OPTIMIZERS = ("lars", "sgd", "lamb", "adamw")
 
-Settings = TypeVar("Settings", bound=BaseModel)
-
-
-class SettingsError(ValueError):
-    """Settings that cannot be used; the message is one line per mistake: the key, the value, what is allowed."""
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _hint(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _not_one_of(name: str, value: Any, options: tuple[str, ...] | dict) -> str:
-    return f"{name} {value!r} is not one of {', '.join(options)}{_hint(str(value), options)}"
-
-
-def _choice(value: str, options: tuple[str, ...] | dict, name: str) -> str:
-    if value not in options:
-        raise ValueError(_not_one_of(name, value, options))
-    return value
-
-
 def _devices(value: int | str) -> int | str:
     """A device count: N >= 1, -1 or "auto" (every GPU); digits given as text become the number."""
     if isinstance(value, str) and value.lstrip("-").isdigit():
@@ -61,57 +39,6 @@ def _devices(value: int | str) -> int | str:
         raise ValueError(f"devices must be a number >= 1, -1 or 'auto', got {value!r}")
     return value
 
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The settings model an annotation holds: itself, or the item of a list/tuple/optional of it."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
-
-
-def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
-    """The setting names of the (nested) model at ``path``: where an unknown key was given."""
-    for part in path:
-        if part.isdigit():  # an item of a list of settings
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        model = _model_in(field.annotation) if field is not None else None
-    return list(model.model_fields) if model is not None else []
-
-
-def _line(error: dict[str, Any], model: type[BaseModel] | None) -> str:
-    loc = [str(part) for part in error["loc"]]
-    if error["type"] == "missing" and loc and loc[-1].isdigit():  # a tuple given too few values
-        return f"{'.'.join(loc[:-1])}={error['input']!r}: too few values"
-    key = ".".join(loc)
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        known = _fields_at(model, loc[:-1])
-        hint = _hint(loc[-1], known) or (f" (known: {', '.join(known)})" if known else "")
-        return f"unknown setting {key}{hint}"
-    if error["type"] == "missing":
-        return f"{key}: required"
-    if error["type"] == "value_error":  # our validators' sentences, most of them starting with the setting's name
-        if not loc:
-            return message
-        if message.startswith(f"{loc[-1]} "):
-            return ".".join([*loc[:-1], message])
-        return f"{key}: {message}"
-    return f"{key}={error['input']!r}: {message[:1].lower()}{message[1:]}"
-
-
-def describe(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """pydantic's multi-line report as one line: every mistake with its key, value and what is allowed
-    (``unknown setting swav.n_protoypes (did you mean n_prototypes?)``); ``model`` lists the known keys."""
-    return "; ".join(dict.fromkeys(_line(error, model) for error in exc.errors()))
-
-
-def checked(model: type[Settings], values: dict[str, Any]) -> Settings:
-    """``model(**values)``, its validation errors as one :class:`SettingsError` line."""
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        raise SettingsError(describe(exc, model)) from None
 
 
 @dataclass(frozen=True)
@@ -243,6 +170,203 @@ class RunOptions(BaseModel):
 # --- pre-training --------------------------------------------------------------------------------
 
 
+class Optimiser(NamedTuple):
+    """A method's optimiser where ``optimizer``, ``lr`` and ``weight_decay`` are None: its kind, its learning rate
+    at a global batch of 256 (scaled linearly with the batch) and its weight decay."""
+
+    kind: str
+    lr_at_256: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class PretrainMethod:
+    """One pre-training method as the settings know it, registered by name (:func:`register_pretrain_method`):
+    everything here is checked before torch loads; the training itself is ``implementation``.
+
+    ``settings``: the model of the method's own settings (``<name>.*``: ``swav.n_prototypes=300``).
+    ``implementation``: its ``ctreduce.ssl.base.SSLMethod`` subclass (the LightningModule, with its ``views``),
+    or ``"module:Class"``, imported by ``ctreduce.ssl.pretrain`` only when a run starts.
+    ``presets``: per preset name, the settings a run of this method starts from (top-level ones and its own
+    section); ``section_presets``: per preset name, its own section's values wherever the section is recorded.
+    """
+
+    name: str
+    settings: type[BaseModel]
+    implementation: str | type
+    optimiser: Optimiser
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    section_presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+_METHODS: dict[str, PretrainMethod] = {}
+DEFAULT_METHOD = "swav"  # the paper's
+
+
+def register_pretrain_method(method: PretrainMethod) -> PretrainMethod:
+    """Add ``method`` to the registry: ``ctreduce pretrain --method NAME`` and its ``NAME.*`` settings then work.
+    ValueError for a registration that cannot work (a taken name, an unknown optimiser or preset)."""
+    name = method.name
+    if not name.isidentifier() or name != name.lower():
+        raise ValueError(f"pre-training method name {name!r}: use a lower-case Python identifier")
+    if name in PretrainConfig.model_fields or _METHODS.get(name, method) != method:
+        raise ValueError(f"pre-training method name {name!r} is taken")
+    if not (isinstance(method.settings, type) and issubclass(method.settings, BaseModel)):
+        raise ValueError(f"pre-training method {name!r}: settings must be a pydantic model class")
+    if method.optimiser.kind not in OPTIMIZERS:
+        raise ValueError(f"pre-training method {name!r}: " + not_one_of("optimiser", method.optimiser.kind, OPTIMIZERS))
+    unknown = sorted({*method.presets, *method.section_presets} - set(PRESETS))
+    if unknown:
+        raise ValueError(f"pre-training method {name!r}: " + not_one_of("preset", unknown[0], PRESETS))
+    _METHODS[name] = method
+    return method
+
+
+def pretrain_methods() -> dict[str, PretrainMethod]:
+    """Every registered pre-training method, by name: the built-in ones, then the plug-ins'
+    (``ctreduce.core.plugins``, loaded here the first time)."""
+    load_plugins()
+    return dict(_METHODS)
+
+
+def pretrain_method(name: str) -> PretrainMethod:
+    """The registration of method ``name``; :class:`SettingsError` when there is none."""
+    methods = pretrain_methods()
+    if name not in methods:
+        raise SettingsError(not_one_of("method", name, methods))
+    return methods[name]
+
+
+def _sections(method: str, given: Any) -> list[str]:
+    """The method sections a run records, in registry order: every built-in method's (config.yaml has always held
+    them, and a rerun and an experiment's cache compare it), the run's method's and any given."""
+    methods = pretrain_methods()
+    return [name for name in methods if name in BUILT_IN_METHODS or name == method or name in given]
+
+
+# Preset defaults of the settings every method shares (each method adds its own: ``PretrainMethod.presets``);
+# "cpu" is a short real pre-training that finishes in minutes on a laptop.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper normalised every data set with the same fixed statistics (of LIDC), so ALL and the
+    # reduced subsets see identical inputs.
+    "paper": {"mean": PAPER_GREY_MEAN, "std": PAPER_GREY_STD},
+    "cpu": {
+        "backbone": "resnet18",
+        "epochs": 5,
+        "batch_size": 32,
+        "input_size": 64,
+        "warmup_epochs": 1,
+        "num_workers": 2,
+        "decay_norm_and_bias": False,  # the common modern recipe; statistics computed per export
+    },
+}
+
+
+class PretrainConfig(BaseModel):
+    """One pre-training run. ``preset`` fills the defaults; explicit values override them.
+
+    Each registered method's own settings are a section named after it (``config.swav``, ``config.moco``),
+    validated by its settings model."""
+
+    model_config = ConfigDict(extra="allow")  # the method sections; any other key is refused below
+
+    method: str = DEFAULT_METHOD
+    data: str = ""
+    out: str = ""
+    preset: str = "paper"
+    backbone: str = "resnet50"
+    epochs: AtLeastOne = 800
+    batch_size: AtLeastOne = 128
+    input_size: AtLeastOne = 224
+    lr: float | None = None  # None: the method's default for the preset
+    weight_decay: float | None = None
+    warmup_epochs: int = 10
+    optimizer: str | None = None  # None: the method's (PretrainMethod.optimiser)
+    devices: int | str = "auto"
+    num_nodes: AtLeastOne = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"  # "auto": ddp when several devices or nodes
+    precision: str = "auto"  # "auto": 16-mixed on GPU, 32 on CPU
+    num_workers: Annotated[int, Field(ge=0)] = 4
+    seed: int = 0
+    mean: float | None = None  # None: computed from the training data (paper preset: PAPER_GREY_MEAN)
+    std: float | None = None  # (paper preset: PAPER_GREY_STD)
+    # Weight decay (and LARS/LAMB scaling) for norm layers and biases too; set by the preset per method.
+    decay_norm_and_bias: bool = True
+    grad_clip: float | None = None  # global gradient-norm clipping before each step; None: off
+    max_steps: int = -1
+    log_every_n_steps: int = 10
+    collapse_patience: int = 3
+
+    @classmethod
+    def sections(cls) -> dict[str, type[BaseModel]]:
+        """The settings model of each method section (``describe`` names their keys)."""
+        return {name: method.settings for name, method in pretrain_methods().items()}
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _method_sections(cls, data: Any, handler: Any) -> PretrainConfig:
+        """Validate the method sections with their models (errors keyed ``swav.n_prototypes``), refuse any key
+        that is neither a setting nor a registered method, and report every mistake together."""
+        if not isinstance(data, dict):
+            return handler(data)
+        models = cls.sections()
+        own = {k: v for k, v in data.items() if k in cls.model_fields}
+        errors: list[InitErrorDetails] = []
+        for name in _sections(str(own.get("method", DEFAULT_METHOD)).lower(), data):
+            try:
+                own[name] = models[name].model_validate(data.get(name) or {})
+            except ValidationError as exc:
+                errors += _details(exc, (name,))
+        try:
+            model = handler(own)
+        except ValidationError as exc:
+            errors = _details(exc) + errors
+        errors += [InitErrorDetails(type="extra_forbidden", loc=(key,), input=value) for key, value in data.items()
+                   if key not in cls.model_fields and key not in models]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return model
+
+    @field_validator("method")
+    @classmethod
+    def _known_ssl_method(cls, value: str) -> str:
+        return choice(value.lower(), tuple(pretrain_methods()), "method")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        return choice(value, PRESETS, "preset")
+
+    @field_validator("backbone", "optimizer", "accelerator", "precision")
+    @classmethod
+    def _known_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        options = {"backbone": RESNETS, "optimizer": OPTIMIZERS, "accelerator": ACCELERATORS,
+                   "precision": PRECISIONS}[info.field_name]
+        return value if value is None else choice(value, options, info.field_name)
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, value: int | str) -> int | str:
+        return _devices(value)
+
+    def missing(self) -> str:
+        """What a run still needs before it can start ("" when nothing): the data and the run folder."""
+        if not self.data:
+            return "no training data: pass --data EXPORT_DIR (written by 'ctreduce export')"
+        if not self.out:
+            return "no run folder: pass --out RUN_DIR"
+        return ""
+
+
+def _details(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[InitErrorDetails]:
+    """The errors of ``exc`` again, their keys under ``prefix``: to be raised together in one ValidationError."""
+    return [InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"],
+                             **({"ctx": e["ctx"]} if "ctx" in e else {})) for e in exc.errors()]
+
+
+# --- the built-in methods ------------------------------------------------------------------------
+
 class SwavSettings(BaseModel):
     """SwAV (Caron et al. 2020) as in the paper: 2 global + 6 local crops, 500 prototypes (bias-free,
     as the official ``nn.Linear(128, K, bias=False)``). Sources of every value: docs/paper-fidelity.md (SwAV)."""
@@ -327,148 +451,44 @@ class SparkSettings(BaseModel):
     input_std: tuple[float, float, float] | None = None
 
 
-PRETRAIN_METHODS = ("swav", "moco", "spark")
 
-
-class PretrainConfig(BaseModel):
-    """One pre-training run. ``preset`` fills the defaults; explicit values override them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: str = "swav"
-    data: str = ""
-    out: str = ""
-    preset: str = "paper"
-    backbone: str = "resnet50"
-    epochs: AtLeastOne = 800
-    batch_size: AtLeastOne = 128
-    input_size: AtLeastOne = 224
-    lr: float | None = None  # None: the method's default for the preset
-    weight_decay: float | None = None
-    warmup_epochs: int = 10
-    optimizer: str | None = None  # None: lars (swav), sgd (moco), lamb (spark)
-    devices: int | str = "auto"
-    num_nodes: AtLeastOne = 1
-    accelerator: str = "auto"
-    strategy: str = "auto"  # "auto": ddp when several devices or nodes
-    precision: str = "auto"  # "auto": 16-mixed on GPU, 32 on CPU
-    num_workers: Annotated[int, Field(ge=0)] = 4
-    seed: int = 0
-    mean: float | None = None  # None: computed from the training data (paper preset: PAPER_GREY_MEAN)
-    std: float | None = None  # (paper preset: PAPER_GREY_STD)
-    # Weight decay (and LARS/LAMB scaling) for norm layers and biases too; set by the preset per method.
-    decay_norm_and_bias: bool = True
-    grad_clip: float | None = None  # global gradient-norm clipping before each step; None: off
-    max_steps: int = -1
-    log_every_n_steps: int = 10
-    collapse_patience: int = 3
-    swav: SwavSettings = SwavSettings()
-    moco: MocoSettings = MocoSettings()
-    spark: SparkSettings = SparkSettings()
-
-    @field_validator("method")
-    @classmethod
-    def _known_ssl_method(cls, value: str) -> str:
-        return _choice(value.lower(), PRETRAIN_METHODS, "method")
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        return _choice(value, PRESETS, "preset")
-
-    @field_validator("backbone", "optimizer", "accelerator", "precision")
-    @classmethod
-    def _known_name(cls, value: str | None, info: ValidationInfo) -> str | None:
-        options = {"backbone": RESNETS, "optimizer": OPTIMIZERS, "accelerator": ACCELERATORS,
-                   "precision": PRECISIONS}[info.field_name]
-        return value if value is None else _choice(value, options, info.field_name)
-
-    @field_validator("devices")
-    @classmethod
-    def _known_devices(cls, value: int | str) -> int | str:
-        return _devices(value)
-
-    def missing(self) -> str:
-        """What a run still needs before it can start ("" when nothing): the data and the run folder."""
-        if not self.data:
-            return "no training data: pass --data EXPORT_DIR (written by 'ctreduce export')"
-        if not self.out:
-            return "no run folder: pass --out RUN_DIR"
-        return ""
-
-
-# Preset defaults; "cpu" is a short real pre-training that finishes in minutes on a laptop.
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper normalised every data set with the same fixed statistics (of LIDC), so ALL and the
-    # reduced subsets see identical inputs.
-    "paper": {"mean": PAPER_GREY_MEAN, "std": PAPER_GREY_STD},
-    "cpu": {
-        "backbone": "resnet18",
-        "epochs": 5,
-        "batch_size": 32,
-        "input_size": 64,
-        "warmup_epochs": 1,
-        "num_workers": 2,
-        "decay_norm_and_bias": False,  # the common modern recipe; statistics computed per export
-        "swav": {"n_prototypes": 64, "projection_hidden_dim": 256, "projection_dim": 64,
-                 "freeze_prototypes_steps": 20, "local_crop_size": 32, "local_crops": 2, "gamma_p": 0.3},
-        # MoCo v2's MLP head; the queue capped to the (small) export, a multiple of the batch
-        "moco": {"mlp_head": True, "projection_hidden_dim": 256, "projection_dim": 64, "queue_length": 1024,
-                 "queue_cap_to_data": True},
-        "spark": {"patch_size": 16, "decoder_width": 128},
-    },
-}
-
-
-# The paper preset's values that differ per method (SparK: Tian et al.'s schedule).
-PAPER_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    # MoCo: no warm-up and full precision, as the paper's script and the official code.
-    "moco": {"warmup_epochs": 0, "precision": "32-true"},
-    # SwAV: LARS (LARC trust 0.001, momentum 0.9) with wd 1e-6 on every parameter, as the official code and
-    # the paper's script; lr 0.15 at batch 128 (linear scaling with the global batch).
-    "swav": {"optimizer": "lars", "weight_decay": 1e-6, "decay_norm_and_bias": True},
-    # SparK: official SparK as run by the paper's script (--bs=32 --ep=1600): fp32 as the official loop,
-    # ImageNet input normalisation as its data pipeline, drop path 0.05 as its ResNet-50 (docs/paper-fidelity.md).
-    "spark": {"epochs": 1600, "batch_size": 32, "warmup_epochs": 40, "decay_norm_and_bias": False,
-              "grad_clip": 5.0, "precision": "32-true",
-              "spark": {"drop_path_rate": 0.05, "input_mean": (0.485, 0.456, 0.406),
-                        "input_std": (0.229, 0.224, 0.225)}},
-}
-
-
-def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers override earlier ones key by key, nested mappings merged (OmegaConf's merge); plain dict out."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return OmegaConf.to_container(OmegaConf.merge(*layers), resolve=False)
-    except OmegaConfBaseException as exc:  # e.g. a value of a type settings cannot hold
-        raise SettingsError(f"unusable setting: {_one_line(exc)}") from None
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` strings (dotted keys for nested settings, YAML values; ``key=`` is the empty string) ->
-    nested dict, later pairs winning: OmegaConf's dotlist."""
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    layers = []
-    for pair in pairs:
-        if "=" not in pair:
-            raise SettingsError(f"expected key=value, got {pair!r}")
-        key, raw = pair.split("=", 1)
-        try:  # OmegaConf reads a bare "key=" as null
-            layers.append(OmegaConf.from_dotlist([f"{key.strip()}={raw or repr('')}"]))
-        except (OmegaConfBaseException, yaml.YAMLError) as exc:
-            raise SettingsError(f"cannot read the setting {pair!r}: {_one_line(exc)}") from None
-    return _merge({}, *layers)
+register_pretrain_method(PretrainMethod(
+    "swav", SwavSettings, "ctreduce.ssl.swav:SwAV",
+    Optimiser("lars", 0.15 * 256 / 128, 1e-6),  # published command: lr 0.15 at batch 128
+    # LARS (LARC trust 0.001, momentum 0.9) with wd 1e-6 on every parameter, as the official code and the paper's
+    # script; lr 0.15 at batch 128 (linear scaling with the global batch).
+    presets={"paper": {"optimizer": "lars", "weight_decay": 1e-6, "decay_norm_and_bias": True}},
+    section_presets={"cpu": {"n_prototypes": 64, "projection_hidden_dim": 256, "projection_dim": 64,
+                             "freeze_prototypes_steps": 20, "local_crop_size": 32, "local_crops": 2, "gamma_p": 0.3}},
+))
+register_pretrain_method(PretrainMethod(
+    "moco", MocoSettings, "ctreduce.ssl.moco:MoCoV2",
+    Optimiser("sgd", 0.015 * 256 / 128, 1e-4),  # paper: lr 0.015 at batch 128
+    # no warm-up and full precision, as the paper's script and the official code
+    presets={"paper": {"warmup_epochs": 0, "precision": "32-true"}},
+    # MoCo v2's MLP head; the queue capped to the (small) export, a multiple of the batch
+    section_presets={"cpu": {"mlp_head": True, "projection_hidden_dim": 256, "projection_dim": 64,
+                             "queue_length": 1024, "queue_cap_to_data": True}},
+))
+register_pretrain_method(PretrainMethod(
+    "spark", SparkSettings, "ctreduce.ssl.spark:SparK",
+    Optimiser("lamb", 2e-4, 0.04),
+    # official SparK as run by the paper's script (--bs=32 --ep=1600): Tian et al.'s schedule, fp32 as the official
+    # loop, ImageNet input normalisation as its data pipeline, drop path 0.05 as its ResNet-50
+    # (docs/paper-fidelity.md)
+    presets={"paper": {"epochs": 1600, "batch_size": 32, "warmup_epochs": 40, "decay_norm_and_bias": False,
+                       "grad_clip": 5.0, "precision": "32-true",
+                       "spark": {"drop_path_rate": 0.05, "input_mean": (0.485, 0.456, 0.406),
+                                 "input_std": (0.229, 0.224, 0.225)}}},
+    section_presets={"cpu": {"patch_size": 16, "decoder_width": 128}},
+))
+# Recorded in every run (``_sections``); a plug-in's section only in its own runs.
+BUILT_IN_METHODS = tuple(_METHODS)
 
 
 def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str | None = None) -> PretrainConfig:
-    """Preset defaults, then a YAML file, then explicit values; unknown keys and values are one
-    :class:`SettingsError` line."""
+    """Preset defaults (the shared ones, then each recorded method section's, then the run's method's), then a
+    YAML file, then explicit values; unknown keys and values are one :class:`SettingsError` line."""
     import yaml
 
     merged: dict[str, Any] = {}
@@ -477,18 +497,22 @@ def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str
             with open(yaml_file) as fh:
                 loaded = yaml.safe_load(fh) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise SettingsError(f"{yaml_file}: cannot read the settings file ({_one_line(exc)})") from None
+            raise SettingsError(f"{yaml_file}: cannot read the settings file ({one_line(exc)})") from None
         if not isinstance(loaded, dict):
             raise SettingsError(f"{yaml_file}: expected a mapping of settings")
         merged = loaded
-    merged = _merge(merged, values or {})
+    merged = merge(merged, values or {})
     preset = merged.get("preset", "paper")
     if preset not in PRESETS:
-        raise SettingsError(_not_one_of("preset", preset, PRESETS))
-    defaults = PRESETS[preset]
-    if preset == "paper":
-        defaults = _merge(defaults, PAPER_METHOD_DEFAULTS.get(str(merged.get("method", "swav")).lower(), {}))
-    return checked(PretrainConfig, _merge(defaults, merged))
+        raise SettingsError(not_one_of("preset", preset, PRESETS))
+    try:
+        methods = pretrain_methods()
+    except ValueError as exc:  # a plug-in that cannot be loaded
+        raise SettingsError(str(exc)) from None
+    method = str(merged.get("method", DEFAULT_METHOD)).lower()
+    sections = {name: methods[name].section_presets.get(preset, {}) for name in _sections(method, merged)}
+    run = methods[method].presets.get(preset, {}) if method in methods else {}
+    return checked(PretrainConfig, merge(PRESETS[preset], sections, run, merged))
 
 
 # --- downstream evaluation -----------------------------------------------------------------------
@@ -533,7 +557,7 @@ class FinetuneConfig(BaseModel):
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
         options = {"mode": FINETUNE_MODES, "precision": PRECISIONS,
                    "backbone": (*RESNETS, EFFICIENTNET_LITE0)}[info.field_name]
-        return _choice(value, options, info.field_name)
+        return choice(value, options, info.field_name)
 
     @field_validator("device")
     @classmethod

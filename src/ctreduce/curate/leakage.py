@@ -9,8 +9,8 @@ threshold, and for val and test images their nearest training image.
 
 The pre-training data is either a reduction RUN, whose KEPT slices are what ``ctreduce
 pretrain`` trains on (their hashes come from the manifest, nothing is read again), or an EXPORT
-(``ctreduce export``), whose stored images are hashed as stored (npy rows resized and padded, or
-PNGs).
+(``ctreduce export``), whose stored images are hashed as stored, in any format (npy rows resized and
+padded, PNGs, a plug-in's).
 """
 
 from __future__ import annotations
@@ -78,14 +78,9 @@ def pretrain_codes(path: str | os.PathLike) -> PretrainCodes:
     path = Path(path)
     if (path / EXPORT_META).exists():
         store = ExportStore.open(path)
-        if store.format == "npy":
-            array = np.load(store.array_path, mmap_mode="r")
-            codes = np.concatenate([image_codes(np.asarray(array[lo:lo + _HASH_BATCH]))
-                                    for lo in range(0, len(array), _HASH_BATCH)] or [np.zeros(0, np.uint64)])
-        else:
-            from ..io.images import read_image_uint8
-
-            codes = image_codes([read_image_uint8(p) for p in store.image_paths()])
+        images = store.slices()
+        codes = np.concatenate([image_codes([images[k] for k in range(lo, min(lo + _HASH_BATCH, len(images)))])
+                                for lo in range(0, len(images), _HASH_BATCH)] or [np.zeros(0, np.uint64)])
         slices = store.index[["volume_id", "slice_index", "source"]].reset_index(drop=True)
         return PretrainCodes("export", path, slices, codes)
     if (path / MANIFEST).exists():

@@ -29,8 +29,9 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from ..config import FinetuneConfig, ReduceConfig, checked, describe, make_pretrain_config
+from ..config import FinetuneConfig, ReduceConfig, make_pretrain_config
 from ..core.devices import ThreadPolicy, thread_policy
+from ..core.validation import checked, describe
 from ..store.experiment import (
     ARCHIVE,
     EXPORT,
@@ -48,6 +49,8 @@ from ..store.places import check_output_place
 from ..store.pretrain import PretrainRun
 from ..store.run import RunFolder
 from .table import plot_results, results_markdown, speedups
+
+EXPORT_FORMAT = "npy"  # what each reduction is exported as for pre-training: one memory-mapped array
 
 
 class ExperimentError(ValueError):
@@ -325,7 +328,8 @@ class Runner:
 
         def run(folder: Path) -> dict[str, Any]:
             summary = reduce(inputs, folder / RUN, workers=self.config.workers,
-                             **({"export": "npy", "export_size": size} if fused else {}), **reduction.settings).summary
+                             **({"export": EXPORT_FORMAT, "export_size": size} if fused else {}),
+                             **reduction.settings).summary
             if summary["totals"]["volumes_failed"]:
                 self.log(f"  {summary['totals']['volumes_failed']} volume(s) failed; see {folder / RUN}")
             return {"kept": summary["totals"]["kept"], "slices": summary["totals"]["slices"]}
@@ -347,13 +351,13 @@ class Runner:
         def run(folder: Path) -> dict[str, Any]:
             try:  # written in the reduce pass: link it, nothing is read again
                 fused = ExportStore.open(RunFolder(reduce_folder / RUN).default_export)
-                if fused.format == "npy" and fused.meta.get("size") == size:
+                if fused.format == EXPORT_FORMAT and fused.meta.get("size") == size:
                     fused.clone(folder / EXPORT)
                     return {"slices": fused.meta["slices"], "fused": True}
             except ExportError:
                 pass
             # The stage owns its folder: an export left complete by a crash before done.json is replaced.
-            meta = export(reduce_folder / RUN, folder / EXPORT, format="npy", size=size, overwrite=True,
+            meta = export(reduce_folder / RUN, folder / EXPORT, format=EXPORT_FORMAT, size=size, overwrite=True,
                           allow_changed=self.config.allow_changed)
             return {"slices": meta["slices"]}
 

@@ -25,7 +25,8 @@ from ..io.discover import load
 from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
 from ..reduction.verify import REDO_HINT, legacy_dhashes
-from ..store.export import FORMATS, ExportError, ExportWriter, npy_rows, save_png
+from ..store.export import ExportError, ExportWriter
+from ..store.export_formats import ExportFormat, export_format
 from ..store.files import OutputError, disk_full, is_disk_full
 from ..store.fingerprint import DIGEST_COLUMN, first_mismatch
 from ..store.places import check_output_place
@@ -67,7 +68,8 @@ def export(
     backend: str = "local",
     ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Write the slices flagged in manifest column ``column`` of ``run_dir`` to ``out``.
+    """Write the slices flagged in manifest column ``column`` of ``run_dir`` to ``out`` in ``format`` (a registered
+    export format: png, npy or a plug-in's; ``size``: the side of a sized format's square slices, npy's).
 
     Refused (ExportError, nothing written) when the run is incomplete (unless
     ``allow_incomplete``), when a source changed since it was reduced (unless ``allow_changed``),
@@ -80,10 +82,7 @@ def export(
     Every slice written is first compared with its manifest row (``store.fingerprint.first_mismatch``),
     as are the other slices of files whose stat changed: a volume that differs is not written.
     """
-    if format not in FORMATS:
-        raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if size < 8:
-        raise ExportError(f"--size must be at least 8, got {size}")
+    export_format(format, size)  # an unknown format, or a size it cannot use: refused before anything is read
     if workers < 1:
         raise ExportError(f"--workers must be >= 1, got {workers}")
     if backend not in ("local", "ray"):
@@ -114,17 +113,15 @@ def export(
 
     start = time.perf_counter()
     errors: list[dict[str, str]] = []
-    fmt_size = size if format == "npy" else None
-    with ExportWriter(out, format, size=fmt_size, overwrite=overwrite) as writer:
-        if format == "npy":
-            writer.allocate(len(chosen))
+    with ExportWriter(out, format, size=size, overwrite=overwrite) as writer:
+        writer.allocate(len(chosen))
         every = manifest.groupby("volume_id", sort=False) if check.modified else None
         jobs = [(sources.get(vid), vid, _to_read(group, every.get_group(vid) if vid in check.modified else None,
                                                  check.modified.get(vid, [])), recorded)
                 for vid, group in groups]
         bar = _progress(len(chosen), progress)
-        ordered = (_in_order_ray(jobs, policy, format, size, writer.images, workers, ray_address)
-                   if backend == "ray" else _in_order(jobs, policy, format, size, writer.images, workers))
+        ordered = (_in_order_ray(jobs, policy, writer.format, writer.stage, workers, ray_address)
+                   if backend == "ray" else _in_order(jobs, policy, writer.format, writer.stage, workers))
         for (_, volume_id, rows, _), result in zip(jobs, ordered, strict=True):
             if isinstance(result, str):
                 errors.append({"volume_id": volume_id, "error": result})
@@ -158,12 +155,12 @@ def _to_read(chosen: pd.DataFrame, every: pd.DataFrame | None, modified: list[in
 
 
 def export_volume(source: VolumeSource | None, volume_id: str, rows: pd.DataFrame, recorded: str,
-                  policy: Intensity, fmt: str, size: int, images: Path | None
-                  ) -> tuple[np.ndarray | None, list[dict[str, Any]]] | str:
-    """One volume's exported rows: npy images to store, or PNGs written into ``images``; the error
-    in words instead when the volume cannot be read or a slice read (``rows``, see ``_to_read``) no
-    longer holds what its manifest row records (compared under the run's ``recorded`` intensity
-    policy where the run has no pixel digests), before any resize or other intensity policy."""
+                  policy: Intensity, fmt: ExportFormat, stage: Path) -> tuple[Any, list[dict[str, Any]]] | str:
+    """One volume's exported rows: what the format's ``encode`` returns (having written its files into the
+    staging folder ``stage``) and the records; the error in words instead when the volume cannot be read or
+    a slice read (``rows``, see ``_to_read``) no longer holds what its manifest row records (compared under
+    the run's ``recorded`` intensity policy where the run has no pixel digests), before any resize or other
+    intensity policy."""
     try:
         if source is None:
             raise VolumeError(f"{volume_id}: not listed in the run's volumes")
@@ -175,27 +172,23 @@ def export_volume(source: VolumeSource | None, volume_id: str, rows: pd.DataFram
         u8 = policy.to_uint8(volume.hu[write])
         records = [{"volume_id": volume_id, "slice_index": int(rows["slice_index"].iloc[k]),
                     "z_mm": float(volume.z_mm[k]), "source": volume.slice_sources[k]} for k in write]
-        if fmt == "npy":
-            return npy_rows(u8, size), records
-        for image, record in zip(u8, records, strict=True):
-            record["file"] = save_png(images, record["volume_id"], record["slice_index"], image)
-        return None, records
+        return fmt.encode(stage, u8, records), records
     except OutputError:  # the export's own files: it stops
         raise
     except OSError as exc:
         if is_disk_full(exc):
-            raise disk_full(images or volume_id, exc) from exc
+            raise disk_full(stage, exc) from exc
         return str(exc)
     except (VolumeError, ValueError, MemoryError) as exc:
         return str(exc)
 
 
-def _in_order(jobs: list, policy: Intensity, fmt: str, size: int, images: Path | None, workers: int):
+def _in_order(jobs: list, policy: Intensity, fmt: ExportFormat, stage: Path, workers: int):
     """Each job's result in manifest order; with workers, volumes are read in parallel, at most
     2 per worker ahead of the one written next (memory stays bounded)."""
     if workers <= 1:
         for job in jobs:
-            yield export_volume(*job, policy, fmt, size, images)
+            yield export_volume(*job, policy, fmt, stage)
         return
     from ..core.workers import pool, terminate
 
@@ -205,12 +198,12 @@ def _in_order(jobs: list, policy: Intensity, fmt: str, size: int, images: Path |
         futures = {}
         ahead = 2 * workers
         for k, job in enumerate(jobs[:ahead]):
-            futures[k] = executor.submit(export_volume, *job, policy, fmt, size, images)
+            futures[k] = executor.submit(export_volume, *job, policy, fmt, stage)
         for k in range(len(jobs)):
             result = futures.pop(k).result()
             nxt = k + ahead
             if nxt < len(jobs):
-                futures[nxt] = executor.submit(export_volume, *jobs[nxt], policy, fmt, size, images)
+                futures[nxt] = executor.submit(export_volume, *jobs[nxt], policy, fmt, stage)
             yield result
         finished = True
     finally:
@@ -219,17 +212,17 @@ def _in_order(jobs: list, policy: Intensity, fmt: str, size: int, images: Path |
         executor.shutdown(wait=finished, cancel_futures=True)
 
 
-def _in_order_ray(jobs: list, policy: Intensity, fmt: str, size: int, images: Path | None, workers: int,
+def _in_order_ray(jobs: list, policy: Intensity, fmt: ExportFormat, stage: Path, workers: int,
                   address: str | None):
     """``_in_order`` with Ray tasks: the same bounded window of volumes in flight, results in order."""
     with ray_session(workers, address) as ray:
         task = ray.remote(num_cpus=1)(export_volume)
         ahead = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
-        refs = {k: task.remote(*job, policy, fmt, size, images) for k, job in enumerate(jobs[:ahead])}
+        refs = {k: task.remote(*job, policy, fmt, stage) for k, job in enumerate(jobs[:ahead])}
         for k in range(len(jobs)):
             result = ray.get(refs.pop(k))
             if k + ahead < len(jobs):
-                refs[k + ahead] = task.remote(*jobs[k + ahead], policy, fmt, size, images)
+                refs[k + ahead] = task.remote(*jobs[k + ahead], policy, fmt, stage)
             yield result
 
 

@@ -29,7 +29,8 @@ from ..io.volume import VolumeError, VolumeSource
 from ..reduction.plan import kept_known_per_volume, settings
 from ..reduction.run import LIBRARIES, ReduceResult, run_reduction
 from ..reduction.verify import REDO_HINT, legacy_dhashes
-from ..store.export import FORMATS, META, ExportError, ExportParts, ExportWriter, refuse_existing
+from ..store.export import META, ExportError, ExportParts, ExportWriter, refuse_existing
+from ..store.export_formats import export_format
 from ..store.files import read_json
 from ..store.fingerprint import first_mismatch
 from ..store.places import check_output_place
@@ -61,9 +62,9 @@ def reduce(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: str | o
     ``verify`` reads every finished volume again and redoes those whose content changed.
     ``backend="ray"`` runs the volumes as Ray tasks (``ray_address`` or RAY_ADDRESS, else a
     local Ray with ``workers`` CPUs); the output is identical to the local process pool.
-    ``export="npy"|"png"`` writes the export of the kept slices in the same pass (each volume is
-    read once; ``export_size`` for npy) to ``export_out`` (default ``out/export``), whole, once the
-    run is complete: the same export as ``ctreduce export`` of the run folder.
+    ``export="npy"|"png"`` (or a plug-in's export format) writes the export of the kept slices in the
+    same pass (each volume is read once; ``export_size`` for npy) to ``export_out`` (default
+    ``out/export``), whole, once the run is complete: the same export as ``ctreduce export`` of the run folder.
     Raises ValueError (NoVolumes, RunConflict, a pydantic ValidationError; LockHeld is a RuntimeError) before
     any volume is read for unusable settings, and DiskFull when the disk fills (a rerun resumes).
     """
@@ -88,7 +89,7 @@ class OnePassExport:
     def of(cls, options: RunOptions, run_dir: Path, config: ReduceConfig) -> OnePassExport:
         fmt, size = options.export, options.export_size
         out = Path(options.export_out) if options.export_out is not None else RunFolder(run_dir).default_export
-        parts = ExportParts(RunFolder(run_dir).export_parts, fmt, size if fmt == "npy" else None, config.intensity)
+        parts = ExportParts(RunFolder(run_dir).export_parts, fmt, size, config.intensity)
         return cls(parts, out, run_dir)
 
     def check_place(self, inputs: list[Path], overwrite: bool) -> None:
@@ -100,12 +101,9 @@ class OnePassExport:
 
 def check_export(fmt: str, size: int, out: Any, config: ReduceConfig) -> None:
     """The export settings of ``reduce --export``; ValueError before anything is read."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    export_format(fmt, size)  # ExportError: an unknown format, or a size it cannot use
     if out is None:
         raise ValueError("--export writes beside a run folder: give --out")
-    if fmt == "npy" and size < 8:
-        raise ValueError(f"--size must be at least 8, got {size}")
     if not kept_known_per_volume(config):
         raise ValueError("--export needs each volume's kept slices when it is reduced, but with --target-fraction "
                          "they are known only when every volume is done: reduce first, then 'ctreduce export'")
@@ -142,8 +140,7 @@ def assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts, 
     start = time.perf_counter()
     errors: list[dict[str, str]] = []
     with ExportWriter(out, parts.format, size=parts.size, overwrite=True) as writer:
-        if parts.format == "npy":
-            writer.allocate(len(kept))
+        writer.allocate(len(kept))
         # A part holds the slices its volume kept; --scope archive may have dropped some since.
         in_parts = manifest[manifest["volume_kept"]] if "volume_kept" in manifest.columns else kept
         part_rows = {vid: rows for vid, rows in in_parts.groupby("volume_id", sort=False)}

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from ..core.dhash import hex_of_packed
+from ..core.plugins import load_plugins
 from . import hashing
 from .leader import Compare, Selection, every_n, keep_all
 
@@ -121,7 +122,7 @@ _BUILTIN_MODULES = ("ctreduce.reduction.similarity", "ctreduce.reduction.deepnet
 
 def available_measures() -> dict[str, type[Measure]]:
     """All registered measures; the built-in ones register on first use (their modules are
-    imported here, not at package import, to keep start-up fast)."""
+    imported here, not at package import, to keep start-up fast), then the plug-ins' (``core.plugins``)."""
     from importlib import import_module
 
     for module in _BUILTIN_MODULES:
@@ -130,6 +131,7 @@ def available_measures() -> dict[str, type[Measure]]:
         except ModuleNotFoundError as exc:
             if exc.name != module:  # a missing dependency, not a missing built-in module
                 raise
+    load_plugins()
     return MEASURES
 
 

@@ -1,8 +1,9 @@
 """What every pre-training method shares: backbone, optimiser, warm-up + cosine schedule.
 
-A method subclasses ``SSLMethod`` and implements ``training_loss(batch)`` (the batch is what
-its ``views`` transform returns, collated) and ``views(config, mean, std)``. Schedules are
-counted in optimiser steps so that they do not depend on how an epoch is cut.
+A method subclasses ``SSLMethod``, names itself as registered (``name``, its ``ctreduce.config.PretrainMethod``:
+settings, presets, optimiser) and implements ``training_loss(batch)`` (the batch is what its ``views``
+transform returns, collated) and ``views(config, mean, std)``. Schedules are counted in optimiser steps so
+that they do not depend on how an epoch is cut.
 """
 
 from __future__ import annotations
@@ -14,14 +15,8 @@ import torch
 from lightly.utils.scheduler import cosine_schedule
 
 from .. import backbones
-from ..config import PretrainConfig
+from ..config import PretrainConfig, pretrain_method
 
-# Per method: optimiser, base learning rate at batch 256 (linear scaling), weight decay.
-OPTIMISER_DEFAULTS = {
-    "swav": ("lars", 0.15 * 256 / 128, 1e-6),  # published command: lr 0.15 at batch 128
-    "moco": ("sgd", 0.015 * 256 / 128, 1e-4),  # paper: lr 0.015 at batch 128
-    "spark": ("lamb", 2e-4, 0.04),
-}
 SPARK_BETAS = (0.9, 0.95)  # official SparK for ResNets: betas=(0.9, args.ada), ada = 0.95
 
 
@@ -40,7 +35,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 class SSLMethod(pl.LightningModule):
     """Base LightningModule: ``self.backbone`` is a torchvision ResNet without ``fc`` (``ctreduce.backbones``)."""
 
-    name = "base"
+    name = "base"  # a subclass: the name it is registered under
 
     def __init__(self, config: PretrainConfig, steps_per_epoch: int) -> None:
         super().__init__()
@@ -67,6 +62,10 @@ class SSLMethod(pl.LightningModule):
                  batch_size=self.config.batch_size)
         return loss
 
+    def callbacks(self) -> list[pl.Callback]:
+        """Lightning callbacks the method adds to its run (SwAV: a warning when its codes collapse)."""
+        return []
+
     def summary_extra(self) -> dict[str, Any]:
         """Method-specific facts of the finished run for summary.json (e.g. the queue length used)."""
         return {}
@@ -75,7 +74,7 @@ class SSLMethod(pl.LightningModule):
         return backbones.export_state_dict(self.backbone)
 
     def optimiser_settings(self) -> tuple[str, float, float]:
-        kind, base_lr, weight_decay = OPTIMISER_DEFAULTS[self.name]
+        kind, base_lr, weight_decay = pretrain_method(self.name).optimiser
         world = max(1, getattr(self.trainer, "world_size", 1) if self._trainer is not None else 1)
         lr = self.config.lr if self.config.lr is not None else base_lr * self.config.batch_size * world / 256
         wd = self.config.weight_decay if self.config.weight_decay is not None else weight_decay

@@ -1,7 +1,7 @@
-"""Training data from a ctreduce export: the uint8 array store or the PNG folder.
+"""Training data from a ctreduce export, whatever its format (``ctreduce.store.export_formats`` reads it).
 
 Items are uint8 tensors (1, H, W); the method's transform turns them into views inside the
-data-loader workers. The array store is opened lazily in each worker (a memory map), so
+data-loader workers. A format's files are opened lazily in each worker (npy: a memory map), so
 workers never receive a copy of the data.
 """
 
@@ -15,67 +15,33 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..store.export import ARRAY, INDEX, META, ExportError, ExportStore
+from ..store.export import META, ExportError, ExportStore
+from ..store.export_formats import ARRAY, INDEX, ImageFiles, Slices
 from ..store.files import read_json
 
-__all__ = ["ExportError", "PngFolderDataset", "SliceArrayDataset", "export_info", "intensity_stats", "open_export"]
+__all__ = ["ExportError", "SliceDataset", "export_info", "intensity_stats", "open_export"]
 
 
-class SliceArrayDataset(Dataset):
-    """The (N, S, S) uint8 array of an npy export (``ctreduce export --format npy``)."""
+class SliceDataset(Dataset):
+    """The slices of an export (any format: ``ExportStore.slices``) or of a plain folder of PNGs, as uint8
+    tensors (1, H, W) through ``transform``."""
 
-    def __init__(self, path: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> None:
-        self.path = Path(path)
-        header = np.load(self.path, mmap_mode="r")
-        self.shape = tuple(int(v) for v in header.shape)
-        self.transform = transform
-        self._array: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def raw(self, index: int) -> torch.Tensor:
-        if self._array is None:  # opened per worker process
-            self._array = np.load(self.path, mmap_mode="r")
-        return torch.from_numpy(np.array(self._array[index]))[None]
-
-    def __getitem__(self, index: int) -> Any:
-        x = self.raw(index)
-        return self.transform(x) if self.transform is not None else x
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_array"] = None
-        return state
-
-
-class PngFolderDataset(Dataset):
-    """PNG images: those listed by a png export, or every PNG of a plain folder."""
-
-    def __init__(self, files: list[Path], transform: Callable[[torch.Tensor], Any] | None = None) -> None:
-        self.files = files
+    def __init__(self, slices: Slices, transform: Callable[[torch.Tensor], Any] | None = None) -> None:
+        self.slices = slices
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.slices)
 
     def raw(self, index: int) -> torch.Tensor:
-        from PIL import Image
-
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("L"))
-        except OSError as exc:
-            raise ExportError(f"{path}: unreadable image ({exc})") from exc
-        return torch.from_numpy(array.copy())[None]
+        return torch.from_numpy(self.slices[index])[None]
 
     def __getitem__(self, index: int) -> Any:
         x = self.raw(index)
         return self.transform(x) if self.transform is not None else x
 
 
-def open_export(root: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> Dataset:
+def open_export(root: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> SliceDataset:
     """The dataset of an export folder, checked complete and consistent before any training.
 
     A folder with any trace of a ctreduce export must be a whole one (``ExportStore.open``);
@@ -85,14 +51,11 @@ def open_export(root: str | Path, transform: Callable[[torch.Tensor], Any] | Non
     if not root.is_dir():
         raise ExportError(f"{root}: no such export folder")
     if any((root / name).exists() for name in (META, INDEX, ARRAY)):
-        store = ExportStore.open(root)
-        if store.format == "npy":
-            return SliceArrayDataset(store.array_path, transform)
-        return PngFolderDataset(store.image_paths(), transform)
+        return SliceDataset(ExportStore.open(root).slices(), transform)
     files = sorted(root.glob("*.png"))
     if not files:
         raise ExportError(f"{root}: neither a ctreduce export (no {META}) nor a folder of PNG images")
-    return PngFolderDataset(files, transform)
+    return SliceDataset(ImageFiles(files), transform)
 
 
 def intensity_stats(dataset: Dataset, max_items: int = 2000, seed: int = 0) -> tuple[float, float]:

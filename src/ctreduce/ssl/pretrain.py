@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import time
-import warnings
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,13 @@ import pytorch_lightning as pl
 import torch
 
 from .. import lightning_setup
-from ..config import PretrainConfig, make_pretrain_config
+from ..config import PretrainConfig, make_pretrain_config, pretrain_method
+from ..core.validation import SettingsError
 from ..core.versions import library_versions
 from ..lightning_setup import launched_rank
 from ..store.places import check_output_place
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
+from .base import SSLMethod
 from .data import ExportError, export_info, intensity_stats, open_export
 
 __all__ = ["PretrainError", "TrainingStopped", "launched_rank", "method_class", "pretrain"]
@@ -34,20 +35,27 @@ class TrainingStopped(PretrainError):
     """Training started but could not go on (non-finite loss); the last checkpoint is kept."""
 
 
-def method_class(name: str):
-    if name == "swav":
-        from .swav import SwAV
-
-        return SwAV
-    if name == "moco":
-        from .moco import MoCoV2
-
-        return MoCoV2
-    if name == "spark":
-        from .spark import SparK
-
-        return SparK
-    raise PretrainError(f"unknown pre-training method {name!r}; choose swav, moco or spark")
+def method_class(name: str) -> type[SSLMethod]:
+    """The implementation of the registered method ``name`` (``ctreduce.config.register_pretrain_method``): its
+    class, imported here when it was registered as "module:Class"."""
+    try:
+        implementation = pretrain_method(name).implementation
+    except SettingsError as exc:
+        raise PretrainError(str(exc)) from exc
+    if isinstance(implementation, str):
+        module, _, attribute = implementation.partition(":")
+        try:
+            implementation = getattr(import_module(module), attribute)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a library the method needs: said by the caller as a missing extra
+                raise
+            raise PretrainError(f"pre-training method {name!r}: no module {module!r} for its implementation") from exc
+        except AttributeError as exc:
+            raise PretrainError(f"pre-training method {name!r}: {module} has no {attribute!r}") from exc
+    if not (isinstance(implementation, type) and issubclass(implementation, SSLMethod)):
+        raise PretrainError(f"pre-training method {name!r}: its implementation {implementation!r} is not an "
+                            "SSLMethod subclass")
+    return implementation
 
 
 # What a pre-training run depends on, recorded in its versions.json with the CUDA build of torch
@@ -100,30 +108,6 @@ class EpochMetrics(pl.Callback):
         }
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-
-
-class CollapseWarning(pl.Callback):
-    """SwAV's loss stuck at ln(#prototypes) means every sample gets the same uniform code."""
-
-    def __init__(self, n_prototypes: int, patience: int) -> None:
-        self.level = math.log(n_prototypes)
-        self.patience = patience
-        self.stuck = 0
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        loss = trainer.callback_metrics.get("loss_epoch")
-        if loss is None:
-            return
-        self.stuck = self.stuck + 1 if abs(float(loss) - self.level) < 0.01 * self.level else 0
-        if self.stuck == self.patience:
-            warnings.warn(
-                f"SwAV loss has stayed at ln({round(math.exp(self.level))}) = {self.level:.3f} for "
-                f"{self.patience} epochs: the codes have collapsed to uniform. Usual remedies: a "
-                "smaller sinkhorn_epsilon (swav.sinkhorn_epsilon=0.03), freezing the prototypes "
-                "longer (swav.freeze_prototypes_steps), starting the queue later or making it smaller "
-                "(swav.queue_start_epoch, swav.queue_length), or a lower lr.",
-                stacklevel=1,
-            )
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -227,9 +211,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                                      enable_version_counter=False),
         NonFiniteLossGuard(),
         EpochMetrics(run.metrics, config.batch_size * world),
+        *module.callbacks(),
     ]
-    if config.method == "swav":
-        callbacks.append(CollapseWarning(config.swav.n_prototypes, config.collapse_patience))
     trainer = lightning_setup.build(settings, root=run.path, logs=run.logs, callbacks=callbacks,
                                     max_epochs=config.epochs, max_steps=config.max_steps,
                                     steps_per_epoch=steps_per_epoch, log_every_n_steps=config.log_every_n_steps)

@@ -27,8 +27,11 @@ quirks of the paper's script not copied: docs/paper-fidelity.md (SwAV).
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
@@ -51,6 +54,30 @@ def bias_free_prototypes(input_dim: int, n_prototypes: int, n_steps_frozen: int)
     prototypes = SwaVPrototypes(input_dim, n_prototypes, n_steps_frozen_prototypes=n_steps_frozen)
     prototypes.heads = nn.ModuleList([nn.Linear(input_dim, k, bias=False) for k in prototypes.n_prototypes])
     return prototypes
+
+
+class CollapseWarning(pl.Callback):
+    """SwAV's loss stuck at ln(#prototypes) means every sample gets the same uniform code."""
+
+    def __init__(self, n_prototypes: int, patience: int) -> None:
+        self.level = math.log(n_prototypes)
+        self.patience = patience
+        self.stuck = 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get("loss_epoch")
+        if loss is None:
+            return
+        self.stuck = self.stuck + 1 if abs(float(loss) - self.level) < 0.01 * self.level else 0
+        if self.stuck == self.patience:
+            warnings.warn(
+                f"SwAV loss has stayed at ln({round(math.exp(self.level))}) = {self.level:.3f} for "
+                f"{self.patience} epochs: the codes have collapsed to uniform. Usual remedies: a "
+                "smaller sinkhorn_epsilon (swav.sinkhorn_epsilon=0.03), freezing the prototypes "
+                "longer (swav.freeze_prototypes_steps), starting the queue later or making it smaller "
+                "(swav.queue_start_epoch, swav.queue_length), or a lower lr.",
+                stacklevel=1,
+            )
 
 
 class SwAV(SSLMethod):
@@ -126,6 +153,9 @@ class SwAV(SSLMethod):
         world = lightly_dist.world_size()  # the process group exists by ``setup`` (Lightning's DDP)
         if world != self.world_size:
             self._configure(world)
+
+    def callbacks(self) -> list[pl.Callback]:
+        return [CollapseWarning(self.config.swav.n_prototypes, self.config.collapse_patience)]
 
     # --- views ----------------------------------------------------------------------------------
 
