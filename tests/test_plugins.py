@@ -55,9 +55,9 @@ def toy(monkeypatch):
 
 def test_the_three_registrations_run_end_to_end_through_the_public_api(toy, ct, tmp_path):
     # the measure: its scores decide which slices are kept, its parameters are recorded
-    manifest = ctreduce.reduce(ct, tmp_path / "run", method="toy", threshold=3)
+    manifest = ctreduce.reduce(ct, tmp_path / "run", method="toy", threshold=3).manifest
     assert 0 < manifest["kept"].sum() < len(manifest)
-    strict = ctreduce.reduce(ct, method="toy", threshold=0.5)
+    strict = ctreduce.reduce(ct, method="toy", threshold=0.5).manifest
     assert strict["kept"].sum() > manifest["kept"].sum()
 
     # the format: written, checked and read back as any export (the same slices as the PNG export holds)
