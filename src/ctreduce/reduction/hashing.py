@@ -128,17 +128,27 @@ def pass_order(h: int, w: int, width: int, height: int) -> str:
 
     Pillow resamples horizontally first, but newer releases (python-pillow/Pillow#9549) start
     with the vertical pass when the height shrinks much more than the width. Rather than copy a
-    version-specific rule, one random probe image per shape asks the installed Pillow; if neither
-    order reproduces it, hashing falls back to Pillow itself, so results are never approximate.
+    version-specific rule, random probe images of this shape ask the installed Pillow. A probe that
+    both orders resize alike tells nothing (common for tiny targets), so probes go on until one order
+    alone reproduces Pillow; if neither does, or no probe tells them apart, hashing uses Pillow
+    itself, so results are never approximate.
     """
     from PIL import Image
 
-    probe = np.random.default_rng(h * 7919 + w).integers(0, 256, (h, w), dtype=np.uint8)
-    expected = np.asarray(Image.fromarray(probe).resize((width, height), Image.Resampling.LANCZOS))
-    for order in ("hv", "vh"):
-        if np.array_equal(_resize_passes(probe, width, height, order), expected):
-            return order
+    rng = np.random.default_rng(h * 7919 + w)
+    for _ in range(_PROBES):
+        probe = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(probe).resize((width, height), Image.Resampling.LANCZOS))
+        matching = [order for order in ("hv", "vh")
+                    if np.array_equal(_resize_passes(probe, width, height, order), expected)]
+        if len(matching) == 1:
+            return matching[0]
+        if not matching:
+            return "pillow"
     return "pillow"
+
+
+_PROBES = 8  # a 512 px slice to 9 x 8 is told apart by the first
 
 
 def lanczos_resize(u8: np.ndarray, width: int, height: int) -> np.ndarray:
