@@ -13,6 +13,7 @@ reduction exploits.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -186,6 +187,14 @@ def make_phantom(n_slices: int = 64, size: int = 128, slice_thickness: float = 2
     return out, (float(slice_thickness), ps, ps)
 
 
+def _unique_uid() -> str:
+    """A random UID of always 64 characters, so that two series of one shape have files of one size
+    (``generate_uid()`` alone draws a number that is shorter one time in ten)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[secrets.token_hex(16)])
+
+
 def write_dicom_series(hu: np.ndarray, spacing: Sequence[float], folder: str | Path, *,
                        series_uid: str | None = None, modality: str = "CT",
                        shuffle_names: bool = True, seed: int = 0, patient_id: str = "PHANTOM",
@@ -201,7 +210,7 @@ def write_dicom_series(hu: np.ndarray, spacing: Sequence[float], folder: str | P
     (RLE Lossless works with pydicom alone).
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
     hu = np.asarray(hu)
     if hu.ndim != 3:
@@ -223,9 +232,9 @@ def write_dicom_series(hu: np.ndarray, spacing: Sequence[float], folder: str | P
         order = np.random.default_rng(seed).permutation(n)
         if n > 1 and np.all(np.diff(order) > 0):
             order = order[::-1]
-    series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
-    frame_uid = generate_uid()
+    series_uid = series_uid or _unique_uid()
+    study_uid = _unique_uid()
+    frame_uid = _unique_uid()
     x0, y0 = -(cols - 1) / 2.0 * col_mm, -(rows - 1) / 2.0 * row_mm
 
     paths = []
@@ -233,7 +242,7 @@ def write_dicom_series(hu: np.ndarray, spacing: Sequence[float], folder: str | P
         path = folder / f"IM{order[k]:04d}.dcm"
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.MediaStorageSOPInstanceUID = _unique_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian if syntax.is_compressed else syntax
         ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID = CT_IMAGE_STORAGE
