@@ -1,11 +1,13 @@
 # Two entry points for a fresh machine: `make demo` and `make test` (see README).
+# While developing: `make check` (unit and property tests) and `make mutate [MODULE=src/ctreduce/...py]`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MUTATE_STAMP := $(VENV)/.installed-mutate
 DEMO := demo-out
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test check mutate bench lint clean
 
 # Reinstall only when the package metadata changed; a second `make` is instant.
 $(STAMP): pyproject.toml
@@ -31,8 +33,22 @@ demo: $(STAMP)
 	@echo "  kept slices as uint8 array:   $(DEMO)/npy/slices.npy + index.parquet"
 	@echo "  visual report (open it):      $(DEMO)/report.html"
 
+# Everything (CI: .ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The unit and property tests of every module: the tests marked slow (end to end, integration) left out.
+check: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+$(MUTATE_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[mutate]'
+	touch $(MUTATE_STAMP)
+
+# Mutation testing driven by `make check`'s tests: MODULE=path runs that module, none runs every module
+# changed since its recorded score (.mutation/scores.json); see docs/testing.md.
+mutate: $(MUTATE_STAMP)
+	$(BIN)/python tools/mutate.py $(MODULE)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
@@ -48,7 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_threads.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache .mutation/work
