@@ -77,6 +77,8 @@ def test_pairs_equal_brute_force_at_any_radius(sizes, codes, data):
         chunks = [triples(chunk) for chunk in index.iter_pairs()]
     assert triples((i, j, d)) == brute_pairs(codes, radius)  # sorted by (i, j), each pair once
     assert d.dtype == np.uint8 and len(index) == len(codes)
+    # indices: int32 below 2**31 codes (half the memory of an archive's pairs), int64 when there are none
+    assert i.dtype == j.dtype == (np.int32 if len(i) else np.int64)
     assert sorted(t for chunk in chunks for t in chunk) == brute_pairs(codes, radius)
 
 
@@ -96,10 +98,10 @@ def test_query_and_nearest_equal_brute_force(sizes, codes, queries, data):
     radius = data.draw(st.integers(0, 64 if sizes == "default" else 12), label="radius")
     with block_sizes(sizes):
         index = HammingIndex(as_array(codes), radius)
-        found = triples(index.query(as_array(queries)))
+        q, j, d = index.query(as_array(queries))
         nearest, dist = index.nearest_within(as_array(queries))
     expected = brute_query(queries, codes, radius)
-    assert found == expected
+    assert triples((q, j, d)) == expected and d.dtype == np.uint8
     for q in range(len(queries)):
         found = [(d, j) for qq, j, d in expected if qq == q]
         want = min(found) if found else (255, -1)  # nearest, ties: the lowest index
@@ -107,13 +109,17 @@ def test_query_and_nearest_equal_brute_force(sizes, codes, queries, data):
     assert nearest.dtype == np.int64 and dist.dtype == np.uint8
 
 
-@given(codes=clustered_codes(max_size=60), radius=st.integers(0, 64))
+@given(codes=clustered_codes(max_size=70), radius=st.integers(0, 64))
 def test_brute_force_helpers_agree_with_the_definition(codes, radius):
     """``brute_pairs``/``brute_query``/``brute_nearest`` (the references of the benchmark) by definition."""
     array = as_array(codes)
-    assert triples(hamming.brute_pairs(array, radius, chunk=7)) == brute_pairs(codes, radius)
-    assert triples(hamming.brute_query(array[:9], array, radius, chunk=4)) == brute_query(codes[:9], codes, radius)
+    pairs = hamming.brute_pairs(array, radius, chunk=7)
+    assert triples(pairs) == brute_pairs(codes, radius) and pairs[2].dtype == np.uint8
+    assert triples(HammingIndex(array, radius).pairs()) == triples(pairs)
+    found = hamming.brute_query(array[:9], array, radius, chunk=4)
+    assert triples(found) == brute_query(codes[:9], codes, radius) and found[2].dtype == np.uint8
     nearest, dist = hamming.brute_nearest(array[:9], array, chunk=4)
+    assert nearest.dtype == np.int64 and dist.dtype == np.uint8
     for q, x in enumerate(codes[:9]):
         d, j = min((distance(x, c), j) for j, c in enumerate(codes))
         assert (int(dist[q]), int(nearest[q])) == (d, j)
@@ -169,6 +175,9 @@ def test_hex_and_packed_bits_round_trip(codes):
     assert codes_from_hex(hexes).tolist() == codes
     packed = np.array([list(c.to_bytes(8, "big")) for c in codes], dtype=np.uint8).reshape(-1, 8)
     assert codes_from_bits(packed).tolist() == codes
+    # any sequence of 64-bit codes: a list mixing small and large codes, signed storage of the same bits
+    assert hex_from_codes(codes + [1, 2**64 - 1]) == hexes + ["0000000000000001", "ffffffffffffffff"]
+    assert hex_from_codes(array.view(np.int64)) == hexes
 
 
 def test_bad_inputs_name_the_problem():
@@ -194,6 +203,27 @@ def test_bad_inputs_name_the_problem():
     assert HammingIndex(as_array([1]), 64.0).radius == 64 and HammingIndex(as_array([1]), 0).radius == 0
     with pytest.raises(ValueError, match=r"groups has shape \(3,\), codes \(2,\)"):
         HammingIndex(as_array([1, 2]), 3).pairs(np.zeros(3))
+    with pytest.raises(ValueError, match="^queries must be a 1-D uint64 array"):
+        HammingIndex(as_array([1]), 3).nearest_within(np.zeros(2, np.int64))
+    good, bad = as_array([1, 2]), np.zeros(2, np.int64)
+    with pytest.raises(ValueError, match="^codes must be a 1-D uint64 array"):
+        hamming.brute_pairs(bad, 3)
+    for brute in (hamming.brute_query, lambda q, c, *r: hamming.brute_nearest(q, c)):
+        with pytest.raises(ValueError, match="^queries must be a 1-D uint64 array"):
+            brute(bad, good, 3)
+        with pytest.raises(ValueError, match="^codes must be a 1-D uint64 array"):
+            brute(good, bad, 3)
+
+
+@given(st.lists(st.integers(0, 9), max_size=30), st.integers(1, 20))
+def test_chunks_are_consecutive_maximal_ranges_within_the_limit(sizes, limit):
+    sizes = np.array(sizes, dtype=np.int64)
+    ranges = list(hamming._chunks(sizes, limit))
+    assert [lo for lo, _ in ranges] == [0] + [hi for _, hi in ranges[:-1]] if len(sizes) else ranges == []
+    assert (ranges[-1][1] if ranges else 0) == len(sizes)
+    for lo, hi in ranges:
+        assert hi > lo and (sizes[lo:hi].sum() <= limit or hi - lo == 1)
+        assert hi == len(sizes) or sizes[lo:hi + 1].sum() > limit  # as long as the limit allows
 
 
 def test_chunks_cover_every_size_in_order():

@@ -1,8 +1,9 @@
 """Mutation testing of ctreduce, one module at a time, driven by the `make check` tier (mutmut 3).
 
-    python tools/mutate.py src/ctreduce/curate/index.py   # one module (always rerun)
-    python tools/mutate.py                                  # every module changed since its recorded run
-    python tools/mutate.py --list                           # the modules, their recorded scores, stale or not
+    python tools/mutate.py src/ctreduce/curate/index.py            # one module (always rerun)
+    python tools/mutate.py                                           # every module changed since its run
+    python tools/mutate.py --retest src/ctreduce/curate/index.py   # only its recorded survivors, after new tests
+    python tools/mutate.py --list                                    # modules, recorded scores, changed or not
 
 Each module runs in its own scratch folder (.mutation/work/<module>, not committed) whose
 pyproject.toml mutates that module only; mutmut copies the sources there, maps every `make check`
@@ -82,19 +83,22 @@ def scratch(module: str) -> Path:
     return folder
 
 
-def run(module: str, children: int) -> dict:
+def run(module: str, children: int, names: list[str] | None = None) -> tuple[Path, dict[str, int | None]]:
+    """Mutate ``module`` and test every mutant (or only ``names``); the scratch folder and exit codes."""
     folder = scratch(module)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     # Tests import the mutated copy (mutmut puts mutants/src first); subprocesses they start (the CLI)
     # run the unmutated package, so only in-process tests can kill a mutant.
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), f"{dotted(module)}.*"]
-    print(f"== {module}: {' '.join(command[2:])} (in {folder.relative_to(ROOT)})", flush=True)
+    targets = names or [f"{dotted(module)}.*"]
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *targets]
+    print(f"== {module}: mutmut run on {len(names) if names else 'every'} mutant(s) (in {folder.relative_to(ROOT)})",
+          flush=True)
     proc = subprocess.run(command, cwd=folder, env=env)
     meta = folder / "mutants" / (module + ".meta")
     if proc.returncode != 0 or not meta.exists():
         sys.exit(f"{module}: mutmut failed (exit {proc.returncode}); see its output above")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return summarise(module, folder, codes)
+    return folder, {name: codes[name] for name in names} if names else codes
 
 
 def show(folder: Path, name: str) -> str:
@@ -108,9 +112,13 @@ def added_line(diff: str) -> str:
                 "")
 
 
-def summarise(module: str, folder: Path, codes: dict[str, int | None]) -> dict:
+def summarise(module: str, folder: Path, codes: dict[str, int | None], base: dict | None = None) -> dict:
+    """The module's record from the exit codes of its mutants; with ``base`` (a retest of its survivors),
+    the mutants killed or found equivalent before are kept."""
     equivalent = load(EQUIVALENT)
     counts = {"mutants": len(codes), "killed": 0, "survived": 0, "no_tests": 0, "other": 0, "equivalent": 0}
+    if base is not None:
+        counts.update(mutants=base["mutants"], killed=base["killed"], equivalent=base["equivalent"])
     survivors, stale = [], []
     for name, code in sorted(codes.items()):
         if code in KILLED:
@@ -154,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("module", nargs="?", help="a module path such as src/ctreduce/curate/index.py")
     parser.add_argument("--list", action="store_true", help="print the modules, recorded scores and staleness")
+    parser.add_argument("--retest", action="store_true",
+                        help="test only the module's recorded survivors again (its content unchanged, tests added)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
     args = parser.parse_args()
     scores = load(SCORES)
@@ -164,6 +174,8 @@ def main() -> None:
             figure = f"{s['killed']}/{s['mutants'] - s['equivalent']} = {s['score']:.1%}" if s else "not run"
             print(f"{m:45s} {figure:22s} {'changed since' if m in out_of_date and s else ''}")
         return
+    if args.retest and not args.module:
+        parser.error("--retest needs a module")
     if args.module:
         module = str(Path(args.module).resolve().relative_to(ROOT)) if Path(args.module).exists() else args.module
         if module not in modules():
@@ -175,8 +187,17 @@ def main() -> None:
             print("every module's recorded mutation run is up to date (python tools/mutate.py --list)")
             return
         print(f"{len(targets)} module(s) changed since their recorded run: {', '.join(targets)}")
+    if args.retest:
+        (module,) = targets
+        base = scores.get(module)
+        if base is None or base["blob"] != blob(module):
+            sys.exit(f"{module}: changed since its recorded run (or never run): run it whole")
+        if base["survivors"]:
+            folder, codes = run(module, args.max_children, base["survivors"])
+            record(module, summarise(module, folder, codes, base))
+        return
     for module in targets:  # one at a time; each is recorded as soon as it finishes
-        record(module, run(module, args.max_children))
+        record(module, summarise(module, *run(module, args.max_children)))
 
 
 if __name__ == "__main__":
