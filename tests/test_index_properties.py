@@ -236,3 +236,11 @@ def test_chunks_cover_every_size_in_order():
     assert all(sizes[lo:hi].sum() <= 6 or hi - lo == 1 for lo, hi in ranges)
     assert ranges == [(0, 3), (3, 4), (4, 6), (6, 7)]  # each as long as the limit allows
     assert list(hamming._chunks(np.zeros(0, np.int64), 6)) == []
+
+
+def test_pair_indices_are_int32_below_2_31_codes():
+    """Half the memory for an archive's pairs: int32 indices for any index under 2**31 codes."""
+    codes = np.repeat(as_array([5, 2**63 + 5]), 50)  # 100 codes, two groups of 50 equal codes
+    i, j, d = HammingIndex(codes, 0).pairs()
+    assert len(i) == 2 * 50 * 49 // 2 and i.dtype == j.dtype == np.int32 and d.dtype == np.uint8
+    assert int(j.max()) == 99

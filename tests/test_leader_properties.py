@@ -110,6 +110,14 @@ def test_kept_slices_are_pairwise_apart_and_memoised_sweeps_agree(m, thresholds)
     assert len(asked) == len(set(asked))
 
 
+def test_scores_are_compared_as_the_numbers_they_are():
+    """A measure returning float32 scores: 0.9 in float32 is 0.89999998, below a threshold of 0.9 (a
+    comparison done in float32 would round the threshold instead and call the slice redundant)."""
+    scores = np.array([np.float32(0.9), np.float32(0.95)], dtype=np.float32)
+    sel = greedy_leader(3, lambda ref, others: scores[others - 1], 0.9, higher_is_similar=True)
+    assert sel.kept.tolist() == [True, True, False] and sel.score[2] == np.float64(np.float32(0.95))
+
+
 def test_memoize_asymmetric_keeps_each_direction():
     m = np.array([[0.0, 1.0], [5.0, 0.0]])
     calls = []
@@ -123,6 +131,12 @@ def test_memoize_asymmetric_keeps_each_direction():
     assert cached(1, np.array([0])).tolist() == [5.0] and calls == [0, 1]
     symmetric = memoize(compare, 2)
     assert symmetric(0, np.array([1])).tolist() == [1.0] and symmetric(1, np.array([0])).tolist() == [1.0]
+
+
+def test_every_n_refuses_a_step_below_one():
+    for step in (0, -2):
+        with pytest.raises(ValueError, match=f"^every-n needs N >= 1, got {step}$"):
+            every_n(5, step)
 
 
 @given(st.integers(0, 40), st.integers(1, 9))
