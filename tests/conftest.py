@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,20 @@ settings.register_profile("ctreduce", derandomize=True, database=None, deadline=
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("explore", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ctreduce"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches_under_mutmut():
+    """Under mutmut (``make mutate``) every test starts with ctreduce's lru_caches empty: mutmut runs a
+    mutant only against the tests it saw call the mutated function, and a function whose result an
+    earlier test cached (Pillow's resampling weights, intensity tables) would look uncalled."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        for name, module in list(sys.modules.items()):
+            if name.startswith("ctreduce"):
+                for value in list(vars(module).values()):
+                    if callable(getattr(value, "cache_clear", None)):
+                        value.cache_clear()
+    yield
 
 
 @pytest.fixture(scope="session")
