@@ -92,3 +92,17 @@ def test_hamming_counts_differing_bits(codes):
         got = hashing.hamming(view, 0, others)
         assert got.dtype == np.int64
         assert got.tolist() == [bin(codes[0] ^ c).count("1") for c in codes]
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (600, 512), (100, 37), (48, 48), (64, 4096)])
+def test_the_vectorised_resampler_reproduces_pillow_by_itself(shape):
+    """For the shapes CT comes in, one of the two pass orders reproduces Pillow exactly, so hashing never
+    falls back to Pillow slice by slice (the fallback keeps hashes right but is several times slower, and
+    would hide any error in the integer weights or their rounding). 64 x 4096 takes the float64 products."""
+    rng = np.random.default_rng(shape[0] * shape[1])
+    for width, height in ((9, 8), (17, 16)):
+        order = hashing.pass_order(*shape, width, height)
+        assert order in ("hv", "vh")
+        for image in (rng.integers(0, 256, size=shape, dtype=np.uint8), np.full(shape, 255, np.uint8)):
+            got = hashing._resize_passes(image, width, height, order)
+            np.testing.assert_array_equal(got, pillow_resize(image[None], width, height)[0])
