@@ -59,7 +59,8 @@ def test_reduce_export_and_rerun(archive, tmp_path):
     for source in scan([archive]).volumes:
         u8 = Intensity().to_uint8(read_volume(source.source).hu)
         expected.update({(source.volume_id, k): _dhash_of(s) for k, s in enumerate(u8)})
-    assert dict(zip(zip(manifest["volume_id"], manifest["slice_index"]), manifest["dhash"], strict=True)) == expected
+    keys = zip(manifest["volume_id"], manifest["slice_index"], strict=True)
+    assert dict(zip(keys, manifest["dhash"], strict=True)) == expected
     codes = {key: int(h, 16) for key, h in expected.items()}
     for vid, rows in manifest.groupby("volume_id"):
         leaders = rows.set_index("slice_index")["leader"]
@@ -88,7 +89,8 @@ def test_reduce_export_and_rerun(archive, tmp_path):
     assert f"exported {len(kept)} slices of 4 volume(s)" in proc.stdout
     rows = np.load(tmp_path / "npy" / "slices.npy")
     npy_index = pd.read_parquet(tmp_path / "npy" / "index.parquet")
-    assert npy_index[["volume_id", "slice_index"]].values.tolist() == index[["volume_id", "slice_index"]].values.tolist()
+    keys = ["volume_id", "slice_index"]
+    assert npy_index[keys].values.tolist() == index[keys].values.tolist()
     assert rows.shape == (len(kept), 32, 32) and rows.dtype == np.uint8
     for row, png in zip(rows, pngs, strict=True):  # square slices: resized (Pillow bicubic), no padding
         np.testing.assert_array_equal(row, np.asarray(Image.fromarray(png).resize((32, 32), Image.Resampling.BICUBIC)))

@@ -12,7 +12,7 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctreduce.curate import index as hamming
@@ -68,6 +68,7 @@ def block_sizes(name: str):
 
 
 @sizes
+@settings(max_examples=50)  # each runs at two block sizes
 @given(codes=clustered_codes(), data=st.data())
 def test_pairs_equal_brute_force_at_any_radius(sizes, codes, data):
     radius = data.draw(st.integers(0, 64 if sizes == "default" else 12), label="radius")
@@ -83,6 +84,7 @@ def test_pairs_equal_brute_force_at_any_radius(sizes, codes, data):
 
 
 @sizes
+@settings(max_examples=50)  # each runs at two block sizes
 @given(codes=clustered_codes(), radius=st.integers(0, 16), data=st.data())
 def test_pairs_of_other_groups_equal_brute_force(sizes, codes, radius, data):
     groups = np.array(data.draw(st.lists(st.integers(0, 3), min_size=len(codes), max_size=len(codes))), dtype=np.int64)
@@ -92,6 +94,7 @@ def test_pairs_of_other_groups_equal_brute_force(sizes, codes, radius, data):
 
 
 @sizes
+@settings(max_examples=50)  # each runs at two block sizes
 @given(codes=clustered_codes(), queries=clustered_codes(max_size=15), data=st.data())
 def test_query_and_nearest_equal_brute_force(sizes, codes, queries, data):
     # tiny chunks cost a numpy call per chunk: small radii suffice to drive those paths

@@ -62,6 +62,7 @@ def same(a, b) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
 
 
+@settings(max_examples=60)
 @given(predictions(), st.data())
 def test_metrics_equal_sklearn(pred, data):
     y, prob = pred
