@@ -31,7 +31,18 @@ def pillow_resize(u8: np.ndarray, width: int, height: int) -> np.ndarray:
 
 @given(images(), st.integers(8, 48), st.integers(8, 48))
 def test_lanczos_resize_equals_pillow(u8, width, height):
-    np.testing.assert_array_equal(hashing.lanczos_resize(u8, width, height), pillow_resize(u8, width, height))
+    got = hashing.lanczos_resize(u8, width, height)
+    assert got.dtype == np.uint8 and got.shape == (len(u8), height, width)
+    np.testing.assert_array_equal(got, pillow_resize(u8, width, height))
+
+
+def test_shapes_no_pass_order_reproduces_are_resized_by_pillow_itself(monkeypatch):
+    """The fallback when neither pass order reproduces the installed Pillow: Pillow, slice by slice."""
+    monkeypatch.setattr(hashing, "pass_order", lambda *shape: "pillow")
+    u8 = np.random.default_rng(5).integers(0, 256, size=(3, 23, 31), dtype=np.uint8)
+    got = hashing.lanczos_resize(u8, 9, 8)
+    assert got.dtype == np.uint8 and got.shape == (3, 8, 9)
+    np.testing.assert_array_equal(got, pillow_resize(u8, 9, 8))
 
 
 @pytest.mark.xfail(strict=True, reason="pass_order asks Pillow with one random probe; for small targets the probe "
@@ -94,11 +105,12 @@ def test_hamming_counts_differing_bits(codes):
         assert got.tolist() == [bin(codes[0] ^ c).count("1") for c in codes]
 
 
-@pytest.mark.parametrize("shape", [(512, 512), (600, 512), (100, 37), (48, 48), (64, 4096)])
+@pytest.mark.parametrize("shape", [(512, 512), (600, 512), (100, 37), (48, 48), (64, 4096), (4096, 64)])
 def test_the_vectorised_resampler_reproduces_pillow_by_itself(shape):
     """For the shapes CT comes in, one of the two pass orders reproduces Pillow exactly, so hashing never
     falls back to Pillow slice by slice (the fallback keeps hashes right but is several times slower, and
-    would hide any error in the integer weights or their rounding). 64 x 4096 takes the float64 products."""
+    would hide any error in the integer weights or their rounding). 64 x 4096 and 4096 x 64 take the float64
+    products in each direction."""
     rng = np.random.default_rng(shape[0] * shape[1])
     for width, height in ((9, 8), (17, 16)):
         order = hashing.pass_order(*shape, width, height)
