@@ -1,12 +1,14 @@
 # Two entry points for a fresh machine: `make demo` and `make test` (see README).
+# While developing: `make check` (unit and property tests) and `make mutate [MODULE=src/ctreduce/...py]`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORE := $(VENV)/.installed-core
+MUTATE_STAMP := $(VENV)/.installed-mutate
 DEMO := demo-out
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test check mutate bench lint clean
 
 # Two installs in the one .venv: the core (what `make demo` needs: no torch, about 0.9 GB) and everything
 # (`make test`: the train, ray, deepnet and dev extras, about 7 GB). Each reinstalls only when the package
@@ -40,8 +42,22 @@ demo: $(CORE)
 	@echo "  kept slices as uint8 array:   $(DEMO)/npy/slices.npy + index.parquet"
 	@echo "  visual report (open it):      $(DEMO)/report.html"
 
+# Everything (CI: .ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The unit and property tests of every module: the tests marked slow (end to end, integration) left out.
+check: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+$(MUTATE_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[mutate]'
+	touch $(MUTATE_STAMP)
+
+# Mutation testing driven by `make check`'s tests: MODULE=path runs that module, none runs every module
+# changed since its recorded score (.mutation/scores.json); see docs/testing.md.
+mutate: $(MUTATE_STAMP)
+	$(BIN)/python tools/mutate.py $(MODULE)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
@@ -58,9 +74,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_threads.py
 	$(BIN)/python benchmarks/bench_read_memory.py
 	$(BIN)/python benchmarks/bench_fuzz_series.py
+	$(BIN)/python benchmarks/bench_messages.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache .mutation/work

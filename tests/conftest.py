@@ -2,10 +2,33 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests draw the same examples on every run (a failure reproduces; mutation scores do not
+# drift), with no deadline (this machine is shared). HYPOTHESIS_PROFILE=explore draws new, more examples.
+settings.register_profile("ctreduce", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ctreduce"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches_under_mutmut():
+    """Under mutmut (``make mutate``) every test starts with ctreduce's lru_caches empty: mutmut runs a
+    mutant only against the tests it saw call the mutated function, and a function whose result an
+    earlier test cached (Pillow's resampling weights, intensity tables) would look uncalled."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        for name, module in list(sys.modules.items()):
+            if name.startswith("ctreduce"):
+                for value in list(vars(module).values()):
+                    if callable(getattr(value, "cache_clear", None)):
+                        value.cache_clear()
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +124,51 @@ def export_48(tmp_path_factory) -> Path:
     ctreduce.reduce(root / "ct", root / "run", method="all")
     ctreduce.export(root / "run", root / "export", format="npy", size=40)
     return root / "export"
+
+
+# --- the two tiers: `make check` runs every test not marked slow, `make test` runs all -----------------
+
+# Tests marked ``slow``: end to end or integration, each over about a second on an idle 2-core machine
+# (measured with ``pytest --durations=0``): training runs (pre-training, fine-tuning, the experiment), more
+# than one process (DDP, Ray, killed pools), a real browser, the README executed, the CLI end to end in
+# subprocesses. Every module keeps its unit and property tests in `make check`.
+SLOW: dict[str, set[str]] = {
+    "test_readme.py": {"test_every_readme_command_runs", "test_readme_python_api_block"},
+    "test_experiment.py": {"test_tiny_grid_end_to_end_then_cached",
+                           "test_a_cell_pretrained_on_two_devices_runs_each_stage_once"},
+    "test_downstream_finetune.py": {
+        "test_cli_finetune_on_two_cpu_devices_runs_ddp", "test_cli_finetune_on_a_medmnist_npz_then_evaluate",
+        "test_rerun_continues_an_interrupted_seed_from_its_last_checkpoint",
+        "test_best_epoch_is_the_best_validation_epoch_not_the_lowest_training_loss",
+        "test_evaluate_recomputes_the_saved_metrics", "test_outputs_for_every_seed_and_the_summary",
+        "test_other_settings_in_the_same_folder_are_refused_unless_starting_over",
+        "test_schedule_unfreezes_after_the_head_only_epochs"},
+    "test_downstream_leakage.py": {"test_test_images_in_the_pretraining_data_are_counted_and_warned"},
+    "test_ssl_spark.py": {"test_one_step_matches_the_official_forward_and_update",
+                          "test_loss_decreases_with_configured_optimiser"},
+    "test_ssl_train.py": {
+        "test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0", "test_a_paper_preset_run_records_every_resolved_setting",
+        "test_same_seed_same_backbone_on_cpu", "test_each_method_writes_the_run_folder",
+        "test_rerun_resumes_from_the_stored_step", "test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
+        "test_other_settings_in_the_same_run_folder_are_refused"},
+    "test_reduction_ray.py": {"test_ray_backend_matches_local_pool", "test_ray_backend_sweeps_and_errors",
+                              "test_ray_export_matches_local_pool"},
+    "test_store.py": {"test_pretrain_refuses_an_interrupted_npy_export", "test_pool_workers_end_with_their_parent"},
+    "test_report.py": {"test_report_renders_in_chromium"},
+    "test_cli.py": {"test_reduce_export_and_rerun", "test_report_command"},
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests listed in SLOW; a listed name that no test of a collected file has is an error
+    (a renamed test would otherwise move to the quick tier unnoticed)."""
+    found: dict[str, set[str]] = {}
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        found.setdefault(item.path.name, set()).add(name)
+        if name in SLOW.get(item.path.name, ()):
+            item.add_marker(pytest.mark.slow)
+    stale = sorted(f"{file}::{name}" for file, names in found.items() for name in SLOW.get(file, set()) - names)
+    selected = config.option.keyword or config.option.markexpr or any("::" in arg for arg in config.args)
+    if stale and not selected:
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {', '.join(stale)}")

@@ -69,8 +69,49 @@ def test_policy_applies_to_torch_and_blas(monkeypatch):
             torch.set_num_threads(before)
 
 
-def test_busy_cores_is_a_count():
-    assert busy_cores(samples=2, interval_s=0.0) >= 0
+def test_busy_cores_is_the_median_of_runnable_tasks_less_this_process(monkeypatch):
+    """Known ``procs_running`` samples: the median, less this process; sampled ``samples`` times."""
+    import io
+
+    from ctreduce import devices
+
+    readings, sleeps = iter([4, 9, 3, 5, 4]), []
+
+    def fake_open(path, *args, **kwargs):
+        assert path == "/proc/stat"
+        return io.StringIO(f"cpu  1 2 3 4\nctxt 99\nprocs_running {next(readings)}\nprocs_blocked 7\n")
+
+    monkeypatch.setattr(devices, "open", fake_open, raising=False)
+    monkeypatch.setattr(devices.time, "sleep", sleeps.append)
+    monkeypatch.setattr(devices.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    assert busy_cores(samples=5, interval_s=0.25) == 3.0  # median 4, less this process
+    assert sleeps == [0.25] * 4
+    readings = iter([1, 1])
+    assert busy_cores(samples=2, interval_s=0.0) == 0.0  # only this process runs
+
+    def unreadable(path, *args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(devices, "open", unreadable, raising=False)
+    assert busy_cores() == 50.0  # elsewhere: the 1-minute load average
+
+
+def test_busy_cores_counts_busy_child_processes():
+    """Two children spinning on the CPU are runnable the whole time: at least two busy cores besides
+    this process (other jobs on a shared machine can only add to that)."""
+    import subprocess
+    import sys
+    import time
+
+    spin = [sys.executable, "-c", "while True: pass"]
+    children = [subprocess.Popen(spin) for _ in range(2)]
+    try:
+        time.sleep(0.5)  # started and spinning
+        assert busy_cores(samples=5, interval_s=0.02) >= 2
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
 
 
 def test_trainer_settings_on_cpu(monkeypatch):

@@ -178,10 +178,32 @@ def test_task_with_a_missing_class_fails_before_training(tmp_path):
     assert not (tmp_path / "out" / "cache" / "pretrain").exists()
 
 
-@pytest.mark.parametrize("fmt", ["medmnist", "covid_ct"])
-def test_synthetic_tasks_in_every_format_load(tmp_path, fmt):
+@pytest.mark.parametrize("fmt, class_of", [
+    ("medmnist", {0: "0", 1: "1"}),
+    ("covid_ct", {0: "NonCOVID", 1: "COVID"}),  # the paper's labels: the lesion (COVID) class is 0
+])
+def test_synthetic_tasks_in_every_format_load(tmp_path, fmt, class_of):
+    """The task an experiment generates and loads holds the generator's images, each under its class and in
+    its split: what fine-tuning reads is what ``lesion_samples`` drew."""
+    from ctreduce.downstream.datasets import load_task
+    from ctreduce.downstream.synthetic import lesion_samples
+
     config = {**TINY, "tasks": [{"name": "t", "synthetic": {"n_per_class": 5, "size": 32, "format": fmt}}]}
-    Runner(load_experiment(write(tmp_path, config)), log=lambda line: None).check_tasks()
+    runner = Runner(load_experiment(write(tmp_path, config)), log=lambda line: None)
+    runner.check_tasks()
+    data = load_task(runner.task_spec(runner.config.tasks[0]))
+    samples = lesion_samples(5, size=32)  # make_lesion_task's defaults with the experiment's settings
+    assert sorted(data.classes) == sorted(class_of.values())
+    for split_name, split in data.splits().items():
+        drawn = samples.splits == split_name
+        per_class = {"train": 3, "val": 1, "test": 1}[split_name]  # 60/20/20 of 5 per class
+        assert len(split) == drawn.sum() == 2 * per_class and split.counts(2) == [per_class, per_class]
+        assert all(image.shape == (32, 32) and image.dtype == np.uint8 for image in split.images)
+        got = sorted((data.classes[label], np.asarray(image).tobytes()) for image, label in zip(
+            split.images, split.labels.tolist(), strict=True))
+        want = sorted((class_of[label], image.tobytes()) for image, label in zip(
+            samples.images[drawn], samples.labels[drawn].tolist(), strict=True))
+        assert got == want
 
 
 def test_a_cell_pretrained_on_two_devices_runs_each_stage_once(tmp_path):

@@ -384,11 +384,25 @@ def check_export(argv, box, proc) -> list[str]:
 
 
 def check_report(argv, box, proc) -> list[str]:
+    """The page states the run's totals and every volume's kept count, as its manifest records them."""
+    import html
+
+    import pandas as pd
+
+    run_dir = box.cwd / positionals(argv)[0]
     target = option(argv, "--output", "-o")
-    path = box.cwd / target if target else box.cwd / positionals(argv)[0] / "report.html"
+    path = box.cwd / target if target else run_dir / "report.html"
     if problem := nonempty(path):
         return [problem]
-    return [] if "<html" in path.read_text().lower() else [f"{path} is not HTML"]
+    page = path.read_text()
+    manifest = pd.read_parquet(run_dir / "manifest.parquet", columns=["volume_id", "kept"])
+    expected = [f"kept {int(manifest['kept'].sum())} of {len(manifest)} slices"]
+    expected += [f"{n}. {html.escape(str(vid))} &mdash; kept {int(rows['kept'].sum())} of {len(rows)} "
+                 for n, (vid, rows) in enumerate(manifest.groupby("volume_id", sort=False), 1)]
+    problems = [f"{path.name} does not say {line!r}" for line in expected if line not in page]
+    if str(path.relative_to(box.cwd)) not in proc.stdout:
+        problems.append(f"the command did not print where the report is ({proc.stdout.strip()!r})")
+    return problems
 
 
 def check_compare(argv, box, proc) -> list[str]:
@@ -428,9 +442,33 @@ def check_finetune(argv, box, proc) -> list[str]:
 
 
 def check_evaluate(argv, box, proc) -> list[str]:
+    """results.json and the printed metrics equal accuracy and ROC AUC computed here from every seed's
+    saved predictions."""
+    import pandas as pd
+    import yaml
+    from sklearn.metrics import roc_auc_score
+
     out = box.cwd / positionals(argv)[0]
-    return ([] if "accuracy:" in proc.stdout else ["no metrics printed"]) + [
-        p for p in [nonempty(out / "results.json")] if p]
+    if problem := nonempty(out / "results.json"):
+        return [problem]
+    results = json.loads((out / "results.json").read_text())
+    positive = yaml.safe_load((out / "config.yaml").read_text()).get("positive_label", 1)
+    seeds = sorted(int(p.parent.name.removeprefix("seed")) for p in out.glob("seed*/predictions.csv"))
+    problems = [] if seeds and [r["seed"] for r in results["per_seed"]] == seeds else [
+        f"results.json has seeds {[r['seed'] for r in results['per_seed']]}, predictions for {seeds}"]
+    accuracy, auc = [], []
+    for seed in seeds:
+        table = pd.read_csv(out / f"seed{seed}" / "predictions.csv")
+        prob = table[[c for c in table.columns if c.startswith("prob_")]].to_numpy()
+        accuracy.append(float((prob.argmax(axis=1) == table["label"].to_numpy()).mean()))
+        auc.append(float(roc_auc_score(table["label"] == positive, prob[:, positive])))
+    for name, values in (("accuracy", accuracy), ("auc", auc)):
+        per_seed = [r[name] for r in results["per_seed"]]
+        if not np.allclose(per_seed, values) or not np.isclose(results[name]["mean"], np.mean(values)):
+            problems.append(f"results.json {name} {per_seed} (mean {results[name]['mean']}), predictions give {values}")
+        if f"{name}: {np.mean(values):.3f}" not in proc.stdout:
+            problems.append(f"printed {proc.stdout.strip()!r}, not {name} {np.mean(values):.3f}")
+    return problems
 
 
 def check_duplicates(argv, box, proc) -> list[str]:
@@ -549,13 +587,42 @@ def test_every_readme_command_runs(doc: Path, tmp_path) -> None:
                     + "\n\n".join(failures), pytrace=False)
 
 
+# Appended to the README's API block: what its variables hold, for the test to compare with the files.
+API_POSTLUDE = """
+for _name in ("frame", "manifest"):
+    if _name in globals():
+        globals()[_name].to_parquet(f"_readme_{_name}.parquet")
+"""
+
+
+def _hash6_kept(u8: np.ndarray) -> list[bool]:
+    """The paper's Hash-6 loop on imagehash's dHash, written out: the reference for the API's decisions."""
+    import imagehash
+    from PIL import Image
+
+    codes = [int(str(imagehash.dhash(Image.fromarray(s))), 16) for s in u8]
+    kept, remaining = [False] * len(codes), list(range(len(codes)))
+    while remaining:
+        ref = remaining.pop(0)
+        kept[ref] = True
+        remaining = [k for k in remaining if bin(codes[ref] ^ codes[k]).count("1") > 6]
+    return kept
+
+
 def test_readme_python_api_block(tmp_path) -> None:
-    """The README's Python API example, with its paths replaced by generated data, runs in a fresh folder."""
+    """The README's Python API example, with its paths replaced by generated data, runs in a fresh folder;
+    what it returns and writes is what the README says: reduce_volume's Hash-6 decisions, the run's
+    manifest and summary, the npy export of the kept slices."""
+    import pandas as pd
+
+    from ctreduce.reduction.intensity import Intensity
+
     blocks = ["\n".join(block) for _, block in fenced_blocks("python") if "import ctreduce" in "\n".join(block)]
     assert blocks, "README has no ```python block with `import ctreduce`"
     from ctreduce.sample_data.phantom import make_phantom, write_nifti, write_nrrd
 
     box = Sandbox(tmp_path)
+    volumes = {}
     for code in blocks:
         for readme_path in DATA:
             if f'"{readme_path}"' in code:
@@ -565,12 +632,36 @@ def test_readme_python_api_block(tmp_path) -> None:
         for name in re.findall(r'read_volume\("([^"]+)"\)', code):  # a volume of the reader's: a phantom
             hu, spacing = make_phantom(n_slices=12, size=48, slice_thickness=2.5, seed=7)
             (write_nifti if ".nii" in name else write_nrrd)(hu, spacing, box.cwd / name)
+            volumes[name] = box.cwd / name
         script = box.cwd / "readme_api.py"
-        script.write_text(code + "\n")
+        script.write_text(code + "\n" + API_POSTLUDE)
         proc = subprocess.run([sys.executable, str(script)], cwd=box.cwd, env=box.env, capture_output=True,
                               text=True, timeout=TIMEOUT_S)
         assert proc.returncode == 0, f"README Python block failed:\n{code}\n{proc.stderr[-3000:]}"
-    for name in re.findall(r'ctreduce\.reduce\([^,]+, "([^"]+)"', "\n".join(blocks)):
+    text = "\n".join(blocks)
+    if "reduce_volume(" in text:  # one row per slice of the volume read, decided as the paper's Hash-6
+        frame = pd.read_parquet(box.cwd / "_readme_frame.parquet")
+        from ctreduce import read_volume
+
+        (path,) = volumes.values()
+        hu = read_volume(path).hu
+        assert frame["slice_index"].tolist() == list(range(len(hu))) and len(hu) == 12
+        assert frame["kept"].tolist() == _hash6_kept(Intensity().to_uint8(hu))
+    runs = re.findall(r'ctreduce\.reduce\([^,]+, "([^"]+)"', text)
+    for name in runs:
         assert nonempty(box.cwd / name / "manifest.parquet") is None, f"API reduce wrote no manifest in {name}"
-    for name in re.findall(r'ctreduce\.export\("[^"]+", "([^"]+)"', "\n".join(blocks)):
+        manifest = pd.read_parquet(box.cwd / name / "manifest.parquet")
+        assert len(manifest) == 6 * 20 and manifest["volume_id"].nunique() == 6  # make_lidc's archive
+        totals = json.loads((box.cwd / name / "summary.json").read_text())["totals"]
+        assert (totals["slices"], totals["kept"]) == (len(manifest), int(manifest["kept"].sum()))
+        returned = pd.read_parquet(box.cwd / "_readme_manifest.parquet")
+        columns = ["volume_id", "slice_index", "kept", "dhash"]
+        assert returned[columns].values.tolist() == manifest[columns].values.tolist()
+    for run_name, name in re.findall(r'ctreduce\.export\("([^"]+)", "([^"]+)"', text):
         assert nonempty(box.cwd / name / "export.json") is None, f"API export wrote nothing in {name}"
+        manifest = pd.read_parquet(box.cwd / run_name / "manifest.parquet")
+        kept = manifest[manifest["kept"]]
+        index = pd.read_parquet(box.cwd / name / "index.parquet")
+        assert index[["volume_id", "slice_index"]].values.tolist() == kept[["volume_id", "slice_index"]].values.tolist()
+        size = int(re.search(r"size=(\d+)", text)[1])
+        assert np.load(box.cwd / name / "slices.npy", mmap_mode="r").shape == (len(kept), size, size)

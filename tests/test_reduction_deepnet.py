@@ -100,9 +100,18 @@ def test_constructor_validates(kwargs, message):
         DeepNetMeasure(**kwargs)
 
 
-def test_valid_devices_accepted():
-    for device in ("auto", "cpu", "cuda", "cuda:1", "mps", "CPU"):
-        DeepNetMeasure("resnet50", device)
+@pytest.mark.parametrize("device, normalised", [
+    ("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1"), ("mps", "mps"), ("CPU", "cpu"),
+    (" Cuda:12 ", "cuda:12"),
+])
+def test_valid_devices_accepted(device, normalised, monkeypatch):
+    """Any well-formed device is accepted and normalised when the measure is made, without asking torch
+    whether it exists (that is the preflight's job); the device never enters the recorded parameters."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("construction asked for CUDA"))
+    measure = DeepNetMeasure("resnet50", device, 8)
+    assert (measure.device, measure.backbone, measure.batch_size) == (normalised, "resnet50", 8)
+    assert measure.params() == {"backbone": "resnet50", "input_size": 224}
+    assert measure_of(ReduceConfig(method="deepnet", device=device, backbone="resnet50")).device == normalised
 
 
 def test_unknown_backbone_lists_options():
