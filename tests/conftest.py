@@ -146,7 +146,7 @@ SLOW: dict[str, set[str]] = {
     "test_downstream_leakage.py": {"test_test_images_in_the_pretraining_data_are_counted_and_warned"},
     "test_ssl_spark.py": {"test_one_step_matches_the_official_forward_and_update",
                           "test_loss_decreases_with_configured_optimiser"},
-    "test_ssl_train.py": {
+    "test_ssl_pretrain.py": {
         "test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0", "test_a_paper_preset_run_records_every_resolved_setting",
         "test_same_seed_same_backbone_on_cpu", "test_each_method_writes_the_run_folder",
         "test_rerun_resumes_from_the_stored_step", "test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
@@ -160,8 +160,9 @@ SLOW: dict[str, set[str]] = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests listed in SLOW; a listed name that no test of a collected file has is an error
-    (a renamed test would otherwise move to the quick tier unnoticed)."""
+    """Mark the tests listed in SLOW; a listed name that no test of a collected file has, or a listed file
+    that does not exist, is an error (a renamed test or file would otherwise move to the quick tier
+    unnoticed)."""
     found: dict[str, set[str]] = {}
     for item in items:
         name = getattr(item, "originalname", item.name)
@@ -169,6 +170,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if name in SLOW.get(item.path.name, ()):
             item.add_marker(pytest.mark.slow)
     stale = sorted(f"{file}::{name}" for file, names in found.items() for name in SLOW.get(file, set()) - names)
+    here = Path(__file__).parent
+    stale += sorted(f"{file} (no such file)" for file in SLOW if not (here / file).exists())
     selected = config.option.keyword or config.option.markexpr or any("::" in arg for arg in config.args)
     if stale and not selected:
         raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {', '.join(stale)}")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ctreduce.curate.duplicates import VolumeCodes, archive_greedy
+from ctreduce.reduction.archive import VolumeCodes, archive_greedy
 
 
 def literal_greedy(codes: list[int], threshold: int) -> tuple[list[bool], list[int], list[int]]:
@@ -79,5 +79,5 @@ def test_volume_codes_are_checked():
         VolumeCodes("x", np.array([1, 2]), np.zeros(1, np.uint64))
     with pytest.raises(ValueError, match="volume x: slice indices must be strictly ascending"):
         VolumeCodes("x", np.array([1, 1]), np.zeros(2, np.uint64))
-    empty = archive_greedy([])
+    empty = archive_greedy([], 6)
     assert len(empty) == 0 and list(empty.columns)[:3] == ["volume_id", "slice_index", "kept"]

@@ -41,7 +41,7 @@ def test_reduce_export_and_rerun(archive, tmp_path):
     from PIL import Image
 
     from ctreduce import read_volume, scan
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
 
     out = tmp_path / "run"
     proc = run("reduce", archive, "--out", out, "--csv", "--quiet", "--workers", "2")
@@ -170,9 +170,13 @@ def test_report_command(archive, tmp_path):
     for pair in found.volume_pairs.itertuples():
         assert (f"{pair.volume_a} {pair.matched_a}/{pair.slices_a} ({pair.share_a:.0%}) {pair.volume_b} "
                 f"{pair.matched_b}/{pair.slices_b} ({pair.share_b:.0%})") in text
-    images = re.findall(r'<img src="data:image/png;base64,([^"]+)" width="(\d+)" height="(\d+)"', page)
+    images = re.findall(r'<img src="data:image/(png|svg\+xml);base64,([^"]+)" width="(\d+)" height="(\d+)"', page)
     assert len(images) == page.count("<img") >= 1 + 2 * 4  # the histogram, two figures per volume, pairs
-    for data, width, height in images:
-        assert Image.open(io.BytesIO(base64.b64decode(data))).size == (int(width), int(height))
+    for kind, data, width, height in images:  # slice strips are PNG, charts SVG: each of its stated size
+        if kind == "png":
+            assert Image.open(io.BytesIO(base64.b64decode(data))).size == (int(width), int(height))
+        else:
+            svg = base64.b64decode(data).decode()
+            assert re.search(rf'<svg[^>]*\bwidth="{width}(pt|px)?"[^>]*\bheight="{height}(pt|px)?"', svg), svg[:200]
     bad = run("report", out, "--column", "kept@99", check_code=2)
     assert "kept@99" in bad.stderr

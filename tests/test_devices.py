@@ -73,7 +73,7 @@ def test_busy_cores_is_the_median_of_runnable_tasks_less_this_process(monkeypatc
     """Known ``procs_running`` samples: the median, less this process; sampled ``samples`` times."""
     import io
 
-    from ctreduce import devices
+    from ctreduce.core import devices
 
     readings, sleeps = iter([4, 9, 3, 5, 4]), []
 

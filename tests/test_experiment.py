@@ -185,8 +185,8 @@ def test_task_with_a_missing_class_fails_before_training(tmp_path):
 def test_synthetic_tasks_in_every_format_load(tmp_path, fmt, class_of):
     """The task an experiment generates and loads holds the generator's images, each under its class and in
     its split: what fine-tuning reads is what ``lesion_samples`` drew."""
-    from ctreduce.downstream.datasets import load_task
     from ctreduce.downstream.synthetic import lesion_samples
+    from ctreduce.tasks.load import load_task
 
     config = {**TINY, "tasks": [{"name": "t", "synthetic": {"n_per_class": 5, "size": 32, "format": fmt}}]}
     runner = Runner(load_experiment(write(tmp_path, config)), log=lambda line: None)

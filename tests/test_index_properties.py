@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctreduce.curate import index as hamming
-from ctreduce.curate.index import HammingIndex, codes_from_bits, codes_from_hex, hex_from_codes
+from ctreduce.core.dhash import codes_from_bits, codes_from_hex, hex_from_codes
+from ctreduce.reduction import hamming_index as hamming
+from ctreduce.reduction.hamming_index import HammingIndex
 
 
 def distance(a: int, b: int) -> int:

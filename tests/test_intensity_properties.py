@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ctreduce.reduction.intensity import Intensity, minmax_uint8
+from ctreduce.io.intensity import Intensity, minmax_uint8
 
 DTYPES = [np.int16, np.int32, np.uint16, np.uint8, np.float32, np.float64]
 

@@ -155,7 +155,7 @@ def test_every_n_keeps_every_nth_and_points_back(n, step):
 
 def _two_slice_volume():
     from ctreduce.io.volume import Volume
-    from ctreduce.phantom import make_phantom
+    from ctreduce.sample_data.phantom import make_phantom
 
     hu, spacing = make_phantom(n_slices=6, size=48, slice_thickness=5.0, seed=3)
     hu = hu[[1, 4]]  # two different slices: a score strictly between the measure's extremes
@@ -168,7 +168,7 @@ def test_reduce_volume_drops_a_slice_scored_exactly_at_the_threshold(method, tmp
     the threshold set to the very score of slice 1 against slice 0 drops slice 1; one float step
     past it keeps both."""
     from ctreduce import reduce_volume
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
     from ctreduce.reduction.measures import get_measure
 
     settings: dict = {"device": "cpu"}

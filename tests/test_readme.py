@@ -615,7 +615,7 @@ def test_readme_python_api_block(tmp_path) -> None:
     manifest and summary, the npy export of the kept slices."""
     import pandas as pd
 
-    from ctreduce.reduction.intensity import Intensity
+    from ctreduce.io.intensity import Intensity
 
     blocks = ["\n".join(block) for _, block in fenced_blocks("python") if "import ctreduce" in "\n".join(block)]
     assert blocks, "README has no ```python block with `import ctreduce`"

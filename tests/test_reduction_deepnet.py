@@ -111,7 +111,7 @@ def test_valid_devices_accepted(device, normalised, monkeypatch):
     measure = DeepNetMeasure("resnet50", device, 8)
     assert (measure.device, measure.backbone, measure.batch_size) == (normalised, "resnet50", 8)
     assert measure.params() == {"backbone": "resnet50", "input_size": 224}
-    assert measure_of(ReduceConfig(method="deepnet", device=device, backbone="resnet50")).device == normalised
+    assert method_of(ReduceConfig(method="deepnet", device=device, backbone="resnet50")).device == normalised
 
 
 def test_unknown_backbone_lists_options():

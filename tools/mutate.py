@@ -1,9 +1,9 @@
 """Mutation testing of ctreduce, one module at a time, driven by the `make check` tier (mutmut 3).
 
-    python tools/mutate.py src/ctreduce/curate/index.py            # one module (always rerun)
-    python tools/mutate.py                                           # every module changed since its run
-    python tools/mutate.py --retest src/ctreduce/curate/index.py   # only its recorded survivors, after new tests
-    python tools/mutate.py --list                                    # modules, recorded scores, changed or not
+    python tools/mutate.py src/ctreduce/reduction/leader.py            # one module (always rerun)
+    python tools/mutate.py                                             # every module changed since its run
+    python tools/mutate.py --retest src/ctreduce/reduction/leader.py   # only its recorded survivors, after new tests
+    python tools/mutate.py --list                                      # modules, recorded scores, changed or not
 
 Each module runs in its own scratch folder (.mutation/work/<module>, not committed) whose
 pyproject.toml mutates that module only; mutmut copies the sources there, maps every `make check`
@@ -36,9 +36,9 @@ EQUIVALENT = STATE / "equivalent.json"
 WORK = STATE / "work"
 # What the tests read besides src/ and tests/ (README commands, configs, benchmarks' docs).
 LINKED = ("src", "tests", "README.md", "configs", "docs", "benchmarks", "Makefile", ".ci")
-# Reading, storing, reducing (but the DeepNet backbone), curating, exporting, downstream metrics.
-PACKAGES = ("io", "store", "reduction", "curate")
-SINGLE = ("src/ctreduce/exporting.py", "src/ctreduce/downstream/metrics.py")
+# The value types, reading, storing, reducing (but the DeepNet backbone), exporting, curating, downstream metrics.
+PACKAGES = ("core", "io", "store", "reduction", "exporting", "curate")
+SINGLE = ("src/ctreduce/downstream/metrics.py",)
 EXCLUDED = ("src/ctreduce/reduction/deepnet.py",)
 KILLED = {1, 3, 36, 24, -24, 152, 255, -9, -11}  # mutmut exit codes: a test failed, timed out or crashed
 SURVIVED = {0}
@@ -46,10 +46,11 @@ NO_TESTS = {5, 33}
 
 
 def modules() -> list[str]:
-    """Every module under mutation testing (non-empty .py files), as repository-relative paths."""
+    """Every module under mutation testing, as repository-relative paths."""
     found = [str(p.relative_to(ROOT)) for pkg in PACKAGES for p in sorted((ROOT / "src/ctreduce" / pkg).glob("*.py"))]
     found += list(SINGLE)
-    return [m for m in found if m not in EXCLUDED and (ROOT / m).stat().st_size > 0]
+    # __init__.py files hold docstrings and re-exports (pyproject's do_not_mutate leaves them out too).
+    return [m for m in found if m not in EXCLUDED and not m.endswith("/__init__.py") and (ROOT / m).stat().st_size > 0]
 
 
 def dotted(module: str) -> str:
@@ -160,7 +161,7 @@ def stale(scores: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("module", nargs="?", help="a module path such as src/ctreduce/curate/index.py")
+    parser.add_argument("module", nargs="?", help="a module path such as src/ctreduce/reduction/hamming_index.py")
     parser.add_argument("--list", action="store_true", help="print the modules, recorded scores and staleness")
     parser.add_argument("--retest", action="store_true",
                         help="test only the module's recorded survivors again (its content unchanged, tests added)")
