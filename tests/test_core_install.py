@@ -134,7 +134,10 @@ def test_deepnet_and_ssim_on_a_gpu_say_which_extra(core) -> None:
     _says_which_extra(core("reduce", "archive", "--out", "runs/ssim-gpu", "--method", "ssim", "--device", "cuda"))
     _says_which_extra(core("reduce", "archive", "--out", "runs/ray", "--backend", "ray", "--workers", "2",
                            "--quiet"), "pip install 'ctreduce[ray]'")
-    assert not (core.base / "runs" / "deepnet").exists() and not (core.base / "runs" / "ssim-gpu").exists()
+    _says_which_extra(core("export", "runs/hash", "--out", "export/ray", "--backend", "ray", "--quiet"),
+                      "pip install 'ctreduce[ray]'")
+    for made in ("runs/deepnet", "runs/ssim-gpu", "runs/ray", "export/ray"):  # refused before any folder
+        assert not (core.base / made).exists(), made
 
 
 def test_training_commands_say_which_extra(core, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -10,6 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .extras import MissingExtra
 
 
 def pool(workers: int) -> ProcessPoolExecutor:
@@ -57,6 +60,13 @@ def worker_init(parent_pid: int | None = None) -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+def require_ray() -> None:
+    """Raise MissingExtra (one line, which extra) when Ray is not installed: called before a run makes
+    any folder, so a missing extra leaves nothing behind."""
+    if importlib.util.find_spec("ray") is None:
+        raise MissingExtra("the Ray backend needs the ray extra (ray is not installed): pip install 'ctreduce[ray]'")
+
+
 @contextmanager
 def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
     """The ``ray`` module, connected to ``address`` (or RAY_ADDRESS), else to a local Ray started
@@ -64,10 +74,9 @@ def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
     however it ends (``_reaper``). SIGTERM keeps the handler this process had (the CLI's: stop like
     Ctrl-C), not Ray's (a stack dump). Every node needs ctreduce installed (or a runtime_env that
     installs it)."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ValueError("the Ray backend needs Ray: pip install 'ctreduce[ray]'") from exc
+    require_ray()
+    import ray
+
     started = False
     reaper = None
     if not ray.is_initialized():

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.versions import library_versions
-from ..core.workers import ray_session
+from ..core.workers import ray_session, require_ray
 from ..io.discover import load
 from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
@@ -87,6 +87,8 @@ def export(
         raise ExportError(f"--workers must be >= 1, got {workers}")
     if backend not in ("local", "ray"):
         raise ExportError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+    if backend == "ray":
+        require_ray()
     run_dir, out = Path(run_dir), Path(out)
     try:
         run = RunFolder.open(run_dir)

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from ..config import ReduceConfig, RunOptions
 from ..core.versions import library_versions
+from ..core.workers import require_ray
 from ..io.discover import walk
 from ..io.volume import VolumeSource
 from ..store.export import ExportParts
@@ -101,6 +102,8 @@ def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: 
         # A setting that cannot work for any volume fails here, once. Not for Ray: its workers may have
         # the GPUs (and the weights cache) that the driver lacks.
         method_of(config).preflight()
+    else:
+        require_ray()
     t0 = time.perf_counter()
     run = RunFolder(out) if out is not None else None
     if run is not None:
