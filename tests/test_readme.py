@@ -389,9 +389,10 @@ def check_report(argv, box, proc) -> list[str]:
     if problem := nonempty(path):
         return [problem]
     page = path.read_text()
-    manifest = pd.read_parquet(run_dir / "manifest.parquet", columns=["volume_id", "kept"])
-    expected = [f"kept {int(manifest['kept'].sum())} of {len(manifest)} slices"]
-    expected += [f"{n}. {html.escape(str(vid))} &mdash; kept {int(rows['kept'].sum())} of {len(rows)} "
+    column = option(argv, "--column") or "kept"  # the decision column the page shows
+    manifest = pd.read_parquet(run_dir / "manifest.parquet", columns=["volume_id", column])
+    expected = [f"kept {int(manifest[column].sum())} of {len(manifest)} slices"]
+    expected += [f"{n}. {html.escape(str(vid))} &mdash; kept {int(rows[column].sum())} of {len(rows)} "
                  for n, (vid, rows) in enumerate(manifest.groupby("volume_id", sort=False), 1)]
     problems = [f"{path.name} does not say {line!r}" for line in expected if line not in page]
     if str(path.relative_to(box.cwd)) not in proc.stdout:
@@ -583,9 +584,10 @@ def test_every_readme_command_runs(doc: Path, tmp_path) -> None:
 
 # Appended to the README's API block: what its variables hold, for the test to compare with the files.
 API_POSTLUDE = """
-for _name in ("frame", "manifest"):
-    if _name in globals():
-        globals()[_name].to_parquet(f"_readme_{_name}.parquet")
+if "frame" in globals():
+    frame.to_parquet("_readme_frame.parquet")
+if "result" in globals():
+    result.manifest.to_parquet("_readme_manifest.parquet")
 """
 
 

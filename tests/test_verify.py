@@ -292,7 +292,7 @@ def test_ray_export_and_rerun_compare_slices_too(series, tmp_path):
     ctreduce.reduce(series, run)
     k, path, previous = kept_slice(run)
     rewrite_pixels(path, previous)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         meta = ctreduce.export(run, tmp_path / "npy", format="npy", size=32, backend="ray")
         assert [e["volume_id"] for e in meta["errors"]] == ["in/a"] and path in meta["errors"][0]["error"]

@@ -6,6 +6,8 @@ and curates without any of these; a command that needs one says in one line whic
 
 from __future__ import annotations
 
+import importlib.util
+
 # Top-level module -> the extra in pyproject.toml that installs it.
 EXTRA_OF = {
     **dict.fromkeys(("torch", "torchvision", "lightly", "pytorch_lightning", "lightning", "lightning_fabric",
@@ -29,3 +31,11 @@ def missing_extra(exc: ModuleNotFoundError, what: str) -> MissingExtra | None:
         return None
     return MissingExtra(f"{what} needs the {extra} extra ({module} is not installed): "
                         f"pip install 'ctreduce[{extra}]'")
+
+
+def require(module: str, what: str) -> None:
+    """Raise MissingExtra (one line: which extra to install) when ``module`` is not installed; called before a
+    command makes any folder, so a missing extra leaves nothing behind."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(f"{what} needs the {EXTRA_OF[module]} extra ({module} is not installed): "
+                           f"pip install 'ctreduce[{EXTRA_OF[module]}]'")

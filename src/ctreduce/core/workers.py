@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
@@ -11,8 +10,6 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from .extras import MissingExtra
 
 
 def pool(workers: int) -> ProcessPoolExecutor:
@@ -60,13 +57,6 @@ def worker_init(parent_pid: int | None = None) -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def require_ray() -> None:
-    """Raise MissingExtra (one line, which extra) when Ray is not installed: called before a run makes
-    any folder, so a missing extra leaves nothing behind."""
-    if importlib.util.find_spec("ray") is None:
-        raise MissingExtra("the Ray backend needs the ray extra (ray is not installed): pip install 'ctreduce[ray]'")
-
-
 @contextmanager
 def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
     """The ``ray`` module, connected to ``address`` (or RAY_ADDRESS), else to a local Ray started
@@ -74,9 +64,11 @@ def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
     however it ends (``_reaper``). SIGTERM keeps the handler this process had (the CLI's: stop like
     Ctrl-C), not Ray's (a stack dump). Every node needs ctreduce installed (or a runtime_env that
     installs it)."""
-    require_ray()
-    import ray
-
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("the Ray backend needs the ray extra (ray is not installed): "
+                         "pip install 'ctreduce[ray]'") from exc
     started = False
     reaper = None
     if not ray.is_initialized():
@@ -87,7 +79,9 @@ def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
                 ray.init(address=address, log_to_driver=False)
             else:
                 reaper = _reaper()
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                # "local": a new Ray of our own, even where `ray start` runs a cluster on this machine (which
+                # ray.init() would join, refusing num_cpus)
+                ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
                          **({"_temp_dir": str(reaper.root)} if reaper is not None else {}))
         except SystemExit as exc:  # Ray's own SIGTERM handler, while it starts: stop as the CLI does
             if exc.code == signal.SIGTERM:

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.extras import require
 from ..core.versions import library_versions
-from ..core.workers import ray_session, require_ray
+from ..core.workers import ray_session
 from ..io.discover import load
 from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
@@ -88,7 +89,7 @@ def export(
     if backend not in ("local", "ray"):
         raise ExportError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
     if backend == "ray":
-        require_ray()
+        require("ray", "the Ray backend")
     run_dir, out = Path(run_dir), Path(out)
     try:
         run = RunFolder.open(run_dir)

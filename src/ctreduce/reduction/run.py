@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ..config import ReduceConfig, RunOptions
+from ..core.extras import require
 from ..core.versions import library_versions
-from ..core.workers import require_ray
 from ..io.discover import walk
 from ..io.volume import VolumeSource
 from ..store.export import ExportParts
@@ -103,7 +103,7 @@ def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: 
         # the GPUs (and the weights cache) that the driver lacks.
         method_of(config).preflight()
     else:
-        require_ray()
+        require("ray", "the Ray backend")
     t0 = time.perf_counter()
     run = RunFolder(out) if out is not None else None
     if run is not None:
