@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import signal
 import sys
@@ -67,6 +68,18 @@ def require_ray() -> None:
         raise MissingExtra("the Ray backend needs the ray extra (ray is not installed): pip install 'ctreduce[ray]'")
 
 
+# A Ray task whose worker died (a crash, the OOM killer, a lost node) is run again this often, on any node;
+# then that one volume is recorded as failed (``ray_failure``) and the run goes on.
+RAY_RETRIES = 2
+
+
+def ray_failure(exc: BaseException) -> str:
+    """The one-line error of a volume whose Ray worker died on every try (``ray.exceptions.RayError`` other
+    than ``RayTaskError``: those the task raised itself, which stop the run as they would locally)."""
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    return f"its Ray worker died ({RAY_RETRIES + 1} tries): {type(exc).__name__}: {reason}"
+
+
 @contextmanager
 def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
     """The ``ray`` module, connected to ``address`` (or RAY_ADDRESS), else to a local Ray started
@@ -83,11 +96,11 @@ def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
         address = address or os.environ.get("RAY_ADDRESS")
         term = signal.getsignal(signal.SIGTERM)
         try:
-            if address:
-                ray.init(address=address, log_to_driver=False)
+            if address:  # Ray's INFO lines ("Connecting to existing Ray cluster") stay out of the CLI's output
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             else:
                 reaper = _reaper()
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                          **({"_temp_dir": str(reaper.root)} if reaper is not None else {}))
         except SystemExit as exc:  # Ray's own SIGTERM handler, while it starts: stop as the CLI does
             if exc.code == signal.SIGTERM:
