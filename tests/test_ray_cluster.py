@@ -57,26 +57,60 @@ def _session_processes(session: str) -> list[str]:
     return [line for line in listing.splitlines() if session in line and "ps -eo" not in line]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A head and one more node, one CPU each, whose workers load the poison plug-in (they inherit this
-    process's environment when the node starts). Torn down however the tests end; then none of its
-    processes is left (checked by process tree and with ``ps``)."""
-    from ray.cluster_utils import Cluster
+class TwoNodes:
+    """A Ray head (``ray.cluster_utils.Cluster``) and a second node (``ray start --address ... --block``, this
+    process's child), one CPU each. Where this machine allows (root: Linux mount namespaces), the second node
+    sees a private empty folder at ``unshared``: a node without the file system the head shares."""
 
+    def __init__(self, unshared: Path) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.unshared = unshared
+        self.head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        self.address = self.head.address
+        node = [str(Path(sys.executable).with_name("ray")), "start", f"--address={self.address}", "--num-cpus=1",
+                "--block", "--disable-usage-stats"]
+        self.private = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                                      capture_output=True).returncode == 0
+        if self.private:  # the folder hidden under an empty file system of its own, in that node only
+            node = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs ctreduce-test "$0" && exec "$@"', str(unshared), *node]
+        self.second = subprocess.Popen(node, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(self.nodes()) < 2:
+            assert self.second.poll() is None and time.monotonic() < deadline, "the second Ray node did not start"
+            time.sleep(0.2)
+
+    def nodes(self) -> set[str]:
+        return {n["NodeID"] for n in self.head.global_state.node_table() if n["Alive"]}
+
+    def shutdown(self) -> None:
+        self.second.terminate()  # ray start --block stops its node's processes
+        try:
+            self.second.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.second.kill()
+        self.head.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The two nodes, whose workers load the poison plug-in (they inherit this process's environment when
+    the node starts). Torn down however the tests end; then none of their processes is left (checked by
+    process tree and with ``ps``)."""
     before = _descendants(os.getpid())
+    unshared = tmp_path_factory.mktemp("unshared")
     saved = {name: os.environ.get(name) for name in ("CTREDUCE_PLUGINS", "PYTHONPATH")}
     made = None
     try:
         os.environ.update(_plugin_env())
-        made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        made.add_node(num_cpus=1)
+        made = TwoNodes(unshared)
         _restore(saved)  # this process and the other tests keep their own environment
         yield made
     finally:
         _restore(saved)
         if made is not None:
-            session = made.head_node.session_name
+            session = made.head.head_node.session_name
             processes = _descendants(os.getpid()) - before  # GCS, raylets, agents, workers
             made.shutdown()
             deadline = time.monotonic() + 20
@@ -91,10 +125,6 @@ def _restore(saved: dict[str, str | None]) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-
-
-def _nodes(cluster) -> set[str]:
-    return {node.node_id for node in cluster.list_all_nodes()}
 
 
 def _ctreduce(cluster, *args: str, code: int = 0, address_flag: bool = False) -> subprocess.CompletedProcess:
@@ -125,7 +155,7 @@ def test_reduce_on_two_nodes_matches_the_local_pool(cluster, ct, local_run, tmp_
                                   pd.read_parquet(local_run / "manifest.parquet"))
     journal = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
     assert len(journal) == VOLUMES + 1 and not any(entry["error"] for entry in journal)
-    assert {entry["node"] for entry in journal} == _nodes(cluster)  # both nodes reduced volumes
+    assert {entry["node"] for entry in journal} == cluster.nodes()  # both nodes reduced volumes
     run = RunFolder.open(out)
     assert all((run.parts / part_name(entry["volume_id"])).is_file() for entry in journal)  # each wrote its parts
     # and the run resumes there: a second command reads nothing again
@@ -140,7 +170,7 @@ def test_export_on_two_nodes_matches_the_local_pool(cluster, local_run, tmp_path
     _ctreduce(cluster, "export", str(local_run), "--format", fmt, "--size", "32", "--out", str(tmp_path / "ray"),
               address_flag=fmt == "png")
     meta = json.loads((tmp_path / "ray" / "export.json").read_text())
-    assert set(meta["ray_nodes"]) == _nodes(cluster) and sum(meta["ray_nodes"].values()) == VOLUMES + 1
+    assert set(meta["ray_nodes"]) == cluster.nodes() and sum(meta["ray_nodes"].values()) == VOLUMES + 1
     assert meta["slices"] == local["slices"] > 0 and meta["errors"] == []
     a, b = ExportStore.open(tmp_path / "local"), ExportStore.open(tmp_path / "ray")
     pd.testing.assert_frame_equal(a.index, b.index)
@@ -169,3 +199,20 @@ def test_a_worker_dying_on_one_volume_is_that_volume_error(cluster, ct, local_ru
             for e in meta["errors"]] == [("poison", True)]
     written = ExportStore.open(tmp_path / "local").index["volume_id"]
     assert meta["slices"] == (~written.str.endswith("poison")).sum() and local["slices"] > meta["slices"] > 0
+
+
+def test_a_node_that_does_not_see_an_output_folder_is_named_before_any_volume_is_read(cluster, ct, local_run):
+    if not cluster.private:
+        pytest.skip("hiding a folder from one node needs Linux mount namespaces (root)")
+    out = cluster.unshared / "run"
+    done = _ctreduce(cluster, "reduce", str(ct), "--out", str(out), code=2)
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {out / 'parts'}: not seen by Ray node ")
+    assert "the run folder" in done.stderr and not any((out / "parts").iterdir())  # nothing reduced
+
+    # PNG files are written by every node: the export's folder must be shared; npy's are written here
+    done = _ctreduce(cluster, "export", str(local_run), "--format", "png", "--out", str(cluster.unshared / "png"),
+                     code=2)
+    assert "not seen by Ray node" in done.stderr and "the export's parent folder" in done.stderr
+    assert not (cluster.unshared / "png").exists()
+    _ctreduce(cluster, "export", str(local_run), "--format", "npy", "--out", str(cluster.unshared / "npy"))
+    assert ExportStore.open(cluster.unshared / "npy").meta["errors"] == []

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.versions import library_versions
-from ..core.workers import RAY_RETRIES, ray_failure, ray_session, require_ray
+from ..core.workers import RAY_RETRIES, RAY_SPREAD, ray_failure, ray_nodes_see, ray_session, require_ray
 from ..io.discover import load
 from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
@@ -221,7 +221,13 @@ def _in_order_ray(jobs: list, policy: Intensity, fmt: ExportFormat, stage: Path,
     """``_in_order`` with Ray tasks: the same bounded window of volumes in flight, results in order; ``nodes``
     counts the volumes each Ray node exported. A volume whose worker died (its retries spent) is its error."""
     with ray_session(workers, address) as ray:
-        task = ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(_export_on_node)
+        first = next((job[0] for job in jobs if job[0] is not None), None)
+        # a format that leaves ``store`` as it is writes its files in the workers (PNG): into the staging folder
+        writes_there = type(fmt).store is ExportFormat.store
+        ray_nodes_see(ray, {Path(first.source): "the inputs"} if first is not None else {},
+                      {stage: f"the export's parent folder ({fmt.name} files are written by every node)"}
+                      if writes_there else {})
+        task = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, scheduling_strategy=RAY_SPREAD)(_export_on_node)
         ahead = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
         refs = {k: task.remote(*job, policy, fmt, stage) for k, job in enumerate(jobs[:ahead])}
         for k in range(len(jobs)):

@@ -12,11 +12,12 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
 
 import numpy as np
 
 from ..config import ReduceConfig
-from ..core.workers import RAY_RETRIES, ray_failure, ray_session, terminate
+from ..core.workers import RAY_RETRIES, RAY_SPREAD, ray_failure, ray_nodes_see, ray_session, terminate
 from ..core.workers import pool as process_pool
 from ..io.discover import load
 from ..io.intensity import Intensity
@@ -131,16 +132,19 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
     died (or whose node was lost) is run again ``RAY_RETRIES`` times, then recorded as its error.
     """
     with ray_session(workers, address) as ray:
+        if todo:
+            ray_nodes_see(ray, {Path(todo[0].source): "the inputs"},
+                          {parts.parts: "the run folder (each node writes its volumes' parts)"} if parts else {})
         if method_of(config).loads_network:
             gpus = int(ray.cluster_resources().get("GPU", 0))
             # One actor per GPU (or per worker on CPUs): the network is loaded once per actor.
-            actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_restarts=-1,
-                                   max_task_retries=RAY_RETRIES)(_RayReducer)
+            actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_restarts=-1, max_task_retries=RAY_RETRIES,
+                                   scheduling_strategy=RAY_SPREAD)(_RayReducer)
             actors = [actor_cls.remote() for _ in range(gpus or workers)]
             submits = [actor.run.remote for actor in actors]
             in_flight = 2 * len(actors)
         else:
-            submits = [ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(_on_node).remote]
+            submits = [ray.remote(num_cpus=1, max_retries=RAY_RETRIES, scheduling_strategy=RAY_SPREAD)(_on_node).remote]
             in_flight = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
         pending: dict = {}  # object ref -> its volume
         for i, source in enumerate(todo):
