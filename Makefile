@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_curate.py --imagededup-n 10000
 	$(BIN)/python benchmarks/bench_finetune.py
 	$(BIN)/python benchmarks/bench_threads.py
+	$(BIN)/python benchmarks/bench_ray_cluster.py
 	$(BIN)/python benchmarks/bench_read_memory.py
 	$(BIN)/python benchmarks/bench_fuzz_series.py
 	$(BIN)/python benchmarks/bench_messages.py

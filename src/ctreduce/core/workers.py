@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -57,6 +58,59 @@ def worker_init(parent_pid: int | None = None) -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+# A Ray task whose worker died (a crash, the OOM killer, a lost node) is run again this often, on any node;
+# then that one volume is recorded as failed (``ray_failure``) and the run goes on.
+RAY_RETRIES = 2
+# Volumes are spread over the nodes, not packed onto the driver's until it is full: every node's disks and
+# network read at once, and short volumes do not all run where they were submitted.
+RAY_SPREAD = "SPREAD"
+
+
+def ray_failure(exc: BaseException) -> str:
+    """The one-line error of a volume whose Ray worker died on every try (``ray.exceptions.RayError`` other
+    than ``RayTaskError``: those the task raised itself, which stop the run as they would locally)."""
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    return f"its Ray worker died ({RAY_RETRIES + 1} tries): {type(exc).__name__}: {reason}"
+
+
+class NodeStorageError(ValueError):
+    """A Ray node that does not see, at the same path, what its tasks read or write."""
+
+
+def ray_nodes_see(ray: Any, read: dict[Path, str], written: dict[Path, str]) -> None:
+    """NodeStorageError (one line) unless every Ray node that runs tasks sees each file of ``read`` and each
+    folder of ``written`` (the same folder: a file made there now is seen), at the same path; the values say
+    what each is, for the message. A task pinned to each node looks, before any volume is read: a node
+    without the shared file system would otherwise fail every volume it is given, or write where no one reads."""
+    import uuid
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marks = {folder / f".ctreduce-node-check-{uuid.uuid4().hex}": what for folder, what in written.items()}
+    try:
+        for mark in marks:
+            mark.touch()
+        wanted = {**read, **marks}
+        look = ray.remote(num_cpus=0)(_missing)
+        nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+        refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            [str(p) for p in wanted]) for n in nodes]
+        for node, missing in zip(nodes, ray.get(refs), strict=True):
+            if missing:
+                path = Path(missing[0])
+                shown = path.parent if path in marks else path
+                raise NodeStorageError(
+                    f"{shown}: not seen by Ray node {node['NodeManagerAddress']} ({node['NodeID'][:8]}); "
+                    f"--backend ray needs {wanted[path]} at the same path on every node (a shared file system)")
+    finally:
+        for mark in marks:
+            mark.unlink(missing_ok=True)
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
 @contextmanager
 def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
     """The ``ray`` module, connected to ``address`` (or RAY_ADDRESS), else to a local Ray started
@@ -75,13 +129,14 @@ def ray_session(workers: int, address: str | None = None) -> Iterator[Any]:
         address = address or os.environ.get("RAY_ADDRESS")
         term = signal.getsignal(signal.SIGTERM)
         try:
-            if address:
-                ray.init(address=address, log_to_driver=False)
+            if address:  # Ray's INFO lines ("Connecting to existing Ray cluster") stay out of the CLI's output
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             else:
                 reaper = _reaper()
                 # "local": a new Ray of our own, even where `ray start` runs a cluster on this machine (which
                 # ray.init() would join, refusing num_cpus)
                 ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING,
                          **({"_temp_dir": str(reaper.root)} if reaper is not None else {}))
         except SystemExit as exc:  # Ray's own SIGTERM handler, while it starts: stop as the CLI does
             if exc.code == signal.SIGTERM:

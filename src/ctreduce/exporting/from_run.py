@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..core.extras import require
 from ..core.versions import library_versions
-from ..core.workers import ray_session
+from ..core.workers import RAY_RETRIES, RAY_SPREAD, ray_failure, ray_nodes_see, ray_session
 from ..io.discover import load
 from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
@@ -123,7 +123,8 @@ def export(
                                                  check.modified.get(vid, [])), recorded)
                 for vid, group in groups]
         bar = _progress(len(chosen), progress)
-        ordered = (_in_order_ray(jobs, policy, writer.format, writer.stage, workers, ray_address)
+        nodes: dict[str, int] = {}
+        ordered = (_in_order_ray(jobs, policy, writer.format, writer.stage, workers, ray_address, nodes)
                    if backend == "ray" else _in_order(jobs, policy, writer.format, writer.stage, workers))
         for (_, volume_id, rows, _), result in zip(jobs, ordered, strict=True):
             if isinstance(result, str):
@@ -140,6 +141,7 @@ def export(
             "allow_incomplete": allow_incomplete and not summary.get("complete", False),
             "allow_changed": sorted(check.changed) if allow_changed else [],
             "unchecked_sources": check.unchecked, "workers": workers, "backend": backend,
+            **({"ray_nodes": nodes} if backend == "ray" else {}),
             "seconds": round(time.perf_counter() - start, 3),
             "versions": library_versions(LIBRARIES),
         })
@@ -216,17 +218,38 @@ def _in_order(jobs: list, policy: Intensity, fmt: ExportFormat, stage: Path, wor
 
 
 def _in_order_ray(jobs: list, policy: Intensity, fmt: ExportFormat, stage: Path, workers: int,
-                  address: str | None):
-    """``_in_order`` with Ray tasks: the same bounded window of volumes in flight, results in order."""
+                  address: str | None, nodes: dict[str, int]):
+    """``_in_order`` with Ray tasks: the same bounded window of volumes in flight, results in order; ``nodes``
+    counts the volumes each Ray node exported. A volume whose worker died (its retries spent) is its error."""
     with ray_session(workers, address) as ray:
-        task = ray.remote(num_cpus=1)(export_volume)
+        first = next((job[0] for job in jobs if job[0] is not None), None)
+        # a format that leaves ``store`` as it is writes its files in the workers (PNG): into the staging folder
+        writes_there = type(fmt).store is ExportFormat.store
+        ray_nodes_see(ray, {Path(first.source): "the inputs"} if first is not None else {},
+                      {stage: f"the export's parent folder ({fmt.name} files are written by every node)"}
+                      if writes_there else {})
+        task = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, scheduling_strategy=RAY_SPREAD)(_export_on_node)
         ahead = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
         refs = {k: task.remote(*job, policy, fmt, stage) for k, job in enumerate(jobs[:ahead])}
         for k in range(len(jobs)):
-            result = ray.get(refs.pop(k))
+            try:
+                node, result = ray.get(refs.pop(k))
+                nodes[node] = nodes.get(node, 0) + 1
+            except ray.exceptions.RayTaskError:  # raised by the task itself (the export's own files): it stops
+                raise
+            except ray.exceptions.RayError as exc:
+                source = jobs[k][0]
+                result = f"{source.source if source is not None else jobs[k][1]}: {ray_failure(exc)}"
             if k + ahead < len(jobs):
                 refs[k + ahead] = task.remote(*jobs[k + ahead], policy, fmt, stage)
             yield result
+
+
+def _export_on_node(*args: Any) -> tuple[str, tuple[Any, list[dict[str, Any]]] | str]:
+    """A Ray task: ``export_volume(*args)`` and the node that ran it."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), export_volume(*args)
 
 
 def _progress(total: int, enabled: bool):

@@ -12,12 +12,13 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
 
 import numpy as np
 
 from ..config import ReduceConfig
+from ..core.workers import RAY_RETRIES, RAY_SPREAD, ray_failure, ray_nodes_see, ray_session, terminate
 from ..core.workers import pool as process_pool
-from ..core.workers import ray_session, terminate
 from ..io.discover import load
 from ..io.intensity import Intensity
 from ..io.volume import Volume, VolumeSource
@@ -126,32 +127,56 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
     """The same per-volume work as Ray tasks (actors holding the network for a method that loads one).
 
     Connects to ``address`` (or RAY_ADDRESS); without one, starts a local Ray with ``workers``
-    CPUs. Every node needs ctreduce installed (or a runtime_env that installs it).
+    CPUs. Every node needs ctreduce installed (or a runtime_env that installs it), the inputs at the
+    same paths and the run folder (its workers write the volumes' parts there). A volume whose worker
+    died (or whose node was lost) is run again ``RAY_RETRIES`` times, then recorded as its error.
     """
     with ray_session(workers, address) as ray:
+        if todo:
+            ray_nodes_see(ray, {Path(todo[0].source): "the inputs"},
+                          {parts.parts: "the run folder (each node writes its volumes' parts)"} if parts else {})
         if method_of(config).loads_network:
             gpus = int(ray.cluster_resources().get("GPU", 0))
             # One actor per GPU (or per worker on CPUs): the network is loaded once per actor.
-            actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_RayReducer)
+            actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_restarts=-1, max_task_retries=RAY_RETRIES,
+                                   scheduling_strategy=RAY_SPREAD)(_RayReducer)
             actors = [actor_cls.remote() for _ in range(gpus or workers)]
             submits = [actor.run.remote for actor in actors]
             in_flight = 2 * len(actors)
         else:
-            tasks = {False: ray.remote(num_cpus=1)(process_source).remote,
-                     True: ray.remote(num_cpus=1)(verify_source).remote}
-            submits = [lambda source, config, parts, check: tasks[check](source, config, parts)]
+            submits = [ray.remote(num_cpus=1, max_retries=RAY_RETRIES, scheduling_strategy=RAY_SPREAD)(_on_node).remote]
             in_flight = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
-        pending = []
+        pending: dict = {}  # object ref -> its volume
         for i, source in enumerate(todo):
-            pending.append(submits[i % len(submits)](source, config, parts, source.volume_id in verify))
+            pending[submits[i % len(submits)](source, config, parts, source.volume_id in verify)] = source
             if len(pending) >= in_flight:
-                ready, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(ready[0])
+                yield _ray_result(ray, pending)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(ready[0])
+            yield _ray_result(ray, pending)
+
+
+def _ray_result(ray, pending: dict) -> VolumeResult:
+    """The next volume to finish; a worker that died on it (its retries spent) is that volume's error, not the
+    run's. The errors a task raises itself (a full disk) stop the run as they do locally."""
+    ready, _ = ray.wait(list(pending), num_returns=1)
+    source = pending.pop(ready[0])
+    try:
+        return ray.get(ready[0])
+    except ray.exceptions.RayTaskError:
+        raise
+    except ray.exceptions.RayError as exc:
+        return VolumeResult(source.volume_id, source.source, error=f"{source.source}: {ray_failure(exc)}")
+
+
+def _on_node(source: VolumeSource, config: ReduceConfig, parts: Outputs | None, verify: bool) -> VolumeResult:
+    """A Ray task: the volume's result, with the node that ran it."""
+    import ray
+
+    result = verify_source(source, config, parts) if verify else process_source(source, config, parts)
+    result.node = ray.get_runtime_context().get_node_id()
+    return result
 
 
 class _RayReducer:
     def run(self, source: VolumeSource, config: ReduceConfig, parts: Outputs | None, verify: bool) -> VolumeResult:
-        return verify_source(source, config, parts) if verify else process_source(source, config, parts)
+        return _on_node(source, config, parts, verify)

@@ -41,6 +41,7 @@ class VolumeResult:
     # ``verify_source``: "" when the slices read hold what the volume's part records (its results
     # stand), else how they differ (the volume was reduced again); None for other volumes
     verified: str | None = None
+    node: str | None = None  # the Ray node that read it (Ray backend), recorded in its journal line
 
     def entry(self) -> dict[str, Any]:
         """The journal line of this volume (also what the summary is built from)."""
@@ -52,6 +53,8 @@ class VolumeResult:
             entry["kept"] = int(self.frame["kept"].sum())
         if self.fingerprint is not None:
             entry["fingerprint"] = self.fingerprint.to_json()
+        if self.node is not None:
+            entry["node"] = self.node
         return entry
 
 
