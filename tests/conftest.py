@@ -133,33 +133,120 @@ def export_48(tmp_path_factory) -> Path:
 # than one process (DDP, Ray, killed pools), a real browser, the README executed, the CLI end to end in
 # subprocesses. Every module keeps its unit and property tests in `make check`.
 SLOW: dict[str, set[str]] = {
-    "test_readme.py": {"test_every_readme_command_runs", "test_readme_python_api_block"},
-    "test_experiment.py": {"test_tiny_grid_end_to_end_then_cached",
-                           "test_a_cell_pretrained_on_two_devices_runs_each_stage_once"},
+    "test_cli.py": {
+        "test_failed_volume_gives_exit_1_after_the_rest", "test_reduce_export_and_rerun", "test_report_command",
+        "test_unusable_arguments_exit_2_with_a_message",
+    },
+    "test_core_install.py": {
+        "test_deepnet_and_ssim_on_a_gpu_say_which_extra", "test_export_report_compare_duplicates_and_leakage",
+        "test_reduce", "test_reduce_with_the_dhash_and_a_sweep", "test_scan",
+        "test_training_commands_say_which_extra",
+    },
     "test_downstream_finetune.py": {
-        "test_cli_finetune_on_two_cpu_devices_runs_ddp", "test_cli_finetune_on_a_medmnist_npz_then_evaluate",
-        "test_rerun_continues_an_interrupted_seed_from_its_last_checkpoint",
         "test_best_epoch_is_the_best_validation_epoch_not_the_lowest_training_loss",
-        "test_evaluate_recomputes_the_saved_metrics", "test_outputs_for_every_seed_and_the_summary",
+        "test_cli_finetune_on_a_medmnist_npz_then_evaluate", "test_cli_finetune_on_two_cpu_devices_runs_ddp",
+        "test_evaluate_recomputes_the_saved_metrics", "test_head_only_epochs_keep_the_backbone_fixed",
+        "test_init_from_a_pretraining_run_folder_uses_its_statistics", "test_linear_probe_changes_only_the_head",
         "test_other_settings_in_the_same_folder_are_refused_unless_starting_over",
-        "test_schedule_unfreezes_after_the_head_only_epochs"},
-    "test_downstream_leakage.py": {"test_test_images_in_the_pretraining_data_are_counted_and_warned"},
-    "test_ssl_spark.py": {"test_one_step_matches_the_official_forward_and_update",
-                          "test_loss_decreases_with_configured_optimiser"},
+        "test_outputs_for_every_seed_and_the_summary",
+        "test_rerun_continues_an_interrupted_seed_from_its_last_checkpoint",
+        "test_schedule_unfreezes_after_the_head_only_epochs",
+        "test_the_module_trains_as_a_plain_loop_of_the_papers_protocol",
+    },
+    "test_downstream_leakage.py": {
+        "test_other_anatomy_is_not_a_leak", "test_test_images_in_the_pretraining_data_are_counted_and_warned",
+    },
+    "test_experiment.py": {
+        "test_a_cell_pretrained_on_two_devices_runs_each_stage_once", "test_tiny_grid_end_to_end_then_cached",
+    },
+    "test_export.py": {
+        "test_two_workers_write_the_same_export_as_one",
+    },
+    "test_io_gaps.py": {
+        "test_a_bad_slice_is_left_out_and_named_or_refuses_the_series",
+    },
+    "test_io_memory.py": {
+        "test_reading_an_int16_volume_costs_at_most_twice_its_size",
+    },
+    "test_io_scan_cli.py": {
+        "test_scan_of_a_folder_without_volumes_exits_2_with_one_line_like_reduce",
+    },
+    "test_messages.py": {
+        "test_a_settings_mistake_is_one_line_before_torch_loads",
+        "test_pretrain_prints_no_tips_or_deprecations_and_a_finished_rerun_trains_nothing",
+    },
+    "test_places.py": {
+        "test_an_experiment_folder_inside_its_data_is_refused",
+        "test_leakage_out_inside_the_task_is_refused_and_the_task_stays_usable",
+        "test_pretrain_and_finetune_never_write_into_their_data", "test_report_inside_the_archive_is_refused",
+    },
+    "test_plugins.py": {
+        "test_the_variable_brings_the_plugin_to_every_command",
+    },
+    "test_ray_cluster.py": {
+        "test_a_node_that_does_not_see_an_output_folder_is_named_before_any_volume_is_read",
+        "test_a_worker_dying_on_one_volume_is_that_volume_error", "test_export_on_two_nodes_matches_the_local_pool",
+        "test_reduce_on_two_nodes_matches_the_local_pool",
+    },
+    "test_readme.py": {
+        "test_every_readme_command_runs", "test_readme_python_api_block",
+    },
+    "test_reduction_ray.py": {
+        "test_a_local_ray_ends_with_the_command", "test_ray_backend_matches_local_pool",
+        "test_ray_backend_sweeps_and_errors", "test_ray_export_matches_local_pool",
+    },
+    "test_reduction_run.py": {
+        "test_a_single_large_series_is_read_by_every_worker_with_the_same_result",
+        "test_one_bad_volume_never_stops_the_others", "test_output_inside_input_is_refused_and_inputs_are_untouched",
+        "test_same_result_whatever_the_number_of_workers",
+    },
+    "test_reduction_scope.py": {
+        "test_one_pass_export_follows_the_archive_decision", "test_scope_archive_from_the_command_line",
+    },
+    "test_reduction_similarity.py": {
+        "test_numpy_ssim_keeps_the_torch_slices_of_the_real_cts",
+    },
+    "test_report.py": {
+        "test_report_renders_in_chromium",
+    },
+    "test_rerun.py": {
+        "test_a_bad_export_out_is_refused_before_any_volume_is_reduced",
+        "test_a_damaged_export_is_rebuilt_by_the_rerun", "test_the_one_pass_export_is_ctreduce_export_row_for_row",
+    },
+    "test_ssl_moco.py": {
+        "test_loss_decreases", "test_run_folder_records_the_queue",
+    },
     "test_ssl_pretrain.py": {
-        "test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0", "test_a_paper_preset_run_records_every_resolved_setting",
-        "test_same_seed_same_backbone_on_cpu", "test_each_method_writes_the_run_folder",
-        "test_rerun_resumes_from_the_stored_step", "test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
-        "test_other_settings_in_the_same_run_folder_are_refused"},
-    "test_reduction_ray.py": {"test_ray_backend_matches_local_pool", "test_ray_backend_sweeps_and_errors",
-                              "test_ray_export_matches_local_pool"},
-    "test_ray_cluster.py": {"test_reduce_on_two_nodes_matches_the_local_pool",
-                            "test_export_on_two_nodes_matches_the_local_pool",
-                            "test_a_worker_dying_on_one_volume_is_that_volume_error",
-                            "test_a_node_that_does_not_see_an_output_folder_is_named_before_any_volume_is_read"},
-    "test_store.py": {"test_pretrain_refuses_an_interrupted_npy_export", "test_pool_workers_end_with_their_parent"},
-    "test_report.py": {"test_report_renders_in_chromium"},
-    "test_cli.py": {"test_reduce_export_and_rerun", "test_report_command"},
+        "test_a_paper_preset_run_records_every_resolved_setting",
+        "test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0", "test_each_method_writes_the_run_folder",
+        "test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
+        "test_other_settings_in_the_same_run_folder_are_refused", "test_rerun_resumes_from_the_stored_step",
+        "test_same_seed_same_backbone_on_cpu",
+    },
+    "test_ssl_spark.py": {
+        "test_loss_decreases_with_configured_optimiser", "test_one_step_matches_the_official_forward_and_update",
+        "test_paper_preset_resolves_the_official_recipe",
+    },
+    "test_store.py": {
+        "test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over",
+        "test_a_series_that_gained_files_is_reduced_again_and_export_checks_first",
+        "test_pool_workers_end_with_their_parent", "test_pretrain_refuses_an_interrupted_npy_export",
+    },
+    "test_store_disk.py": {
+        "test_npy_export_on_a_disk_that_fills_is_one_line_and_resumes",
+        "test_reduce_export_npy_on_a_disk_that_fills_resumes",
+    },
+    "test_store_locks.py": {
+        "test_a_run_being_exported_cannot_be_replaced",
+    },
+    "test_verify.py": {
+        "test_a_dropped_slice_rewritten_makes_the_decision_stale_and_its_volume_is_not_exported",
+        "test_a_kept_slice_rewritten_in_place_is_not_exported_and_the_rerun_redoes_it",
+        "test_a_single_large_series_read_in_chunks_is_verified_too",
+        "test_one_pass_export_of_volumes_reduced_before_compares_them_first",
+        "test_ray_export_and_rerun_compare_slices_too",
+        "test_reduce_verify_reads_every_slice_and_redoes_a_volume_whose_stat_was_kept",
+    },
 }
 
 
