@@ -81,3 +81,29 @@ def test_volume_codes_are_checked():
         VolumeCodes("x", np.array([1, 1]), np.zeros(2, np.uint64))
     empty = archive_greedy([], 6)
     assert len(empty) == 0 and list(empty.columns)[:3] == ["volume_id", "slice_index", "kept"]
+
+
+def test_the_leader_is_the_first_kept_slice_not_the_nearest():
+    """c lies within the threshold of two kept slices, a (4 bits) and b (2 bits): the paper takes the first
+    remaining slice as leader and drops all within its threshold, so c's leader is a, at distance 4."""
+    a, b, c = 0, 0b111111, 0b1111
+    table = archive_greedy([VolumeCodes("x", np.array([0]), np.array([a], np.uint64)),
+                            VolumeCodes("y", np.array([1, 2]), np.array([b, c], np.uint64))], 4)
+    assert table["kept"].tolist() == [True, True, False]
+    assert table["leader_volume"].tolist() == ["x", "y", "x"] and table["leader_slice"].tolist() == [0, 1, 0]
+    assert table["distance"].tolist() == [0, 0, 4]
+
+
+@given(st.lists(st.lists(st.integers(0, 255), max_size=8), max_size=4), st.integers(1, 4))
+def test_leaders_equal_the_literal_loop_where_slices_lie_near_several_kept_ones(volumes, threshold):
+    """Codes of 8 bits: slices within the threshold of two or more kept slices, at different distances,
+    are common here (rare among the random walks above)."""
+    table = archive_greedy([VolumeCodes(f"v{k}", np.arange(len(codes), dtype=np.int64), np.array(codes, np.uint64))
+                            for k, codes in enumerate(volumes)], threshold)
+    codes = [c for cs in volumes for c in cs]
+    volume_of = [f"v{v}" for v, cs in enumerate(volumes) for _ in cs]
+    slice_of = [s for cs in volumes for s in range(len(cs))]
+    kept, leader, dist = literal_greedy(codes, threshold)
+    assert table["kept"].tolist() == kept and table["distance"].tolist() == dist
+    assert table["leader_volume"].tolist() == [volume_of[k] for k in leader]
+    assert table["leader_slice"].tolist() == [slice_of[k] for k in leader]

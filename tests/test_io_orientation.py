@@ -36,3 +36,17 @@ def test_negative_slice_direction_gives_ascending_slices_and_positions(tmp_path,
     assert np.allclose(up.z_mm, -40.0 + 2.5 * np.arange(9))
     assert np.allclose(down.z_mm, up.z_mm) and np.all(np.diff(down.z_mm) > 0)
     assert down.spacing == pytest.approx(up.spacing)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_a_descending_file_gives_the_slices_and_positions_of_the_same_scan_as_dicom(tmp_path, suffix):
+    """The DICOM reader orders a series by position along the normal, ascending: a single-file volume of
+    the same scan stored top slice first comes out in that order, with those positions."""
+    from ctreduce.sample_data.phantom import write_dicom_series
+
+    hu, spacing = make_phantom(n_slices=7, size=24, slice_thickness=3.0, seed=2)
+    write_dicom_series(hu, spacing, tmp_path / "dicom", seed=2)  # slice k at z = k * thickness
+    _write(hu, spacing, tmp_path / f"down{suffix}", descending=True, origin_z=0.0)
+    dicom, down = read_volume(tmp_path / "dicom"), read_volume(tmp_path / f"down{suffix}")
+    assert np.array_equal(dicom.hu, hu) and np.array_equal(down.hu, dicom.hu)
+    assert np.allclose(down.z_mm, dicom.z_mm)

@@ -161,3 +161,23 @@ def test_a_run_being_written_is_not_exported(archive, tmp_path):
         holder.wait()
     ctreduce.export(run, tmp_path / "png")  # the kernel released the lock with its holder
     assert ExportStore.open(tmp_path / "png").meta["slices"] > 0
+
+
+def test_a_second_writer_in_the_same_process_is_refused_by_reduce_and_export(archive, tmp_path):
+    """The run folder's lock, held in this process (an API user's second call, a thread), refuses
+    ``reduce`` into that run and ``export`` of it; an export being written refuses a second one."""
+    run = tmp_path / "run"
+    ctreduce.reduce(archive, run, method="all")
+    before = sorted(p.name for p in run.iterdir())
+    with RunFolder(run).lock():
+        with pytest.raises(LockHeld, match=rf"run folder {run} is being written by another ctreduce process \(pid "
+                                           rf"{os.getpid()} "):
+            ctreduce.reduce(archive, run, method="all", overwrite=True)
+        with pytest.raises(LockHeld, match=rf"run folder {run} is being written"):
+            ctreduce.export(run, tmp_path / "npy", format="npy", size=16)
+    assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "npy").exists()
+    with FolderLock.beside(tmp_path / "npy", "export folder"):
+        with pytest.raises(LockHeld, match="being written"):
+            ctreduce.export(run, tmp_path / "npy", format="npy", size=16)
+    ctreduce.export(run, tmp_path / "npy", format="npy", size=16)  # free again
+    assert ExportStore.open(tmp_path / "npy").meta["slices"] == 90
