@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 import ctreduce
 from ctreduce.ssl.augment import RandomGamma, SeparableGaussianBlur, ct_view
 from ctreduce.ssl.data import ExportError, SliceDataset, intensity_stats, open_export
+from ctreduce.store.export import ExportStore
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,13 @@ def test_array_store_and_png_folder_give_the_same_slices(exports):
     assert len(npy) == len(png) == 10
     assert npy.raw(0).shape == (1, 32, 32) and npy.raw(0).dtype == torch.uint8
     assert png.raw(0).shape == (1, 40, 40)
-    stored = np.load(exports / "npy" / "slices.npy")
+    stored = ExportStore.open(exports / "npy").array()
     assert torch.equal(npy.raw(3)[0], torch.from_numpy(stored[3]))
 
 
 def test_intensity_statistics_match_numpy(exports):
     mean, std = intensity_stats(open_export(exports / "npy"))
-    pixels = np.load(exports / "npy" / "slices.npy").astype(np.float64) / 255
+    pixels = ExportStore.open(exports / "npy").array().astype(np.float64) / 255
     assert mean == pytest.approx(pixels.mean()) and std == pytest.approx(pixels.std())
 
 
