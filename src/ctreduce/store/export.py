@@ -132,8 +132,9 @@ class ExportWriter:
                 for r, s, k in zip(records, found["shard"], found["shard_row"], strict=True)]
 
     def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """Write the index and export.json (``complete: true``) and put the export in place. A growing export
-        whose rows are those of its current version keeps that version (and its export.json)."""
+        """Write the index and export.json (``complete: true``) and put the export in place; returns what
+        export.json holds. A growing export whose rows are those of its current version keeps that version (and
+        its export.json: ``grew`` is False in what is returned)."""
         n = len(self.rows)
         room, self._room = self._room, None
         self.format.finish(self.stage, room, n)
@@ -147,9 +148,9 @@ class ExportWriter:
             self._move_into_place()
             return meta
         if self.previous is not None and _same_rows(self.previous.index, index, columns):
-            return self.previous.meta
+            return {**meta, "version": self.previous.version, "index": self.previous.meta["index"], "grew": False}
         version = (self.previous.version if self.previous is not None else 0) + 1
-        meta.update(version=version, index=write_index(self.stage, version, index))
+        meta.update(version=version, index=write_index(self.stage, version, index), grew=self.previous is not None)
         if self.stage != self.target:  # a new store: shards no version names are left by failed volumes
             named = set(index["shard"])
             for path in (self.stage / SHARDS).glob("*.npy"):
@@ -345,7 +346,8 @@ def compact(out: str | os.PathLike) -> dict[str, Any]:
             if name != meta["index"] and shards & gone:
                 (root / name).unlink()
         shutil.rmtree(root / PENDING, ignore_errors=True)
-    return {"path": str(out), "version": meta["version"], "rewritten": len(rewritten), "removed": len(removed),
+    return {"path": str(out), "version": meta["version"], "rewritten": len(rewritten),
+            "removed": len(removed) - len(rewritten),  # shards of which no row was live
             "slices": meta["slices"]}
 
 
