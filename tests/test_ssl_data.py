@@ -50,14 +50,21 @@ def test_intensity_statistics_match_numpy(exports):
 def test_corrupt_or_incomplete_exports(tmp_path, exports):
     with pytest.raises(ExportError, match="no such export folder"):
         open_export(tmp_path / "none")
-    # An interrupted npy export (array only, 1,661 of 2,036 rows zero) is refused, not trained on.
-    (tmp_path / "interrupted").mkdir()
-    np.save(tmp_path / "interrupted" / "slices.npy", np.zeros((3, 4, 4), np.uint8))
+    # An interrupted npy export (shards, no index version named yet) is refused, not trained on.
+    (tmp_path / "interrupted" / "shards").mkdir(parents=True)
+    np.save(tmp_path / "interrupted" / "shards" / "a-0.npy", np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(ExportError, match="no export.json"):
         open_export(tmp_path / "interrupted")
     bad = shutil.copytree(exports / "npy", tmp_path / "bad")
-    np.save(bad / "slices.npy", np.zeros((3, 4, 4), np.float32))
-    with pytest.raises(ExportError, match="uint8"):
+    shard = next((bad / "shards").glob("*.npy"))
+    np.save(shard, np.zeros((3, 32, 32), np.float32))
+    with pytest.raises(ExportError, match=f"{shard.name}: expected .*uint8"):
+        open_export(bad)
+    np.save(shard, np.zeros((1, 32, 32), np.uint8))  # fewer rows than the index names
+    with pytest.raises(ExportError, match=f"{shard.name}: the index names row"):
+        open_export(bad)
+    shard.unlink()
+    with pytest.raises(ExportError, match=f"{shard.name}: not a readable .npy shard"):
         open_export(bad)
     short = shutil.copytree(exports / "npy", tmp_path / "short")
     meta = json.loads((short / "export.json").read_text())

@@ -214,9 +214,8 @@ def test_an_interrupted_export_leaves_the_old_one_whole(archive, tmp_path, monke
 def test_pretrain_refuses_an_interrupted_npy_export(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    array = np.zeros((20, 32, 32), np.uint8)
-    array[:5] = 100  # the first rows written, the rest still zero
-    np.save(data / "slices.npy", array)
+    (data / "shards").mkdir()
+    np.save(data / "shards" / "a-0.npy", np.full((5, 32, 32), 100, np.uint8))  # shards written, no index yet
     proc = cli("pretrain", "--method", "swav", "--data", data, "--out", tmp_path / "pre", "--preset", "cpu",
                "--epochs", "1", code=2)
     assert "no export.json" in proc.stderr

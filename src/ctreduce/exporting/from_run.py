@@ -128,18 +128,20 @@ def export(
         bar = _progress(len(chosen) - reused, progress)
         ordered = (_in_order_ray(jobs, policy, writer.format, writer.stage, workers, ray_address)
                    if backend == "ray" else _in_order(jobs, policy, writer.format, writer.stage, workers))
-        results = zip(jobs, ordered, strict=True)
-        for vid, _ in groups:  # manifest order
-            if held[vid] is not None:
-                writer.add_volume(None, held[vid])
-                continue
-            (_, volume_id, rows, _), result = next(results)
+        order, k = [vid for vid, _ in groups], 0  # the rows go in manifest order, held volumes between those read
+        for (_, volume_id, rows, _), result in zip(jobs, ordered, strict=True):
+            while order[k] != volume_id:
+                writer.add_volume(None, held[order[k]])
+                k += 1
+            k += 1
             if isinstance(result, str):
                 errors.append({"volume_id": volume_id, "error": result})
             else:
                 writer.add_volume(*result)
             if bar is not None:
                 bar.update(int(rows["write"].sum()))
+        for vid in order[k:]:
+            writer.add_volume(None, held[vid])
         if bar is not None:
             bar.close()
         meta = writer.commit({

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .files import atomic_write, hidden_sibling, reserve, write_failed
+from .files import OutputError, atomic_write, hidden_sibling, reserve, write_failed
 
 SHARDS = "shards"
 VERSIONS = "versions"
@@ -61,6 +61,8 @@ def write_shard(folder: Path, stem: str, rows: np.ndarray) -> str:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OutputError):  # already one line naming the file (reserve)
+            raise
         raise write_failed(path, exc) from exc
     return name
 
