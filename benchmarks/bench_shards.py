@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,9 +58,10 @@ class MapDataset(Dataset):
         return torch.from_numpy(np.asarray(self.get(i)).copy())
 
 
-def time_loader(dataset: Dataset | IterableDataset, reads: int, shuffle: bool) -> float:
+def time_loader(dataset: Dataset | IterableDataset, reads: int, shuffle: bool, spawn: bool = False) -> float:
     """Images/s of a DataLoader with 2 workers over ``reads`` items (workers started before the clock)."""
-    loader = DataLoader(dataset, batch_size=32, shuffle=shuffle, num_workers=2, persistent_workers=False)
+    loader = DataLoader(dataset, batch_size=32, shuffle=shuffle, num_workers=2, persistent_workers=False,
+                        multiprocessing_context="spawn" if spawn else None)
     seen = 0
     start = None
     for batch in loader:
@@ -182,7 +182,6 @@ def wds_dataset(root: Path) -> IterableDataset:
 
 def main() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", message="lance is not fork-safe")  # each worker opens its own dataset
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=3000)
     parser.add_argument("--size", type=int, default=224)
@@ -222,7 +221,9 @@ def main() -> None:
             write(slices, root)
             write_s = time.perf_counter() - start
             iterable = module in ("webdataset",)
-            rate = time_loader(dataset(root), args.reads, shuffle=not iterable and module != "litdata")
+            # Lance is not fork-safe (its forked workers hang): spawned workers, as its warning advises.
+            rate = time_loader(dataset(root), args.reads, shuffle=not iterable and module != "litdata",
+                               spawn=module == "lance")
             size = folder_bytes(root.parent)  # with what a format keeps beside its files (HF: its Arrow cache)
             order = " (shuffle buffer)" if iterable else (" (shuffled chunks)" if module == "litdata" else "")
             print(f"| {label} | {len(slices) / write_s:,.0f} | {mb / write_s:,.0f} | {rate:,.0f}{order} | "

@@ -154,6 +154,7 @@ SLOW: dict[str, set[str]] = {
     "test_reduction_ray.py": {"test_ray_backend_matches_local_pool", "test_ray_backend_sweeps_and_errors",
                               "test_ray_export_matches_local_pool"},
     "test_store.py": {"test_pretrain_refuses_an_interrupted_npy_export", "test_pool_workers_end_with_their_parent"},
+    "test_export_shards.py": {"test_a_pretraining_run_records_the_export_version_it_trained_on"},
     "test_report.py": {"test_report_renders_in_chromium"},
     "test_cli.py": {"test_reduce_export_and_rerun", "test_report_command"},
 }

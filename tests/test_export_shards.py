@@ -193,3 +193,18 @@ def test_a_one_pass_export_stores_each_kept_slice_once(tmp_path):
     assert all(p.parent == run / "export" / "shards" for p in arrays)  # no second copy anywhere
     stored = sum(p.stat().st_size for p in arrays)
     assert pixels <= stored <= 1.3 * pixels
+
+
+def test_a_pretraining_run_records_the_export_version_it_trained_on(grown, tmp_path):
+    from ctreduce.config import make_pretrain_config
+    from ctreduce.ssl.pretrain import pretrain
+
+    run, _, first, _ = grown
+    export = run / "export"
+    summary = pretrain(make_pretrain_config({
+        "preset": "cpu", "backbone": "resnet18", "input_size": 16, "batch_size": 4, "epochs": 1, "max_steps": 1,
+        "num_workers": 0, "method": "moco", "data": str(export), "out": str(tmp_path / "pre")}))
+    recorded = summary["export"]
+    assert recorded["version"] == ExportStore.open(export).version == 2
+    assert recorded["slices"] == summary["dataset_slices"] == len(ExportStore.open(export, version=2).index)
+    assert recorded["slices"] > len(first.index)  # it trained on the grown export, not the first version

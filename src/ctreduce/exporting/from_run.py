@@ -78,7 +78,8 @@ def export(
     volumes that can no longer be read, or no longer match their manifest rows, are listed under
     ``errors``. ``workers`` volumes are read and written in parallel (the same output as one);
     ``backend="ray"`` runs them as Ray tasks (``ray_address`` or RAY_ADDRESS, else a local Ray
-    with ``workers`` CPUs; for PNG the export's parent folder must be shared with every node).
+    with ``workers`` CPUs; each task writes its volume's files, PNGs or an npy shard, so the export's parent folder
+    must be shared with every node).
     Every slice written is first compared with its manifest row (``store.fingerprint.first_mismatch``),
     as are the other slices of files whose stat changed: a volume that differs is not written.
     """
