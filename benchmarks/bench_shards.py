@@ -202,7 +202,7 @@ def main() -> None:
         ("Parquet via HF datasets", "datasets", hf_write, lambda r: MapDataset(len(slices), HfGet(r, args.size)),
          "by new Parquet files (load_dataset re-lists them; its Arrow cache is rebuilt)"),
         ("LitData", "litdata", litdata_write, lambda r: litdata_dataset(r, args.size),
-         "optimize(mode='append') rewrites index.json; chunks kept"),
+         "optimize(mode='append'), not tried here"),
         ("WebDataset", "webdataset", wds_write, wds_dataset, "yes: new tar shards (the list of URLs grows)"),
     ]
     print("| format | write (images/s) | write MiB/s | read in random order (images/s) | size on disk | appends |")
