@@ -6,7 +6,10 @@ Lance, and Parquet through Hugging Face ``datasets``. For each: write throughput
 DataLoader with 2 workers drawing slices in random order, size on disk, and whether the format appends new
 data without rewriting what it holds. A format that is not installed is reported as skipped.
 
-Usage: python benchmarks/bench_shards.py [--slices 3000] [--size 224] [--reads 3000]
+Then the store itself: a one-pass ``reduce --export npy`` of ``--series`` DICOM series, the run folder's size against
+the kept pixels plus the tables, and ``--added`` series more with the same command (earlier shards untouched?).
+
+Usage: python benchmarks/bench_shards.py [--slices 3000] [--size 224] [--reads 3000] [--series 100] [--added 10]
 """
 
 from __future__ import annotations
@@ -180,16 +183,49 @@ def wds_dataset(root: Path) -> IterableDataset:
             .decode().to_tuple("npy").map(lambda t: torch.from_numpy(t[0])))
 
 
-def main() -> None:
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=3000)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--reads", type=int, default=3000)
-    args = parser.parse_args()
-    print(f"{cpu_model()}; {load_line()}")
-    print("versions:", versions(["ctreduce", "numpy", "pyarrow", "torch", "pylance", "datasets", "litdata",
-                                 "webdataset"]))
+def growth(series: int, added: int, work: Path) -> None:
+    """A one-pass ``reduce --export npy`` of ``series`` DICOM series (100 slices of 64 px): the run folder against
+    the kept pixels plus the tables; then ``added`` series more and the same command again."""
+    import ctreduce
+    from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
+    from ctreduce.store.export import ExportStore
+
+    def write(seeds: range) -> None:
+        for seed in seeds:
+            hu, spacing = make_phantom(n_slices=100, size=64, slice_thickness=2.5, seed=seed)
+            write_dicom_series(hu, spacing, work / "in" / f"s{seed:05d}", seed=seed)
+
+    def shards(run: Path) -> dict[str, tuple[int, int, int]]:
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+                for p in (run / "export" / "shards").glob("*.npy")}
+
+    write(range(series))
+    run = work / "run"
+    start = time.perf_counter()
+    ctreduce.reduce(work / "in", run, export="npy", export_size=64, workers=2)
+    first_s = time.perf_counter() - start
+    store = ExportStore.open(run / "export")
+    pixels = len(store.index) * 64 * 64
+    total = folder_bytes(run)
+    arrays = sum(size for _, _, size in shards(run).values())
+    tables = total - arrays
+    print(f"\none pass, {series} series x 100 slices of 64 px, 2 workers: {first_s:.1f} s; "
+          f"run folder {total / 2**20:.1f} MiB = {arrays / 2**20:.1f} MiB of shards ({len(store.index)} kept slices, "
+          f"{pixels / 2**20:.1f} MiB of pixels) + {tables / 2**20:.1f} MiB of tables: "
+          f"{total / (pixels + tables):.3f}x the kept pixels plus the tables")
+    before = shards(run)
+    write(range(series, series + added))
+    start = time.perf_counter()
+    ctreduce.reduce(work / "in", run, export="npy", export_size=64, workers=2)
+    grow_s = time.perf_counter() - start
+    after = shards(run)
+    untouched = sum(after.get(name) == stat for name, stat in before.items())
+    print(f"{added} series added, same command: {grow_s:.1f} s; {untouched} of {len(before)} earlier shards untouched "
+          f"(inode, mtime, size), {len(after) - len(before)} new; version {ExportStore.open(run / 'export').version}")
+
+
+def compare(args: argparse.Namespace, work: Path) -> None:
+    """The formats side by side on the same slices."""
     slices = make_slices(args.slices, args.size)
     mb = slices.nbytes / 2**20
     print(f"{len(slices)} slices of {args.size} px uint8 ({mb:.0f} MiB of pixels), {VOLUME} a volume; "
@@ -207,28 +243,46 @@ def main() -> None:
     ]
     print("| format | write (images/s) | write MiB/s | read in random order (images/s) | size on disk | appends |")
     print("|---|---|---|---|---|---|")
+    for label, module, write, dataset, appends in candidates:
+        try:
+            __import__(module)
+        except ImportError:
+            print(f"| {label} | skipped: not installed | | | | |")
+            continue
+        root = work / module / "data"
+        root.parent.mkdir(parents=True)
+        start = time.perf_counter()
+        write(slices, root)
+        write_s = time.perf_counter() - start
+        iterable = module in ("webdataset",)
+        # Lance is not fork-safe (its forked workers hang): spawned workers, as its warning advises.
+        rate = time_loader(dataset(root), args.reads, shuffle=not iterable and module != "litdata",
+                           spawn=module == "lance")
+        size = folder_bytes(root.parent)  # with what a format keeps beside its files (HF: its Arrow cache)
+        order = " (shuffle buffer)" if iterable else (" (shuffled chunks)" if module == "litdata" else "")
+        print(f"| {label} | {len(slices) / write_s:,.0f} | {mb / write_s:,.0f} | {rate:,.0f}{order} | "
+              f"{size / 2**20:.0f} MiB ({size / slices.nbytes:.2f}x) | {appends} |", flush=True)
+        shutil.rmtree(work / module, ignore_errors=True)
+
+
+def main() -> None:
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=3000, help="format comparison: slices (0: skip)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--reads", type=int, default=3000)
+    parser.add_argument("--series", type=int, default=100, help="growth part: series in the archive (0: skip)")
+    parser.add_argument("--added", type=int, default=10, help="growth part: series added before the rerun")
+    args = parser.parse_args()
+    print(f"{cpu_model()}; {load_line()}")
+    print("versions:", versions(["ctreduce", "numpy", "pyarrow", "torch", "pylance", "datasets", "litdata",
+                                 "webdataset"]))
     work = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     try:
-        for label, module, write, dataset, appends in candidates:
-            try:
-                __import__(module)
-            except ImportError:
-                print(f"| {label} | skipped: not installed | | | | |")
-                continue
-            root = work / module / "data"
-            root.parent.mkdir(parents=True)
-            start = time.perf_counter()
-            write(slices, root)
-            write_s = time.perf_counter() - start
-            iterable = module in ("webdataset",)
-            # Lance is not fork-safe (its forked workers hang): spawned workers, as its warning advises.
-            rate = time_loader(dataset(root), args.reads, shuffle=not iterable and module != "litdata",
-                               spawn=module == "lance")
-            size = folder_bytes(root.parent)  # with what a format keeps beside its files (HF: its Arrow cache)
-            order = " (shuffle buffer)" if iterable else (" (shuffled chunks)" if module == "litdata" else "")
-            print(f"| {label} | {len(slices) / write_s:,.0f} | {mb / write_s:,.0f} | {rate:,.0f}{order} | "
-                  f"{size / 2**20:.0f} MiB ({size / slices.nbytes:.2f}x) | {appends} |", flush=True)
-            shutil.rmtree(work / module, ignore_errors=True)
+        if args.slices:
+            compare(args, work)
+        if args.series:
+            growth(args.series, args.added, work / "growth")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average now: {os.getloadavg()[0]:.2f}")
