@@ -208,3 +208,13 @@ def test_a_pretraining_run_records_the_export_version_it_trained_on(grown, tmp_p
     assert recorded["version"] == ExportStore.open(export).version == 2
     assert recorded["slices"] == summary["dataset_slices"] == len(ExportStore.open(export, version=2).index)
     assert recorded["slices"] > len(first.index)  # it trained on the grown export, not the first version
+
+
+def test_an_npy_export_of_the_older_layout_is_refused_with_what_to_do(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "export.json").write_text('{"schema": 2, "complete": true, "format": "npy", "size": 8, "slices": 3}')
+    pd.DataFrame({"row": [0, 1, 2]}).to_parquet(old / "index.parquet")
+    np.save(old / "slices.npy", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(ExportError, match="written by an older ctreduce .*export it again with --overwrite"):
+        ExportStore.open(old)

@@ -315,6 +315,9 @@ class ExportStore:
                               "loaded: CTREDUCE_PLUGINS or an installed entry point)") from exc
 
     def _check(self) -> None:
+        if self._format().appends and "version" not in self.meta:
+            raise ExportError(f"{self.root}: an {self.format} export written by an older ctreduce (one array, no "
+                              "shards); export it again with --overwrite")
         n = int(self.meta.get("slices", -1))
         if len(self.index) != n:
             raise ExportError(f"{self.root}: {self.meta.get('index', INDEX)} has {len(self.index)} rows but {META} "
