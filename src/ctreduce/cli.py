@@ -236,7 +236,8 @@ def export(
                                                          "arrays) or a plug-in's format.")] = "png",
     size: Annotated[int, typer.Option(help="npy: side of the square slices (aspect kept by padding).")] = 224,
     intensity: Annotated[str | None, typer.Option(help="Override the run's intensity policy.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing export in --out, whole.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export in --out, whole (an npy export of "
+                                                 "the same run and settings grows instead).")] = False,
     allow_changed: Annotated[bool, typer.Option(help="Export even if sources changed since they were reduced "
                                                      "(recorded in export.json).")] = False,
     allow_incomplete: Annotated[bool, typer.Option(help="Export an interrupted run's finished volumes "
