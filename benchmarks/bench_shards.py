@@ -9,7 +9,7 @@ data without rewriting what it holds. A format that is not installed is reported
 Then the store itself: a one-pass ``reduce --export npy`` of ``--series`` DICOM series, the run folder's size against
 the kept pixels plus the tables, and ``--added`` series more with the same command (earlier shards untouched?).
 
-Usage: python benchmarks/bench_shards.py [--slices 3000] [--size 224] [--reads 3000] [--series 100] [--added 10]
+Usage: python benchmarks/bench_shards.py [--slices 3000] [--size 224] [--reads 3000] [--series 100] [--added 10] [--method hash]
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def wds_dataset(root: Path) -> IterableDataset:
             .decode().to_tuple("npy").map(lambda t: torch.from_numpy(t[0])))
 
 
-def growth(series: int, added: int, work: Path) -> None:
+def growth(series: int, added: int, method: str, work: Path) -> None:
     """A one-pass ``reduce --export npy`` of ``series`` DICOM series (100 slices of 64 px): the run folder against
     the kept pixels plus the tables; then ``added`` series more and the same command again."""
     import ctreduce
@@ -202,21 +202,21 @@ def growth(series: int, added: int, work: Path) -> None:
     write(range(series))
     run = work / "run"
     start = time.perf_counter()
-    ctreduce.reduce(work / "in", run, export="npy", export_size=64, workers=2)
+    ctreduce.reduce(work / "in", run, method=method, export="npy", export_size=64, workers=2)
     first_s = time.perf_counter() - start
     store = ExportStore.open(run / "export")
     pixels = len(store.index) * 64 * 64
     total = folder_bytes(run)
     arrays = sum(size for _, _, size in shards(run).values())
     tables = total - arrays
-    print(f"\none pass, {series} series x 100 slices of 64 px, 2 workers: {first_s:.1f} s; "
+    print(f"\none pass ({method}), {series} series x 100 slices of 64 px, 2 workers: {first_s:.1f} s; "
           f"run folder {total / 2**20:.1f} MiB = {arrays / 2**20:.1f} MiB of shards ({len(store.index)} kept slices, "
           f"{pixels / 2**20:.1f} MiB of pixels) + {tables / 2**20:.1f} MiB of tables: "
           f"{total / (pixels + tables):.3f}x the kept pixels plus the tables")
     before = shards(run)
     write(range(series, series + added))
     start = time.perf_counter()
-    ctreduce.reduce(work / "in", run, export="npy", export_size=64, workers=2)
+    ctreduce.reduce(work / "in", run, method=method, export="npy", export_size=64, workers=2)
     grow_s = time.perf_counter() - start
     after = shards(run)
     untouched = sum(after.get(name) == stat for name, stat in before.items())
@@ -273,6 +273,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=3000)
     parser.add_argument("--series", type=int, default=100, help="growth part: series in the archive (0: skip)")
     parser.add_argument("--added", type=int, default=10, help="growth part: series added before the rerun")
+    parser.add_argument("--method", default="hash", help="growth part: the reduction (all: every slice kept)")
     args = parser.parse_args()
     print(f"{cpu_model()}; {load_line()}")
     print("versions:", versions(["ctreduce", "numpy", "pyarrow", "torch", "pylance", "datasets", "litdata",
@@ -282,7 +283,7 @@ def main() -> None:
         if args.slices:
             compare(args, work)
         if args.series:
-            growth(args.series, args.added, work / "growth")
+            growth(args.series, args.added, args.method, work / "growth")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nload average now: {os.getloadavg()[0]:.2f}")
