@@ -9,7 +9,8 @@ data without rewriting what it holds. A format that is not installed is reported
 Then the store itself: a one-pass ``reduce --export npy`` of ``--series`` DICOM series, the run folder's size against
 the kept pixels plus the tables, and ``--added`` series more with the same command (earlier shards untouched?).
 
-Usage: python benchmarks/bench_shards.py [--slices 3000] [--size 224] [--reads 3000] [--series 100] [--added 10] [--method hash]
+Usage: python benchmarks/bench_shards.py [--slices 3000] [--size 224] [--reads 3000]
+                                          [--series 100] [--added 10] [--method hash]
 """
 
 from __future__ import annotations
