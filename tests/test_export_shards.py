@@ -218,3 +218,16 @@ def test_an_npy_export_of_the_older_layout_is_refused_with_what_to_do(tmp_path):
     np.save(old / "slices.npy", np.zeros((3, 8, 8), np.uint8))
     with pytest.raises(ExportError, match="written by an older ctreduce .*export it again with --overwrite"):
         ExportStore.open(old)
+
+
+def test_compact_is_refused_where_it_cannot_work(tmp_path):
+    add_series(tmp_path / "in", range(2))
+    ctreduce.reduce(tmp_path / "in", tmp_path / "run")
+    ctreduce.export(tmp_path / "run", tmp_path / "png")
+    runner = CliRunner()
+    missing = runner.invoke(app, ["export", "--out", str(tmp_path / "png")])
+    assert missing.exit_code == 2 and "give the RUN folder to export (or --compact" in missing.output
+    png = runner.invoke(app, ["export", "--compact", "--out", str(tmp_path / "png")])
+    assert png.exit_code == 2 and "a png export is written whole; only an npy export is compacted" in png.output
+    none = runner.invoke(app, ["export", "--compact", "--out", str(tmp_path / "nothing")])
+    assert none.exit_code == 2 and "no such export folder" in none.output
