@@ -13,6 +13,7 @@ from PIL import Image
 
 import ctreduce
 from ctreduce.reduction import backends, plan
+from ctreduce.store.export import ExportStore
 from ctreduce.store.run import RunConflict
 
 COLUMNS = ["volume_id", "source", "slice_index", "z_mm", "kept", "leader", "distance", "method",
@@ -110,7 +111,7 @@ def test_a_single_large_series_is_read_by_every_worker_with_the_same_result(tmp_
     two = ctreduce.reduce(tmp_path / "in", tmp_path / "w2", workers=2, export="npy", export_size=32).manifest
     pd.testing.assert_frame_equal(one, two)
     kept = np.flatnonzero(one["kept"])
-    exported = np.load(tmp_path / "w2" / "export" / "slices.npy")
+    exported = ExportStore.open(tmp_path / "w2" / "export").array()
     expected = np.stack([reference_uint8(hu[k]) for k in kept])
     assert exported.shape == (len(kept), 32, 32) and (exported == expected).all()
 

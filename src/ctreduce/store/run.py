@@ -13,8 +13,8 @@ Layout (``DIR``)::
                        pre-training run's summary.json describes its training: ``store.pretrain``)
     headers.parquet    the DICOM header (or skip reason) of every file scanned, with its size and mtime:
                        a rerun reads again only the files that changed (a cache: deleting it is safe)
-    export-parts/      reduce --export: each volume's exported slices, assembled into the export
-    export/            reduce --export: the export (unless --export-out puts it elsewhere)
+    export-parts/      reduce --export png: each volume's PNGs, hard-linked into the export
+    export/            reduce --export: the export (unless --export-out puts it elsewhere; npy: its shards)
     .lock              held while a process writes the folder
 
 Schema 2 (this version) adds input fingerprints and names the score column for what it holds
