@@ -219,10 +219,12 @@ def test_a_node_that_does_not_see_an_output_folder_is_named_before_any_volume_is
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {out / 'parts'}: not seen by Ray node ")
     assert "the run folder" in done.stderr and not any((out / "parts").iterdir())  # nothing reduced
 
-    # PNG files are written by every node: the export's folder must be shared; npy's are written here
-    done = _ctreduce(cluster, "export", str(local_run), "--format", "png", "--out", str(cluster.unshared / "png"),
-                     code=2)
-    assert "not seen by Ray node" in done.stderr and "the export's parent folder" in done.stderr
-    assert not (cluster.unshared / "png").exists()
-    _ctreduce(cluster, "export", str(local_run), "--format", "npy", "--out", str(cluster.unshared / "npy"))
-    assert ExportStore.open(cluster.unshared / "npy").meta["errors"] == []
+    # PNG files and npy shards are written by every node: the export's folder must be shared
+    for fmt in ("png", "npy"):
+        done = _ctreduce(cluster, "export", str(local_run), "--format", fmt, "--out", str(cluster.unshared / fmt),
+                         code=2)
+        assert "not seen by Ray node" in done.stderr and "the export's parent folder" in done.stderr
+        assert not (cluster.unshared / fmt).exists()
+    shared = cluster.unshared.parent / "npy-shared"  # seen by every node: the same export works
+    _ctreduce(cluster, "export", str(local_run), "--format", "npy", "--out", str(shared))
+    assert ExportStore.open(shared).meta["errors"] == []
