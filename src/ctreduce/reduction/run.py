@@ -36,6 +36,7 @@ from ..store.run import RunFolder
 from .archive import archive_scope
 from .backends import run_volumes
 from .plan import Plan, identity, input_paths, method_of, plan, sweep
+from .read_once import slice_hasher
 from .selection import empty_manifest, kept_column, resolve_target
 from .verify import still_valid
 from .worker import Outputs
@@ -117,8 +118,11 @@ def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: 
             return unchanged
     # A rerun reads only the headers of files that changed since the last scan.
     cache = run.header_cache() if run is not None and not options.overwrite else None
+    # Each DICOM file opened once (header and pixels) for a per-slice method; not for Ray, whose scan runs
+    # in the driver, nor when --verify reads every finished volume again anyway.
+    slices = slice_hasher(config) if options.backend == "local" and not options.verify else None
     planned = plan(paths, listing, config, header_cache=cache,
-                   workers=options.workers if options.backend == "local" else 1, start=t0)
+                   workers=options.workers if options.backend == "local" else 1, start=t0, slices=slices)
     del cache, listing
     with run.lock() if run is not None else nullcontext():
         manifest, summary = _reduce(planned, run, options, export.parts if export is not None else None, t0)
@@ -183,7 +187,8 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
     try:
         outputs = Outputs(run.parts, export) if run is not None else None
         for result in run_volumes(todo, planned.volume_config, workers=options.workers, backend=options.backend,
-                                  ray_address=options.ray_address, outputs=outputs, verify=set(recheck)):
+                                  ray_address=options.ray_address, outputs=outputs, verify=set(recheck),
+                                  read=found.read):
             if result.verified == "" and recheck[result.volume_id]:
                 moved.append(result.volume_id)
             elif result.verified:

@@ -1,0 +1,109 @@
+"""Read once: each DICOM file's header and pixels from one open, its slice hashed as it is read.
+
+For a method whose decisions need only per-slice hashes (``Method.per_slice``: hash, all, every-n) the scan
+(``io.discover.scan(slices=...)``) opens every DICOM file once, in its worker processes and in whatever order
+files come, reads its header and its pixels, and computes there what the selection needs of that slice
+(:class:`SliceHasher`: the pixel digest, the dHash and the method's hash). Series are then grouped and ordered
+from the headers as always, and :func:`reduce_read` runs the greedy rule on the ordered hashes: no file is read
+again for the decisions. ``reduce --export`` reads the kept slices again (kept slices only; every slice for
+``all``), each checked against the digest of its first read.
+
+A volume the scan could not read whole this way (a multi-frame file, a header from the run folder's cache, a
+slice whose pixels cannot be read, slices of several HU dtypes) is read by its worker as before.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import ReduceConfig
+from ..core.dhash import is_dhash
+from ..io.discover import ReadSlices, load
+from ..io.intensity import Intensity
+from ..io.volume import Volume, VolumeSource
+from ..store.fingerprint import ALGORITHM, Fingerprint, slice_digest, slice_digests
+from ..store.run import write_part
+from . import hashing
+from .measures import HashMeasure
+from .plan import method_of
+from .selection import SliceHashes, volume_frame
+from .worker import Outputs, VolumeResult, errors_returned, process_source
+
+_DIGEST = 8  # bytes of a slice digest (``store.fingerprint``: 64-bit xxh3 or BLAKE2b)
+_DHASH = 8  # bytes of a 64-bit dHash
+
+
+@dataclass(frozen=True)
+class SliceHasher:
+    """What the scan computes from each slice's HU values for a ``per_slice`` method (``io.discover.SliceFunction``):
+    the slice's pixel digest, its 64-bit dHash and, for a hash measure that is not the 8x8 dHash, its own hash,
+    all of the 8-bit image ``intensity`` makes of it."""
+
+    intensity: str
+    hash_kind: str | None = None  # a hash measure's; None for a selector (or when its hash is the dHash)
+    hash_size: int = 8
+    algorithm: str = ALGORITHM
+
+    @property
+    def nbytes(self) -> int:
+        return _DIGEST + _DHASH + (-(-self.hash_size ** 2 // 8) if self.hash_kind else 0)
+
+    def __call__(self, hu: np.ndarray) -> np.ndarray:
+        u8 = Intensity.parse(self.intensity).to_uint8(hu)[None]
+        digest = bytes.fromhex(slice_digest(hu, self.algorithm).partition(":")[2])
+        parts = [np.frombuffer(digest, dtype=np.uint8), hashing.pack(hashing.dhash_bits(u8))[0]]
+        if self.hash_kind:
+            parts.append(hashing.pack(hashing.hash_bits(u8, self.hash_kind, self.hash_size))[0])
+        return np.concatenate(parts)
+
+    def unpack(self, features: np.ndarray) -> tuple[list[str], SliceHashes]:
+        """The digests and hashes of a volume's slices from their (slices, ``nbytes``) features."""
+        digests = [f"{self.algorithm}:{row.tobytes().hex()}" for row in features[:, :_DIGEST]]
+        dhash = features[:, _DIGEST:_DIGEST + _DHASH]
+        packed = features[:, _DIGEST + _DHASH:] if self.hash_kind else dhash
+        return digests, SliceHashes(np.ascontiguousarray(packed), hashing.hex_of_packed(dhash, 64))
+
+
+def slice_hasher(config: ReduceConfig) -> SliceHasher | None:
+    """What the scan computes per slice for ``config``'s method, or None when the method needs the ordered
+    volume's images (``Method.per_slice`` is False: its workers read each volume)."""
+    method = method_of(config)
+    if not method.per_slice:
+        return None
+    if isinstance(method, HashMeasure) and not is_dhash(method.hash_kind, method.hash_size):
+        return SliceHasher(config.intensity, method.hash_kind, method.hash_size)
+    return SliceHasher(config.intensity)
+
+
+def reduce_read(source: VolumeSource, read: ReadSlices, config: ReduceConfig,
+                outputs: Outputs | None = None) -> VolumeResult:
+    """Reduce a volume whose slices the scan read and hashed (``read``): the greedy rule on the ordered hashes,
+    its manifest part written and, with an export, its kept slices read again and written (reduced again
+    from a whole read, ``process_source``, when one of them changed since the scan). Never raises for bad
+    data, as ``process_source``."""
+    start = time.perf_counter()
+    hasher = slice_hasher(config)
+    assert hasher is not None and read.features.shape == (source.n_slices, hasher.nbytes)
+    before = Fingerprint.of(source, stats={p: (int(s), int(m)) for p, (s, m) in zip(source.paths, read.stats,
+                                                                                      strict=True)})
+    with errors_returned(source, outputs, start) as result:
+        digests, hashes = hasher.unpack(read.features)
+        volume = Volume(source.volume_id, np.empty((source.n_slices, 0, 0), dtype=np.int16), source.spacing,
+                        np.asarray(source.z_mm, dtype=np.float64), source.paths, modality=source.modality,
+                        series_uid=source.series_uid, format="dicom", warnings=list(source.warnings))
+        frame = volume_frame(volume, config, digests=digests, hashes=hashes)
+        if outputs is not None and outputs.export is not None:
+            kept = np.flatnonzero(frame["kept"].to_numpy())
+            again = load(source, kept)
+            if slice_digests(again.hu) != [digests[k] for k in kept]:  # changed since the scan read it
+                return process_source(source, config, outputs)
+            outputs.export.write(source.volume_id, again.slice_index,
+                                 Intensity.parse(config.intensity).to_uint8(again.hu))
+        if outputs is not None:
+            write_part(outputs.parts, source.volume_id, frame)
+        result.append(VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
+                                   warnings=volume.warnings, fingerprint=before))
+    return result[0]
