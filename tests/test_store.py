@@ -225,11 +225,11 @@ def interrupt_after_two_volumes(monkeypatch) -> None:
     real = backends.process_source
     count = []
 
-    def stop_after_two(source, config, outputs=None):
+    def stop_after_two(source, config, outputs=None, read=None):
         if len(count) == 2:
             raise KeyboardInterrupt
         count.append(1)
-        return real(source, config, outputs)
+        return real(source, config, outputs, read)
 
     monkeypatch.setattr(backends, "process_source", stop_after_two)
 

@@ -23,7 +23,6 @@ from ..io.intensity import Intensity
 from ..io.volume import Volume, VolumeSource
 from ..store.fingerprint import Fingerprint, slice_digests
 from .plan import method_of
-from .read_once import reduce_read
 from .worker import Outputs, VolumeResult, errors_returned, finish, process_source, verify_source
 
 
@@ -31,7 +30,7 @@ def run_volumes(todo: list[VolumeSource], config: ReduceConfig, *, workers: int,
                 ray_address: str | None, outputs: Outputs | None, verify: set[str],
                 read: dict[str, ReadSlices] | None = None) -> Iterator[VolumeResult]:
     """Reduce ``todo`` (those in ``verify``: read again and compared with their parts, ``verify_source``;
-    those whose slices the scan read, ``read`` by first path: from what it computed, ``read_once``)."""
+    those whose slices the scan read, ``read`` by first path: from what it computed, ``process_source``)."""
     if backend == "ray":
         return _run_ray(todo, config, workers, ray_address, outputs, verify)
     return _run_pool(todo, config, workers, outputs, verify, read or {})
@@ -89,11 +88,11 @@ def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
 def _job(source: VolumeSource, config: ReduceConfig, parts: Outputs | None, verify: set[str],
          read: dict[str, ReadSlices]) -> tuple:
     """What a worker runs for ``source``, and its arguments: verify it against its part (``verify_source``),
-    reduce it from what the scan read of it (``reduce_read``), or read and reduce it."""
+    or reduce it (from what the scan read of it, when it did: ``read``)."""
     if source.volume_id in verify:
         return verify_source, source, config, parts
     if source.paths and source.paths[0] in read:
-        return reduce_read, source, read[source.paths[0]], config, parts
+        return process_source, source, config, parts, read[source.paths[0]]
     return process_source, source, config, parts
 
 

@@ -4,7 +4,7 @@ For a method whose decisions need only per-slice hashes (``Method.per_slice``: h
 (``io.discover.scan(slices=...)``) opens every DICOM file once, in its worker processes and in whatever order
 files come, reads its header and its pixels, and computes there what the selection needs of that slice
 (:class:`SliceHasher`: the pixel digest, the dHash and the method's hash). Series are then grouped and ordered
-from the headers as always, and :func:`reduce_read` runs the greedy rule on the ordered hashes: no file is read
+from the headers as always, and ``worker.process_source`` runs the greedy rule on the ordered hashes: no file is read
 again for the decisions. ``reduce --export`` reads the kept slices again (kept slices only; every slice for
 ``all``), each checked against the digest of its first read.
 
@@ -14,23 +14,18 @@ slice whose pixels cannot be read, slices of several HU dtypes) is read by its w
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import ReduceConfig
 from ..core.dhash import is_dhash
-from ..io.discover import ReadSlices, load
 from ..io.intensity import Intensity
-from ..io.volume import Volume, VolumeSource
-from ..store.fingerprint import ALGORITHM, Fingerprint, slice_digest, slice_digests
-from ..store.run import write_part
+from ..store.fingerprint import ALGORITHM, slice_digest
 from . import hashing
 from .measures import HashMeasure
 from .plan import method_of
-from .selection import SliceHashes, volume_frame
-from .worker import Outputs, VolumeResult, errors_returned, process_source
+from .selection import SliceHashes
 
 _DIGEST = 8  # bytes of a slice digest (``store.fingerprint``: 64-bit xxh3 or BLAKE2b)
 _DHASH = 8  # bytes of a 64-bit dHash
@@ -76,34 +71,3 @@ def slice_hasher(config: ReduceConfig) -> SliceHasher | None:
     if isinstance(method, HashMeasure) and not is_dhash(method.hash_kind, method.hash_size):
         return SliceHasher(config.intensity, method.hash_kind, method.hash_size)
     return SliceHasher(config.intensity)
-
-
-def reduce_read(source: VolumeSource, read: ReadSlices, config: ReduceConfig,
-                outputs: Outputs | None = None) -> VolumeResult:
-    """Reduce a volume whose slices the scan read and hashed (``read``): the greedy rule on the ordered hashes,
-    its manifest part written and, with an export, its kept slices read again and written (reduced again
-    from a whole read, ``process_source``, when one of them changed since the scan). Never raises for bad
-    data, as ``process_source``."""
-    start = time.perf_counter()
-    hasher = slice_hasher(config)
-    assert hasher is not None and read.features.shape == (source.n_slices, hasher.nbytes)
-    before = Fingerprint.of(source, stats={p: (int(s), int(m)) for p, (s, m) in zip(source.paths, read.stats,
-                                                                                      strict=True)})
-    with errors_returned(source, outputs, start) as result:
-        digests, hashes = hasher.unpack(read.features)
-        volume = Volume(source.volume_id, np.empty((source.n_slices, 0, 0), dtype=np.int16), source.spacing,
-                        np.asarray(source.z_mm, dtype=np.float64), source.paths, modality=source.modality,
-                        series_uid=source.series_uid, format="dicom", warnings=list(source.warnings))
-        frame = volume_frame(volume, config, digests=digests, hashes=hashes)
-        if outputs is not None and outputs.export is not None:
-            kept = np.flatnonzero(frame["kept"].to_numpy())
-            again = load(source, kept)
-            if slice_digests(again.hu) != [digests[k] for k in kept]:  # changed since the scan read it
-                return process_source(source, config, outputs)
-            outputs.export.write(source.volume_id, again.slice_index,
-                                 Intensity.parse(config.intensity).to_uint8(again.hu))
-        if outputs is not None:
-            write_part(outputs.parts, source.volume_id, frame)
-        result.append(VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
-                                   warnings=volume.warnings, fingerprint=before))
-    return result[0]
