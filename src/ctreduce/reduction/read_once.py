@@ -14,20 +14,19 @@ slice whose pixels cannot be read, slices of several HU dtypes) is read by its w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import ReduceConfig
 from ..core.dhash import is_dhash
 from ..io.intensity import Intensity
-from ..store.fingerprint import ALGORITHM, slice_digest
+from ..store import fingerprint
 from . import hashing
 from .measures import HashMeasure
 from .plan import method_of
 from .selection import SliceHashes
 
-_DIGEST = 8  # bytes of a slice digest (``store.fingerprint``: 64-bit xxh3 or BLAKE2b)
 _DHASH = 8  # bytes of a 64-bit dHash
 
 
@@ -40,15 +39,20 @@ class SliceHasher:
     intensity: str
     hash_kind: str | None = None  # a hash measure's; None for a selector (or when its hash is the dHash)
     hash_size: int = 8
-    algorithm: str = ALGORITHM
+    # of the pixel digests: the one this process records (``store.fingerprint.ALGORITHM``)
+    algorithm: str = field(default_factory=lambda: fingerprint.ALGORITHM)
+
+    @property
+    def digest_bytes(self) -> int:
+        return fingerprint.ALGORITHMS[self.algorithm]().digest_size
 
     @property
     def nbytes(self) -> int:
-        return _DIGEST + _DHASH + (-(-self.hash_size ** 2 // 8) if self.hash_kind else 0)
+        return self.digest_bytes + _DHASH + (-(-self.hash_size ** 2 // 8) if self.hash_kind else 0)
 
     def __call__(self, hu: np.ndarray) -> np.ndarray:
         u8 = Intensity.parse(self.intensity).to_uint8(hu)[None]
-        digest = bytes.fromhex(slice_digest(hu, self.algorithm).partition(":")[2])
+        digest = bytes.fromhex(fingerprint.slice_digest(hu, self.algorithm).partition(":")[2])
         parts = [np.frombuffer(digest, dtype=np.uint8), hashing.pack(hashing.dhash_bits(u8))[0]]
         if self.hash_kind:
             parts.append(hashing.pack(hashing.hash_bits(u8, self.hash_kind, self.hash_size))[0])
@@ -56,9 +60,10 @@ class SliceHasher:
 
     def unpack(self, features: np.ndarray) -> tuple[list[str], SliceHashes]:
         """The digests and hashes of a volume's slices from their (slices, ``nbytes``) features."""
-        digests = [f"{self.algorithm}:{row.tobytes().hex()}" for row in features[:, :_DIGEST]]
-        dhash = features[:, _DIGEST:_DIGEST + _DHASH]
-        packed = features[:, _DIGEST + _DHASH:] if self.hash_kind else dhash
+        at = self.digest_bytes
+        digests = [f"{self.algorithm}:{row.tobytes().hex()}" for row in features[:, :at]]
+        dhash = features[:, at:at + _DHASH]
+        packed = features[:, at + _DHASH:] if self.hash_kind else dhash
         return digests, SliceHashes(np.ascontiguousarray(packed), hashing.hex_of_packed(dhash, 64))
 
 
