@@ -116,7 +116,8 @@ def test_resume_reduces_again_a_volume_whose_journal_line_has_no_part(archive, t
         ctreduce.reduce(archive, run)
     (run / "parts" / part_name(done[0])).unlink()  # its journal line stays
     reduced = []
-    monkeypatch.setattr(backends, "process_source", lambda s, c, o=None, r=None: reduced.append(s.volume_id) or real(s, c, o, r))
+    monkeypatch.setattr(backends, "process_source",
+                        lambda s, c, o=None, r=None: reduced.append(s.volume_id) or real(s, c, o, r))
     result = ctreduce.reduce(archive, run)
     manifest = result.manifest
     assert sorted(reduced) == sorted({*manifest["volume_id"]} - {done[1]})
