@@ -141,19 +141,26 @@ def header_of(path: str, ds: Any, pixels: str) -> DicomHeader:
         problems.append(pixels)
     return DicomHeader(
         path=path,
-        series_uid=uid,
-        modality=_text(ds, "Modality").upper(),
+        series_uid=_shared(uid),
+        modality=_shared(_text(ds, "Modality").upper()),
         position=position,  # type: ignore[arg-type]
-        orientation=orientation,
-        pixel_spacing=spacing,  # type: ignore[arg-type]
-        rows=rows,
-        cols=cols,
+        orientation=_shared(orientation),
+        pixel_spacing=_shared(spacing),  # type: ignore[arg-type]
+        rows=_shared(rows),
+        cols=_shared(cols),
         frames=frames,
         sop_uid=_text(ds, "SOPInstanceUID"),
         problem=problems[0] if problems else "",
         multiframe=multiframe,
         frame_positions=frame_positions,
     )
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _shared(value: Any) -> Any:
+    """One object for equal values that a series' files repeat (its UID, orientation, spacing, size): fewer
+    objects held per file, and a batch of headers pickled from a worker to the scan carries each once."""
+    return value
 
 
 _SYNTAX_ENCODING = {  # transfer syntax -> (implicit VR, little endian) of the dataset after the file meta

@@ -213,13 +213,17 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
             bar.close()
     reduce_seconds = time.perf_counter() - t1
 
-    manifest = _manifest(planned, frames, run)
+    table = _manifest(planned, frames, run)
+    del frames  # their buffers are the table's
+    manifest = table.to_pandas()
     fractions = {t: float(manifest[kept_column(t)].mean()) for t in sweep(config)
                  if kept_column(t) in manifest.columns} if not manifest.empty else {}
     manifest, target = resolve_target(manifest, config)
     scope = None
     if config.scope == "archive" and not interrupted and all(s.volume_id in entries for s in found.volumes):
         manifest, scope = archive_scope(manifest, int(config.threshold))  # type: ignore[arg-type]
+    if target is not None or scope is not None:
+        table = None  # the rows changed: written from the DataFrame
     if planned.fitted:
         target = {"target_fraction": config.target_fraction, **planned.fitted,
                   "kept_fraction": float(manifest["kept"].mean()) if len(manifest) else 0.0}
@@ -240,7 +244,7 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
         summary["target"] = target
     if run is not None:
         try:
-            run.write_results(manifest, found.volumes, fingerprints, summary, options.csv)
+            run.write_results(manifest, found.volumes, fingerprints, summary, options.csv, arrow=table)
         except DiskFull as exc:
             full = full or exc
     if full is not None:
@@ -258,7 +262,7 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="vol", desc="reduce", file=sys.stderr)
 
 
-def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None) -> pd.DataFrame:
+def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None) -> pa.Table:
     """Every volume's rows in input order: those reduced now, and the parts of those done before."""
     ordered = []
     for source in planned.found.volumes:
@@ -268,8 +272,8 @@ def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None)
         if table is not None:
             ordered.append(table)
     if not ordered:
-        return empty_manifest()
-    return pa.concat_tables(ordered, promote_options="default").to_pandas()
+        return pa.Table.from_pandas(empty_manifest(), preserve_index=False)
+    return pa.concat_tables(ordered, promote_options="default")
 
 
 def _summary(planned: Plan, entries: dict[str, dict[str, Any]], manifest: pd.DataFrame, *, scan_s: float,
