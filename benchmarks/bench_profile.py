@@ -137,7 +137,7 @@ def profile_volume(source: VolumeSource, scratch: Path, repeats: int) -> tuple[d
     equal = None
     if source.format == "dicom" and not source.frames:
         hasher = SliceHasher("minmax")
-        files = [Path(p) for p in source.paths]
+        files = list(source.paths)
         t["read once (header + pixels + 8-bit + digest + dHash)"] = best(
             lambda: [discover._read_once(p, hasher) for p in files], repeats)
         t["header scan (read_header)"] = best(lambda: [dicom.read_header(p) for p in files], repeats)

@@ -130,3 +130,10 @@ def test_the_scan_keeps_the_hashes_of_the_volumes_it_read_whole(tmp_path: Path) 
     assert read["in/plain/ct"] is not None and read["in/mixed/ct"] is None and read["in/broken/ct"] is None
     assert read["in/plain/ct"].features.shape == (16, 16) and read["in/plain/ct"].stats.shape == (16, 2)
     assert not scan([inputs]).read  # without ``slices`` only headers are read
+
+
+def test_the_scan_that_reads_every_file_shows_its_progress(dicoms: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    ctreduce.reduce(dicoms, tmp_path / "run", workers=1, progress=True)
+    err = capsys.readouterr().err
+    assert "read: " in err and "42file" in err and "reduce: " in err

@@ -406,9 +406,10 @@ def test_a_rerun_reads_only_the_headers_of_changed_files(run_dir, archive, monke
 
     read = []
     real = discover._header_or_reason
-    monkeypatch.setattr(discover, "_header_or_reason", lambda path: read.append(path.name) or real(path))
+    monkeypatch.setattr(discover, "_header_or_reason", lambda path: read.append(Path(path).name) or real(path))
     real_once = discover._read_once  # the header read with the pixels (reduce --method hash reads each file once)
-    monkeypatch.setattr(discover, "_read_once", lambda path, slices: read.append(path.name) or real_once(path, slices))
+    monkeypatch.setattr(discover, "_read_once",
+                        lambda path, slices: read.append(Path(path).name) or real_once(path, slices))
     first = RunFolder.open(run_dir).manifest()
     again = ctreduce.reduce(archive, run_dir)
     assert read == [] and again.complete

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -198,6 +198,7 @@ def scan(
     header_cache: HeaderCache | None = None,
     listing: Listing | None = None,
     slices: SliceFunction | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ScanResult:
     """Find every volume under ``inputs`` (files or folders) from headers alone.
 
@@ -214,20 +215,21 @@ def scan(
     ``slices``: each DICOM file not in the cache is opened once, for its header and its pixels, and
     ``slices`` computed from the slice's HU values there; a volume whose every slice was so read (the
     same HU dtype kind, the same position as scanned) gets the results under ``read``.
+    ``progress`` is called with 1 for every file read (not for those the cache holds).
     """
     result = ScanResult()
     want = modality.upper()
     listing = listing if listing is not None else walk(inputs)
-    roots: list[tuple[Path, ScanResult, list[Path]]] = []
+    roots: list[tuple[Path, ScanResult, list[str]]] = []
     for root, files, skipped in listing.roots:
         part = ScanResult(skipped=list(skipped))  # this input's single-file volumes and skips, in order
         base = root if root.is_dir() else root.parent
-        candidates: list[Path] = []
+        candidates: list[str] = []  # the walk's strings: a Path a file costs ~0.4 KB more, held to the end
         for name in files:
             path = Path(name)
             try:
                 if not _add_single_file(part, base, path):
-                    candidates.append(path)
+                    candidates.append(name)
             except Exception as exc:
                 reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, VolumeError) else _describe(exc)
                 part.skipped.append({"path": str(path), "reason": reason})
@@ -235,16 +237,16 @@ def scan(
     # One pass (and one worker pool) over the DICOM candidates of every input.
     every = [path for _, _, candidates in roots for path in candidates]
     headers_or_reasons, result.headers_read, computed = _read_headers(every, listing.stats, workers, header_cache,
-                                                                      result.headers, slices)
+                                                                      result.headers, slices, progress)
     read = iter(headers_or_reasons)
     for base, part, candidates in roots:
         result.volumes += part.volumes
         result.skipped += part.skipped
         headers: list[dicom.DicomHeader] = []
-        for path in candidates:
+        for name in candidates:
             header = next(read)
             if isinstance(header, str):
-                result.skipped.append({"path": str(path), "reason": header})
+                result.skipped.append({"path": name, "reason": header})
             else:
                 headers.append(header)
         _add_series(result, base, headers, want, allow_gaps)
@@ -277,7 +279,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
+def _header_or_reason(path: str) -> dicom.DicomHeader | str:
     try:
         return dicom.read_header(path)
     except VolumeError as exc:
@@ -286,11 +288,11 @@ def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
         return _describe(exc)
 
 
-def _read_once(path: Path, slices: SliceFunction) -> tuple[dicom.DicomHeader | str, bytes | None]:
+def _read_once(path: str, slices: SliceFunction) -> tuple[dicom.DicomHeader | str, bytes | None]:
     """A file's header (or reason) and, for a single-frame slice whose pixels could be read, one record:
     its HU dtype kind (1 integer, 2 float), its position along its own normal (NaN without geometry:
     float64) and ``slices`` of its HU values."""
-    header, pixels = dicom.read_once(str(path))
+    header, pixels = dicom.read_once(path)
     if pixels is None or isinstance(header, str):
         return header, None
     try:
@@ -309,11 +311,11 @@ def _read_once(path: Path, slices: SliceFunction) -> tuple[dicom.DicomHeader | s
 _RECORD = 9  # bytes of a ``_read_once`` record before ``slices``'s own
 
 
-def _read_volumes(volumes: list[VolumeSource], paths: list[Path], computed: list[bytes | None],
+def _read_volumes(volumes: list[VolumeSource], paths: list[str], computed: list[bytes | None],
                   stats: dict[str, tuple[int, int]]) -> dict[str, ReadSlices]:
     """``ReadSlices`` of each single-frame DICOM volume whose every slice was read by the scan, with one HU
     dtype kind (as ``read_series`` would make one array of them) and where its header placed it."""
-    row = {str(p): k for k, p in enumerate(paths) if computed[k] is not None}
+    row = {p: k for k, p in enumerate(paths) if computed[k] is not None}
     out: dict[str, ReadSlices] = {}
     for source in volumes:
         if source.format != "dicom" or source.frames or not all(p in row for p in source.paths):
@@ -330,31 +332,39 @@ def _read_volumes(volumes: list[VolumeSource], paths: list[Path], computed: list
     return out
 
 
-def _read_headers(paths: list[Path], known: dict[str, tuple[int, int]], workers: int, cache: HeaderCache | None,
-                  seen: HeaderCache, slices: SliceFunction | None = None
+def _read_headers(paths: list[str], known: dict[str, tuple[int, int]], workers: int, cache: HeaderCache | None,
+                  seen: HeaderCache, slices: SliceFunction | None = None,
+                  progress: Callable[[int], None] | None = None
                   ) -> tuple[list[dicom.DicomHeader | str], int, list[bytes | None] | None]:
     """Each file's header, or the reason it is not usable DICOM; in input order. A file whose size
     and mtime (``known``, from the walk) equal its ``cache`` entry is not read again; every result
     is added to ``seen``. Also returns how many were read from disk, and with ``slices`` each file's
     ``_read_once`` record (None for a file not read now or without one)."""
-    stats = [known[str(p)] for p in paths]
+    stats = [known[p] for p in paths]
     results: list[dicom.DicomHeader | str | None] = [None] * len(paths)
     misses = []
     for k, (path, stat) in enumerate(zip(paths, stats, strict=True)):
-        hit = cache.get(str(path)) if cache else None
+        hit = cache.get(path) if cache else None
         if hit is not None and hit[:2] == stat:
             results[k] = hit[2]
         else:
             misses.append(k)
     todo = [paths[k] for k in misses]
     job = _header_or_reason if slices is None else partial(_read_once, slices=slices)
+    read = []
     if workers <= 1 or len(todo) < 64:
-        read = [job(p) for p in todo]
+        for path in todo:
+            read.append(job(path))
+            if progress is not None:
+                progress(1)
     else:
         from ..core.workers import pool
 
         with pool(workers) as executor:
-            read = list(executor.map(job, todo, chunksize=max(16, len(todo) // (8 * workers))))
+            for one in executor.map(job, todo, chunksize=max(16, min(512, len(todo) // (8 * workers)))):
+                read.append(one)
+                if progress is not None:
+                    progress(1)
     computed: list[bytes | None] | None = None
     if slices is not None:
         computed = [None] * len(paths)
@@ -364,7 +374,7 @@ def _read_headers(paths: list[Path], known: dict[str, tuple[int, int]], workers:
         for k, header in zip(misses, read, strict=True):
             results[k] = header
     for path, stat, header in zip(paths, stats, results, strict=True):
-        seen[str(path)] = (*stat, header)
+        seen[path] = (*stat, header)
     return results, len(todo), computed  # type: ignore[return-value]
 
 

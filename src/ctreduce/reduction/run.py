@@ -10,6 +10,7 @@ layer: it hands the run an :class:`ExportPass`, which the run calls back.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -30,7 +31,6 @@ from ..io.discover import walk
 from ..io.volume import VolumeSource
 from ..store.export import ExportParts
 from ..store.files import DiskFull
-from ..store.fingerprint import Fingerprint
 from ..store.places import check_output_place
 from ..store.run import RunFolder
 from .archive import archive_scope
@@ -121,8 +121,14 @@ def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     # Each DICOM file opened once (header and pixels) for a per-slice method; not for Ray, whose scan runs
     # in the driver, nor when --verify reads every finished volume again anyway.
     slices = slice_hasher(config) if options.backend == "local" and not options.verify else None
-    planned = plan(paths, listing, config, header_cache=cache,
-                   workers=options.workers if options.backend == "local" else 1, start=t0, slices=slices)
+    reading = _progress(None, 0, options.progress and slices is not None, "read", "file")  # the scan reads most
+    try:
+        planned = plan(paths, listing, config, header_cache=cache,
+                       workers=options.workers if options.backend == "local" else 1, start=t0, slices=slices,
+                       progress=reading.update if reading is not None else None)
+    finally:
+        if reading is not None:
+            reading.close()
     del cache, listing
     with run.lock() if run is not None else nullcontext():
         manifest, summary = _reduce(planned, run, options, export.parts if export is not None else None, t0)
@@ -163,7 +169,7 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
     returns the manifest and the summary. Raises KeyboardInterrupt or DiskFull after writing what is done."""
     found, config = planned.found, planned.config
     done: dict[str, dict[str, Any]] = {}
-    fingerprints: dict[str, Fingerprint] = {}
+    fingerprints: dict[str, str] = {}  # JSON text: a third of the memory of its tuples, a volume's one string
     changed: dict[str, str] = {}
     moved: list[str] = []
     recheck: dict[str, str] = {}  # finished volumes to read and compare again -> how their files' stat changed
@@ -197,7 +203,7 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
             entry.pop("fingerprint", None)  # kept in ``fingerprints``; one list entry per file otherwise
             entries[result.volume_id] = entry
             if result.fingerprint is not None:
-                fingerprints[result.volume_id] = result.fingerprint
+                fingerprints[result.volume_id] = json.dumps(result.fingerprint.to_json())
             if result.frame is not None:  # Arrow: a few bytes a row, where pandas objects take ~10x
                 frames[result.volume_id] = pa.Table.from_pandas(result.frame, preserve_index=False)
             if bar is not None:
@@ -254,12 +260,12 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
     return manifest, summary
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int | None, initial: int, enabled: bool, desc: str = "reduce", unit: str = "vol"):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="vol", desc="reduce", file=sys.stderr)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr)
 
 
 def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None) -> pa.Table:

@@ -202,14 +202,13 @@ class RunFolder:
         return pq.read_table(part) if part.exists() else None
 
     def write_results(self, manifest: pd.DataFrame, sources: list[VolumeSource],
-                      fingerprints: dict[str, Fingerprint], summary: dict[str, Any], csv: bool,
+                      fingerprints: dict[str, str], summary: dict[str, Any], csv: bool,
                       arrow: pa.Table | None = None) -> None:
         """``arrow``: the manifest as Arrow, when the caller has it (written without converting ``manifest``
         again: the largest transient of a run's end)."""
         fields = [f.name for f in dataclasses.fields(VolumeSource)]
         table = pd.DataFrame({name: [_plain(getattr(s, name)) for s in sources] for name in fields})
-        table["fingerprint"] = [json.dumps(fingerprints[s.volume_id].to_json()) if s.volume_id in fingerprints
-                                else None for s in sources]
+        table["fingerprint"] = [fingerprints.get(s.volume_id) for s in sources]  # JSON text (``Fingerprint``)
         atomic_write(self.path / VOLUMES, lambda p: table.to_parquet(p, index=False))
         if arrow is not None:
             atomic_write(self.path / MANIFEST, lambda p: pq.write_table(arrow, p))
