@@ -301,7 +301,7 @@ def _read_once(path: str, slices: SliceFunction) -> tuple[dicom.DicomHeader | st
                                                   in_place=True)[0]
         z = float("nan")
         if header.position is not None and header.orientation is not None:
-            z = float(np.dot(header.position, dicom.slice_normal(header.orientation)))
+            z = sum(p * n for p, n in zip(header.position, dicom._unit_normal(header.orientation), strict=True))
         kind = 2 if hu.dtype.kind == "f" else 1
         return header, bytes([kind]) + np.float64(z).tobytes() + np.ascontiguousarray(slices(hu), np.uint8).tobytes()
     except Exception:  # the volume's worker reads the file again and says what is wrong

@@ -121,14 +121,20 @@ def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: 
     # Each DICOM file opened once (header and pixels) for a per-slice method; not for Ray, whose scan runs
     # in the driver, nor when --verify reads every finished volume again anyway.
     slices = slice_hasher(config) if options.backend == "local" and not options.verify else None
-    reading = _progress(None, 0, options.progress and slices is not None, "read", "file")  # the scan reads most
+    reading: list[Any] = []  # a bar of the files read, from the first one (the scan then does most of the work)
+
+    def read(n: int) -> None:
+        if not reading:
+            reading.append(_progress(None, 0, True, "read", "file"))
+        reading[0].update(n)
+
     try:
         planned = plan(paths, listing, config, header_cache=cache,
                        workers=options.workers if options.backend == "local" else 1, start=t0, slices=slices,
-                       progress=reading.update if reading is not None else None)
+                       progress=read if options.progress and slices is not None else None)
     finally:
-        if reading is not None:
-            reading.close()
+        for bar in reading:
+            bar.close()
     del cache, listing
     with run.lock() if run is not None else nullcontext():
         manifest, summary = _reduce(planned, run, options, export.parts if export is not None else None, t0)
