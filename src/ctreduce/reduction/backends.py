@@ -92,7 +92,7 @@ def _job(source: VolumeSource, config: ReduceConfig, parts: Outputs | None, veri
     if source.volume_id in verify:
         return verify_source, source, config, parts
     if source.paths and source.paths[0] in read:
-        return process_source, source, config, parts, read[source.paths[0]]
+        return process_source, source, config, parts, read.pop(source.paths[0])  # held by its worker now
     return process_source, source, config, parts
 
 
