@@ -137,3 +137,29 @@ def test_the_scan_that_reads_every_file_shows_its_progress(dicoms: Path, tmp_pat
     ctreduce.reduce(dicoms, tmp_path / "run", workers=1, progress=True)
     err = capsys.readouterr().err
     assert "read: " in err and "42file" in err and "reduce: " in err
+
+
+def test_a_kept_slice_changed_after_the_scan_reduces_its_volume_again_from_a_whole_read(
+        dicoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from ctreduce.reduction import worker
+
+    real, calls = worker.load, []
+
+    def changed_once(source, slices=None, **kwargs):
+        volume = real(source, slices, **kwargs)
+        calls.append(slices is None)
+        if slices is not None and len(calls) == 1:  # the export's re-read of the first volume finds other pixels
+            return dataclasses.replace(volume, hu=volume.hu + 1)
+        return volume
+
+    monkeypatch.setattr(worker, "load", changed_once)
+    result = ctreduce.reduce(dicoms, tmp_path / "run", workers=1, export="npy", export_size=32)
+    assert calls[:2] == [False, True]  # kept slices read again, then the whole volume
+    monkeypatch.setattr(worker, "load", real)
+    monkeypatch.setattr(run_module, "slice_hasher", lambda config: None)
+    reference = ctreduce.reduce(dicoms, tmp_path / "reference", workers=1, export="npy", export_size=32)
+    pd.testing.assert_frame_equal(result.manifest, reference.manifest)
+    assert np.array_equal(np.load(tmp_path / "run" / "export" / "slices.npy"),
+                          np.load(tmp_path / "reference" / "export" / "slices.npy"))
