@@ -306,13 +306,11 @@ def read_once(path: str) -> tuple[DicomHeader | str, tuple | None]:
     left to ``read_series`` (multi-frame files, headers with a ``problem``, pixels that cannot be
     read: ``read_series`` then names the file and the reason as it always does).
     """
-    from pydicom.errors import InvalidDicomError
-
     try:
         with quiet(), open(path, "rb") as f:
             read = dataset_to_pixels(f, path)
             if read is None:  # an unusual transfer syntax: the usual readers, one after the other
-                return read_header(path), None
+                return _header_or_reason(path), None
             ds, problem, at = read
             header = header_of(path, ds, problem)
             if header.problem or header.multiframe:
@@ -329,17 +327,15 @@ def read_once(path: str) -> tuple[DicomHeader | str, tuple | None]:
                 return header, _values(path, *pixels, header.rows, header.cols)[1:]
             except Exception:
                 return header, None
-    except InvalidDicomError:
-        return _reason(path, lambda: read_header(path)), None
     except VolumeError as exc:
         return str(exc).removeprefix(f"{path}: "), None
-    except Exception:  # as ``read_header`` would word it
-        return _reason(path, lambda: read_header(path)), None
+    except Exception:  # InvalidDicomError, a damaged element, ...: the header alone, worded as it always is
+        return _header_or_reason(path), None
 
 
-def _reason(path: str, read) -> DicomHeader | str:
+def _header_or_reason(path: str) -> DicomHeader | str:
     try:
-        return read()
+        return read_header(path)
     except VolumeError as exc:
         return str(exc).removeprefix(f"{path}: ")
     except Exception as exc:
