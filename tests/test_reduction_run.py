@@ -128,11 +128,11 @@ def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
     calls = []
     real = backends.process_source
 
-    def interrupted_after_two(source, config, parts=None):
+    def interrupted_after_two(source, config, parts=None, read=None):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(source.volume_id)
-        return real(source, config, parts)
+        return real(source, config, parts, read)
 
     monkeypatch.setattr(backends, "process_source", interrupted_after_two)
     with pytest.raises(KeyboardInterrupt):
@@ -143,7 +143,7 @@ def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
 
     resumed = []
     monkeypatch.setattr(backends, "process_source",
-                        lambda s, c, p=None: resumed.append(s.volume_id) or real(s, c, p))
+                        lambda s, c, p=None, r=None: resumed.append(s.volume_id) or real(s, c, p, r))
     result = ctreduce.reduce(archive, out)
     assert len(resumed) == 2 and not set(resumed) & set(calls)
     assert result.summary["complete"] is True

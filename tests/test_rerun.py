@@ -107,18 +107,19 @@ def test_resume_reduces_again_a_volume_whose_journal_line_has_no_part(archive, t
     real = backends.process_source
     done = []
 
-    def stop_after_two(source, config, outputs=None):
+    def stop_after_two(source, config, outputs=None, read=None):
         if len(done) == 2:
             raise KeyboardInterrupt
         done.append(source.volume_id)
-        return real(source, config, outputs)
+        return real(source, config, outputs, read)
 
     monkeypatch.setattr(backends, "process_source", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         ctreduce.reduce(archive, run)
     (run / "parts" / part_name(done[0])).unlink()  # its journal line stays
     reduced = []
-    monkeypatch.setattr(backends, "process_source", lambda s, c, o=None: reduced.append(s.volume_id) or real(s, c, o))
+    monkeypatch.setattr(backends, "process_source",
+                        lambda s, c, o=None, r=None: reduced.append(s.volume_id) or real(s, c, o, r))
     result = ctreduce.reduce(archive, run)
     manifest = result.manifest
     assert sorted(reduced) == sorted({*manifest["volume_id"]} - {done[1]})

@@ -227,11 +227,11 @@ def interrupt_after_two_volumes(monkeypatch) -> None:
     real = backends.process_source
     count = []
 
-    def stop_after_two(source, config, outputs=None):
+    def stop_after_two(source, config, outputs=None, read=None):
         if len(count) == 2:
             raise KeyboardInterrupt
         count.append(1)
-        return real(source, config, outputs)
+        return real(source, config, outputs, read)
 
     monkeypatch.setattr(backends, "process_source", stop_after_two)
 
@@ -408,7 +408,10 @@ def test_a_rerun_reads_only_the_headers_of_changed_files(run_dir, archive, monke
 
     read = []
     real = discover._header_or_reason
-    monkeypatch.setattr(discover, "_header_or_reason", lambda path: read.append(path.name) or real(path))
+    monkeypatch.setattr(discover, "_header_or_reason", lambda path: read.append(Path(path).name) or real(path))
+    real_once = discover._read_once  # the header read with the pixels (reduce --method hash reads each file once)
+    monkeypatch.setattr(discover, "_read_once",
+                        lambda path, slices: read.append(Path(path).name) or real_once(path, slices))
     first = RunFolder.open(run_dir).manifest()
     again = ctreduce.reduce(archive, run_dir)
     assert read == [] and again.complete
