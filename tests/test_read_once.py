@@ -16,6 +16,7 @@ from pydicom.uid import RLELossless
 import ctreduce
 from ctreduce.reduction import run as run_module
 from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
+from ctreduce.store.export import ExportStore
 
 
 def _series(root: Path, name: str, n: int, seed: int) -> list[Path]:
@@ -161,5 +162,5 @@ def test_a_kept_slice_changed_after_the_scan_reduces_its_volume_again_from_a_who
     monkeypatch.setattr(run_module, "slice_hasher", lambda config: None)
     reference = ctreduce.reduce(dicoms, tmp_path / "reference", workers=1, export="npy", export_size=32)
     pd.testing.assert_frame_equal(result.manifest, reference.manifest)
-    assert np.array_equal(np.load(tmp_path / "run" / "export" / "slices.npy"),
-                          np.load(tmp_path / "reference" / "export" / "slices.npy"))
+    assert np.array_equal(ExportStore.open(tmp_path / "run" / "export").array(),
+                          ExportStore.open(tmp_path / "reference" / "export").array())
