@@ -120,7 +120,7 @@ def cluster(tmp_path_factory):
             session = made.head.head_node.session_name
             processes = _descendants(os.getpid()) - before  # GCS, raylets, agents, workers
             made.shutdown()
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60  # a loaded machine takes its time to stop them
             while (_running(processes) or _session_processes(session)) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert _running(processes) == [] and _session_processes(session) == []
@@ -168,7 +168,7 @@ def test_reduce_on_two_nodes_matches_the_local_pool(cluster, ct, local_run, tmp_
     assert all((run.parts / part_name(entry["volume_id"])).is_file() for entry in journal)  # each wrote its parts
     a, b = ExportStore.open(local_run / "export"), ExportStore.open(out / "export")  # assembled from the parts
     pd.testing.assert_frame_equal(a.index, b.index)
-    assert np.load(a.array_path).tobytes() == np.load(b.array_path).tobytes()
+    assert np.asarray(a.array()).tobytes() == np.asarray(b.array()).tobytes()
     # and the run resumes there: a second command reads nothing again
     _ctreduce(cluster, "reduce", str(ct), "--out", str(out), "--export", "npy", "--size", "32", address_flag=True)
     assert len((out / "progress.jsonl").read_text().splitlines()) == VOLUMES + 1
@@ -185,7 +185,7 @@ def test_export_on_two_nodes_matches_the_local_pool(cluster, local_run, tmp_path
     a, b = ExportStore.open(tmp_path / "local"), ExportStore.open(tmp_path / "ray")
     pd.testing.assert_frame_equal(a.index, b.index)
     if fmt == "npy":
-        assert np.load(a.array_path).tobytes() == np.load(b.array_path).tobytes()
+        assert np.asarray(a.array()).tobytes() == np.asarray(b.array()).tobytes()
     else:  # written by the worker of each node into the shared staging folder
         assert [p.read_bytes() for p in a.image_paths()] == [p.read_bytes() for p in b.image_paths()]
 
