@@ -88,7 +88,7 @@ def scan(
 
     try:
         found = do_scan(inputs, modality=modality, allow_gaps=allow_gaps)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # a missing input, a name no output can hold
         _fail(str(exc))
     if not found.volumes and not found.errors:  # as reduce says it: nothing to list is a usage mistake
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in found.skipped[:5])

@@ -100,6 +100,8 @@ def walk(inputs: Sequence[str | os.PathLike]) -> Listing:
         root = Path(raw)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
+        if not _is_utf8(str(root)):
+            raise ValueError(f"{printable(str(root))}: the name is not valid UTF-8 (bytes shown as \\xNN); rename it")
         skipped: list[dict[str, Any]] = []
         files = _collect(root, seen, skipped, stats)
         if not files and not skipped:
@@ -162,7 +164,10 @@ def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]],
         folders = []
         prefix = real if real.endswith(os.sep) else real + os.sep
         for entry in entries:
-            if _is_dir(entry):
+            if not _is_utf8(entry.name):  # every output (manifest, journal, names) holds text: say it here, once
+                skipped.append({"path": printable(entry.path),
+                                "reason": "name is not valid UTF-8 (its bytes shown as \\xNN): rename it to reduce it"})
+            elif _is_dir(entry):
                 folders.append(entry.path)
             else:  # realpath only for links: it costs a system call per path component
                 add_file(entry.path, os.path.realpath(entry.path) if entry.is_symlink() else prefix + entry.name, entry)
@@ -174,6 +179,21 @@ def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]],
     else:
         add_file(str(root), os.path.realpath(root))
     return files
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (Python holds them as surrogates, which no text file
+    or Parquet column can store)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """``path`` as text any output can hold: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
