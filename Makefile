@@ -39,7 +39,7 @@ demo: $(CORE)
 	@echo "  manifest (one row per slice): $(DEMO)/hash6/manifest.parquet (and manifest.csv)"
 	@echo "  summary (counts, timings):    $(DEMO)/hash6/summary.json"
 	@echo "  kept slices as PNG:           $(DEMO)/png/images/"
-	@echo "  kept slices as uint8 array:   $(DEMO)/npy/slices.npy + index.parquet"
+	@echo "  kept slices as uint8 array:   $(DEMO)/npy/shards/*.npy + versions/*.parquet"
 	@echo "  visual report (open it):      $(DEMO)/report.html"
 
 # Everything (CI: .ci/run).

@@ -14,7 +14,10 @@ Each stage of ``reduce --export npy --size 224`` is timed on its own, volume by 
                     plus writing its Parquet part
   npy export 224    ``npy_rows`` of the kept slices (Pillow bicubic to 224 px, padded) and np.save
 
-Not in the sum, for reference: the other intensity policies, a PNG export of the kept slices
+Not in the sum, for reference: the read once of ``reduce --method hash`` on DICOM (per file: header and
+pixels from one open, rescale, 8-bit, pixel digest, dHash: ``io.discover._read_once`` with the run's
+``SliceHasher``, what the scan's workers run), the header scan it replaces (``dicom.read_header``), the other
+intensity policies, a PNG export of the kept slices
 (Pillow level 1, what ``--export png`` writes; and OpenCV's ``cv2.imwrite`` default, level 1, as
 the paper's scripts), ``imagehash.dhash`` per slice, and SimpleITK's GDCM series reader on the
 same DICOM files with a check that its HU equal ctreduce's.
@@ -39,12 +42,13 @@ import numpy as np
 from bench_reduce import Dataset, archive_dataset, samples_dataset
 from machine import cpu_model, load_line
 
-from ctreduce.io import dicom
+from ctreduce.io import dicom, discover
 from ctreduce.io.discover import load, scan
 from ctreduce.io.intensity import Intensity
 from ctreduce.io.volume import Volume, VolumeSource, hu_array
 from ctreduce.reduction.leader import greedy_leader
 from ctreduce.reduction.measures import HashMeasure
+from ctreduce.reduction.read_once import SliceHasher
 from ctreduce.reduction.selection import reduce_volume
 from ctreduce.store.export_formats import npy_rows, save_png
 from ctreduce.store.run import write_part
@@ -53,7 +57,8 @@ THRESHOLD = 6
 SIZE = 224
 PIPELINE = ["read + decode", "rescale to HU", "8-bit (minmax)", "dHash", "selection", "manifest rows",
             "npy export 224"]
-REFERENCE = ["8-bit window:-600,1500", "8-bit range:-1000,400", "PNG export (Pillow, level 1)",
+REFERENCE = ["read once (header + pixels + 8-bit + digest + dHash)", "header scan (read_header)",
+             "8-bit window:-600,1500", "8-bit range:-1000,400", "PNG export (Pillow, level 1)",
              "PNG export (cv2.imwrite, level 1)", "imagehash.dhash", "SimpleITK series reader"]
 
 
@@ -131,6 +136,11 @@ def profile_volume(source: VolumeSource, scratch: Path, repeats: int) -> tuple[d
     t["imagehash.dhash"] = best(lambda: [imagehash.dhash(Image.fromarray(s)) for s in u8], repeats)
     equal = None
     if source.format == "dicom" and not source.frames:
+        hasher = SliceHasher("minmax")
+        files = list(source.paths)
+        t["read once (header + pixels + 8-bit + digest + dHash)"] = best(
+            lambda: [discover._read_once(p, hasher) for p in files], repeats)
+        t["header scan (read_header)"] = best(lambda: [dicom.read_header(p) for p in files], repeats)
         t["SimpleITK series reader"] = best(lambda: sitk_series(source), repeats)
         equal = bool(np.array_equal(sitk_series(source), volume.hu))
     shutil.rmtree(images)
@@ -167,6 +177,11 @@ def profile_dataset(dataset: Dataset, scratch: Path, repeats: int) -> None:
     read = per["read + decode"] + per["rescale to HU"]
     print(f"   8-bit minmax / dHash: {per['8-bit (minmax)'] / per['dHash']:.2f} "
           f"(target <= 1: scaling no slower than the hash)")
+    once = "read once (header + pixels + 8-bit + digest + dHash)"
+    if once in per:
+        kernels = read + per["8-bit (minmax)"] + per["dHash"]
+        print(f"   read once {per[once]:.3f} ms vs the kernels read + rescale + 8-bit + dHash {kernels:.3f} ms "
+              f"(+ header scan {per['header scan (read_header)']:.3f} ms): {per[once] / kernels:.2f}x")
     if "SimpleITK series reader" in per:
         sitk_ms = per["SimpleITK series reader"]
         print(f"   read + rescale {read:.3f} ms vs SimpleITK {sitk_ms:.3f} ms: SimpleITK / ctreduce "

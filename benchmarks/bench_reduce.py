@@ -20,6 +20,14 @@ run on the dataset's first volume; ctreduce's runs and the export best of ``--re
                 the same pass.
   (x) export    ``ctreduce.export(run, out, format="png", workers=W)`` of the (d) run, W = 1, 2;
                 rates in exported (kept) slices per second.
+  (k) kernels   read + 8-bit + hash, the floor of a Hash-6 reduction: per volume ``load`` (read, decode,
+                rescale), ``Intensity("minmax").to_uint8`` and ``HashMeasure.prepare``, one process.
+
+Whole processes, side by side (``--processes N``, DICOM archive only): the paper's pipeline (a) and
+``ctreduce reduce IN --out RUN --export npy --size 224 --workers 2 --quiet`` each run as a fresh process,
+alternating, N times; start-up, imports and pool included; wall time and CPU (user + system of the process
+and every process it waited for, ``RUSAGE_CHILDREN``), the median of the N. The paper's process imports this
+script (and so ctreduce and its imports): its start-up is counted a little high.
 
 Datasets: the two real sample chest CTs (``ctreduce.sample_data.real_ct.fetch()``, 48 + 61 slices of
 512x512 NRRD) and a synthetic archive of DICOM series written once with ``ctreduce.sample_data.phantom``
@@ -32,7 +40,7 @@ the first half of the archive and on all of it (each in its own process, read wi
 ``getrusage(RUSAGE_CHILDREN)``), which should not grow with the number of volumes.
 
 Run:  make bench   or   .venv/bin/python benchmarks/bench_reduce.py [--volumes 8]
-      [--slices-per-volume 60] [--size 512] [--repeats 2] [--workdir DIR] [--skip-samples]
+      [--slices-per-volume 60] [--size 512] [--repeats 2] [--workdir DIR] [--skip-samples] [--processes 3]
 """
 
 from __future__ import annotations
@@ -247,14 +255,24 @@ def ctreduce_pipeline(workers: int, export: str | None = None) -> Callable[..., 
     return run
 
 
+def kernel_pipeline(dataset: Dataset, scratch: Path, inputs: Sequence[Path]) -> None:
+    from ctreduce.io.intensity import Intensity
+    from ctreduce.reduction.measures import HashMeasure
+
+    minmax, measure = Intensity.parse("minmax"), HashMeasure()
+    for volume in read_volumes(inputs):
+        measure.prepare(minmax.to_uint8(volume.hu))
+
+
 PIPELINES: dict[str, tuple[str, Callable[..., KeptSets | None]]] = {
     "a": ("paper: cv2 PNG + imagehash + copy", paper_pipeline),
     "c": ("read only (scan + load)", read_pipeline),
     "d1": ("reduce, 1 worker", ctreduce_pipeline(1)),
     "d2": ("reduce, 2 workers", ctreduce_pipeline(2)),
     "e2": ("reduce --export npy 224, 2 workers", ctreduce_pipeline(2, "npy")),
+    "k": ("kernels: read + 8-bit + dHash", kernel_pipeline),
 }
-REPEATED = ("c", "d1", "d2", "e2")  # short runs: best of --repeats
+REPEATED = ("c", "d1", "d2", "e2", "k")  # short runs: best of --repeats
 
 
 def cpu_seconds() -> float:
@@ -307,6 +325,55 @@ def bench_dataset(dataset: Dataset, scratch: Path, repeats: int) -> Report:
     scratch.mkdir(parents=True)
     report.load_after = os.getloadavg()[0]
     return report
+
+
+# --- whole processes -----------------------------------------------------------------------------
+
+_PAPER_PROCESS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from bench_reduce import Dataset, paper_pipeline
+inputs = [Path(p) for p in sys.argv[3:]]
+paper_pipeline(Dataset("paper", inputs, inputs[:1], len(inputs), 0, dicom=True), Path(sys.argv[2]), inputs)
+"""
+
+
+def child_run(args: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one command run as a child process (and every process it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def whole_processes(dataset: Dataset, scratch: Path, runs: int) -> dict[str, tuple[float, float]]:
+    """(a) and (e2) as fresh processes, alternating ``runs`` times: median wall and CPU seconds of each."""
+    ctreduce_cli = str(Path(sys.executable).with_name("ctreduce"))
+    times: dict[str, list[tuple[float, float]]] = {"a": [], "e2": []}
+    for k in range(runs):
+        times["a"].append(child_run([sys.executable, "-c", _PAPER_PROCESS, str(Path(__file__).parent),
+                                     str(scratch), *map(str, dataset.inputs)]))
+        run = scratch / f"process-run-{k}"
+        times["e2"].append(child_run([ctreduce_cli, "reduce", *map(str, dataset.inputs), "--out", str(run),
+                                      "--threshold", str(THRESHOLD), "--export", "npy", "--size", str(EXPORT_SIZE),
+                                      "--workers", "2", "--quiet"]))
+        shutil.rmtree(run)
+    return {key: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for key, v in times.items()}
+
+
+def print_processes(dataset: Dataset, result: dict[str, tuple[float, float]], kernels: Timing, runs: int) -> None:
+    (aw, ac), (ew, ec) = result["a"], result["e2"]
+    n = dataset.n_slices
+    print(f"== whole processes, side by side ({dataset.name}, median of {runs}; {load_line()})")
+    print(f"   (a)  paper pipeline                  {aw:7.2f} s wall {ac:7.2f} s CPU ({ac / n * 1e3:.2f} ms/slice)")
+    print(f"   (e2) reduce --export npy 224 -w 2   {ew:7.2f} s wall {ec:7.2f} s CPU ({ec / n * 1e3:.2f} ms/slice)")
+    print(f"   (e2) vs (a): {aw / ew:.2f}x in wall time (target >= 5x), {ac / ec:.2f}x in CPU time (target >= 3x)")
+    print(f"   CPU per slice of (e2), whole process, / (k) kernels read + 8-bit + dHash ({kernels.cpu / n * 1e3:.2f} "
+          f"ms/slice): {ec / kernels.cpu:.2f} (target <= 1.3)")
+    print()
 
 
 # --- CLI start-up and memory ---------------------------------------------------------------------
@@ -440,6 +507,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="keeps the synthetic archive between runs (default: a temp dir)")
     parser.add_argument("--skip-samples", action="store_true", help="skip the real sample CTs")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of (c), (d), (e), (x); the best counts")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="runs of (a) and (e2) as whole processes, side by side (0: none)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("need --repeats >= 1")
@@ -467,6 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dataset in datasets:
             reports.append(bench_dataset(dataset, scratch, args.repeats))
             print_report(reports[-1])
+        if args.processes:
+            print_processes(archive, whole_processes(archive, scratch, args.processes), reports[-1].timings["k"],
+                            args.processes)
 
         half_n = args.volumes // 2
         half = (half_n, half_n * args.slices_per_volume,

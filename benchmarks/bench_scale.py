@@ -40,7 +40,8 @@ def archive(root: Path, series: int, slices: int, size: int) -> list[Path]:
     params = {"series": series, "slices": slices, "size": size}
     marker = root / "archive.json"
     folders = [root / f"p{i:05d}" for i in range(series)]
-    if marker.exists() and json.loads(marker.read_text()) == params:
+    written = json.loads(marker.read_text()) if marker.exists() else {}
+    if written.get("series", 0) >= series and {**written, "series": series} == params:  # the first ``series``
         print(f"reusing {series} series x {slices} slices of {size} px in {root}")
         return folders
     shutil.rmtree(root, ignore_errors=True)

@@ -156,6 +156,7 @@ SLOW: dict[str, set[str]] = {
     "test_downstream_leakage.py": {
         "test_other_anatomy_is_not_a_leak", "test_test_images_in_the_pretraining_data_are_counted_and_warned",
     },
+    "test_export_shards.py": {"test_a_pretraining_run_records_the_export_version_it_trained_on"},
     "test_experiment.py": {
         "test_a_cell_pretrained_on_two_devices_runs_each_stage_once", "test_tiny_grid_end_to_end_then_cached",
     },

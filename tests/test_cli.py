@@ -42,6 +42,7 @@ def test_reduce_export_and_rerun(archive, tmp_path):
 
     from ctreduce import read_volume, scan
     from ctreduce.io.intensity import Intensity
+    from ctreduce.store.export import ExportStore
 
     out = tmp_path / "run"
     proc = run("reduce", archive, "--out", out, "--csv", "--quiet", "--workers", "2")
@@ -87,8 +88,8 @@ def test_reduce_export_and_rerun(archive, tmp_path):
     assert [_dhash_of(p) for p in pngs] == kept["dhash"].tolist()
     proc = run("export", out, "--out", tmp_path / "npy", "--format", "npy", "--size", "32")
     assert f"exported {len(kept)} slices of 4 volume(s)" in proc.stdout
-    rows = np.load(tmp_path / "npy" / "slices.npy")
-    npy_index = pd.read_parquet(tmp_path / "npy" / "index.parquet")
+    npy_store = ExportStore.open(tmp_path / "npy")
+    rows, npy_index = npy_store.array(), npy_store.index
     keys = ["volume_id", "slice_index"]
     assert npy_index[keys].values.tolist() == index[keys].values.tolist()
     assert rows.shape == (len(kept), 32, 32) and rows.dtype == np.uint8

@@ -25,8 +25,8 @@ def pretrain_run_on(images: list[np.ndarray], folder, backbone) -> str:
     export = folder / "export"
     with ExportWriter(export, "npy", size=32, overwrite=False) as writer:
         writer.allocate(len(images))
-        writer.add_volume(np.stack(images), [{"volume_id": "v", "slice_index": k, "z_mm": float(k), "source": "x"}
-                                             for k in range(len(images))])
+        records = [{"volume_id": "v", "slice_index": k, "z_mm": float(k), "source": "x"} for k in range(len(images))]
+        writer.add_volume(writer.format.encode(writer.stage, np.stack(images), records), records)
         writer.commit({"run_dir": "-"})
     run = folder / "pretrain"
     run.mkdir()

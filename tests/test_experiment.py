@@ -149,7 +149,7 @@ def test_cells_that_differ_only_in_export_size_do_not_share_an_export(tmp_path):
     assert small != large and small_key != large_key
     stores = {size: ExportStore.open(folder / "data") for size, folder in ((32, small), (40, large))}
     for size, store in stores.items():
-        assert store.meta["size"] == size and np.load(store.array_path, mmap_mode="r").shape[1:] == (size, size)
+        assert store.meta["size"] == size and store.array().shape[1:] == (size, size)
     assert stores[32].meta["slices"] == stores[40].meta["slices"] == 24
     assert runner.export(reduce_folder, reduce_key, 40) == (large, large_key)  # cached by size
 

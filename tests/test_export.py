@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,6 +11,7 @@ from PIL import Image
 
 import ctreduce
 from ctreduce.io.intensity import Intensity
+from ctreduce.store.export import ExportStore
 
 
 @pytest.fixture
@@ -38,16 +41,28 @@ def test_png_export_is_the_kept_slices_as_an_image_folder(run, tmp_path):
 def test_npy_export_is_memory_mappable_with_an_index(run, tmp_path):
     out = tmp_path / "npy"
     ctreduce.export(run, out, format="npy", size=40)
-    array = np.load(out / "slices.npy", mmap_mode="r")
-    index = pd.read_parquet(out / "index.parquet")
+    index, slices = read_with_numpy_alone(out)
+    array = np.stack(slices)
     manifest = pd.read_parquet(run / "manifest.parquet")
     assert array.shape == (int(manifest.kept.sum()), 40, 40) and array.dtype == np.uint8
+    assert all(isinstance(s, np.memmap) for s in slices)  # memory-mapped, not read whole
     assert index["row"].tolist() == list(range(len(array)))
+    assert index["shard"].nunique() == manifest.loc[manifest.kept, "volume_id"].nunique()  # one shard a volume
+    np.testing.assert_array_equal(array, ExportStore.open(out).array())
     kept_pairs = set(map(tuple, manifest.loc[manifest.kept, ["volume_id", "slice_index"]].to_numpy()))
     assert set(map(tuple, index[["volume_id", "slice_index"]].to_numpy())) == kept_pairs
     assert array[0].max() > 0
     meta = json.loads((out / "export.json").read_text())
     assert meta["size"] == 40 and meta["intensity"] == "minmax"
+
+
+def read_with_numpy_alone(out: Path) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The recipe of docs/formats.md ("Reading an npy export with numpy alone"), run as it is written there."""
+    text = (Path(__file__).parents[1] / "docs" / "formats.md").read_text()
+    recipe = re.search(r"with numpy alone.*?```python\n(.*?)```", text, re.S)[1]
+    scope: dict = {"out": str(out)}
+    exec(recipe, scope)
+    return scope["index"], scope["slices"]
 
 
 def test_resize_pad_keeps_aspect():
@@ -75,7 +90,7 @@ def test_two_workers_write_the_same_export_as_one(run, tmp_path, fmt):
     a, b = ExportStore.open(tmp_path / "one"), ExportStore.open(tmp_path / "two")
     pd.testing.assert_frame_equal(a.index, b.index)
     if fmt == "npy":
-        np.testing.assert_array_equal(np.load(a.array_path), np.load(b.array_path))
+        np.testing.assert_array_equal(a.array(), b.array())
     else:
         for x, y in zip(a.image_paths(), b.image_paths(), strict=True):
             assert x.read_bytes() == y.read_bytes()

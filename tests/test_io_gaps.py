@@ -19,6 +19,7 @@ from ctreduce.io.discover import read_volume, scan
 from ctreduce.io.intensity import Intensity
 from ctreduce.io.volume import VolumeError
 from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
+from ctreduce.store.export import ExportStore
 
 CTREDUCE = [str(Path(sys.executable).with_name("ctreduce"))]
 HINT = "use --allow-gaps to reduce the rest of the series"
@@ -137,7 +138,7 @@ def test_a_slice_unreadable_at_read_time_keeps_exports_and_reruns_consistent(ser
     ctreduce.reduce(tmp_path / "in", tmp_path / "npy-run", export="npy", export_size=32, **settings)
     direct = ctreduce.read_volume(tmp_path / "in" / "s", allow_gaps=True)
     want = Intensity.parse("minmax").to_uint8(direct.hu)[np.searchsorted(direct.slice_index, kept["slice_index"])]
-    assert np.array_equal(np.load(tmp_path / "npy-run" / "export" / "slices.npy"), want)
+    assert np.array_equal(ExportStore.open(tmp_path / "npy-run" / "export").array(), want)
 
 
 def test_chunked_reading_with_two_workers_leaves_out_the_same_slice(tmp_path):

@@ -363,18 +363,24 @@ def check_reduce(argv, box, proc) -> list[str]:
 
 
 def check_export(argv, box, proc) -> list[str]:
+    from ctreduce.store.export import ExportStore
+
     out = box.cwd / option(argv, "--out", "-o")
     if problem := nonempty(out / "export.json"):
         return [problem]
-    slices = json.loads((out / "export.json").read_text())["slices"]
-    if (option(argv, "--format") or "png") == "png":
+    meta = json.loads((out / "export.json").read_text())
+    slices = meta["slices"]
+    if "--compact" in argv and "compacted" not in proc.stdout:
+        return [f"--compact said nothing about compacting: {proc.stdout!r}"]
+    if (option(argv, "--format") or (meta["format"] if "--compact" in argv else "png")) == "png":
         found = len(list((out / "images").glob("*.png")))
         return [] if found == slices > 0 else [f"{found} PNGs in {out / 'images'}, export.json says {slices}"]
-    if problem := nonempty(out / "slices.npy"):
-        return [problem]
-    shape = np.load(out / "slices.npy", mmap_mode="r").shape
+    shards = sorted((out / "shards").glob("*.npy"))
+    if not shards or (problem := next(filter(None, map(nonempty, shards)), None)):
+        return [problem or f"no shards in {out / 'shards'}"]
+    shape = ExportStore.open(out).array().shape
     size = int(option(argv, "--size") or 224)
-    return [] if shape == (slices, size, size) and slices > 0 else [f"slices.npy has shape {shape}"]
+    return [] if shape == (slices, size, size) and slices > 0 else [f"the npy export reads as {shape}"]
 
 
 def check_report(argv, box, proc) -> list[str]:
@@ -653,11 +659,14 @@ def test_readme_python_api_block(tmp_path) -> None:
         returned = pd.read_parquet(box.cwd / "_readme_manifest.parquet")
         columns = ["volume_id", "slice_index", "kept", "dhash"]
         assert returned[columns].values.tolist() == manifest[columns].values.tolist()
+    from ctreduce.store.export import ExportStore
+
     for run_name, name in re.findall(r'ctreduce\.export\("([^"]+)", "([^"]+)"', text):
         assert nonempty(box.cwd / name / "export.json") is None, f"API export wrote nothing in {name}"
         manifest = pd.read_parquet(box.cwd / run_name / "manifest.parquet")
         kept = manifest[manifest["kept"]]
-        index = pd.read_parquet(box.cwd / name / "index.parquet")
+        store = ExportStore.open(box.cwd / name)
+        index = store.index
         assert index[["volume_id", "slice_index"]].values.tolist() == kept[["volume_id", "slice_index"]].values.tolist()
         size = int(re.search(r"size=(\d+)", text)[1])
-        assert np.load(box.cwd / name / "slices.npy", mmap_mode="r").shape == (len(kept), size, size)
+        assert store.array().shape == (len(kept), size, size)

@@ -13,6 +13,7 @@ from PIL import Image
 
 import ctreduce
 from ctreduce.reduction import backends, plan
+from ctreduce.store.export import ExportStore
 from ctreduce.store.run import RunConflict
 
 COLUMNS = ["volume_id", "source", "slice_index", "z_mm", "kept", "leader", "distance", "method",
@@ -110,7 +111,7 @@ def test_a_single_large_series_is_read_by_every_worker_with_the_same_result(tmp_
     two = ctreduce.reduce(tmp_path / "in", tmp_path / "w2", workers=2, export="npy", export_size=32).manifest
     pd.testing.assert_frame_equal(one, two)
     kept = np.flatnonzero(one["kept"])
-    exported = np.load(tmp_path / "w2" / "export" / "slices.npy")
+    exported = ExportStore.open(tmp_path / "w2" / "export").array()
     expected = np.stack([reference_uint8(hu[k]) for k in kept])
     assert exported.shape == (len(kept), 32, 32) and (exported == expected).all()
 
@@ -127,11 +128,11 @@ def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
     calls = []
     real = backends.process_source
 
-    def interrupted_after_two(source, config, parts=None):
+    def interrupted_after_two(source, config, parts=None, read=None):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(source.volume_id)
-        return real(source, config, parts)
+        return real(source, config, parts, read)
 
     monkeypatch.setattr(backends, "process_source", interrupted_after_two)
     with pytest.raises(KeyboardInterrupt):
@@ -142,7 +143,7 @@ def test_resume_processes_only_missing_volumes(archive, tmp_path, monkeypatch):
 
     resumed = []
     monkeypatch.setattr(backends, "process_source",
-                        lambda s, c, p=None: resumed.append(s.volume_id) or real(s, c, p))
+                        lambda s, c, p=None, r=None: resumed.append(s.volume_id) or real(s, c, p, r))
     result = ctreduce.reduce(archive, out)
     assert len(resumed) == 2 and not set(resumed) & set(calls)
     assert result.summary["complete"] is True

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 import ctreduce
 from ctreduce.ssl.augment import RandomGamma, SeparableGaussianBlur, ct_view
 from ctreduce.ssl.data import ExportError, SliceDataset, intensity_stats, open_export
+from ctreduce.store.export import ExportStore
 
 
 @pytest.fixture(scope="module")
@@ -36,27 +37,34 @@ def test_array_store_and_png_folder_give_the_same_slices(exports):
     assert len(npy) == len(png) == 10
     assert npy.raw(0).shape == (1, 32, 32) and npy.raw(0).dtype == torch.uint8
     assert png.raw(0).shape == (1, 40, 40)
-    stored = np.load(exports / "npy" / "slices.npy")
+    stored = ExportStore.open(exports / "npy").array()
     assert torch.equal(npy.raw(3)[0], torch.from_numpy(stored[3]))
 
 
 def test_intensity_statistics_match_numpy(exports):
     mean, std = intensity_stats(open_export(exports / "npy"))
-    pixels = np.load(exports / "npy" / "slices.npy").astype(np.float64) / 255
+    pixels = ExportStore.open(exports / "npy").array().astype(np.float64) / 255
     assert mean == pytest.approx(pixels.mean()) and std == pytest.approx(pixels.std())
 
 
 def test_corrupt_or_incomplete_exports(tmp_path, exports):
     with pytest.raises(ExportError, match="no such export folder"):
         open_export(tmp_path / "none")
-    # An interrupted npy export (array only, 1,661 of 2,036 rows zero) is refused, not trained on.
-    (tmp_path / "interrupted").mkdir()
-    np.save(tmp_path / "interrupted" / "slices.npy", np.zeros((3, 4, 4), np.uint8))
+    # An interrupted npy export (shards, no index version named yet) is refused, not trained on.
+    (tmp_path / "interrupted" / "shards").mkdir(parents=True)
+    np.save(tmp_path / "interrupted" / "shards" / "a-0.npy", np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(ExportError, match="no export.json"):
         open_export(tmp_path / "interrupted")
     bad = shutil.copytree(exports / "npy", tmp_path / "bad")
-    np.save(bad / "slices.npy", np.zeros((3, 4, 4), np.float32))
-    with pytest.raises(ExportError, match="uint8"):
+    shard = next((bad / "shards").glob("*.npy"))
+    np.save(shard, np.zeros((3, 32, 32), np.float32))
+    with pytest.raises(ExportError, match=f"{shard.name}: expected .*uint8"):
+        open_export(bad)
+    np.save(shard, np.zeros((1, 32, 32), np.uint8))  # fewer rows than the index names
+    with pytest.raises(ExportError, match=f"{shard.name}: the index names row"):
+        open_export(bad)
+    shard.unlink()
+    with pytest.raises(ExportError, match=f"{shard.name}: not a readable .npy shard"):
         open_export(bad)
     short = shutil.copytree(exports / "npy", tmp_path / "short")
     meta = json.loads((short / "export.json").read_text())

@@ -158,7 +158,7 @@ def test_errors_before_training(export_dir, tmp_path):
         with pytest.raises(PretrainError, match="accelerator 'gpu' requested but CUDA is not available"):
             pretrain(settings(export_dir, tmp_path / "o", accelerator="gpu"))
     corrupt = Path(shutil.copytree(export_dir, tmp_path / "corrupt"))
-    (corrupt / "slices.npy").write_bytes(b"garbage")
+    next((corrupt / "shards").glob("*.npy")).write_bytes(b"garbage")
     with pytest.raises(PretrainError, match=re.escape(str(corrupt))):  # the message names the export
         pretrain(settings(corrupt, tmp_path / "o"))
     with pytest.raises(SettingsError, match=r"^unknown setting swav.n_protoypes \(did you mean n_prototypes\?\)$"):

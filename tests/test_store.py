@@ -47,7 +47,7 @@ def assert_export_is_the_manifest(run: Path, out: Path) -> None:
         list(zip(kept["volume_id"], kept["slice_index"], strict=True))
     np.testing.assert_allclose(index["z_mm"], kept["z_mm"])
     sources = {s.volume_id: s for s in RunFolder(run).sources()}
-    array = np.load(store.array_path, mmap_mode="r") if store.format == "npy" else None
+    array = store.array() if store.format == "npy" else None
     for row in index.itertuples():
         volume = ctreduce.io.discover.load(sources[row.volume_id])
         expected = Intensity.parse(manifest["intensity"].iloc[0] or "minmax").to_uint8(volume.hu[[row.slice_index]])[0]
@@ -205,15 +205,17 @@ def test_an_interrupted_export_leaves_the_old_one_whole(archive, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         ctreduce.export(tmp_path / "run", out, format="npy", size=24, overwrite=True)
     assert ExportStore.open(out).meta == before
+    monkeypatch.setattr(store_export.ExportWriter, "add_volume", real)  # the same command again finishes it
+    ctreduce.export(tmp_path / "run", out, format="npy", size=24, overwrite=True)
+    assert ExportStore.open(out).array().shape[1:] == (24, 24)
     assert not (tmp_path / ".npy.partial").exists()
 
 
 def test_pretrain_refuses_an_interrupted_npy_export(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    array = np.zeros((20, 32, 32), np.uint8)
-    array[:5] = 100  # the first rows written, the rest still zero
-    np.save(data / "slices.npy", array)
+    (data / "shards").mkdir()
+    np.save(data / "shards" / "a-0.npy", np.full((5, 32, 32), 100, np.uint8))  # shards written, no index yet
     proc = cli("pretrain", "--method", "swav", "--data", data, "--out", tmp_path / "pre", "--preset", "cpu",
                "--epochs", "1", code=2)
     assert "no export.json" in proc.stderr
@@ -225,11 +227,11 @@ def interrupt_after_two_volumes(monkeypatch) -> None:
     real = backends.process_source
     count = []
 
-    def stop_after_two(source, config, outputs=None):
+    def stop_after_two(source, config, outputs=None, read=None):
         if len(count) == 2:
             raise KeyboardInterrupt
         count.append(1)
-        return real(source, config, outputs)
+        return real(source, config, outputs, read)
 
     monkeypatch.setattr(backends, "process_source", stop_after_two)
 
@@ -406,7 +408,10 @@ def test_a_rerun_reads_only_the_headers_of_changed_files(run_dir, archive, monke
 
     read = []
     real = discover._header_or_reason
-    monkeypatch.setattr(discover, "_header_or_reason", lambda path: read.append(path.name) or real(path))
+    monkeypatch.setattr(discover, "_header_or_reason", lambda path: read.append(Path(path).name) or real(path))
+    real_once = discover._read_once  # the header read with the pixels (reduce --method hash reads each file once)
+    monkeypatch.setattr(discover, "_read_once",
+                        lambda path, slices: read.append(Path(path).name) or real_once(path, slices))
     first = RunFolder.open(run_dir).manifest()
     again = ctreduce.reduce(archive, run_dir)
     assert read == [] and again.complete
@@ -439,7 +444,7 @@ def test_reduce_with_export_equals_reduce_then_export_and_reads_each_volume_once
     fused, separate = ExportStore.open(tmp_path / "run" / "export"), ExportStore.open(tmp_path / "separate")
     pd.testing.assert_frame_equal(fused.index, separate.index)
     if fmt == "npy":
-        np.testing.assert_array_equal(np.load(fused.array_path), np.load(separate.array_path))
+        np.testing.assert_array_equal(fused.array(), separate.array())
     else:
         for a, b in zip(fused.image_paths(), separate.image_paths(), strict=True):
             assert a.read_bytes() == b.read_bytes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,14 +81,19 @@ def test_npy_export_on_a_disk_that_fills_is_one_line_and_resumes(run_all, tmp_pa
 head -c 7M /dev/zero > "$DISK/filler"
 run full export "$RUN" --out "$DISK/npy" --format npy --size 224 --quiet
 ls -A "$DISK" > "$LOG/listing.txt"
+find "$DISK" -name ".*.tmp" > "$LOG/half.txt"
 rm "$DISK/filler"
 run again export "$RUN" --out "$DISK/npy" --format npy --size 224 --quiet
+ls -A "$DISK" > "$LOG/after.txt"
 cp -r "$DISK/npy" "$LOG/npy"
 """
     results = on_small_disk(tmp_path, "8m", steps, run=run_all)
-    assert_disk_full_line(results["full"], f"{tmp_path / 'disk'}/.npy.partial/slices.npy")  # not SIGBUS (135)
-    assert (tmp_path / "log" / "listing.txt").read_text().split() == ["filler"]  # nothing half-written, no lock
+    assert_disk_full_line(results["full"], f"{tmp_path / 'disk'}/.npy.partial/shards/")  # not SIGBUS (135)
+    # the whole shards written so far are kept for the rerun; nothing half-written, no lock
+    assert (tmp_path / "log" / "listing.txt").read_text().split() == [".npy.partial", "filler"]
+    assert (tmp_path / "log" / "half.txt").read_text() == ""
     assert results["again"]["rc"] == "0", results["again"]
+    assert (tmp_path / "log" / "after.txt").read_text().split() == ["npy"]
     assert_export_is_the_manifest(run_all, tmp_path / "log" / "npy")
 
 
@@ -100,7 +106,7 @@ run again reduce "$ARCHIVE" --out "$LOG/run" --method all --export npy --size 22
 cp -r "$DISK/exp" "$LOG/exp"
 """
     results = on_small_disk(tmp_path, "8m", steps, archive=archive)
-    assert_disk_full_line(results["full"], f"{tmp_path / 'disk'}/.exp.partial/slices.npy")
+    assert_disk_full_line(results["full"], f"{tmp_path / 'disk'}/.exp.partial/shards/")
     assert results["again"]["rc"] == "0", results["again"]
     assert_export_is_the_manifest(tmp_path / "log" / "run", tmp_path / "log" / "exp")
 
@@ -127,9 +133,12 @@ def test_npy_export_when_the_allocation_fails_is_one_line(run_all, tmp_path, mon
     result = CliRunner().invoke(app, ["export", str(run_all), "--out", str(out), "--format", "npy", "--quiet"])
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == [f"error: disk full writing {tmp_path}/.npy.partial/slices.npy (No space left on device); free "
-                     "some space and run the same command again: finished work is kept"]
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert len(lines) == 1 and re.fullmatch(
+        rf"error: disk full writing {re.escape(str(tmp_path))}/\.npy\.partial/shards/[0-9a-f]{{20}}-[0-9a-f]{{16}}"
+        r"\.npy \(No space left on device\); free some space and run the same command again: finished work is kept",
+        lines[0]), lines
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".npy.partial"]
+    assert not list((tmp_path / ".npy.partial").rglob("*.npy*"))  # the first shard failed: nothing half-written
     monkeypatch.undo()
     assert CliRunner().invoke(app, ["export", str(run_all), "--out", str(out), "--format", "npy",
                                     "--quiet"]).exit_code == 0
@@ -147,7 +156,8 @@ def test_without_preallocation_zeros_are_written_first(run_all, tmp_path, monkey
     monkeypatch.setattr(os, "pwrite", lambda fd, data, at: written.append(len(data)) or real(fd, data, at))
     monkeypatch.setattr(os, "posix_fallocate", unsupported)
     ctreduce.export(run_all, tmp_path / "npy", format="npy", size=40)
-    assert sum(written) == 90 * 40 * 40  # the whole array, before it was mapped
+    shards = len(list((tmp_path / "npy" / "shards").glob("*.npy")))
+    assert shards == 4 and sum(written) == 90 * 40 * 40 + 128 * shards  # each whole shard, before it was written
     assert_export_is_the_manifest(run_all, tmp_path / "npy")
     path = tmp_path / "file"
     with open(path, "wb") as fh:
@@ -194,7 +204,7 @@ def test_an_out_that_links_to_an_export_replaces_that_export(run_all, archive, t
     assert_export_is_the_manifest(tmp_path / "hash", link)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "current", "data", "hash", "run"]  # no .old
     assert sorted(p.name for p in real.parent.iterdir()) == ["export"]
-    assert np.load(real / "slices.npy").shape[0] == ExportStore.open(real).meta["slices"]
+    assert ExportStore.open(real).array().shape[0] == ExportStore.open(real).meta["slices"]
 
 
 def test_an_interrupted_export_exits_130_and_leaves_out_as_it_was(tmp_path):
@@ -221,17 +231,14 @@ def test_an_interrupted_export_exits_130_and_leaves_out_as_it_was(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "run"]
 
 
-def test_an_npy_export_without_an_unreadable_volume_is_cut_to_its_rows_in_place(run_all, archive, tmp_path,
-                                                                               monkeypatch):
-    from ctreduce.store import export_formats
-
+def test_an_npy_export_without_an_unreadable_volume_stores_only_the_rows_written(run_all, archive, tmp_path):
     (archive / "nrrd" / "p6.nrrd").unlink()  # 16 slices that can no longer be read
-    monkeypatch.setattr(export_formats, "_save_npy", None)  # the cut copies nothing
     meta = ctreduce.export(run_all, tmp_path / "npy", format="npy", size=24, allow_changed=True)
     assert meta["slices"] == 90 - 16 and [e["volume_id"] for e in meta["errors"]] == ["archive/nrrd/p6"]
     store = ExportStore.open(tmp_path / "npy")
-    assert np.load(store.array_path).shape == (74, 24, 24)
-    assert (tmp_path / "npy" / "slices.npy").stat().st_size == 128 + 74 * 24 * 24
+    assert store.array().shape == (74, 24, 24)
+    shards = list((tmp_path / "npy" / "shards").glob("*.npy"))
+    assert len(shards) == 3 and sum(p.stat().st_size for p in shards) == 3 * 128 + 74 * 24 * 24
     assert_export_is_the_manifest_except(run_all, tmp_path / "npy", "archive/nrrd/p6")
 
 
@@ -246,7 +253,7 @@ def assert_export_is_the_manifest_except(run: Path, out: Path, missing: str) -> 
     store = ExportStore.open(out)
     assert list(zip(store.index["volume_id"], store.index["slice_index"], strict=True)) == \
         list(zip(kept["volume_id"], kept["slice_index"], strict=True))
-    array = np.load(store.array_path)
+    array = store.array()
     sources = {s.volume_id: s for s in RunFolder(run).sources()}
     for row in store.index.itertuples():
         u8 = Intensity().to_uint8(load(sources[row.volume_id]).hu[[row.slice_index]])[0]

@@ -71,7 +71,7 @@ def assert_export_is_the_sources(out: Path, run: Path) -> None:
     """Every exported row is its source slice as it is on disk now, under the run's intensity policy."""
     store = ExportStore.open(out)
     sources = {s.volume_id: s for s in RunFolder(run).sources()}
-    array = np.load(store.array_path) if store.format == "npy" else None
+    array = store.array() if store.format == "npy" else None
     for row in store.index.itertuples():
         hu = load(sources[row.volume_id], [row.slice_index]).hu
         u8 = Intensity.parse("minmax").to_uint8(hu)[0]

@@ -88,7 +88,7 @@ def scan(
 
     try:
         found = do_scan(inputs, modality=modality, allow_gaps=allow_gaps)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # a missing input, a name no output can hold
         _fail(str(exc))
     if not found.volumes and not found.errors:  # as reduce says it: nothing to list is a usage mistake
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in found.skipped[:5])
@@ -229,13 +229,15 @@ app.command("reduce")(lambda: None)
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'ctreduce reduce'.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder.")],
-    format: Annotated[str, typer.Option("--format", help="png (folder of images), npy (one array) or a plug-in's "
-                                                         "format.")] = "png",
+    run_dir: Annotated[Path | None, typer.Argument(help="Run folder written by 'ctreduce reduce' (not needed with "
+                                                        "--compact alone).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder.")] = ...,
+    format: Annotated[str, typer.Option("--format", help="png (folder of images), npy (shards of memory-mappable "
+                                                         "arrays) or a plug-in's format.")] = "png",
     size: Annotated[int, typer.Option(help="npy: side of the square slices (aspect kept by padding).")] = 224,
     intensity: Annotated[str | None, typer.Option(help="Override the run's intensity policy.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing export in --out, whole.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export in --out, whole (an npy export of "
+                                                 "the same run and settings grows instead).")] = False,
     allow_changed: Annotated[bool, typer.Option(help="Export even if sources changed since they were reduced "
                                                      "(recorded in export.json).")] = False,
     allow_incomplete: Annotated[bool, typer.Option(help="Export an interrupted run's finished volumes "
@@ -245,20 +247,28 @@ def export(
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or a "
                                                          "local Ray).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    compact: Annotated[bool, typer.Option(help="npy: then rewrite the shards that hold rows no longer in the "
+                                               "export (changed or removed volumes), and only those.")] = False,
 ) -> None:
-    """Write the kept slices as 8-bit PNGs or one memory-mappable uint8 array plus an index.
+    """Write the kept slices as 8-bit PNGs or memory-mappable uint8 shards plus an index.
 
-    The export is written beside OUT and moved into place when complete: OUT holds a whole
-    export or none."""
+    A new export is written beside OUT and moved into place when complete: OUT holds a whole
+    export or none. An npy export of the same run and settings grows in place by new shards and a
+    new index version; its earlier shards are never rewritten (--compact drops dead rows)."""
     from .exporting.from_run import export as do_export
+    from .store.export import compact as do_compact
     from .store.files import OutputError
     from .store.lock import LockHeld
 
     _terminate_as_interrupt()
+    if run_dir is None and not compact:
+        _fail("give the RUN folder to export (or --compact to compact the export in --out)")
     try:
-        summary = do_export(run_dir, out, format=format, size=size, intensity=intensity, overwrite=overwrite,
-                            allow_changed=allow_changed, allow_incomplete=allow_incomplete, workers=workers,
-                            progress=not quiet, backend=backend, ray_address=ray_address)
+        summary = None if run_dir is None else do_export(
+            run_dir, out, format=format, size=size, intensity=intensity, overwrite=overwrite,
+            allow_changed=allow_changed, allow_incomplete=allow_incomplete, workers=workers,
+            progress=not quiet, backend=backend, ray_address=ray_address)
+        compacted = do_compact(out) if compact else None
     except (ValueError, LockHeld) as exc:
         _fail(str(exc))
     except OutputError as exc:  # a full disk, an output that cannot be written
@@ -266,10 +276,16 @@ def export(
     except KeyboardInterrupt as exc:
         typer.echo(f"\n{str(exc) or 'interrupted'}; {out} is as it was; run the same command again", err=True)
         raise typer.Exit(130) from None
+    if compacted is not None:
+        typer.echo(f"compacted {out}: version {compacted['version']}, {compacted['rewritten']} shard(s) rewritten, "
+                   f"{compacted['removed']} removed, {compacted['slices']} slices")
+    if summary is None:
+        return
     for error in summary["errors"]:
         typer.echo(f"error: {error['error']}", err=True)
+    version = f", version {summary['version']}" if summary.get("version") else ""
     typer.echo(f"exported {summary['slices']} slices of {summary['volumes']} volume(s) to {out} "
-               f"({format}) in {summary['seconds']:.1f} s")
+               f"({format}{version}) in {summary['seconds']:.1f} s")
     if summary["errors"]:
         raise typer.Exit(1)
 

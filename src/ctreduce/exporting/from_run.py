@@ -79,7 +79,8 @@ def export(
     volumes that can no longer be read, or no longer match their manifest rows, are listed under
     ``errors``. ``workers`` volumes are read and written in parallel (the same output as one);
     ``backend="ray"`` runs them as Ray tasks (``ray_address`` or RAY_ADDRESS, else a local Ray
-    with ``workers`` CPUs; for PNG the export's parent folder must be shared with every node).
+    with ``workers`` CPUs; each task writes its volume's files, PNGs or an npy shard, so the export's parent folder
+    must be shared with every node).
     Every slice written is first compared with its manifest row (``store.fingerprint.first_mismatch``),
     as are the other slices of files whose stat changed: a volume that differs is not written.
     """
@@ -116,36 +117,54 @@ def export(
 
     start = time.perf_counter()
     errors: list[dict[str, str]] = []
-    with ExportWriter(out, format, size=size, overwrite=overwrite) as writer:
+    spec = {"run_dir": str(run_dir.resolve()), "intensity": str(policy), "column": column}
+    with ExportWriter(out, format, size=size, overwrite=overwrite, spec=spec) as writer:
         writer.allocate(len(chosen))
         every = manifest.groupby("volume_id", sort=False) if check.modified else None
+        # An export that grows keeps the rows of the volumes it holds unchanged; only the others are read.
+        held = {vid: writer.held(_records(vid, group)) for vid, group in groups}
+        reused = sum(len(records) for records in held.values() if records is not None)
         jobs = [(sources.get(vid), vid, _to_read(group, every.get_group(vid) if vid in check.modified else None,
                                                  check.modified.get(vid, [])), recorded)
-                for vid, group in groups]
-        bar = _progress(len(chosen), progress)
+                for vid, group in groups if held[vid] is None]
+        bar = _progress(len(chosen) - reused, progress)
         nodes: dict[str, int] = {}
         ordered = (_in_order_ray(jobs, policy, writer.format, writer.stage, workers, ray_address, nodes)
                    if backend == "ray" else _in_order(jobs, policy, writer.format, writer.stage, workers))
+        order, k = [vid for vid, _ in groups], 0  # the rows go in manifest order, held volumes between those read
         for (_, volume_id, rows, _), result in zip(jobs, ordered, strict=True):
+            while order[k] != volume_id:
+                writer.add_volume(None, held[order[k]])
+                k += 1
+            k += 1
             if isinstance(result, str):
                 errors.append({"volume_id": volume_id, "error": result})
             else:
                 writer.add_volume(*result)
             if bar is not None:
                 bar.update(int(rows["write"].sum()))
+        for vid in order[k:]:
+            writer.add_volume(None, held[vid])
         if bar is not None:
             bar.close()
         meta = writer.commit({
-            "run_dir": str(run_dir.resolve()), "intensity": str(policy), "column": column,
             "volumes": len(groups) - len(errors), "errors": errors,
             "allow_incomplete": allow_incomplete and not summary.get("complete", False),
             "allow_changed": sorted(check.changed) if allow_changed else [],
             "unchecked_sources": check.unchecked, "workers": workers, "backend": backend,
             **({"ray_nodes": nodes} if backend == "ray" else {}),
-            "seconds": round(time.perf_counter() - start, 3),
+            "seconds": round(time.perf_counter() - start, 3), "reused": reused,
             "versions": library_versions(LIBRARIES),
         })
     return meta
+
+
+def _records(volume_id: str, chosen: pd.DataFrame) -> list[dict[str, Any]]:
+    """The index records of one volume's chosen manifest rows, as an export that reads them writes them."""
+    digests = chosen[DIGEST_COLUMN] if DIGEST_COLUMN in chosen.columns else [None] * len(chosen)
+    return [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(z), "source": str(src),
+             DIGEST_COLUMN: d} for i, z, src, d in zip(chosen["slice_index"], chosen["z_mm"], chosen["source"],
+                                                       digests, strict=True)]
 
 
 def _to_read(chosen: pd.DataFrame, every: pd.DataFrame | None, modified: list[int]) -> pd.DataFrame:
@@ -175,8 +194,10 @@ def export_volume(source: VolumeSource | None, volume_id: str, rows: pd.DataFram
             return f"{mismatch}; not exported. {REDO_HINT}"
         write = np.flatnonzero(rows["write"].to_numpy(bool))
         u8 = policy.to_uint8(volume.hu[write])
+        digests = rows[DIGEST_COLUMN] if DIGEST_COLUMN in rows.columns else [None] * len(rows)
         records = [{"volume_id": volume_id, "slice_index": int(rows["slice_index"].iloc[k]),
-                    "z_mm": float(volume.z_mm[k]), "source": volume.slice_sources[k]} for k in write]
+                    "z_mm": float(volume.z_mm[k]), "source": volume.slice_sources[k], DIGEST_COLUMN: digests[k]}
+                   for k in write]
         return fmt.encode(stage, u8, records), records
     except OutputError:  # the export's own files: it stops
         raise

@@ -1,9 +1,11 @@
 """``ctreduce.reduce``, and with ``export=`` the export of the run written in the same pass.
 
-Each worker writes its volume's kept slices while the volume is in memory (``store.export.ExportParts``);
-when the run is complete they are assembled, in manifest order, into the same export as
-``ctreduce export`` of the run. Volumes without a part (reduced before ``--export`` was asked for)
-are read once more and compared with the manifest first, like every export that reads the sources again.
+Each worker writes its volume's kept slices while the volume is in memory (``store.export.ExportParts``; npy:
+the volume's shard, straight into the export store it grows); when the run is complete they are assembled, in
+manifest order, into the same export as ``ctreduce export`` of the run (npy: a new index version naming them).
+Volumes without a part (reduced before ``--export`` was asked for, and not held unchanged by the version the
+export grows from) are read once more and compared with the manifest first, like every export that reads the
+sources again.
 
 The reduce run (``reduction.run``) sits below the export side and cannot import it: :func:`reduce` hands it
 a :class:`OnePassExport`, which the run calls back to check the export folder before anything is read, to
@@ -32,7 +34,7 @@ from ..reduction.verify import REDO_HINT, legacy_dhashes
 from ..store.export import META, ExportError, ExportParts, ExportWriter, refuse_existing
 from ..store.export_formats import export_format
 from ..store.files import read_json
-from ..store.fingerprint import first_mismatch
+from ..store.fingerprint import DIGEST_COLUMN, first_mismatch
 from ..store.places import check_output_place
 from ..store.run import RunFolder
 
@@ -89,7 +91,8 @@ class OnePassExport:
     def of(cls, options: RunOptions, run_dir: Path, config: ReduceConfig) -> OnePassExport:
         fmt, size = options.export, options.export_size
         out = Path(options.export_out) if options.export_out is not None else RunFolder(run_dir).default_export
-        parts = ExportParts(RunFolder(run_dir).export_parts, fmt, size, config.intensity)
+        parts = ExportParts(RunFolder(run_dir).export_parts, fmt, size, config.intensity, store=out,
+                            spec={"run_dir": str(run_dir.resolve()), "column": "kept"})
         return cls(parts, out, run_dir)
 
     def check_place(self, inputs: list[Path], overwrite: bool) -> None:
@@ -136,33 +139,38 @@ def assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts, 
     if parts.current(out, run.path, list(zip(kept["volume_id"], kept["slice_index"].astype(int), strict=True))):
         meta = read_json(out / META)
         return {"path": str(out), "format": meta["format"], "size": meta["size"], "slices": meta["slices"],
-                "assemble_s": 0.0, "errors": meta.get("errors", [])}
+                "version": meta.get("version"), "assemble_s": 0.0, "errors": meta.get("errors", [])}
     start = time.perf_counter()
     errors: list[dict[str, str]] = []
-    with ExportWriter(out, parts.format, size=parts.size, overwrite=True) as writer:
+    with ExportWriter(out, parts.format, size=parts.size, overwrite=True, spec=parts.spec) as writer:
         writer.allocate(len(kept))
         # A part holds the slices its volume kept; --scope archive may have dropped some since.
         in_parts = manifest[manifest["volume_kept"]] if "volume_kept" in manifest.columns else kept
         part_rows = {vid: rows for vid, rows in in_parts.groupby("volume_id", sort=False)}
         for volume_id, group in kept.groupby("volume_id", sort=False):
             part_slices = part_rows[volume_id]["slice_index"].to_numpy(np.int64)
+            index = group["slice_index"].to_numpy(np.int64)
+            digests = group[DIGEST_COLUMN] if DIGEST_COLUMN in group.columns else [None] * len(group)
+            records = [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(z), "source": str(src),
+                        DIGEST_COLUMN: d}
+                       for i, z, src, d in zip(index, group["z_mm"], group["source"], digests, strict=True)]
             if not parts.has(volume_id):
+                held = writer.held(records)  # unchanged since the version the export grows from
+                if held is not None:
+                    writer.add_volume(None, held)
+                    continue
                 error = _write_part(parts, sources[volume_id], part_rows[volume_id])
                 if error is not None:
                     errors.append({"volume_id": volume_id, "error": error})
                     continue
-            index = group["slice_index"].to_numpy(np.int64)
-            records = [{"volume_id": volume_id, "slice_index": int(i), "z_mm": float(z), "source": str(src)}
-                       for i, z, src in zip(index, group["z_mm"], group["source"], strict=True)]
             rows = np.searchsorted(part_slices, index)
             parts.add_to(writer, volume_id, records, None if len(rows) == len(part_slices) else rows)
-        meta = writer.commit({"run_dir": str(run.path.resolve()), "intensity": parts.intensity, "column": "kept",
-                              "volumes": int(kept["volume_id"].nunique()) - len(errors), "errors": errors,
+        meta = writer.commit({"volumes": int(kept["volume_id"].nunique()) - len(errors), "errors": errors,
                               "fused": True, "allow_incomplete": False, "allow_changed": [],
                               "unchecked_sources": False, "seconds": round(time.perf_counter() - start, 3),
                               "versions": versions})
     return {"path": str(out), "format": meta["format"], "size": meta["size"], "slices": meta["slices"],
-            "assemble_s": meta["seconds"], "errors": errors}
+            "version": meta.get("version"), "assemble_s": meta["seconds"], "errors": errors}
 
 
 def _write_part(parts: ExportParts, source: VolumeSource, rows: pd.DataFrame) -> str | None:

@@ -29,12 +29,14 @@ from .dicom_header import (
     _frame_group,
     _numbers,
     _text,
+    dataset_to_pixels,
+    header_of,
     read_header,
 )
 from .volume import Volume, VolumeError, VolumeSource, hu_array, quiet
 
 __all__ = ["DicomHeader", "group_series", "order_frames", "order_series", "place_slices", "read_frames", "read_header",
-           "read_series", "slice_normal"]
+           "read_once", "read_series", "slice_normal"]
 
 # A position step larger than this multiple of the median step means a slice is missing.
 GAP_FACTOR = 1.5
@@ -268,28 +270,76 @@ def _read_native(path: str):
             return None
         ds = read_dataset(f, syntax == _NATIVE_SYNTAXES[0], True, stop_when=_at_pixels)
         ds.file_meta = meta
-        layout = _native_layout(ds)
-        if layout is None:
-            return None
-        dtype, shift = layout
-        implicit, _ = ds.original_encoding
-        head = f.read(8 if implicit else 12)
-        if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
-            return None
-        if implicit:
-            length = int.from_bytes(head[4:8], "little")
-        elif head[4:6] in (b"OB", b"OW") and len(head) == 12:
-            length = int.from_bytes(head[8:12], "little")
-        else:
-            return None
-        arr = np.empty((int(ds.Rows), int(ds.Columns)), dtype=dtype)
-        # Longer pixel data is read as pydicom does (the first frame); shorter or cut is its error.
-        if length == 0xFFFFFFFF or length < arr.nbytes or f.readinto(arr) != arr.nbytes:
-            return None
+        return _native_pixels(f, ds)
+
+
+def _native_pixels(f, ds):
+    """``_read_native`` from where the dataset ``ds`` of the open file ``f`` ends (its pixel data element)."""
+    layout = _native_layout(ds)
+    if layout is None:
+        return None
+    dtype, shift = layout
+    implicit, _ = ds.original_encoding
+    head = f.read(8 if implicit else 12)
+    if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
+        return None
+    if implicit:
+        length = int.from_bytes(head[4:8], "little")
+    elif head[4:6] in (b"OB", b"OW") and len(head) == 12:
+        length = int.from_bytes(head[8:12], "little")
+    else:
+        return None
+    arr = np.empty((int(ds.Rows), int(ds.Columns)), dtype=dtype)
+    # Longer pixel data is read as pydicom does (the first frame); shorter or cut is its error.
+    if length == 0xFFFFFFFF or length < arr.nbytes or f.readinto(arr) != arr.nbytes:
+        return None
     if shift:  # pydicom's correction of unused high bits: sign-extend or clear them
         np.left_shift(arr, shift, out=arr)
         np.right_shift(arr, shift, out=arr)
     return ds, arr
+
+
+def read_once(path: str) -> tuple[DicomHeader | str, tuple | None]:
+    """A file's header and, for a single-frame slice, its pixels, from one open: the header (or the
+    reason the file is not usable DICOM, as ``read_header`` words it) and (stored values, Modality
+    LUT values or None, (slope, intercept)) as ``read_series`` reads them, or None when its pixels are
+    left to ``read_series`` (multi-frame files, headers with a ``problem``, pixels that cannot be
+    read: ``read_series`` then names the file and the reason as it always does).
+    """
+    try:
+        with quiet(), open(path, "rb") as f:
+            read = dataset_to_pixels(f, path)
+            if read is None:  # an unusual transfer syntax: the usual readers, one after the other
+                return _header_or_reason(path), None
+            ds, problem, at = read
+            header = header_of(path, ds, problem)
+            if header.problem or header.multiframe:
+                return header, None
+            try:
+                f.seek(at)
+                pixels = _native_pixels(f, ds)
+                if pixels is None:
+                    import pydicom
+
+                    f.seek(0)
+                    whole = pydicom.dcmread(f)
+                    pixels = whole, whole.pixel_array
+                return header, _values(path, *pixels, header.rows, header.cols)[1:]
+            except Exception:
+                return header, None
+    except VolumeError as exc:
+        return str(exc).removeprefix(f"{path}: "), None
+    except Exception:  # InvalidDicomError, a damaged element, ...: the header alone, worded as it always is
+        return _header_or_reason(path), None
+
+
+def _header_or_reason(path: str) -> DicomHeader | str:
+    try:
+        return read_header(path)
+    except VolumeError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _native_layout(ds) -> tuple[np.dtype, int] | None:
@@ -379,7 +429,10 @@ def _read_slice(path: str, rows: int, cols: int):
 
 
 def _slice_values(path: str, rows: int, cols: int):
-    ds, arr = _read_pixels(path)
+    return _values(path, *_read_pixels(path), rows, cols)
+
+
+def _values(path: str, ds, arr: np.ndarray, rows: int, cols: int):
     if arr.shape != (rows, cols):
         raise VolumeError(f"{path}: pixel data has shape {arr.shape}, expected {(rows, cols)}")
     lut = None

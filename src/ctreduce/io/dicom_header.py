@@ -97,13 +97,20 @@ def read_header(path: str | Path) -> DicomHeader:
 
 
 def _read_header(path: str) -> DicomHeader:
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         ds, pixels = _header_dataset(path)
     except InvalidDicomError as exc:
         raise VolumeError(f"{path}: not a DICOM file (no 128-byte preamble and 'DICM' prefix)") from exc
+    return header_of(path, ds, pixels)
+
+
+def header_of(path: str, ds: Any, pixels: str) -> DicomHeader:
+    """The header of a dataset read up to its pixel data (``pixels``: what is wrong with them, or "");
+    VolumeError when the file is not usable DICOM."""
+    import pydicom
+
     if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _MEDIA_DIRECTORY:
         raise VolumeError(f"{path}: DICOMDIR (the index of a DICOM medium), not an image")
     uid = _text(ds, "SeriesInstanceUID")
@@ -134,19 +141,26 @@ def _read_header(path: str) -> DicomHeader:
         problems.append(pixels)
     return DicomHeader(
         path=path,
-        series_uid=uid,
-        modality=_text(ds, "Modality").upper(),
+        series_uid=_shared(uid),
+        modality=_shared(_text(ds, "Modality").upper()),
         position=position,  # type: ignore[arg-type]
-        orientation=orientation,
-        pixel_spacing=spacing,  # type: ignore[arg-type]
-        rows=rows,
-        cols=cols,
+        orientation=_shared(orientation),
+        pixel_spacing=_shared(spacing),  # type: ignore[arg-type]
+        rows=_shared(rows),
+        cols=_shared(cols),
         frames=frames,
         sop_uid=_text(ds, "SOPInstanceUID"),
         problem=problems[0] if problems else "",
         multiframe=multiframe,
         frame_positions=frame_positions,
     )
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _shared(value: Any) -> Any:
+    """One object for equal values that a series' files repeat (its UID, orientation, spacing, size): fewer
+    objects held per file, and a batch of headers pickled from a worker to the scan carries each once."""
+    return value
 
 
 _SYNTAX_ENCODING = {  # transfer syntax -> (implicit VR, little endian) of the dataset after the file meta
@@ -177,17 +191,29 @@ def _header_dataset(path: str) -> tuple[Any, str]:
     syntaxes only): nothing to read, or cut short by the end of the file ("" when neither).
     """
     import pydicom
-    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 
     with open(path, "rb") as f:
-        read_preamble(f, False)
-        meta = _read_file_meta_info(f)
-        encoding = _SYNTAX_ENCODING.get(str(meta.get("TransferSyntaxUID", "")))
-        if encoding is not None:
-            ds = read_dataset(f, *encoding, stop_when=_at_pixels, specific_tags=_header_tags())
-            ds.file_meta = meta
-            return ds, _pixel_data_problem(f, path, os.fstat(f.fileno()).st_size, *encoding)
+        read = dataset_to_pixels(f, path, _header_tags())
+        if read is not None:
+            return read[0], read[1]
     return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS), ""
+
+
+def dataset_to_pixels(f, path: str, tags: list | None = None) -> tuple[Any, str, int] | None:
+    """The dataset of the open file ``f`` up to its pixel data (only ``tags`` when given), what is wrong
+    with its pixel data ("" when nothing is, ``_pixel_data_problem``) and the offset of its pixel data
+    element; None for a transfer syntax whose encoding is not known here (``dcmread`` then reads it)."""
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    read_preamble(f, False)
+    meta = _read_file_meta_info(f)
+    encoding = _SYNTAX_ENCODING.get(str(meta.get("TransferSyntaxUID", "")))
+    if encoding is None:
+        return None
+    ds = read_dataset(f, *encoding, stop_when=_at_pixels, specific_tags=tags)
+    ds.file_meta = meta
+    at = f.tell()
+    return ds, _pixel_data_problem(f, path, os.fstat(f.fileno()).st_size, *encoding), at
 
 
 _PIXEL_VRS = (b"OB", b"OW", b"OF", b"OD", b"UN")

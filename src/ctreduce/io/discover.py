@@ -6,16 +6,17 @@ import dataclasses
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import dicom, single
-from .volume import Volume, VolumeError, VolumeSource
+from .volume import Volume, VolumeError, VolumeSource, hu_array
 
 # Files that are never volumes; listed as skipped with this reason, not parsed.
 _NOT_VOLUMES = {
@@ -42,6 +43,27 @@ class ScanResult:
     stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # every file walked: (size, mtime_ns)
     digest: str = ""  # of the walk (``Listing.digest``)
     headers_read: int = 0  # DICOM headers read from disk (not found in the header cache)
+    # With ``scan(slices=...)``: what the scan's one read of each file gave, for the volumes whose every
+    # slice it read (keyed by the volume's first path; ids may still change to be unique)
+    read: dict[str, ReadSlices] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReadSlices:
+    """What the scan computed from the pixels of one volume's slices, in slice order: the bytes its
+    ``SliceFunction`` returned per slice, and each file's (size, mtime_ns) at the walk, before it was read."""
+
+    features: np.ndarray  # (slices, nbytes) uint8
+    stats: np.ndarray  # (slices, 2) int64
+
+
+class SliceFunction(Protocol):
+    """What a scan computes from each single-frame slice as it reads its header (picklable: it runs in the
+    scan's worker processes): a fixed number of bytes from the slice's HU values."""
+
+    nbytes: int
+
+    def __call__(self, hu: np.ndarray) -> np.ndarray: ...
 
 
 # path -> (size, mtime_ns, header or the reason the file is not usable DICOM)
@@ -78,6 +100,8 @@ def walk(inputs: Sequence[str | os.PathLike]) -> Listing:
         root = Path(raw)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
+        if not _is_utf8(str(root)):
+            raise ValueError(f"{printable(str(root))}: the name is not valid UTF-8 (bytes shown as \\xNN); rename it")
         skipped: list[dict[str, Any]] = []
         files = _collect(root, seen, skipped, stats)
         if not files and not skipped:
@@ -140,7 +164,10 @@ def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]],
         folders = []
         prefix = real if real.endswith(os.sep) else real + os.sep
         for entry in entries:
-            if _is_dir(entry):
+            if not _is_utf8(entry.name):  # every output (manifest, journal, names) holds text: say it here, once
+                skipped.append({"path": printable(entry.path),
+                                "reason": "name is not valid UTF-8 (its bytes shown as \\xNN): rename it to reduce it"})
+            elif _is_dir(entry):
                 folders.append(entry.path)
             else:  # realpath only for links: it costs a system call per path component
                 add_file(entry.path, os.path.realpath(entry.path) if entry.is_symlink() else prefix + entry.name, entry)
@@ -152,6 +179,21 @@ def _collect(root: Path, seen: _Seen, skipped: list[dict[str, Any]],
     else:
         add_file(str(root), os.path.realpath(root))
     return files
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (Python holds them as surrogates, which no text file
+    or Parquet column can store)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """``path`` as text any output can hold: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -175,6 +217,8 @@ def scan(
     workers: int = 1,
     header_cache: HeaderCache | None = None,
     listing: Listing | None = None,
+    slices: SliceFunction | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ScanResult:
     """Find every volume under ``inputs`` (files or folders) from headers alone.
 
@@ -188,40 +232,46 @@ def scan(
     DICOM headers are read in parallel (reading them is most of a scan's time). A file whose size
     and mtime equal its entry in ``header_cache`` (the ``headers`` of an earlier scan) is not read.
     ``listing``: the ``walk`` of these inputs when the caller already has it.
+    ``slices``: each DICOM file not in the cache is opened once, for its header and its pixels, and
+    ``slices`` computed from the slice's HU values there; a volume whose every slice was so read (the
+    same HU dtype kind, the same position as scanned) gets the results under ``read``.
+    ``progress`` is called with 1 for every file read (not for those the cache holds).
     """
     result = ScanResult()
     want = modality.upper()
     listing = listing if listing is not None else walk(inputs)
-    roots: list[tuple[Path, ScanResult, list[Path]]] = []
+    roots: list[tuple[Path, ScanResult, list[str]]] = []
     for root, files, skipped in listing.roots:
         part = ScanResult(skipped=list(skipped))  # this input's single-file volumes and skips, in order
         base = root if root.is_dir() else root.parent
-        candidates: list[Path] = []
+        candidates: list[str] = []  # the walk's strings: a Path a file costs ~0.4 KB more, held to the end
         for name in files:
             path = Path(name)
             try:
                 if not _add_single_file(part, base, path):
-                    candidates.append(path)
+                    candidates.append(name)
             except Exception as exc:
                 reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, VolumeError) else _describe(exc)
                 part.skipped.append({"path": str(path), "reason": reason})
         roots.append((base, part, candidates))
     # One pass (and one worker pool) over the DICOM candidates of every input.
     every = [path for _, _, candidates in roots for path in candidates]
-    headers_or_reasons, result.headers_read = _read_headers(every, listing.stats, workers, header_cache,
-                                                            result.headers)
+    headers_or_reasons, result.headers_read, computed = _read_headers(every, listing.stats, workers, header_cache,
+                                                                      result.headers, slices, progress)
     read = iter(headers_or_reasons)
     for base, part, candidates in roots:
         result.volumes += part.volumes
         result.skipped += part.skipped
         headers: list[dicom.DicomHeader] = []
-        for path in candidates:
+        for name in candidates:
             header = next(read)
             if isinstance(header, str):
-                result.skipped.append({"path": str(path), "reason": header})
+                result.skipped.append({"path": name, "reason": header})
             else:
                 headers.append(header)
         _add_series(result, base, headers, want, allow_gaps)
+    if computed is not None:
+        result.read = _read_volumes(result.volumes, every, computed, listing.stats)
     _make_ids_unique(result)
     result.stats, result.digest = listing.stats, listing.digest
     return result
@@ -249,7 +299,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
+def _header_or_reason(path: str) -> dicom.DicomHeader | str:
     try:
         return dicom.read_header(path)
     except VolumeError as exc:
@@ -258,33 +308,94 @@ def _header_or_reason(path: Path) -> dicom.DicomHeader | str:
         return _describe(exc)
 
 
-def _read_headers(paths: list[Path], known: dict[str, tuple[int, int]], workers: int, cache: HeaderCache | None,
-                  seen: HeaderCache) -> tuple[list[dicom.DicomHeader | str], int]:
+def _read_once(path: str, slices: SliceFunction) -> tuple[dicom.DicomHeader | str, bytes | None]:
+    """A file's header (or reason) and, for a single-frame slice whose pixels could be read, one record:
+    its HU dtype kind (1 integer, 2 float), its position along its own normal (NaN without geometry:
+    float64) and ``slices`` of its HU values."""
+    header, pixels = dicom.read_once(path)
+    if pixels is None or isinstance(header, str):
+        return header, None
+    try:
+        arr, lut, (slope, intercept) = pixels
+        hu = lut if lut is not None else hu_array(arr[None], np.array([slope]), np.array([intercept]),
+                                                  in_place=True)[0]
+        z = float("nan")
+        if header.position is not None and header.orientation is not None:
+            z = sum(p * n for p, n in zip(header.position, dicom._unit_normal(header.orientation), strict=True))
+        kind = 2 if hu.dtype.kind == "f" else 1
+        return header, bytes([kind]) + np.float64(z).tobytes() + np.ascontiguousarray(slices(hu), np.uint8).tobytes()
+    except Exception:  # the volume's worker reads the file again and says what is wrong
+        return header, None
+
+
+_RECORD = 9  # bytes of a ``_read_once`` record before ``slices``'s own
+
+
+def _read_volumes(volumes: list[VolumeSource], paths: list[str], computed: list[bytes | None],
+                  stats: dict[str, tuple[int, int]]) -> dict[str, ReadSlices]:
+    """``ReadSlices`` of each single-frame DICOM volume whose every slice was read by the scan, with one HU
+    dtype kind (as ``read_series`` would make one array of them) and where its header placed it."""
+    row = {p: k for k, p in enumerate(paths) if computed[k] is not None}
+    out: dict[str, ReadSlices] = {}
+    for source in volumes:
+        if source.format != "dicom" or source.frames or not all(p in row for p in source.paths):
+            continue
+        records = np.frombuffer(b"".join(computed[row[p]] for p in source.paths),  # type: ignore[misc]
+                                dtype=np.uint8).reshape(source.n_slices, -1)
+        kinds = records[:, 0]
+        z = records[:, 1:_RECORD].copy().view(np.float64)[:, 0]
+        moved = np.abs(z - np.asarray(source.z_mm)) > dicom.DUPLICATE_TOL_MM  # as ``read_series`` checks it
+        if kinds.min() != kinds.max() or moved.any():
+            continue  # read again by its worker, which says what is wrong or makes one array of them
+        out[source.paths[0]] = ReadSlices(records[:, _RECORD:].copy(),
+                                          np.array([stats[p] for p in source.paths], dtype=np.int64))
+    return out
+
+
+def _read_headers(paths: list[str], known: dict[str, tuple[int, int]], workers: int, cache: HeaderCache | None,
+                  seen: HeaderCache, slices: SliceFunction | None = None,
+                  progress: Callable[[int], None] | None = None
+                  ) -> tuple[list[dicom.DicomHeader | str], int, list[bytes | None] | None]:
     """Each file's header, or the reason it is not usable DICOM; in input order. A file whose size
     and mtime (``known``, from the walk) equal its ``cache`` entry is not read again; every result
-    is added to ``seen``. Also returns how many were read from disk."""
-    stats = [known[str(p)] for p in paths]
+    is added to ``seen``. Also returns how many were read from disk, and with ``slices`` each file's
+    ``_read_once`` record (None for a file not read now or without one)."""
+    stats = [known[p] for p in paths]
     results: list[dicom.DicomHeader | str | None] = [None] * len(paths)
     misses = []
     for k, (path, stat) in enumerate(zip(paths, stats, strict=True)):
-        hit = cache.get(str(path)) if cache else None
+        hit = cache.get(path) if cache else None
         if hit is not None and hit[:2] == stat:
             results[k] = hit[2]
         else:
             misses.append(k)
     todo = [paths[k] for k in misses]
+    job = _header_or_reason if slices is None else partial(_read_once, slices=slices)
+    read = []
     if workers <= 1 or len(todo) < 64:
-        read = [_header_or_reason(p) for p in todo]
+        for path in todo:
+            read.append(job(path))
+            if progress is not None:
+                progress(1)
     else:
         from ..core.workers import pool
 
         with pool(workers) as executor:
-            read = list(executor.map(_header_or_reason, todo, chunksize=max(16, len(todo) // (8 * workers))))
-    for k, header in zip(misses, read, strict=True):
-        results[k] = header
+            for one in executor.map(job, todo, chunksize=max(16, min(512, len(todo) // (8 * workers)))):
+                read.append(one)
+                if progress is not None:
+                    progress(1)
+    computed: list[bytes | None] | None = None
+    if slices is not None:
+        computed = [None] * len(paths)
+        for k, (header, record) in zip(misses, read, strict=True):
+            results[k], computed[k] = header, record
+    else:
+        for k, header in zip(misses, read, strict=True):
+            results[k] = header
     for path, stat, header in zip(paths, stats, results, strict=True):
-        seen[str(path)] = (*stat, header)
-    return results, len(todo)  # type: ignore[return-value]
+        seen[path] = (*stat, header)
+    return results, len(todo), computed  # type: ignore[return-value]
 
 
 def _add_series(result: ScanResult, base: Path, headers: list[dicom.DicomHeader], want: str,

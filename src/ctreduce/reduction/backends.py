@@ -19,7 +19,7 @@ import numpy as np
 from ..config import ReduceConfig
 from ..core.workers import RAY_RETRIES, RAY_SPREAD, ray_failure, ray_nodes_see, ray_session, terminate
 from ..core.workers import pool as process_pool
-from ..io.discover import load
+from ..io.discover import ReadSlices, load
 from ..io.intensity import Intensity
 from ..io.volume import Volume, VolumeSource
 from ..store.fingerprint import Fingerprint, slice_digests
@@ -28,11 +28,13 @@ from .worker import Outputs, VolumeResult, errors_returned, finish, process_sour
 
 
 def run_volumes(todo: list[VolumeSource], config: ReduceConfig, *, workers: int, backend: str,
-                ray_address: str | None, outputs: Outputs | None, verify: set[str]) -> Iterator[VolumeResult]:
-    """Reduce ``todo`` (those in ``verify``: read again and compared with their parts, ``verify_source``)."""
+                ray_address: str | None, outputs: Outputs | None, verify: set[str],
+                read: dict[str, ReadSlices] | None = None) -> Iterator[VolumeResult]:
+    """Reduce ``todo`` (those in ``verify``: read again and compared with their parts, ``verify_source``;
+    those whose slices the scan read, ``read`` by first path: from what it computed, ``process_source``)."""
     if backend == "ray":
         return _run_ray(todo, config, workers, ray_address, outputs, verify)
-    return _run_pool(todo, config, workers, outputs, verify)
+    return _run_pool(todo, config, workers, outputs, verify, read or {})
 
 
 # Few large volumes: the slices of one DICOM series are read (and scaled) by every worker, in
@@ -84,19 +86,26 @@ def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
         pool.shutdown(wait=finished, cancel_futures=True)
 
 
-def _job(source: VolumeSource, verify: set[str]):
-    """What a worker runs for ``source``: reduce it, or verify it against its part (``verify_source``)."""
-    return verify_source if source.volume_id in verify else process_source
+def _job(source: VolumeSource, config: ReduceConfig, parts: Outputs | None, verify: set[str],
+         read: dict[str, ReadSlices]) -> tuple:
+    """What a worker runs for ``source``, and its arguments: verify it against its part (``verify_source``),
+    or reduce it (from what the scan read of it, when it did: ``read``)."""
+    if source.volume_id in verify:
+        return verify_source, source, config, parts
+    if source.paths and source.paths[0] in read:
+        return process_source, source, config, parts, read.pop(source.paths[0])  # held by its worker now
+    return process_source, source, config, parts
 
 
 def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
-              parts: Outputs | None, verify: set[str]) -> Iterator[VolumeResult]:
-    if chunkable(todo, config, workers):
+              parts: Outputs | None, verify: set[str], read: dict[str, ReadSlices]) -> Iterator[VolumeResult]:
+    if not read and chunkable(todo, config, workers):
         yield from _run_chunked(todo, config, workers, parts, verify)
         return
     if workers <= 1:
         for source in todo:
-            yield _job(source, verify)(source, config, parts)
+            fn, *args = _job(source, config, parts, verify, read)
+            yield fn(*args)
         return
     pool = process_pool(workers)
     finished = False
@@ -105,7 +114,7 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
         queue = iter(todo)
         # A few volumes in flight per worker: memory stays bounded by the volumes being read.
         for source in queue:
-            pending.add(pool.submit(_job(source, verify), source, config, parts))
+            pending.add(pool.submit(*_job(source, config, parts, verify, read)))
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -114,7 +123,7 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                 yield future.result()
                 nxt = next(queue, None)
                 if nxt is not None:
-                    pending.add(pool.submit(_job(nxt, verify), nxt, config, parts))
+                    pending.add(pool.submit(*_job(nxt, config, parts, verify, read)))
         finished = True
     finally:
         if not finished:  # interrupted or failed: stop the workers now, not after their volume

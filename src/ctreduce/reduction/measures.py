@@ -38,6 +38,10 @@ class Method(ABC):
     # It loads a network once per process (weights, a GPU's memory): Ray runs it in one actor per GPU (per
     # worker without GPUs) that keeps the network loaded, where other methods run as plain tasks.
     loads_network: ClassVar[bool] = False
+    # Its decisions need only per-slice hashes, each computed from one slice (``reduction.read_once``): a DICOM
+    # file is then read once, its header and pixels together, and hashed as it is read. False where the
+    # measure compares the slices' images (SSIM, MI, DeepNet): their workers read the ordered volume.
+    per_slice: ClassVar[bool] = False
 
     def preflight(self) -> None:
         """Raise ValueError when this method cannot work on this machine for any volume
@@ -167,6 +171,7 @@ class KeepAll(Selector):
     """Every slice (the paper's ALL)."""
 
     name = "all"
+    per_slice = True
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -180,6 +185,7 @@ class EveryN(Selector):
     """Every N-th slice along z, starting with the first (the paper's fixed-interval baseline)."""
 
     name = "every-n"
+    per_slice = True
 
     def __init__(self, every_n: int = 10) -> None:
         self.every_n = every_n
@@ -211,6 +217,7 @@ class HashMeasure(Measure):
 
     name = "hash"
     chunkable = True  # hashing a slice costs less than reading it
+    per_slice = True
     unit = "Hamming distance in bits"
     higher_is_similar = False
     default_threshold = 6.0
@@ -234,10 +241,11 @@ class HashMeasure(Measure):
         return [float(t) for t in range(0, min(self.hash_size * self.hash_size, 32) + 1)]
 
     def prepare(self, u8: np.ndarray) -> Prepared:
-        bits = hashing.hash_bits(u8, self.hash_kind, self.hash_size)
-        packed = hashing.pack(bits)
-        n_bits = int(np.prod(bits.shape[1:]))
-        hexes = hex_of_packed(packed, n_bits)
+        return self.from_packed(hashing.pack(hashing.hash_bits(u8, self.hash_kind, self.hash_size)))
+
+    def from_packed(self, packed: np.ndarray) -> Prepared:
+        """What ``prepare`` makes of the (slices, bytes) packed hashes of the slices."""
+        hexes = hex_of_packed(packed, self.hash_size * self.hash_size)  # every kind has hash_size**2 bits
         if packed.shape[1] % 8 == 0:  # XOR whole 64-bit words
             packed = packed.view(">u8")
         return Prepared(lambda ref, others: hashing.hamming(packed, ref, others), {"hash": hexes})

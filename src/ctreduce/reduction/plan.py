@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import ReduceConfig
-from ..io.discover import HeaderCache, Listing, ScanResult, scan
+from ..io.discover import HeaderCache, Listing, ScanResult, SliceFunction, scan
 from ..io.intensity import Intensity
 from .measures import Measure, Method, Selector, get_method, method_names
 
@@ -141,11 +141,14 @@ class Plan:
 
 
 def plan(paths: list[Path], listing: Listing, config: ReduceConfig, *, header_cache: HeaderCache | None,
-         workers: int, start: float) -> Plan:
+         workers: int, start: float, slices: SliceFunction | None = None,
+         progress: Callable[[int], None] | None = None) -> Plan:
     """Scan ``listing`` (reading only the headers the cache does not hold) and fix the volumes' settings;
-    NoVolumes when the inputs hold none. ``start``: when the run began (the scan's time is counted from it)."""
+    NoVolumes when the inputs hold none. ``start``: when the run began (the scan's time is counted from it).
+    ``slices``: computed from each DICOM slice as its header is read (``read_once``), in ``found.read``;
+    ``progress``: called with 1 for each file read."""
     found = scan(paths, modality=config.modality, allow_gaps=config.allow_gaps, workers=workers,
-                 header_cache=header_cache, listing=listing)
+                 header_cache=header_cache, listing=listing, slices=slices, progress=progress)
     rewrite_cache = found.headers_read > 0 or len(header_cache or {}) != len(found.headers)
     if not found.volumes and not found.errors:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in found.skipped[:5])

@@ -10,6 +10,7 @@ layer: it hands the run an :class:`ExportPass`, which the run calls back.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -30,12 +31,12 @@ from ..io.discover import walk
 from ..io.volume import VolumeSource
 from ..store.export import ExportParts
 from ..store.files import DiskFull
-from ..store.fingerprint import Fingerprint
 from ..store.places import check_output_place
 from ..store.run import RunFolder
 from .archive import archive_scope
 from .backends import run_volumes
 from .plan import Plan, identity, input_paths, method_of, plan, sweep
+from .read_once import slice_hasher
 from .selection import empty_manifest, kept_column, resolve_target
 from .verify import still_valid
 from .worker import Outputs
@@ -117,8 +118,23 @@ def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: 
             return unchanged
     # A rerun reads only the headers of files that changed since the last scan.
     cache = run.header_cache() if run is not None and not options.overwrite else None
-    planned = plan(paths, listing, config, header_cache=cache,
-                   workers=options.workers if options.backend == "local" else 1, start=t0)
+    # Each DICOM file opened once (header and pixels) for a per-slice method; not for Ray, whose scan runs
+    # in the driver, nor when --verify reads every finished volume again anyway.
+    slices = slice_hasher(config) if options.backend == "local" and not options.verify else None
+    reading: list[Any] = []  # a bar of the files read, from the first one (the scan then does most of the work)
+
+    def read(n: int) -> None:
+        if not reading:
+            reading.append(_progress(None, 0, True, "read", "file"))
+        reading[0].update(n)
+
+    try:
+        planned = plan(paths, listing, config, header_cache=cache,
+                       workers=options.workers if options.backend == "local" else 1, start=t0, slices=slices,
+                       progress=read if options.progress and slices is not None else None)
+    finally:
+        for bar in reading:
+            bar.close()
     del cache, listing
     with run.lock() if run is not None else nullcontext():
         manifest, summary = _reduce(planned, run, options, export.parts if export is not None else None, t0)
@@ -159,7 +175,7 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
     returns the manifest and the summary. Raises KeyboardInterrupt or DiskFull after writing what is done."""
     found, config = planned.found, planned.config
     done: dict[str, dict[str, Any]] = {}
-    fingerprints: dict[str, Fingerprint] = {}
+    fingerprints: dict[str, str] = {}  # JSON text: a third of the memory of its tuples, a volume's one string
     changed: dict[str, str] = {}
     moved: list[str] = []
     recheck: dict[str, str] = {}  # finished volumes to read and compare again -> how their files' stat changed
@@ -183,7 +199,8 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
     try:
         outputs = Outputs(run.parts, export) if run is not None else None
         for result in run_volumes(todo, planned.volume_config, workers=options.workers, backend=options.backend,
-                                  ray_address=options.ray_address, outputs=outputs, verify=set(recheck)):
+                                  ray_address=options.ray_address, outputs=outputs, verify=set(recheck),
+                                  read=found.read):
             if result.verified == "" and recheck[result.volume_id]:
                 moved.append(result.volume_id)
             elif result.verified:
@@ -192,7 +209,7 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
             entry.pop("fingerprint", None)  # kept in ``fingerprints``; one list entry per file otherwise
             entries[result.volume_id] = entry
             if result.fingerprint is not None:
-                fingerprints[result.volume_id] = result.fingerprint
+                fingerprints[result.volume_id] = json.dumps(result.fingerprint.to_json())
             if result.frame is not None:  # Arrow: a few bytes a row, where pandas objects take ~10x
                 frames[result.volume_id] = pa.Table.from_pandas(result.frame, preserve_index=False)
             if bar is not None:
@@ -208,13 +225,17 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
             bar.close()
     reduce_seconds = time.perf_counter() - t1
 
-    manifest = _manifest(planned, frames, run)
+    table = _manifest(planned, frames, run)
+    del frames  # their buffers are the table's
+    manifest = table.to_pandas()
     fractions = {t: float(manifest[kept_column(t)].mean()) for t in sweep(config)
                  if kept_column(t) in manifest.columns} if not manifest.empty else {}
     manifest, target = resolve_target(manifest, config)
     scope = None
     if config.scope == "archive" and not interrupted and all(s.volume_id in entries for s in found.volumes):
         manifest, scope = archive_scope(manifest, int(config.threshold))  # type: ignore[arg-type]
+    if target is not None or scope is not None:
+        table = None  # the rows changed: written from the DataFrame
     if planned.fitted:
         target = {"target_fraction": config.target_fraction, **planned.fitted,
                   "kept_fraction": float(manifest["kept"].mean()) if len(manifest) else 0.0}
@@ -235,7 +256,7 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
         summary["target"] = target
     if run is not None:
         try:
-            run.write_results(manifest, found.volumes, fingerprints, summary, options.csv)
+            run.write_results(manifest, found.volumes, fingerprints, summary, options.csv, arrow=table)
         except DiskFull as exc:
             full = full or exc
     if full is not None:
@@ -245,15 +266,15 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
     return manifest, summary
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int | None, initial: int, enabled: bool, desc: str = "reduce", unit: str = "vol"):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="vol", desc="reduce", file=sys.stderr)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr)
 
 
-def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None) -> pd.DataFrame:
+def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None) -> pa.Table:
     """Every volume's rows in input order: those reduced now, and the parts of those done before."""
     ordered = []
     for source in planned.found.volumes:
@@ -263,8 +284,8 @@ def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None)
         if table is not None:
             ordered.append(table)
     if not ordered:
-        return empty_manifest()
-    return pa.concat_tables(ordered, promote_options="default").to_pandas()
+        return pa.Table.from_pandas(empty_manifest(), preserve_index=False)
+    return pa.concat_tables(ordered, promote_options="default")
 
 
 def _summary(planned: Plan, entries: dict[str, dict[str, Any]], manifest: pd.DataFrame, *, scan_s: float,

@@ -7,6 +7,7 @@ Nothing here reads or writes a file: the workers (``worker``) read a volume and 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,25 +24,37 @@ from .measures import Measure, Selector
 from .plan import for_volumes, identity, method_of, score_column, settings, sweep
 
 
+@dataclass(frozen=True)
+class SliceHashes:
+    """The hashes of a volume's slices, computed where each slice was read (``read_once``)."""
+
+    packed: np.ndarray  # (slices, bytes) the method's hash bits, packed (``hashing.pack``); for a measure
+    dhash: list[str]  # each slice's 64-bit dHash, as the manifest's ``dhash`` column holds it
+
+
 def kept_column(threshold: float) -> str:
     return f"kept@{threshold:g}"
 
 
-def select(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None
-           ) -> tuple[dict[float, Selection], dict[str, list[Any]]]:
+def select(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None,
+           hashes: SliceHashes | None = None) -> tuple[dict[float, Selection], dict[str, list[Any]]]:
     """Run the configured method on one volume for every threshold of its sweep.
 
     Returns one Selection per threshold (a single entry keyed NaN for a selector) and the
     measure's extra per-slice columns. Scores are memoised, so a sweep costs little more than
-    its most demanding threshold.
+    its most demanding threshold. ``hashes``: the slices' hashes, computed where they were read
+    (``read_once``, for a ``per_slice`` method); the volume then need not hold pixels.
     """
     n = volume.n_slices
-    if u8 is None:  # given when the slices were scaled where they were read (chunked reads)
+    if u8 is None and hashes is None:  # given when the slices were scaled where they were read (chunked reads)
         u8 = Intensity.parse(config.intensity).to_uint8(volume.hu)
     method: Measure | Selector = method_of(config)  # type: ignore[assignment]  # the registry holds no other kind
     if isinstance(method, Selector):
-        return {float("nan"): method.select(n)}, {"dhash": hashing.dhash(u8)}
-    prepared = method.prepare(u8)
+        return {float("nan"): method.select(n)}, {"dhash": hashing.dhash(u8) if hashes is None else hashes.dhash}
+    if hashes is not None:
+        prepared = method.from_packed(hashes.packed)  # type: ignore[attr-defined]  # per_slice: HashMeasure
+    else:
+        prepared = method.prepare(u8)  # type: ignore[arg-type]
     thresholds = sweep(config)
     compare = memoize(prepared.compare, n) if len(thresholds) > 1 else prepared.compare
     selections = {t: greedy_leader(n, compare, t, higher_is_similar=method.higher_is_similar)
@@ -50,17 +63,21 @@ def select(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None
     # Every manifest carries each slice's 64-bit dHash: archive-wide duplicate and leakage searches
     # (``ctreduce.curate``) then need no second read of the archive.
     params = method.params()
-    columns["dhash"] = (columns["hash"] if is_dhash(params.get("hash"), params.get("hash_size"))
-                        else hashing.dhash(u8))
+    if hashes is not None:
+        columns["dhash"] = hashes.dhash
+    else:
+        columns["dhash"] = (columns["hash"] if is_dhash(params.get("hash"), params.get("hash_size"))
+                            else hashing.dhash(u8))
     return selections, columns
 
 
 def volume_frame(volume: Volume, config: ReduceConfig, u8: np.ndarray | None = None,
-                 digests: list[str] | None = None) -> pd.DataFrame:
+                 digests: list[str] | None = None, hashes: SliceHashes | None = None) -> pd.DataFrame:
     """Manifest rows of one volume; with a target fraction, also every threshold's leaders and
     distances (private ``_leader@``/``_distance@`` columns resolved across the dataset).
-    ``digests``: the slices' pixel digests when computed where they were read (chunked reads)."""
-    selections, columns = select(volume, config, u8)
+    ``digests``: the slices' pixel digests when computed where they were read (chunked reads);
+    ``hashes``: their hashes, likewise (``select``)."""
+    selections, columns = select(volume, config, u8, hashes)
     primary = selections[config.threshold] if config.threshold is not None else next(iter(selections.values()))
     n = volume.n_slices
     index = volume.slice_index  # the slice's index in the scanned volume: a slice left out unread leaves a gap

@@ -7,6 +7,7 @@ volume's manifest part (``recorded_frame``) before its results are kept.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -51,10 +52,10 @@ def recorded_frame(volume: Volume, recorded: pd.DataFrame | None, digests: list[
 
 
 def still_valid(sources: list[VolumeSource], stats: dict[str, tuple[int, int]], done: dict[str, dict[str, Any]],
-                fingerprints: dict[str, Fingerprint], changed: dict[str, str], recheck: dict[str, str],
+                fingerprints: dict[str, str], changed: dict[str, str], recheck: dict[str, str],
                 verify: bool) -> dict[str, dict[str, Any]]:
     """The finished volumes whose files have the stat they had (all of them, with ``verify``: none);
-    fills ``fingerprints``, ``changed`` and ``recheck``.
+    fills ``fingerprints`` (as JSON text), ``changed`` and ``recheck``.
 
     A finished volume whose files' stat changed goes to ``recheck`` (with the change in words): a
     worker reads it and compares its slices with its part (``verify_source``): copied, moved or
@@ -70,7 +71,7 @@ def still_valid(sources: list[VolumeSource], stats: dict[str, tuple[int, int]], 
         if recorded is None:
             changed[source.volume_id] = "no recorded input fingerprint"
         elif now.files == recorded.files and not verify:
-            fingerprints[source.volume_id] = Fingerprint(recorded.files, now.folders)
+            fingerprints[source.volume_id] = json.dumps(Fingerprint(recorded.files, now.folders).to_json())
             valid[source.volume_id] = {k: v for k, v in entry.items() if k != "fingerprint"}  # in ``fingerprints``
         else:
             recheck[source.volume_id] = recorded.change(now)

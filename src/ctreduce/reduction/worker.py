@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from ..config import ReduceConfig
-from ..io.discover import load
+from ..io.discover import ReadSlices, load
 from ..io.intensity import Intensity
 from ..io.volume import Volume, VolumeSource
 from ..store.export import ExportParts
 from ..store.files import DiskFull, disk_full, is_disk_full
 from ..store.fingerprint import Fingerprint, slice_digests
 from ..store.run import read_part, write_part
+from .read_once import slice_hasher
 from .selection import volume_frame
 from .verify import recorded_frame
 
@@ -67,17 +68,53 @@ class Outputs:
     export: ExportParts | None = None
 
 
-def process_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs | None = None) -> VolumeResult:
+def process_source(source: VolumeSource, config: ReduceConfig, outputs: Outputs | None = None,
+                   read: ReadSlices | None = None) -> VolumeResult:
     """Read and reduce one scanned volume; never raises for bad data (the error is returned).
 
     With ``outputs``, the worker also writes the volume's manifest part (atomically), so that
     Parquet encoding runs in parallel, and its export part; the parent only appends the journal
     line. A full disk is the one error that is raised: every later volume would fail the same way.
+    ``read``: what the scan computed from the volume's slices when it read them (``read_once``); the
+    decisions are then made from it, and only an export reads the kept slices again.
     """
+    if read is not None:
+        return _reduce_read(source, read, config, outputs)
     start = time.perf_counter()
     with errors_returned(source, outputs, start) as result:
         before = Fingerprint.of(source)  # stat before reading: a file changed meanwhile shows up later
         result.append(finish(source, load(source), None, config, outputs, before, start))
+    return result[0]
+
+
+def _reduce_read(source: VolumeSource, read: ReadSlices, config: ReduceConfig, outputs: Outputs | None
+                 ) -> VolumeResult:
+    """``process_source`` of a volume the scan read: the greedy rule on its ordered hashes, and with an export
+    its kept slices read again and written (reduced again from a whole read when one of them changed since)."""
+    start = time.perf_counter()
+    with errors_returned(source, outputs, start) as result:
+        hasher = slice_hasher(config)
+        if hasher is None or read.features.shape != (source.n_slices, hasher.nbytes):
+            raise ValueError(f"the scan computed other slice features than {config.method} needs")
+        # stat from the walk, before the scan read the files: a file changed since shows up in a rerun
+        before = Fingerprint.of(source, stats={p: (int(s), int(m)) for p, (s, m) in zip(source.paths, read.stats,
+                                                                                          strict=True)})
+        digests, hashes = hasher.unpack(read.features)
+        volume = Volume(source.volume_id, np.empty((source.n_slices, 0, 0), dtype=np.int16), source.spacing,
+                        np.asarray(source.z_mm, dtype=np.float64), source.paths, modality=source.modality,
+                        series_uid=source.series_uid, format="dicom", warnings=list(source.warnings))
+        frame = volume_frame(volume, config, digests=digests, hashes=hashes)
+        if outputs is not None and outputs.export is not None:
+            kept = np.flatnonzero(frame["kept"].to_numpy())
+            again = load(source, kept)
+            if slice_digests(again.hu) != [digests[k] for k in kept]:  # a file changed since the scan read it
+                return process_source(source, config, outputs)
+            outputs.export.write(source.volume_id, again.slice_index,
+                                 Intensity.parse(config.intensity).to_uint8(again.hu))
+        if outputs is not None:
+            write_part(outputs.parts, source.volume_id, frame)
+        result.append(VolumeResult(source.volume_id, source.source, frame, seconds=time.perf_counter() - start,
+                                   warnings=volume.warnings, fingerprint=before))
     return result[0]
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..store.export import META, ExportError, ExportStore
-from ..store.export_formats import ARRAY, INDEX, ImageFiles, Slices
+from ..store.export import MARKERS, META, ExportError, ExportStore
+from ..store.export_formats import ImageFiles, Slices
 from ..store.files import read_json
 
 __all__ = ["ExportError", "SliceDataset", "export_info", "intensity_stats", "open_export"]
@@ -26,9 +26,11 @@ class SliceDataset(Dataset):
     """The slices of an export (any format: ``ExportStore.slices``) or of a plain folder of PNGs, as uint8
     tensors (1, H, W) through ``transform``."""
 
-    def __init__(self, slices: Slices, transform: Callable[[torch.Tensor], Any] | None = None) -> None:
+    def __init__(self, slices: Slices, transform: Callable[[torch.Tensor], Any] | None = None,
+                 version: int | None = None) -> None:
         self.slices = slices
         self.transform = transform
+        self.version = version  # the export's index version read (npy), recorded by the pre-training run
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -50,8 +52,9 @@ def open_export(root: str | Path, transform: Callable[[torch.Tensor], Any] | Non
     root = Path(root)
     if not root.is_dir():
         raise ExportError(f"{root}: no such export folder")
-    if any((root / name).exists() for name in (META, INDEX, ARRAY)):
-        return SliceDataset(ExportStore.open(root).slices(), transform)
+    if any((root / name).exists() for name in MARKERS):
+        store = ExportStore.open(root)
+        return SliceDataset(store.slices(), transform, store.version)
     files = sorted(root.glob("*.png"))
     if not files:
         raise ExportError(f"{root}: neither a ctreduce export (no {META}) nor a folder of PNG images")

@@ -22,7 +22,7 @@ from ..lightning_setup import launched_rank
 from ..store.places import check_output_place
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
 from .base import SSLMethod
-from .data import ExportError, export_info, intensity_stats, open_export
+from .data import ExportError, SliceDataset, export_info, intensity_stats, open_export
 
 __all__ = ["PretrainError", "TrainingStopped", "launched_rank", "method_class", "pretrain"]
 
@@ -236,7 +236,7 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
         cpu_seconds = earlier.get("cpu_time_s", 0.0) + time.process_time() - cpu_start
         # Every rank returns the same summary (the CLI runs on every rank under "ddp"); rank 0 writes the files.
         kind, lr, wd = module.optimiser_settings()  # as resolved for this world size
-        summary = {**_summary(config, trainer, len(dataset), earlier.get("wall_time_s", 0.0), seconds, settings,
+        summary = {**_summary(config, trainer, dataset, earlier.get("wall_time_s", 0.0), seconds, settings,
                               status, resume),
                    # CPU time of this training process (all its threads): comparable between runs whose thread
                    # counts differ, where wall time is not
@@ -252,7 +252,7 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     return summary
 
 
-def _summary(config: PretrainConfig, trainer: pl.Trainer, n_images: int, earlier_s: float, seconds: float,
+def _summary(config: PretrainConfig, trainer: pl.Trainer, dataset: SliceDataset, earlier_s: float, seconds: float,
              settings: dict[str, Any], status: str, resumed_from: Path | None) -> dict[str, Any]:
     total_seconds = earlier_s + seconds
     gpus = trainer.num_devices * trainer.num_nodes if settings["accelerator"] == "gpu" else 0
@@ -263,8 +263,10 @@ def _summary(config: PretrainConfig, trainer: pl.Trainer, n_images: int, earlier
         "method": config.method,
         "backbone": config.backbone,
         "data": config.data,
-        "dataset_slices": n_images,
-        "export": {k: info.get(k) for k in ("run_dir", "format", "size", "intensity", "slices")} if info else {},
+        "dataset_slices": len(dataset),
+        # the version this session trained on (the export may have grown since): what reads the same slices again
+        "export": {**{k: info.get(k) for k in ("run_dir", "format", "size", "intensity")},
+                   "slices": len(dataset), "version": dataset.version} if info else {},
         "epochs_completed": trainer.current_epoch,
         "steps": steps,
         "images_seen": steps * config.batch_size * trainer.world_size,

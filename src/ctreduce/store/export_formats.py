@@ -3,19 +3,18 @@ registered by name. ``ctreduce.store.export`` owns the rest of the export folder
 lock) and calls the format for its files.
 
     png   images/*.png   8-bit grey at native size, names listed in the index's ``file`` column
-    npy   slices.npy     (N, size, size) uint8, row i = index row i, memory-mapped by training
+    npy   shards/*.npy   (n, size, size) uint8 shards named in the index (``shard``, ``shard_row``), memory-mapped
+                         by training; the store grows by new shards and index versions (``store.shards``)
 
 A plug-in adds a format with :func:`register_export_format` (docs/architecture.md, "Extending ctreduce").
 """
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -23,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from ..core.plugins import load_plugins
-from .files import atomic_write, encoded_name, reserve, write_failed
+from .files import atomic_write, encoded_name, read_json, write_failed
+from .fingerprint import DIGEST_COLUMN
+from .shards import PENDING, SHARDS, ShardRows, check_shards, write_shard
 
 INDEX = "index.parquet"
-ARRAY = "slices.npy"
 IMAGES = "images"
 
 
@@ -56,6 +56,9 @@ class ExportFormat(ABC):
 
     name: ClassVar[str]
     sized: ClassVar[bool] = False  # True: every slice resized and padded to size x size; export.json records it
+    # True: an export of the same run and settings grows in place, by new files and a new index version, and
+    # its earlier files are never rewritten (npy); False: every export is written whole and replaces the old one
+    appends: ClassVar[bool] = False
     columns: ClassVar[tuple[str, ...]] = ()  # index.parquet columns the format adds to each record (png: file)
 
     def __init__(self, size: int | None = None) -> None:
@@ -88,8 +91,10 @@ class ExportFormat(ABC):
 
     # --- the parts of reduce --export (ExportParts): by default a volume's uint8 slices, encoded on assembly ---
 
-    def write_part(self, folder: Path, volume_id: str, slice_indices: np.ndarray, u8: np.ndarray) -> None:
-        """Keep one volume's slices (uint8, native size) in ``folder`` until the export is assembled."""
+    def write_part(self, folder: Path, volume_id: str, slice_indices: np.ndarray,
+                   u8: np.ndarray) -> dict[str, Any] | None:
+        """Keep one volume's slices (uint8, native size) in ``folder`` until the export is assembled; what it
+        returns is kept in the part's marker (``pending_marker``)."""
         atomic_write(folder / f"{part_stem(volume_id)}.u8.npy", lambda p: _save_npy(p, u8))
 
     def read_part(self, folder: Path, stage: Path, volume_id: str, records: list[dict[str, Any]],
@@ -220,7 +225,7 @@ class PngFormat(ExportFormat):
         return ImageFiles(root / f for f in index["file"])
 
 
-# --- npy: one memory-mappable array ---------------------------------------------------------------
+# --- npy: immutable shards of one memory-mappable array each (store.shards) -------------------------
 
 
 def resize_pad(u8: np.ndarray, size: int) -> np.ndarray:
@@ -245,110 +250,56 @@ def npy_rows(u8: np.ndarray, size: int) -> np.ndarray:
     return rows
 
 
-class ArrayRows:
-    """The rows of an (N, S, S) uint8 .npy file, memory-mapped on first use in each process."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._array: np.ndarray | None = None
-        self.shape = tuple(int(v) for v in np.load(path, mmap_mode="r").shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, row: int) -> np.ndarray:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        return np.array(self._array[row])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_array": None}
-
-
-@dataclass
-class _Room:
-    array: np.ndarray | None  # the memory map of the staged slices.npy; None once it is closed
-
-
 @register_export_format
 class NpyFormat(ExportFormat):
-    """``slices.npy``: (N, size, size) uint8, row i = index row i (:func:`resize_pad`), memory-mapped by training."""
+    """``shards/*.npy``: (n, size, size) uint8 shards, one per volume written (:func:`resize_pad`), named with their
+    row in the index's ``shard`` and ``shard_row`` columns; memory-mapped by training. The store grows by new
+    shards and index versions (``store.shards``)."""
 
     name = "npy"
     sized = True
+    appends = True
+    columns = (DIGEST_COLUMN, "shard", "shard_row")
 
-    def allocate(self, stage: Path, n: int) -> _Room:
-        """The array of ``n`` rows, its space reserved on disk before it is mapped: a disk too small is
-        DiskFull now, never a crash while writing (shrunk by ``finish`` when fewer rows were written)."""
-        path = stage / ARRAY
-        header = _npy_header((n, self.size, self.size))
-        with open(path, "wb") as fh:
-            fh.write(header)
-            fh.flush()
-            reserve(fh.fileno(), len(header) + n * self.size * self.size, path)
-        return _Room(np.lib.format.open_memmap(path, mode="r+"))
+    def start(self, stage: Path) -> None:
+        (stage / SHARDS).mkdir(exist_ok=True)
 
-    def encode(self, stage: Path, u8: np.ndarray, records: list[dict[str, Any]]) -> np.ndarray:
-        return npy_rows(u8, self.size)
+    def encode(self, stage: Path, u8: np.ndarray, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        name = write_shard(stage, part_stem(records[0]["volume_id"]), npy_rows(u8, self.size))
+        for k, record in enumerate(records):
+            record.update(shard=name, shard_row=k)
 
-    def store(self, room: _Room, first: int, payload: np.ndarray) -> None:
-        room.array[first: first + len(payload)] = payload
-
-    def finish(self, stage: Path, room: _Room, n: int) -> None:
-        room.array.flush()
-        allocated = room.array.shape[0]
-        room.array = None  # unmapped before the file shrinks
-        if n != allocated:  # unreadable volumes: shrink the store to the rows written
-            _shrink_npy(stage / ARRAY, (n, self.size, self.size))
-
-    def write_part(self, folder: Path, volume_id: str, slice_indices: np.ndarray, u8: np.ndarray) -> None:
-        stack = npy_rows(u8, self.size)
-        atomic_write(folder / f"{part_stem(volume_id)}.npy", lambda p: _save_npy(p, stack))
+    def write_part(self, folder: Path, volume_id: str, slice_indices: np.ndarray, u8: np.ndarray) -> dict[str, Any]:
+        """The volume's shard, written into the store (``folder`` is where the export is written)."""
+        (folder / SHARDS).mkdir(exist_ok=True)
+        name = write_shard(folder, part_stem(volume_id), npy_rows(u8, self.size))
+        return {"shard": name, "slice_index": [int(i) for i in slice_indices]}
 
     def read_part(self, folder: Path, stage: Path, volume_id: str, records: list[dict[str, Any]],
-                  rows: np.ndarray | None) -> np.ndarray:
-        stack = np.load(folder / f"{part_stem(volume_id)}.npy")
-        return stack if rows is None else stack[rows]
+                  rows: np.ndarray | None) -> None:
+        """Name the volume's pending shard (its ``rows``) in the records; the shard stays where it is."""
+        marker = read_json(pending_marker(folder, volume_id))
+        if folder != stage:
+            link_or_copy(str(folder / SHARDS / marker["shard"]), str(stage / SHARDS / marker["shard"]))
+        positions = range(len(records)) if rows is None else rows
+        for record, k in zip(records, positions, strict=True):
+            record.update(shard=marker["shard"], shard_row=int(k))
 
     def check(self, root: Path, meta: dict[str, Any], index: pd.DataFrame) -> None:
-        n = len(index)
         try:
-            array = np.load(root / ARRAY, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise ExportError(f"{root / ARRAY}: not a readable .npy array ({exc}); export it again "
-                              "with --overwrite") from exc
-        size = meta.get("size")
-        if array.dtype != np.uint8 or array.shape != (n, size, size):
-            raise ExportError(f"{root / ARRAY}: expected ({n}, {size}, {size}) uint8, got {array.dtype} "
-                              f"{array.shape}; export it again with --overwrite")
+            check_shards(root, index, int(meta["size"]))
+        except ValueError as exc:
+            raise ExportError(f"{exc}; export it again with --overwrite") from exc
 
-    def slices(self, root: Path, index: pd.DataFrame) -> ArrayRows:
-        return ArrayRows(root / ARRAY)
+    def slices(self, root: Path, index: pd.DataFrame) -> ShardRows:
+        return ShardRows(root, index)
 
 
 def _save_npy(path: Path, data: np.ndarray) -> None:
     with open(path, "wb") as fh:  # np.save on a file object adds no suffix
         np.save(fh, data)
-
-
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(np.uint8).str, "fortran_order": False,
-                                                  "shape": shape})
-    return buffer.getvalue()
-
-
-def _shrink_npy(path: Path, shape: tuple[int, ...]) -> None:
-    """Keep the first ``shape[0]`` rows of a uint8 .npy file, in place: numpy pads the header so that
-    the first axis can change without moving the data, so nothing is copied and no space is needed."""
-    header = _npy_header(shape)
-    with open(path, "r+b") as fh:
-        old = np.lib.format.read_array_header_1_0(fh) if np.lib.format.read_magic(fh) == (1, 0) else None
-        if old is None or fh.tell() != len(header):
-            raise ExportError(f"{path}: unexpected .npy header; export again")
-        fh.seek(0)
-        fh.write(header)
-        fh.truncate(len(header) + int(np.prod(shape)))
 
 
 def link_or_copy(src: str, dst: str) -> None:
@@ -363,3 +314,8 @@ def part_stem(volume_id: str) -> str:
     import hashlib
 
     return hashlib.sha1(volume_id.encode()).hexdigest()[:20]
+
+
+def pending_marker(folder: Path, volume_id: str) -> Path:
+    """The marker of a volume's part in ``folder`` (ExportParts): written last, so a part is there whole or not."""
+    return folder / PENDING / f"{part_stem(volume_id)}.json"

@@ -8,8 +8,10 @@ Layout (``OUT``)::
     metrics.jsonl          one line per epoch
     logs/                  CSV and TensorBoard logs
     backbone.pt            the trained backbone (torchvision state_dict), when finished
-    summary.json           wall time, GPU hours, images seen, dataset size, status (not a reduction's
-                           summary.json, which counts kept slices: ``store.run``)
+    summary.json           wall time, GPU hours, images seen, dataset size, status, and the export trained on
+                           (``export``: run, format, size, intensity, slices and its index ``version``, which
+                           ``ExportStore.open(data, version=...)`` reads again); not a reduction's summary.json,
+                           which counts kept slices: ``store.run``
 """
 
 from __future__ import annotations

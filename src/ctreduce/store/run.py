@@ -13,8 +13,8 @@ Layout (``DIR``)::
                        pre-training run's summary.json describes its training: ``store.pretrain``)
     headers.parquet    the DICOM header (or skip reason) of every file scanned, with its size and mtime:
                        a rerun reads again only the files that changed (a cache: deleting it is safe)
-    export-parts/      reduce --export: each volume's exported slices, assembled into the export
-    export/            reduce --export: the export (unless --export-out puts it elsewhere)
+    export-parts/      reduce --export png: each volume's PNGs, hard-linked into the export
+    export/            reduce --export: the export (unless --export-out puts it elsewhere; npy: its shards)
     .lock              held while a process writes the folder
 
 Schema 2 (this version) adds input fingerprints and names the score column for what it holds
@@ -202,13 +202,23 @@ class RunFolder:
         return pq.read_table(part) if part.exists() else None
 
     def write_results(self, manifest: pd.DataFrame, sources: list[VolumeSource],
-                      fingerprints: dict[str, Fingerprint], summary: dict[str, Any], csv: bool) -> None:
-        fields = [f.name for f in dataclasses.fields(VolumeSource)]
-        table = pd.DataFrame({name: [_plain(getattr(s, name)) for s in sources] for name in fields})
-        table["fingerprint"] = [json.dumps(fingerprints[s.volume_id].to_json()) if s.volume_id in fingerprints
-                                else None for s in sources]
-        atomic_write(self.path / VOLUMES, lambda p: table.to_parquet(p, index=False))
-        atomic_write(self.path / MANIFEST, lambda p: manifest.to_parquet(p, index=False))
+                      fingerprints: dict[str, str], summary: dict[str, Any], csv: bool,
+                      arrow: pa.Table | None = None) -> None:
+        """``arrow``: the manifest as Arrow, when the caller has it (written without converting ``manifest``
+        again: the largest transient of a run's end)."""
+        def volumes(path: Path) -> None:
+            with pq.ParquetWriter(path, _VOLUMES_SCHEMA) as writer:
+                for start in range(0, len(sources), _VOLUMES_BATCH):  # a batch of volumes at a time: converting
+                    batch = sources[start:start + _VOLUMES_BATCH]  # all at once held ~0.7 KB a file more
+                    columns = {name: [_plain(getattr(s, name)) for s in batch] for name in _VOLUME_FIELDS}
+                    columns["fingerprint"] = [fingerprints.get(s.volume_id) for s in batch]  # ``Fingerprint`` JSON
+                    writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=_VOLUMES_SCHEMA))
+
+        atomic_write(self.path / VOLUMES, volumes)
+        if arrow is not None:
+            atomic_write(self.path / MANIFEST, lambda p: pq.write_table(arrow, p))
+        else:
+            atomic_write(self.path / MANIFEST, lambda p: manifest.to_parquet(p, index=False))
         if csv:
             self.write_csv(manifest)
         write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
@@ -413,6 +423,14 @@ def read_sources(path: str | os.PathLike) -> list[VolumeSource]:
 _HEADER_FIELDS = [f.name for f in dataclasses.fields(DicomHeader) if f.name != "path"]
 _TUPLE_FIELDS = {"position", "orientation", "pixel_spacing", "frame_positions"}
 
+
+_VOLUME_FIELDS = [f.name for f in dataclasses.fields(VolumeSource)]
+_VOLUME_TYPES = {"paths": pa.list_(pa.string()), "spacing": pa.list_(pa.float64()), "z_mm": pa.list_(pa.float64()),
+                 "warnings": pa.list_(pa.string()), "sop_uids": pa.list_(pa.string()), "frames": pa.list_(pa.int64()),
+                 "n_slices": pa.int64(), "rows": pa.int64(), "cols": pa.int64(), "allow_gaps": pa.bool_()}
+_VOLUMES_SCHEMA = pa.schema([(name, _VOLUME_TYPES.get(name, pa.string())) for name in _VOLUME_FIELDS]
+                            + [("fingerprint", pa.string())])
+_VOLUMES_BATCH = 64
 
 _HEADER_BATCH = 8192
 _HEADER_SCHEMA = pa.schema(
