@@ -219,6 +219,11 @@ def test_a_node_that_does_not_see_an_output_folder_is_named_before_any_volume_is
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {out / 'parts'}: not seen by Ray node ")
     assert "the run folder" in done.stderr and not any((out / "parts").iterdir())  # nothing reduced
 
+    # reduce --export: every node writes its volumes' shards into the export's folder
+    done = _ctreduce(cluster, "reduce", str(ct), "--out", str(cluster.unshared.parent / "run-shared"), "--export",
+                     "npy", "--size", "32", "--export-out", str(cluster.unshared / "onepass"), code=2)
+    assert "not seen by Ray node" in done.stderr and "the export's folder" in done.stderr
+
     # PNG files and npy shards are written by every node: the export's folder must be shared
     for fmt in ("png", "npy"):
         done = _ctreduce(cluster, "export", str(local_run), "--format", fmt, "--out", str(cluster.unshared / fmt),

@@ -142,8 +142,10 @@ def _run_ray(todo: list[VolumeSource], config: ReduceConfig, workers: int, addre
     """
     with ray_session(workers, address) as ray:
         if todo:
-            ray_nodes_see(ray, {Path(todo[0].source): "the inputs"},
-                          {parts.parts: "the run folder (each node writes its volumes' parts)"} if parts else {})
+            written = {parts.parts: "the run folder (each node writes its volumes' parts)"} if parts else {}
+            if parts is not None and parts.export is not None:  # reduce --export: each node writes its export part
+                written[parts.export.folder] = "the export's folder (each node writes its volumes' export parts)"
+            ray_nodes_see(ray, {Path(todo[0].source): "the inputs"}, written)
         if method_of(config).loads_network:
             gpus = int(ray.cluster_resources().get("GPU", 0))
             # One actor per GPU (or per worker on CPUs): the network is loaded once per actor.
