@@ -64,10 +64,24 @@ def test_a_bad_hash_is_one_line_naming_where(text, message):
     with pytest.raises(ValueError, match=message) as caught:
         codes_from_hex(["0" * 16, text], where="run/manifest.parquet")
     assert str(caught.value).startswith("run/manifest.parquet: ")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as caught:
         DHash.parse(text, where="leakage.json")
+    assert str(caught.value).startswith("leakage.json: ")
+    with pytest.raises(ValueError, match=rf"^hash: .*{message}"):  # where, by default
+        DHash.parse(text)
     with pytest.raises(ValueError, match="2\\*\\*64"):
         DHash(2**64)
+    with pytest.raises(ValueError, match="got -1"):
+        DHash(-1)
+
+
+def test_the_value_type_holds_every_64_bit_code_and_compares_by_value():
+    for code in (0, 1, 2**64 - 1):  # both ends of [0, 2**64) are hashes
+        assert int(DHash(code)) == code and DHash.parse(str(DHash(code))) == DHash(code)
+    assert str(DHash(0)) == "0" * 16
+    assert DHash(1) != DHash(2) and DHash(3) == DHash(3) and DHash(1) != 1 and DHash(1) != "0000000000000001"
+    assert hash(DHash(1)) != hash(DHash(2)) and hash(DHash(7)) == hash(DHash.parse("0000000000000007"))
+    assert len({DHash(5), DHash(5), DHash(6)}) == 2 and DHash(0b1011) - DHash(0) == 3
 
 
 def test_other_hash_sizes_keep_imagehash_text():
@@ -76,6 +90,8 @@ def test_other_hash_sizes_keep_imagehash_text():
     for size in (5, 16):
         packed = hashing.pack(hashing.dhash_bits(u8, size))
         assert hex_of_packed(packed, size * size) == [str(imagehash.dhash(Image.fromarray(s), size)) for s in u8]
+    # fewer than 64 bits in 8 bytes: the hex of those bits only, not of the 64-bit code
+    assert hex_of_packed(np.array([[0xAB] * 8], np.uint8), 60) == ["abababababababa"]
 
 
 def test_the_64_bit_dhash_identity_is_decided_in_one_place():
