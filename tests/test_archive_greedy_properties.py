@@ -72,6 +72,9 @@ def test_a_chain_keeps_the_slice_near_only_a_dropped_one():
     assert table["kept"].tolist() == [True, False, True]
     assert table["leader_volume"].tolist() == ["x", "x", "y"] and table["leader_slice"].tolist() == [0, 0, 5]
     assert table["distance"].tolist() == [0, 3, 0]
+    assert (table["slice_index"].dtype, table["leader_slice"].dtype, table["distance"].dtype) == (np.int64,) * 3
+    narrow = archive_greedy([VolumeCodes("x", np.array([0, 4], np.int32), np.array([a, c], np.uint64))], 3)
+    assert narrow["slice_index"].dtype == np.int64 and narrow["leader_slice"].tolist() == [0, 4]
 
 
 def test_volume_codes_are_checked():

@@ -14,15 +14,17 @@ A, B, C = 0, 0xFFFF0000FFFF0000, 0x00FF00FF00FF00FF  # pairwise 32 bits or more 
 
 
 def manifest() -> pd.DataFrame:
-    """v00 keeps A, B, C; each later volume keeps copies of the first 1-3 of them (A with one bit flipped),
-    in manifest order v00, v21, v20, ..., v01; every volume also has one slice its own pass dropped."""
+    """v00 keeps A, B, C (slices 0-2); each later volume keeps copies of the first 1-3 of them (A with one bit
+    flipped) from slice 5 on, in manifest order v00, v21, v20, ..., v01; every volume also has one slice its
+    own pass dropped."""
     rows = []
     for k in [0, *range(21, 0, -1)]:
         vid = f"v{k:02d}"
         codes = [A, B, C] if k == 0 else [A ^ 1, B, C][: 1 + k % 3]
-        for s, code in enumerate(codes):
+        first = 0 if k == 0 else 5  # later volumes' copies sit at other slice indices than their leaders
+        for s, code in enumerate(codes, first):
             rows.append((vid, s, True, code, s, 0.0))
-        rows.append((vid, len(codes), False, codes[-1], len(codes) - 1, 2.0))  # dropped inside its volume
+        rows.append((vid, first + len(codes), False, codes[-1], first + len(codes) - 1, 2.0))  # dropped inside
     frame = pd.DataFrame(rows, columns=["volume_id", "slice_index", "kept", "code", "leader", "distance"])
     frame["dhash"] = hex_from_codes(frame.pop("code").to_numpy(np.uint64))
     frame["leader"] = frame["leader"].astype(np.int32)
@@ -38,8 +40,9 @@ def test_slices_copied_from_an_earlier_volume_point_to_it_and_the_rest_is_kept_a
     across = after[after["volume_kept"] & ~after["kept"]]  # dropped by the archive pass: v00's slices lead
     assert len(across) == sum(1 + k % 3 for k in range(1, 22))
     assert (across["leader_volume"] == "v00").all()
-    assert across["leader"].tolist() == across["slice_index"].tolist()  # slice s copies v00's slice s
-    assert across["distance"].tolist() == [1.0 if s == 0 else 0.0 for s in across["slice_index"]]
+    assert across["leader"].tolist() == (across["slice_index"] - 5).tolist()  # slice 5 + s copies v00's slice s
+    assert across["distance"].tolist() == [1.0 if s == 5 else 0.0 for s in across["slice_index"]]
+    assert list(after.columns) == [*before.columns, "volume_kept", "leader_volume"]
     inside = after[~after["volume_kept"]]  # dropped inside its own volume: untouched
     assert (inside["leader_volume"] == inside["volume_id"]).all()
     pd.testing.assert_frame_equal(inside[["leader", "distance"]], before[~before["kept"]][["leader", "distance"]])
@@ -64,6 +67,6 @@ def test_the_summary_counts_the_drops_and_lists_the_twenty_largest_volume_pairs(
 
 def test_a_bad_hash_names_its_volume():
     frame = manifest()
-    frame.loc[(frame["volume_id"] == "v05") & (frame["slice_index"] == 0), "dhash"] = "not-a-hash"
+    frame.loc[(frame["volume_id"] == "v05") & (frame["slice_index"] == 5), "dhash"] = "not-a-hash"
     with pytest.raises(ValueError, match=r"^volume v05: 'not-a-hash' is not a 64-bit hash"):
         archive_scope(frame, threshold=6)
