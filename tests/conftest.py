@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def archive(tmp_path: Path) -> Path:
     (root / "notes.txt").write_text("not a volume")
     (root / "patient0" / "ct" / "annotation.xml").write_text("<xml/>")
     return root
+
+
+CTREDUCE = str(Path(sys.executable).with_name("ctreduce"))
+
+
+def cli(*args, code: int = 0) -> subprocess.CompletedProcess:
+    """``ctreduce ARGS`` as a user types it (the venv's console script): exits ``code``, never a traceback."""
+    proc = subprocess.run([CTREDUCE, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
 
 
 def tree_fingerprint(root: Path) -> dict[str, str]:

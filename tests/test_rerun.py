@@ -4,28 +4,18 @@ never "nothing to do" when something asked for is missing or damaged, and the on
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli
 
 import ctreduce
 from ctreduce.reduction import backends
 from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 from ctreduce.store.export import ExportStore
 from ctreduce.store.run import RunFolder, part_name
-
-CTREDUCE = str(Path(sys.executable).with_name("ctreduce"))
-
-
-def cli(*args, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CTREDUCE, *map(str, args)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == code, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 def assert_same_export(a: Path, b: Path) -> None:

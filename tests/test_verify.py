@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli
 from PIL import Image
 
 import ctreduce
@@ -21,15 +20,6 @@ from ctreduce.sample_data.phantom import make_phantom, write_dicom_series
 from ctreduce.store.export import ExportStore
 from ctreduce.store.export_formats import resize_pad
 from ctreduce.store.run import RunFolder
-
-CTREDUCE = str(Path(sys.executable).with_name("ctreduce"))
-
-
-def cli(*args, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CTREDUCE, *map(str, args)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == code, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 @pytest.fixture
