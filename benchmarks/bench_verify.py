@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_reduce import archive_dataset  # noqa: E402
-from machine import cpu_model, load_line, versions  # noqa: E402
+from machine import add_archive_arguments, cpu_model, load_line, versions  # noqa: E402
 
 import ctreduce  # noqa: E402
 from ctreduce.exporting import from_run  # noqa: E402
@@ -77,11 +77,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--volumes", type=int, default=8)
-    parser.add_argument("--slices", type=int, default=60)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--data", type=Path, default=Path(".cache/bench-archive"))
+    add_archive_arguments(parser)
     args = parser.parse_args(argv)
     print("ctreduce verify-on-read benchmark (pixel digests)")
     print(f"machine   {cpu_model()} | {load_line()}")

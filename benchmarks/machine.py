@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from argparse import ArgumentParser
+from pathlib import Path
 
 from ctreduce.core.versions import library_versions
 
@@ -27,3 +29,12 @@ def load_line() -> str:
 
 def versions(names: list[str]) -> dict[str, str]:
     return library_versions(names)
+
+
+def add_archive_arguments(parser: ArgumentParser) -> None:
+    """The options of the benchmarks that time one generated DICOM archive (volumes x slices of size px)."""
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--volumes", type=int, default=8)
+    parser.add_argument("--slices", type=int, default=60)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--data", type=Path, default=Path(".cache/bench-archive"))
