@@ -201,6 +201,7 @@ SLOW: dict[str, set[str]] = {
         "test_a_worker_dying_on_one_volume_is_that_volume_error", "test_export_on_two_nodes_matches_the_local_pool",
         "test_reduce_on_two_nodes_matches_the_local_pool",
     },
+    "test_read_once.py": {"test_the_dicom_reader_is_imported_once_before_the_workers_fork"},
     "test_readme.py": {
         "test_every_readme_command_runs", "test_readme_python_api_block",
     },

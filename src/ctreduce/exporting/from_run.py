@@ -22,7 +22,7 @@ import pandas as pd
 from ..core.extras import require
 from ..core.versions import library_versions
 from ..core.workers import RAY_RETRIES, RAY_SPREAD, ray_failure, ray_nodes_see, ray_session
-from ..io.discover import load
+from ..io.discover import load, preload_readers
 from ..io.intensity import Intensity
 from ..io.volume import VolumeError, VolumeSource
 from ..reduction.verify import REDO_HINT, legacy_dhashes
@@ -218,6 +218,7 @@ def _in_order(jobs: list, policy: Intensity, fmt: ExportFormat, stage: Path, wor
         return
     from ..core.workers import pool, terminate
 
+    preload_readers(job[0].format for job in jobs if job[0] is not None)
     executor = pool(workers)
     finished = False
     try:

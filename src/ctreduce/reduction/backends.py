@@ -19,7 +19,7 @@ import numpy as np
 from ..config import ReduceConfig
 from ..core.workers import RAY_RETRIES, RAY_SPREAD, ray_failure, ray_nodes_see, ray_session, terminate
 from ..core.workers import pool as process_pool
-from ..io.discover import ReadSlices, load
+from ..io.discover import ReadSlices, load, preload_readers
 from ..io.intensity import Intensity
 from ..io.volume import Volume, VolumeSource
 from ..store.fingerprint import Fingerprint, slice_digests
@@ -58,6 +58,7 @@ def _read_chunk(source: VolumeSource, index: np.ndarray, intensity: str) -> tupl
 
 def _run_chunked(todo: list[VolumeSource], config: ReduceConfig, workers: int,
                  outputs: Outputs | None, verify: set[str]) -> Iterator[VolumeResult]:
+    preload_readers(s.format for s in todo)
     pool = process_pool(workers)
     finished = False
     try:
@@ -107,6 +108,7 @@ def _run_pool(todo: list[VolumeSource], config: ReduceConfig, workers: int,
             fn, *args = _job(source, config, parts, verify, read)
             yield fn(*args)
         return
+    preload_readers(s.format for s in todo)
     pool = process_pool(workers)
     finished = False
     try:
