@@ -98,8 +98,8 @@ class OnePassExport:
     def check_place(self, inputs: list[Path], overwrite: bool) -> None:
         check_export_out(self.out, inputs, self.run_dir, overwrite)
 
-    def assemble(self, run: RunFolder, manifest: pd.DataFrame, sources: dict[str, VolumeSource]) -> dict[str, Any]:
-        return assemble_export(run, manifest, self.parts, self.out, sources, library_versions(LIBRARIES))
+    def assemble(self, run: RunFolder, kept: pd.DataFrame, sources: dict[str, VolumeSource]) -> dict[str, Any]:
+        return assemble_export(run, kept, self.parts, self.out, sources, library_versions(LIBRARIES))
 
 
 def check_export(fmt: str, size: int, out: Any, config: ReduceConfig) -> None:
@@ -130,7 +130,8 @@ def check_export_out(out: Path, inputs: list[Path], run_dir: Path, overwrite: bo
 
 def assemble_export(run: RunFolder, manifest: pd.DataFrame, parts: ExportParts, out: Path,
                     sources: dict[str, VolumeSource], versions: dict[str, str]) -> dict[str, Any]:
-    """The export of a complete run from its parts, replacing an export of this same run.
+    """The export of a complete run from its parts, replacing an export of this same run. ``manifest``: its
+    kept rows at least (``RunFolder.kept_rows``).
 
     Volumes without a part are read once more; a volume that cannot be read, or whose slices no
     longer hold what the manifest records, is left out and listed under ``errors`` (never written).

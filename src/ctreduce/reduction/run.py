@@ -35,7 +35,7 @@ from ..store.places import check_output_place
 from ..store.run import RunFolder
 from .archive import archive_scope
 from .backends import run_volumes
-from .plan import Plan, identity, input_paths, method_of, plan, sweep
+from .plan import Plan, identity, input_paths, kept_known_per_volume, method_of, plan, sweep
 from .read_once import slice_hasher
 from .selection import empty_manifest, kept_column, resolve_target
 from .verify import still_valid
@@ -86,8 +86,7 @@ class ExportPass(Protocol):
 
     def check_place(self, inputs: list[Path], overwrite: bool) -> None: ...
 
-    def assemble(self, run: RunFolder, manifest: pd.DataFrame, sources: dict[str, VolumeSource]
-                 ) -> dict[str, Any]: ...
+    def assemble(self, run: RunFolder, kept: pd.DataFrame, sources: dict[str, VolumeSource]) -> dict[str, Any]: ...
 
 
 def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None,
@@ -141,7 +140,7 @@ def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: 
         if run is None:
             return ReduceResult(summary, None, manifest)
         if export is not None and summary["complete"]:
-            summary["export"] = export.assemble(run, manifest, {s.volume_id: s for s in planned.found.volumes})
+            summary["export"] = export.assemble(run, run.kept_rows(), {s.volume_id: s for s in planned.found.volumes})
             run.update_summary(summary)
         return ReduceResult(summary, run.path)
 
@@ -149,8 +148,8 @@ def run_reduction(inputs: str | os.PathLike | Sequence[str | os.PathLike], out: 
 def _unchanged(run: RunFolder, config: ReduceConfig, paths: list[Path], digest: str, export: ExportPass | None,
                csv: bool, t0: float) -> ReduceResult | None:
     """The result of a complete run whose inputs did not change (nothing is read but the run folder's
-    summary and manifest, and the export asked for), or None when there is work to do (an unreadable
-    manifest is then rebuilt from the parts and the journal)."""
+    summary, the manifest's footer and the export asked for; the manifest when first asked for), or None
+    when there is work to do (an unreadable manifest is then rebuilt from the parts and the journal)."""
     if not run.path.is_dir():
         return None
     with run.lock():
@@ -158,21 +157,20 @@ def _unchanged(run: RunFolder, config: ReduceConfig, paths: list[Path], digest: 
                                                export.spec if export is not None else None)
         if summary is None:
             return None
-        try:
-            manifest = run.manifest()
-        except (OSError, ValueError, pa.ArrowException):
+        if not run.has_manifest:
             return None
         if csv and not run.has_csv:
-            run.write_csv(manifest)
+            run.write_csv(run.manifest())
     summary.pop("schema", None)
     summary["rerun"] = {"unchanged": True, "seconds": round(time.perf_counter() - t0, 3)}
-    return ReduceResult(summary, run.path, manifest)
+    return ReduceResult(summary, run.path)
 
 
 def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: ExportParts | None, t0: float
-            ) -> tuple[pd.DataFrame, dict[str, Any]]:
+            ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
     """Reduce the volumes not done yet, record each as it finishes, and write the results (the lock is held);
-    returns the manifest and the summary. Raises KeyboardInterrupt or DiskFull after writing what is done."""
+    returns the manifest (None where it was streamed to the run folder) and the summary. Raises
+    KeyboardInterrupt or DiskFull after writing what is done."""
     found, config = planned.found, planned.config
     done: dict[str, dict[str, Any]] = {}
     fingerprints: dict[str, str] = {}  # JSON text: a third of the memory of its tuples, a volume's one string
@@ -190,6 +188,9 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
     found.headers, found.stats = {}, {}  # written; one entry per file is the largest thing held
     todo = [s for s in found.volumes if s.volume_id not in done]
 
+    # The manifest is streamed from the parts on disk, one volume at a time, unless the run must see it whole:
+    # without a folder, for a measure's target fraction (one threshold for every volume) or --scope archive.
+    whole = run is None or _needs_whole_manifest(config)
     frames: dict[str, pa.Table] = {}
     entries: dict[str, dict[str, Any]] = dict(done)
     interrupted = False
@@ -210,7 +211,7 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
             entries[result.volume_id] = entry
             if result.fingerprint is not None:
                 fingerprints[result.volume_id] = json.dumps(result.fingerprint.to_json())
-            if result.frame is not None:  # Arrow: a few bytes a row, where pandas objects take ~10x
+            if result.frame is not None and whole:  # Arrow: a few bytes a row, where pandas objects take ~10x
                 frames[result.volume_id] = pa.Table.from_pandas(result.frame, preserve_index=False)
             if bar is not None:
                 bar.update(1)
@@ -225,38 +226,30 @@ def _reduce(planned: Plan, run: RunFolder | None, options: RunOptions, export: E
             bar.close()
     reduce_seconds = time.perf_counter() - t1
 
-    table = _manifest(planned, frames, run)
-    del frames  # their buffers are the table's
-    manifest = table.to_pandas()
-    fractions = {t: float(manifest[kept_column(t)].mean()) for t in sweep(config)
-                 if kept_column(t) in manifest.columns} if not manifest.empty else {}
-    manifest, target = resolve_target(manifest, config)
-    scope = None
-    if config.scope == "archive" and not interrupted and all(s.volume_id in entries for s in found.volumes):
-        manifest, scope = archive_scope(manifest, int(config.threshold))  # type: ignore[arg-type]
-    if target is not None or scope is not None:
-        table = None  # the rows changed: written from the DataFrame
-    if planned.fitted:
-        target = {"target_fraction": config.target_fraction, **planned.fitted,
-                  "kept_fraction": float(manifest["kept"].mean()) if len(manifest) else 0.0}
-    summary = _summary(planned, entries, manifest, scan_s=planned.scan_seconds, reduce_s=reduce_seconds,
-                       total_s=time.perf_counter() - t0, complete=not interrupted, workers=options.workers)
-    if summary["complete"]:
-        summary["inputs_digest"] = found.digest  # a rerun with the same file listing has nothing to do
-    if changed or moved:
-        summary["inputs_changed"] = changed
-        summary["inputs_moved"] = moved
-    if options.verify:
-        summary["inputs_verified"] = {"volumes": len(recheck), "changed": sorted(v for v in recheck if v in changed)}
-    if scope is not None:
-        summary["scope"] = scope
-    if fractions:
-        summary["sweep"] = {f"{t:g}": f for t, f in fractions.items()}
-    if target is not None:
-        summary["target"] = target
-    if run is not None:
+    if whole:
+        manifest, arrow, extra = _whole_manifest(planned, frames, run, entries, interrupted)
+        del frames  # their buffers are the table's
+        counts = _Counts.of(manifest, sweep(config))
+    else:
+        manifest, arrow, extra, counts = None, None, {}, _Counts(sweep(config))
+    written = True  # a summary is written only beside the manifest it counts
+    if run is not None and manifest is None:
         try:
-            run.write_results(manifest, found.volumes, fingerprints, summary, options.csv, arrow=table)
+            run.write_manifest((s.volume_id for s in found.volumes), counts.add, csv=options.csv,
+                               empty=pa.Table.from_pandas(empty_manifest(), preserve_index=False))
+        except DiskFull as exc:
+            full, written = full or exc, False
+    summary = _summary(planned, entries, counts, scan_s=planned.scan_seconds, reduce_s=reduce_seconds,
+                       total_s=time.perf_counter() - t0, complete=not interrupted, workers=options.workers)
+    _describe_changes(summary, changed, moved, recheck if options.verify else None)
+    _describe_selection(summary, planned, counts, extra)
+    if run is not None and written:
+        try:
+            if manifest is None:
+                run.write_volumes(found.volumes, fingerprints)
+                run.update_summary(summary)
+            else:
+                run.write_results(manifest, found.volumes, fingerprints, summary, options.csv, arrow=arrow)
         except DiskFull as exc:
             full = full or exc
     if full is not None:
@@ -274,6 +267,91 @@ def _progress(total: int | None, initial: int, enabled: bool, desc: str = "reduc
     return tqdm(total=total, initial=initial, unit=unit, desc=desc, file=sys.stderr)
 
 
+def _needs_whole_manifest(config: ReduceConfig) -> bool:
+    """Whether the run's end needs every row at once: to choose one threshold for every volume (a measure's
+    target fraction) or to run the greedy rule across volumes (``--scope archive``)."""
+    return config.scope == "archive" or (config.target_fraction is not None and not kept_known_per_volume(config))
+
+
+def _whole_manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None,
+                    entries: dict[str, dict[str, Any]], interrupted: bool
+                    ) -> tuple[pd.DataFrame, pa.Table | None, dict[str, Any]]:
+    """The manifest held whole, a target fraction met and ``--scope archive`` applied; the same as Arrow
+    when no row changed (written without converting it again), and the target's and the scope's reports."""
+    config = planned.config
+    table = _manifest(planned, frames, run)
+    manifest, target = resolve_target(table.to_pandas(), config)
+    scope = None
+    if config.scope == "archive" and not interrupted and all(s.volume_id in entries for s in planned.found.volumes):
+        manifest, scope = archive_scope(manifest, int(config.threshold))  # type: ignore[arg-type]
+    extra = {name: value for name, value in (("target", target), ("scope", scope)) if value is not None}
+    return manifest, None if extra else table, extra
+
+
+@dataclass
+class _Counts:
+    """What the summary needs of the manifest, added up a volume at a time: slices, kept slices (per volume)
+    and, per threshold of a sweep, the slices kept at it."""
+
+    thresholds: tuple[float, ...]
+    slices: int = 0
+    kept: int = 0
+    kept_by_volume: dict[str, int] = field(default_factory=dict)
+    kept_at: dict[float, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, manifest: pd.DataFrame, thresholds: tuple[float, ...]) -> _Counts:
+        counts = cls(thresholds)
+        counts.add(manifest)
+        return counts
+
+    def add(self, rows: pd.DataFrame | pa.Table) -> None:
+        if isinstance(rows, pa.Table):
+            wanted = ["volume_id", "kept", *(kept_column(t) for t in self.thresholds)]
+            rows = rows.select([c for c in wanted if c in rows.column_names]).to_pandas()
+        if rows.empty:
+            return
+        self.slices += len(rows)
+        self.kept += int(rows["kept"].sum())
+        for volume_id, kept in rows.groupby("volume_id", sort=False)["kept"].sum().items():
+            self.kept_by_volume[str(volume_id)] = self.kept_by_volume.get(str(volume_id), 0) + int(kept)
+        for t in self.thresholds:
+            if kept_column(t) in rows.columns:
+                self.kept_at[t] = self.kept_at.get(t, 0) + int(rows[kept_column(t)].sum())
+
+    def fractions(self) -> dict[float, float]:
+        """The kept fraction at each threshold of the sweep (none without slices)."""
+        return {t: kept / self.slices for t, kept in self.kept_at.items()} if self.slices else {}
+
+
+def _describe_changes(summary: dict[str, Any], changed: dict[str, str], moved: list[str],
+                      verified: dict[str, str] | None) -> None:
+    """The summary's account of inputs that changed or moved since a volume was reduced (and of ``--verify``)."""
+    if changed or moved:
+        summary["inputs_changed"] = changed
+        summary["inputs_moved"] = moved
+    if verified is not None:
+        summary["inputs_verified"] = {"volumes": len(verified), "changed": sorted(v for v in verified if v in changed)}
+
+
+def _describe_selection(summary: dict[str, Any], planned: Plan, counts: _Counts, extra: dict[str, Any]) -> None:
+    """The summary's inputs digest (complete runs), the sweep's kept fractions, the target met, the scope."""
+    config = planned.config
+    if summary["complete"]:
+        summary["inputs_digest"] = planned.found.digest  # a rerun with the same file listing has nothing to do
+    if "scope" in extra:
+        summary["scope"] = extra["scope"]
+    fractions = {t: f for t, f in counts.fractions().items() if t in sweep(config)}
+    if fractions:
+        summary["sweep"] = {f"{t:g}": f for t, f in fractions.items()}
+    target = extra.get("target")
+    if planned.fitted:
+        target = {"target_fraction": config.target_fraction, **planned.fitted,
+                  "kept_fraction": counts.kept / counts.slices if counts.slices else 0.0}
+    if target is not None:
+        summary["target"] = target
+
+
 def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None) -> pa.Table:
     """Every volume's rows in input order: those reduced now, and the parts of those done before."""
     ordered = []
@@ -288,11 +366,10 @@ def _manifest(planned: Plan, frames: dict[str, pa.Table], run: RunFolder | None)
     return pa.concat_tables(ordered, promote_options="default")
 
 
-def _summary(planned: Plan, entries: dict[str, dict[str, Any]], manifest: pd.DataFrame, *, scan_s: float,
+def _summary(planned: Plan, entries: dict[str, dict[str, Any]], counts: _Counts, *, scan_s: float,
              reduce_s: float, total_s: float, complete: bool, workers: int) -> dict[str, Any]:
     found = planned.found
     volumes, errors = [], list(found.errors)
-    kept_by_volume = manifest.groupby("volume_id", sort=False)["kept"].sum().to_dict() if len(manifest) else {}
     for source in found.volumes:
         entry = entries.get(source.volume_id)
         if entry is None:
@@ -300,12 +377,11 @@ def _summary(planned: Plan, entries: dict[str, dict[str, Any]], manifest: pd.Dat
         if entry.get("error"):
             errors.append({"volume_id": source.volume_id, "source": entry["source"], "error": entry["error"]})
             continue
-        slices, kept = int(entry["slices"]), int(kept_by_volume.get(source.volume_id, entry["kept"]))
+        slices, kept = int(entry["slices"]), int(counts.kept_by_volume.get(source.volume_id, entry["kept"]))
         volumes.append({"volume_id": source.volume_id, "source": source.source, "format": source.format,
                         "slices": slices, "kept": kept, "kept_fraction": kept / slices if slices else 0.0,
                         "seconds": entry.get("seconds"), "warnings": entry.get("warnings", [])})
-    slices = int(len(manifest))
-    kept = int(manifest["kept"].sum()) if slices else 0
+    slices, kept = counts.slices, counts.kept
     pending = len(found.volumes) - len(volumes) - (len(errors) - len(found.errors))
     return {
         "complete": complete and pending == 0,

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..io.dicom import DicomHeader
@@ -204,27 +205,70 @@ class RunFolder:
     def write_results(self, manifest: pd.DataFrame, sources: list[VolumeSource],
                       fingerprints: dict[str, str], summary: dict[str, Any], csv: bool,
                       arrow: pa.Table | None = None) -> None:
-        """``arrow``: the manifest as Arrow, when the caller has it (written without converting ``manifest``
+        """The results of a run whose manifest is held whole (``write_manifest`` streams it from the parts).
+        ``arrow``: the manifest as Arrow, when the caller has it (written without converting ``manifest``
         again: the largest transient of a run's end)."""
-        def volumes(path: Path) -> None:
-            with pq.ParquetWriter(path, _VOLUMES_SCHEMA) as writer:
-                for start in range(0, len(sources), _VOLUMES_BATCH):  # a batch of volumes at a time: converting
-                    batch = sources[start:start + _VOLUMES_BATCH]  # all at once held ~0.7 KB a file more
-                    columns = {name: [_plain(getattr(s, name)) for s in batch] for name in _VOLUME_FIELDS}
-                    columns["fingerprint"] = [fingerprints.get(s.volume_id) for s in batch]  # ``Fingerprint`` JSON
-                    writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=_VOLUMES_SCHEMA))
-
-        atomic_write(self.path / VOLUMES, volumes)
+        self.write_volumes(sources, fingerprints)
         if arrow is not None:
             atomic_write(self.path / MANIFEST, lambda p: pq.write_table(arrow, p))
         else:
             atomic_write(self.path / MANIFEST, lambda p: manifest.to_parquet(p, index=False))
         if csv:
             self.write_csv(manifest)
-        write_json(self.path / SUMMARY, {"schema": SCHEMA, **summary})
+        self.update_summary(summary)
+
+    def write_volumes(self, sources: list[VolumeSource], fingerprints: dict[str, str]) -> None:
+        """volumes.parquet: every volume found, with its fingerprint (``Fingerprint`` JSON) where it has one."""
+        def volumes(path: Path) -> None:
+            with pq.ParquetWriter(path, _VOLUMES_SCHEMA) as writer:
+                for start in range(0, len(sources), _VOLUMES_BATCH):  # a batch of volumes at a time: converting
+                    batch = sources[start:start + _VOLUMES_BATCH]  # all at once held ~0.7 KB a file more
+                    columns = {name: [_plain(getattr(s, name)) for s in batch] for name in _VOLUME_FIELDS}
+                    columns["fingerprint"] = [fingerprints.get(s.volume_id) for s in batch]
+                    writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=_VOLUMES_SCHEMA))
+
+        atomic_write(self.path / VOLUMES, volumes)
+
+    def write_manifest(self, volume_ids: Iterable[str], visit: Callable[[pa.Table], None], *, csv: bool,
+                       empty: pa.Table) -> None:
+        """manifest.parquet (and manifest.csv with ``csv``) from the parts of ``volume_ids``, in that order,
+        one part in memory at a time; ``visit`` sees each part's rows as written. Parts whose columns differ
+        (a column all empty in one volume) are written with the types they share. ``empty``: the manifest
+        when no volume has a part."""
+        parts = [part for part in (self.parts / part_name(v) for v in volume_ids) if part.exists()]
+        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive") \
+            if parts else empty.schema
+
+        def write(path: Path) -> None:
+            with pq.ParquetWriter(path, schema) as writer:
+                if not parts:
+                    writer.write_table(empty)
+                for part in parts:
+                    table = _conform(pq.read_table(part), schema)
+                    writer.write_table(table)
+                    visit(table)
+
+        def write_csv(path: Path) -> None:
+            with path.open("w", newline="") as fh:
+                for k, part in enumerate(parts or [None]):
+                    table = empty if part is None else _conform(pq.read_table(part), schema)
+                    table.to_pandas().to_csv(fh, header=k == 0, index=False)
+
+        atomic_write(self.path / MANIFEST, write)
+        if csv:
+            atomic_write(self.path / MANIFEST_CSV, write_csv)
 
     def write_csv(self, manifest: pd.DataFrame) -> None:
         atomic_write(self.path / MANIFEST_CSV, lambda p: manifest.to_csv(p, index=False))
+
+    @property
+    def has_manifest(self) -> bool:
+        """Whether manifest.parquet is there and its footer (schema, row groups) reads."""
+        try:
+            pq.read_metadata(self.path / MANIFEST)
+        except (OSError, ValueError, pa.ArrowException):
+            return False
+        return True
 
     @property
     def has_csv(self) -> bool:
@@ -307,6 +351,18 @@ class RunFolder:
             if str(manifest["method"].iloc[0]) in ("ssim", "mi", "deepnet"):  # schema 1 called every score distance
                 manifest = manifest.rename(columns={"distance": "similarity"})
         return manifest if columns is None else manifest[[c for c in columns if c in manifest.columns]]
+
+    def kept_rows(self) -> pd.DataFrame:
+        """The manifest's rows of the slices kept, or kept by their volume's own pass (``volume_kept``: ``--scope
+        archive``): all an export reads of it, read a batch at a time (a tenth of a hash run's rows)."""
+        source = pq.ParquetFile(self.path / MANIFEST)
+        batches = []
+        for batch in source.iter_batches(batch_size=_MANIFEST_BATCH):
+            mask = batch.column("kept")
+            if "volume_kept" in batch.schema.names:
+                mask = pc.or_(mask, batch.column("volume_kept"))
+            batches.append(batch.filter(mask))
+        return pa.Table.from_batches(batches, schema=source.schema_arrow).to_pandas()
 
     def summary(self) -> dict[str, Any]:
         path = self.path / SUMMARY
@@ -408,6 +464,13 @@ def _rescan_series(source: VolumeSource) -> VolumeSource:
     raise ValueError(f"series {source.series_uid} is no longer in {source.source}")
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the columns of ``schema``, in its order and types (a column it lacks: empty)."""
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -431,6 +494,7 @@ _VOLUME_TYPES = {"paths": pa.list_(pa.string()), "spacing": pa.list_(pa.float64(
 _VOLUMES_SCHEMA = pa.schema([(name, _VOLUME_TYPES.get(name, pa.string())) for name in _VOLUME_FIELDS]
                             + [("fingerprint", pa.string())])
 _VOLUMES_BATCH = 64
+_MANIFEST_BATCH = 65536
 
 _HEADER_BATCH = 8192
 _HEADER_SCHEMA = pa.schema(
