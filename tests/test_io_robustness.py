@@ -215,3 +215,46 @@ def test_dicomdir_is_not_reported_as_missing_a_series(tmp_path):
     shutil.copy(get_testdata_file("DICOMDIR"), tmp_path / "DICOMDIR")
     (skip,) = scan([tmp_path]).skipped
     assert skip["reason"] == "DICOMDIR (the index of a DICOM medium), not an image"
+
+
+def test_the_listing_digest_keeps_its_recorded_form(tmp_path, phantom):
+    """A complete run is recognised by this digest (``summary.json``'s ``inputs_digest``): its bytes are the
+    ones runs recorded before it was computed a line at a time, so their reruns still have nothing to do."""
+    import hashlib
+
+    from ctreduce.io.discover import walk
+
+    hu, spacing = phantom
+    write_dicom_series(hu, spacing, tmp_path / "a" / "ct", seed=1)
+    (tmp_path / "a" / "notes.txt").write_text("")  # empty: skipped
+    single = tmp_path / "b.dcm"
+    single.write_bytes(next((tmp_path / "a" / "ct").glob("*.dcm")).read_bytes())
+    listing = walk([tmp_path / "a", single])
+    expected = hashlib.sha1()
+    for root, files, skipped in listing.roots:
+        lines = [f"input {root}", *(f"{p}\0{listing.stats[p][0]}\0{listing.stats[p][1]}" for p in files),
+                 *(f"skip {s['path']}\0{s['reason']}" for s in skipped)]
+        expected.update("\n".join(lines).encode())
+    assert listing.digest == expected.hexdigest()
+    assert [len(files) for _, files, _ in listing.roots] == [6, 1]
+    assert [s["reason"] for _, _, skipped in listing.roots for s in skipped] == ["empty file (0 bytes)"]
+
+
+def test_a_file_reached_by_a_link_and_by_its_folder_counts_once(tmp_path, phantom):
+    """Files are recorded by their real path only when reached by a link (or named as an input); a plain file
+    of a listed folder is found by that folder."""
+    hu, spacing = phantom
+    tree = tmp_path / "tree"
+    write_dicom_series(hu, spacing, tree / "b" / "ct", seed=1)
+    target = sorted((tree / "b" / "ct").glob("*.dcm"))[0]
+    (tree / "a").mkdir()
+    (tree / "a" / "early.dcm").symlink_to(target)  # listed before its folder
+    (tree / "c").mkdir()
+    (tree / "c" / "late.dcm").symlink_to(target)  # listed after it
+    found = scan([tree])
+    assert [v.n_slices for v in found.volumes] == [6]
+    assert str(tree / "a" / "early.dcm") in found.volumes[0].paths and str(target) not in found.volumes[0].paths
+    assert {Path(s["path"]).relative_to(tree).as_posix(): s["reason"] for s in found.skipped} == {
+        f"b/ct/{target.name}": f"same file as {tree / 'a' / 'early.dcm'}, already scanned",
+        "c/late.dcm": f"same file as {tree / 'a' / 'early.dcm'}, already scanned",
+    }

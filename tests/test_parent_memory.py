@@ -43,3 +43,29 @@ def test_the_volumes_table_is_written_in_batches_and_read_back_as_recorded(tmp_p
     recorded = run.fingerprints()
     assert sorted(recorded) == sorted(fingerprints)
     assert all(json.dumps(recorded[v].to_json()) == text for v, text in fingerprints.items())
+
+
+def test_the_manifest_is_streamed_from_the_parts_in_bounded_row_groups(tmp_path: Path, monkeypatch) -> None:
+    """A run folder's manifest is written a part at a time, in row groups of ``_MANIFEST_BATCH`` rows or a volume
+    more (a row group a volume made a 2,000-volume manifest's footer 3 MB); it holds the rows a run without a
+    folder holds in memory, and the summary counts them."""
+    import pyarrow.parquet as pq
+
+    import ctreduce
+    from ctreduce.store import run as run_store
+
+    for k in range(12):
+        hu, spacing = make_phantom(n_slices=6, size=16, slice_thickness=2.0, seed=k)
+        write_dicom_series(hu, spacing, tmp_path / "in" / f"p{k:02d}", seed=k)
+    monkeypatch.setattr(run_store, "_MANIFEST_BATCH", 20)
+    result = ctreduce.reduce(tmp_path / "in", tmp_path / "run", workers=1, thresholds=(4, 6))
+    assert pq.ParquetFile(tmp_path / "run" / "manifest.parquet").metadata.num_row_groups == 3  # 4 volumes of 6 rows
+    held = ctreduce.reduce(tmp_path / "in", None, workers=1, thresholds=(4, 6))
+    pd.testing.assert_frame_equal(result.manifest, held.manifest)
+    assert result.totals == held.totals and result.totals["slices"] == 72
+    assert result.summary["sweep"] == held.summary["sweep"]
+    assert [v["kept"] for v in result.summary["volumes"]] == [v["kept"] for v in held.summary["volumes"]]
+    assert result.manifest["kept"].sum() == result.totals["kept"] > 12
+    kept = RunFolder(tmp_path / "run").kept_rows()
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True),
+                                  result.manifest[result.manifest["kept"]].reset_index(drop=True))
