@@ -20,9 +20,13 @@ def test_the_headers_of_a_series_share_the_values_it_repeats(tmp_path: Path) -> 
     found = scan([tmp_path / "in"], workers=2)  # 70 files: read in the worker pool, pickled back in batches
     headers = [value[2] for value in found.headers.values()]
     assert len(headers) == 70
-    for field in ("series_uid", "modality", "orientation", "pixel_spacing", "rows", "cols"):
+    for field in ("series_uid", "modality", "orientation", "pixel_spacing"):
+        assert len({id(getattr(h, field)) for h in headers}) == 1, field  # one for the series, not one a batch
+    for field in ("rows", "cols"):
         assert len({id(getattr(h, field)) for h in headers}) <= 5, field  # one per batch of 16 files, not per file
     assert len({h.position for h in headers}) == 70  # what differs stays each file's own
+    walked = {p: p for p in found.stats}  # the walk's own strings
+    assert all(h.path is walked[h.path] for h in headers)  # not a copy per file from the worker
 
 
 def test_the_volumes_table_is_written_in_batches_and_read_back_as_recorded(tmp_path: Path) -> None:

@@ -156,6 +156,17 @@ def header_of(path: str, ds: Any, pixels: str) -> DicomHeader:
     )
 
 
+def settled(header: DicomHeader, path: str) -> DicomHeader:
+    """A header just received from a worker process, made to hold ``path`` (the caller's string for the file)
+    and to share the values its series repeats with the headers received before: unpickling gives every
+    batch of headers its own copies (~0.3 KB a file held by a scan's parent otherwise)."""
+    for name, value in (("path", path), ("series_uid", _shared(header.series_uid)),
+                        ("modality", _shared(header.modality)), ("orientation", _shared(header.orientation)),
+                        ("pixel_spacing", _shared(header.pixel_spacing))):
+        object.__setattr__(header, name, value)  # frozen for its readers; this is its making, as __post_init__
+    return header
+
+
 @lru_cache(maxsize=1024, typed=True)
 def _shared(value: Any) -> Any:
     """One object for equal values that a series' files repeat (its UID, orientation, spacing, size): fewer

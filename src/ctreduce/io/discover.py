@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import dicom, single
+from .dicom_header import settled
 from .volume import Volume, VolumeError, VolumeSource, hu_array
 
 # Files that are never volumes; listed as skipped with this reason, not parsed.
@@ -259,13 +260,12 @@ def scan(
         base = root if root.is_dir() else root.parent
         candidates: list[str] = []  # the walk's strings: a Path a file costs ~0.4 KB more, held to the end
         for name in files:
-            path = Path(name)
             try:
-                if not _add_single_file(part, base, path):
+                if not _add_single_file(part, base, name):
                     candidates.append(name)
             except Exception as exc:
-                reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, VolumeError) else _describe(exc)
-                part.skipped.append({"path": str(path), "reason": reason})
+                reason = str(exc).removeprefix(f"{name}: ") if isinstance(exc, VolumeError) else _describe(exc)
+                part.skipped.append({"path": name, "reason": reason})
         roots.append((base, part, candidates))
     # One pass (and one worker pool) over the DICOM candidates of every input.
     every = [path for _, _, candidates in roots for path in candidates]
@@ -290,19 +290,24 @@ def scan(
     return result
 
 
-def _add_single_file(result: ScanResult, base: Path, path: Path) -> bool:
-    """Add a file that is not DICOM (a volume or a skip); False for a DICOM candidate."""
-    name = path.name.lower()
-    if single.has_suffix(path, single.NIFTI_SUFFIXES):
+def _add_single_file(result: ScanResult, base: Path, file: str) -> bool:
+    """Add a file that is not DICOM (a volume or a skip); False for a DICOM candidate. Told apart by name, as
+    text: a ``Path`` a file costs ~20 us, and its parts stay in the interpreter's table of interned strings."""
+    name = os.path.basename(file).lower()
+    written = os.path.splitext(os.path.basename(file))[1].rstrip(".")  # as ``Path.suffix`` has it
+    suffix = written.lower()
+    if name.endswith(single.NIFTI_SUFFIXES):
+        path = Path(file)
         vid = _volume_id(base, path.with_name(single._strip_suffix(path, single.NIFTI_SUFFIXES)))
         result.volumes.append(single.nifti_source(path, vid))
-    elif single.has_suffix(path, single.SITK_SUFFIXES):
+    elif name.endswith(single.SITK_SUFFIXES):
+        path = Path(file)
         vid = _volume_id(base, path.with_name(single._strip_suffix(path, single.SITK_SUFFIXES)))
         result.volumes.append(single.sitk_source(path, vid))
-    elif path.suffix.lower() in _DATA_FILES or name.endswith(".raw.gz"):
-        result.skipped.append({"path": str(path), "reason": "pixel-data file of a header file"})
-    elif path.suffix.lower() in _NOT_VOLUMES or name.startswith("."):
-        result.skipped.append({"path": str(path), "reason": f"not a volume format ({path.suffix or name})"})
+    elif suffix in _DATA_FILES or name.endswith(".raw.gz"):
+        result.skipped.append({"path": file, "reason": "pixel-data file of a header file"})
+    elif suffix in _NOT_VOLUMES or name.startswith("."):
+        result.skipped.append({"path": file, "reason": f"not a volume format ({written or name})"})
     else:
         return False
     return True
@@ -407,7 +412,11 @@ def _read_headers(paths: list[str], known: dict[str, tuple[int, int]], workers: 
 
         preload_readers(["dicom"])
         with pool(workers) as executor:
-            for one in executor.map(job, todo, chunksize=max(16, min(512, len(todo) // (8 * workers)))):
+            chunks = executor.map(job, todo, chunksize=max(16, min(512, len(todo) // (8 * workers))))
+            for path, one in zip(todo, chunks, strict=True):
+                header = one[0] if slices is not None else one
+                if not isinstance(header, str):
+                    settled(header, path)
                 read.append(one)
                 if progress is not None:
                     progress(1)
