@@ -3,8 +3,10 @@
 ctreduce's own npy shards (``store.shards``: one (n, S, S) uint8 .npy per volume, a Parquet index) against the
 formats users already have, where they are installed: LitData (``optimize`` chunks), WebDataset (tar shards),
 Lance, and Parquet through Hugging Face ``datasets``. For each: write throughput, images/s of a PyTorch
-DataLoader with 2 workers drawing slices in random order, size on disk, and whether the format appends new
-data without rewriting what it holds. A format that is not installed is reported as skipped.
+DataLoader with 2 workers drawing slices in random order, images/s of 2 DDP ranks (gloo, one loader worker each)
+reading together, each its share as the library splits it (a ``DistributedSampler`` for the map-style ones),
+size on disk, and whether the format appends new data without rewriting what it holds. A format that is
+not installed is reported as skipped.
 
 Then the store itself: a one-pass ``reduce --export npy`` of ``--series`` DICOM series, the run folder's size against
 the kept pixels plus the tables, and ``--added`` series more with the same command (earlier shards untouched?).
@@ -225,30 +227,93 @@ def growth(series: int, added: int, method: str, work: Path) -> None:
           f"(inode, mtime, size), {len(after) - len(before)} new; version {ExportStore.open(run / 'export').version}")
 
 
+def make_dataset(module: str, root: Path, n: int, size: int, ranked: bool = False) -> Dataset | IterableDataset:
+    """The reading side of each candidate (``ranked``: split over the DDP ranks the way the library does it)."""
+    if module == "ctreduce":
+        return npy_dataset(root, n)
+    if module == "lance":
+        return MapDataset(n, LanceGet(root, size))
+    if module == "datasets":
+        return MapDataset(n, HfGet(root, size))
+    if module == "litdata":
+        return litdata_dataset(root, size)  # splits its chunks over the ranks of torch.distributed itself
+    if ranked:
+        import webdataset as wds
+
+        urls = sorted(str(p) for p in root.glob("*.tar"))
+        return (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node, empty_check=False)
+                .shuffle(1000).decode().to_tuple("npy").map(lambda t: torch.from_numpy(t[0])))
+    return wds_dataset(root)
+
+
+def _rank(rank: int, world: int, init: str, module: str, root: Path, n: int, size: int, reads: int,
+          out: Any) -> None:
+    """One DDP rank (gloo): its share of ``reads`` images, random order, a DataLoader with 1 worker."""
+    import torch.distributed as dist
+    from torch.utils.data.distributed import DistributedSampler
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    dataset = make_dataset(module, root, n, size, ranked=True)
+    sampler = DistributedSampler(dataset, shuffle=True) if isinstance(dataset, MapDataset) else None
+    loader = DataLoader(dataset, batch_size=32, sampler=sampler, num_workers=1,  # as time_loader's workers
+                        multiprocessing_context="spawn" if module == "lance" else "fork")
+    batches = iter(loader)
+    next(batches)  # the worker is up
+    dist.barrier()
+    start, seen = time.perf_counter(), 0
+    for batch in batches:
+        seen += len(batch)
+        if seen >= reads // world:
+            break
+    out.put((rank, seen, time.perf_counter() - start))
+    dist.destroy_process_group()
+
+
+def time_ranks(module: str, root: Path, n: int, size: int, reads: int, world: int = 2) -> float:
+    """Images/s of ``world`` DDP ranks (processes, gloo) reading together: all images over the slowest rank's time."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    out = context.Queue()
+    init = f"file://{root.parent / 'ddp-init'}"
+    procs = [context.Process(target=_rank, args=(r, world, init, module, root, n, size, reads, out))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        results = [out.get(timeout=300) for _ in procs]
+    except Exception:  # a rank that failed leaves the others at the barrier
+        for p in procs:
+            p.terminate()
+        return float("nan")
+    for p in procs:
+        p.join()
+    return sum(seen for _, seen, _ in results) / max(seconds for _, _, seconds in results)
+
+
 def compare(args: argparse.Namespace, work: Path) -> None:
     """The formats side by side on the same slices."""
     slices = make_slices(args.slices, args.size)
     mb = slices.nbytes / 2**20
     print(f"{len(slices)} slices of {args.size} px uint8 ({mb:.0f} MiB of pixels), {VOLUME} a volume; "
           f"DataLoader: 2 workers, batch 32, {args.reads} images\n")
-    candidates: list[tuple[str, str, Callable, Callable, str]] = [
-        ("ctreduce npy shards", "ctreduce", npy_write, lambda r: npy_dataset(r, len(slices)),
+    candidates: list[tuple[str, str, Callable, str]] = [
+        ("ctreduce npy shards", "ctreduce", npy_write,
          "yes: new shard files + a new index version; old files untouched"),
-        ("Lance", "lance", lance_write, lambda r: MapDataset(len(slices), LanceGet(r, args.size)),
-         "yes: write_dataset(mode='append') adds fragments and a manifest version"),
-        ("Parquet via HF datasets", "datasets", hf_write, lambda r: MapDataset(len(slices), HfGet(r, args.size)),
+        ("Lance", "lance", lance_write, "yes: write_dataset(mode='append') adds fragments and a manifest version"),
+        ("Parquet via HF datasets", "datasets", hf_write,
          "by new Parquet files (load_dataset re-lists them; its Arrow cache is rebuilt)"),
-        ("LitData", "litdata", litdata_write, lambda r: litdata_dataset(r, args.size),
-         "optimize(mode='append'), not tried here"),
-        ("WebDataset", "webdataset", wds_write, wds_dataset, "yes: new tar shards (the list of URLs grows)"),
+        ("LitData", "litdata", litdata_write, "optimize(mode='append'), not tried here"),
+        ("WebDataset", "webdataset", wds_write, "yes: new tar shards (the list of URLs grows)"),
     ]
-    print("| format | write (images/s) | write MiB/s | read in random order (images/s) | size on disk | appends |")
-    print("|---|---|---|---|---|---|")
-    for label, module, write, dataset, appends in candidates:
+    print("| format | write (images/s) | write MiB/s | read in random order (images/s) | 2 DDP ranks, 1 worker each "
+          "(images/s) | size on disk | appends |")
+    print("|---|---|---|---|---|---|---|")
+    for label, module, write, appends in candidates:
         try:
             __import__(module)
         except ImportError:
-            print(f"| {label} | skipped: not installed | | | | |")
+            print(f"| {label} | skipped: not installed | | | | | |")
             continue
         root = work / module / "data"
         root.parent.mkdir(parents=True)
@@ -257,11 +322,12 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         write_s = time.perf_counter() - start
         iterable = module in ("webdataset",)
         # Lance is not fork-safe (its forked workers hang): spawned workers, as its warning advises.
-        rate = time_loader(dataset(root), args.reads, shuffle=not iterable and module != "litdata",
-                           spawn=module == "lance")
+        rate = time_loader(make_dataset(module, root, len(slices), args.size), args.reads,
+                           shuffle=not iterable and module != "litdata", spawn=module == "lance")
+        ranks = time_ranks(module, root, len(slices), args.size, args.reads)
         size = folder_bytes(root.parent)  # with what a format keeps beside its files (HF: its Arrow cache)
         order = " (shuffle buffer)" if iterable else (" (shuffled chunks)" if module == "litdata" else "")
-        print(f"| {label} | {len(slices) / write_s:,.0f} | {mb / write_s:,.0f} | {rate:,.0f}{order} | "
+        print(f"| {label} | {len(slices) / write_s:,.0f} | {mb / write_s:,.0f} | {rate:,.0f}{order} | {ranks:,.0f} | "
               f"{size / 2**20:.0f} MiB ({size / slices.nbytes:.2f}x) | {appends} |", flush=True)
         shutil.rmtree(work / module, ignore_errors=True)
 
