@@ -82,3 +82,28 @@ def test_preset_file_and_values_merge_nested_settings(tmp_path):
     config = make_pretrain_config({"spark": {"mask_ratio": 0.5}, "epochs": 3}, yaml_file=str(path))
     assert (config.spark.patch_size, config.spark.mask_ratio, config.epochs) == (16, 0.5, 3)
     assert config.spark.input_mean == (0.485, 0.456, 0.406)  # the paper preset's SparK value, kept by the merge
+
+
+def test_the_paper_grid_is_configured_as_the_paper_ran():
+    """512 px exports (the paper's crops are cut from 512 px slices), one device (its global batch and learning
+    rate), and fine-tuning as the notebooks ran it, the brain task with Brain.ipynb's constants and pipeline."""
+    config = load_experiment(Path(__file__).parents[1] / "configs" / "paper.yaml")
+    assert config.export_size == 512
+    assert {spec.name: spec.settings["devices"] for spec in config.ssl} == {"SwAV": 1, "MoCo": 1, "SparK": 1}
+    assert {k: config.finetune[k] for k in ("schedule", "normalisation", "transforms", "lr", "head_only_epochs")} \
+        == {"schedule": "paper", "normalisation": "task", "transforms": "task", "lr": 0.0001, "head_only_epochs": 10}
+    brain = next(task for task in config.tasks if task.name == "Brain")
+    assert brain.finetune == {"normalisation": "paper:brain", "transforms": "paper-brain"}
+
+
+def test_a_tasks_own_finetune_settings_are_checked(tmp_path):
+    data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "paper.yaml").read_text())
+    data["tasks"][0]["finetune"] = {"normalisation": "paper:lidc"}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ExperimentError, match="normalisation"):
+        load_experiment(path)
+    data["tasks"][0]["finetune"] = {"seeds": [4]}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ExperimentError, match="seeds"):
+        load_experiment(path)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ctreduce.config import FinetuneConfig
 from ctreduce.downstream.evaluate import EvaluateError, evaluate_run
-from ctreduce.downstream.finetune import FinetuneError, build_model, finetune, transforms
+from ctreduce.downstream.finetune import FinetuneError, build_model, finetune, normalisation, transforms
 from ctreduce.downstream.module import FinetuneModule, knn_probabilities, trainable_names
 from ctreduce.downstream.synthetic import make_lesion_task
 from ctreduce.tasks.load import load_task
@@ -81,7 +81,8 @@ def test_outputs_for_every_seed_and_the_summary(task, tmp_path):
         prob = table[["prob_a_without", "prob_b_with"]].to_numpy()
         assert np.allclose(prob.sum(axis=1), 1.0)
         # model.pt (the best validation epoch) gives these probabilities again
-        model, norm = build_model(config, 2)
+        model, init_norm = build_model(config, 2)
+        norm = normalisation(config, data, init_norm)  # the task's own, as the run used
         model.load_state_dict(torch.load(folder / "model.pt"))
         x = torch.stack([transforms(config, norm, train=False)(torch.from_numpy(im)[None]) for im in data.test.images])
         with torch.no_grad():
@@ -202,7 +203,7 @@ def test_best_epoch_is_the_best_validation_epoch_not_the_lowest_training_loss(tm
     spec = brightness_task(tmp_path / "task", per_split={"train": 8, "val": 4, "test": 4}, invert_val=True)
     out = tmp_path / "ft"
     summary = finetune(task=spec, out=str(out), init="random", epochs=5, head_only_epochs=0,
-                       **{**TINY, "flips": False})
+                       **{**TINY, "transforms": "none"})
     history = history_of(out)
     val = [h["val_accuracy"] for h in history]
     loss = [h["train_loss"] for h in history]
@@ -210,10 +211,11 @@ def test_best_epoch_is_the_best_validation_epoch_not_the_lowest_training_loss(tm
     assert best == int(np.argmax(val))  # the first epoch reaching the maximum, as ModelCheckpoint's strict ">"
     assert int(np.argmin(loss)) > best and val[-1] < val[best]  # the case this test is about
     # model.pt is that epoch's model: it scores that epoch's validation accuracy, not the last epoch's.
-    config = FinetuneConfig(task=spec, out=str(out), init="random", **TINY)
-    model, norm = build_model(config, 2)
-    model.load_state_dict(torch.load(out / "seed0" / "model.pt"))
+    config = FinetuneConfig(task=spec, out=str(out), init="random", **{**TINY, "transforms": "none"})  # as it ran
     data = load_task(spec)
+    model, init_norm = build_model(config, 2)
+    norm = normalisation(config, data, init_norm)
+    model.load_state_dict(torch.load(out / "seed0" / "model.pt"))
     x = torch.stack([transforms(config, norm, train=False)(torch.from_numpy(im)[None]) for im in data.val.images])
     with torch.no_grad():
         acc = float((model.eval()(x).argmax(1).numpy() == data.val.labels).mean())
@@ -278,7 +280,8 @@ def test_init_from_a_pretraining_run_folder_uses_its_statistics(task, tmp_path, 
 
     monkeypatch.setattr(FinetuneModule, "training_step", recording)
     out = tmp_path / "ft"
-    summary = finetune(task=task, out=str(out), init=str(run), epochs=1, head_only_epochs=1, **{**TINY, "flips": False})
+    summary = finetune(task=task, out=str(out), init=str(run), epochs=1, head_only_epochs=1,
+                       **{**TINY, "transforms": "none", "normalisation": "pretraining"})
     assert summary["per_seed"][0]["normalisation"]["mean"] == mean
     pixels = np.concatenate([im.ravel() for im in load_task(task).train.images]).astype(np.float64) / 255
     trained_mean = (sum(s for s, _ in seen) / sum(n for _, n in seen)).numpy()
@@ -400,14 +403,17 @@ def test_cli_finetune_on_two_cpu_devices_runs_ddp(task, tmp_path):
     assert csv["step"].max() + 1 == 2 * -(-results["split_sizes"]["train"] // 2 // 4)
 
 
-def test_the_module_trains_as_a_plain_loop_of_the_papers_protocol(task, tmp_path):
-    """Same seed, same batches: the module under the trainer ends where a plain PyTorch loop of the protocol does
-    (the head and BatchNorm with their own Adam for the head-only epoch, then every layer with a new Adam)."""
+@pytest.mark.parametrize("schedule", ["paper", "constant"])
+def test_the_module_trains_as_a_plain_loop_of_the_papers_protocol(task, tmp_path, schedule):
+    """Same seed, same batches: the module under the trainer ends where a plain PyTorch loop of the protocol does.
+    ``paper``, as the notebooks ran: one Adam over every parameter (``Adam(self.parameters())``), the backbone
+    frozen for the head-only epoch, then every layer at 1e-4 for the unfreezing epoch and at 2e-5 after it, Adam's
+    state kept. ``constant``: the head and BatchNorm with their own Adam, then every layer with a new Adam at 1e-4."""
     from ctreduce.downstream.datasets import ImageDataset
     from ctreduce.downstream.finetune import fit_best
     from ctreduce.lightning_setup import resolve
 
-    config = FinetuneConfig(task=task, init="random", **{**TINY, "flips": False})
+    config = FinetuneConfig(task=task, init="random", **{**TINY, "transforms": "none"})
     data = load_task(task)
 
     def fresh() -> tuple[torch.nn.Module, dict]:
@@ -420,20 +426,27 @@ def test_the_module_trains_as_a_plain_loop_of_the_papers_protocol(task, tmp_path
         return model, loaders
 
     model, loaders = fresh()
-    for phase in ("head+bn", "all"):
+    # (phase, learning rate, a new Adam over every parameter at the start of the epoch)
+    plan = {"paper": [("head+bn", 1e-4, False), ("all", 1e-4, False), ("all", 2e-5, False)],
+            "constant": [("head+bn", 1e-4, False), ("all", 1e-4, True), ("all", 1e-4, False)]}[schedule]
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
+    for phase, lr, new in plan:
         names = trainable_names(model, phase)
         for name, param in model.named_parameters():
             param.requires_grad = name in names
-        optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=5e-4)
+        if new:
+            optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
         model.train()
         for x, y in loaders["train"]:
             optimiser.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             optimiser.step()
     model2, loaders2 = fresh()
-    module = FinetuneModule(model2, 2, lr=1e-4, weight_decay=5e-4, head_only_epochs=1)
+    module = FinetuneModule(model2, 2, lr=1e-4, weight_decay=5e-4, head_only_epochs=1, schedule=schedule)
     fit_best(module, loaders2["train"], loaders2["val"], tmp_path, resolve(accelerator="cpu", devices=1,
-                                                                            precision="32-true"), epochs=2)
+                                                                            precision="32-true"), epochs=3)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     expected = model.state_dict()
     assert last.keys() == {f"model.{k}" for k in expected}

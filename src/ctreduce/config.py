@@ -518,10 +518,16 @@ def make_pretrain_config(values: dict[str, Any] | None = None, *, yaml_file: str
 # --- downstream evaluation -----------------------------------------------------------------------
 
 FINETUNE_MODES = ("finetune", "linear", "knn")
+# What they mean: ctreduce.downstream.protocol (the paper's notebooks, per task)
+FINETUNE_SCHEDULES = ("paper", "constant")
+FINETUNE_NORMALISATIONS = ("task", "train", "pretraining", "imagenet", "paper:covid", "paper:brain",
+                           "paper:organsmnist")
+FINETUNE_TRANSFORMS = ("task", "paper-covid", "paper-brain", "paper-organsmnist", "hv", "none")
 
 
 class FinetuneConfig(BaseModel):
-    """The paper's protocol (70 epochs, Adam 1e-4, wd 5e-4, batch 64, 10 head-only epochs).
+    """The paper's protocol (70 epochs, Adam 1e-4, wd 5e-4, batch 64, 10 head-only epochs) as its notebooks ran
+    it: ``schedule``, ``normalisation`` and ``transforms`` (``ctreduce.downstream.protocol``).
 
     ``head_only_epochs`` above ``epochs`` trains the head only for all ``epochs`` (:attr:`head_only`,
     :meth:`notes`): a short run keeps the default schedule's first phase instead of failing on it."""
@@ -539,7 +545,9 @@ class FinetuneConfig(BaseModel):
     weight_decay: float = 5e-4
     batch_size: AtLeastOne = 64
     input_size: AtLeastOne = 224
-    flips: bool = True
+    schedule: str = "paper"  # paper: lr, then lr x 0.2 after the unfreezing epoch; constant: lr throughout
+    normalisation: str = "task"  # task | train | pretraining | imagenet | paper:covid|brain|organsmnist
+    transforms: str = "task"  # task | paper-covid | paper-brain | paper-organsmnist | hv | none
     seeds: tuple[int, ...] = (0,)
     num_workers: Annotated[int, Field(ge=0)] = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -549,14 +557,15 @@ class FinetuneConfig(BaseModel):
     knn_k: AtLeastOne = 20
     positive_label: Annotated[int, Field(ge=0)] = 1
     bootstrap: Annotated[int, Field(ge=0)] = 1000
-    mean: float | None = None  # None: the pre-training run's statistics, else ImageNet's
+    mean: float | None = None  # both set: these grey statistics, whatever ``normalisation`` says
     std: float | None = None
 
-    @field_validator("mode", "precision", "backbone")
+    @field_validator("mode", "precision", "backbone", "schedule", "normalisation", "transforms")
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
-        options = {"mode": FINETUNE_MODES, "precision": PRECISIONS,
-                   "backbone": (*RESNETS, EFFICIENTNET_LITE0)}[info.field_name]
+        options = {"mode": FINETUNE_MODES, "precision": PRECISIONS, "backbone": (*RESNETS, EFFICIENTNET_LITE0),
+                   "schedule": FINETUNE_SCHEDULES, "normalisation": FINETUNE_NORMALISATIONS,
+                   "transforms": FINETUNE_TRANSFORMS}[info.field_name]
         return choice(value, options, info.field_name)
 
     @field_validator("device")

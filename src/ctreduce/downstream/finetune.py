@@ -16,6 +16,8 @@ last, from which a rerun of the same command continues (``resume``). CPU threads
 
 from __future__ import annotations
 
+import functools
+import json
 import shutil
 import time
 import warnings
@@ -38,6 +40,7 @@ from ..store.places import check_output_place
 from ..tasks.data import DownstreamData
 from ..tasks.load import load_task
 from ..tasks.spec import task_paths
+from . import protocol
 from .datasets import ImageDataset
 from .evaluate import save_predictions, score, write_results
 from .module import EpochHistory, FinetuneModule, knn_probabilities
@@ -54,29 +57,69 @@ class FinetuneError(ValueError):
 
 
 def build_model(config: FinetuneConfig, n_classes: int) -> tuple[nn.Module, Normalisation]:
-    """The ResNet of ``config.init`` (:func:`ctreduce.backbones.load`) with a new linear head, and the
-    input statistics to use: the pre-training run's when initialised from one, ImageNet's otherwise,
-    ``config.mean``/``std`` (grey) when both are set."""
+    """The ResNet of ``config.init`` (:func:`ctreduce.backbones.load`) with a new linear head, and the input
+    statistics it was trained with: the pre-training run's when initialised from one, ImageNet's otherwise."""
     try:
         model, norm = backbones.load(config.init, config.backbone)
     except BackboneError as exc:
         raise FinetuneError(str(exc)) from exc
     model.fc = nn.Linear(backbones.feature_dim(model), n_classes)
-    if config.mean is not None and config.std is not None:
-        norm = Normalisation.grey(config.mean, config.std, "config mean/std")
     return model, norm
 
 
+def normalisation(config: FinetuneConfig, data: DownstreamData, pretraining: Normalisation) -> Normalisation:
+    """The input statistics of a fine-tune: ``config.mean``/``std`` (grey) when both are set, else
+    ``config.normalisation``: ``task`` (the paper notebook's constants for its tasks, the training split's own
+    statistics for any other), ``train``, ``pretraining`` (``pretraining``: the initial weights'), ``imagenet``
+    or ``paper:<task>``."""
+    if config.mean is not None and config.std is not None:
+        return Normalisation.grey(config.mean, config.std, "config mean/std")
+    choice = config.normalisation
+    if choice == "task":
+        task = protocol.paper_task(config.task)
+        choice = f"paper:{task}" if task is not None else "train"
+    if choice.startswith("paper:"):
+        return protocol.PAPER_NORMALISATION[choice.removeprefix("paper:")]
+    if choice == "train":
+        try:
+            return protocol.split_statistics(data.train.images, f"train split of {data.name}")
+        except ValueError as exc:
+            raise FinetuneError(str(exc)) from exc
+    return backbones.IMAGENET if choice == "imagenet" else pretraining
+
+
 def transforms(config: FinetuneConfig, norm: Normalisation, train: bool):
-    """uint8 (1, H, W) -> float on [0, 1], resized to ``input_size``, flips when training, three grey
-    copies normalised per channel."""
+    """uint8 (1, H, W) -> float on [0, 1], transposed where the task's pipeline is (``protocol.Pipeline``),
+    resized to ``input_size``, its flips when training, three grey copies normalised per channel."""
     from torchvision.transforms import v2
 
-    steps = [v2.ToDtype(torch.float32, scale=True), v2.Resize((config.input_size, config.input_size), antialias=True)]
-    if train and config.flips:
-        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    steps += [v2.Lambda(lambda x: x.expand(3, *x.shape[1:])), v2.Normalize(list(norm.mean), list(norm.std))]
+    pipeline = protocol.pipeline_for(config.transforms, config.task)
+    size = (config.input_size, config.input_size)
+    steps = [v2.ToDtype(torch.float32, scale=True)]
+    if pipeline.transposed:
+        steps.append(v2.Lambda(_transpose))
+    if pipeline.resize == "area":  # MONAI's Resize default: adaptive average pooling
+        steps.append(v2.Lambda(functools.partial(_area_resize, size=size)))
+    else:
+        steps.append(v2.Resize(size, antialias=True))
+    if train and pipeline.flip_p:
+        steps.append(v2.RandomVerticalFlip(pipeline.flip_p))  # the first spatial axis, as RandFlip(spatial_axis=0)
+    if train and pipeline.hv_p:
+        steps += [v2.RandomHorizontalFlip(pipeline.hv_p), v2.RandomVerticalFlip(pipeline.hv_p)]
+    steps += [v2.Lambda(_three_channels), v2.Normalize(list(norm.mean), list(norm.std))]
     return v2.Compose(steps)
+
+
+def _transpose(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-1, -2).contiguous()
+
+
+def _area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return nn.functional.interpolate(x[None], size=size, mode="area")[0]
+
+
+def _three_channels(x: torch.Tensor) -> torch.Tensor:
+    return x.expand(3, *x.shape[1:])
 
 
 def _loaders(config: FinetuneConfig, data: DownstreamData, norm: Normalisation, seed: int,
@@ -148,9 +191,10 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
         return finished
     pl.seed_everything(seed, verbose=False)
     n_classes = len(data.classes)
-    model, norm = build_model(config, n_classes)
+    model, init_norm = build_model(config, n_classes)
+    norm = normalisation(config, data, init_norm)
     module = FinetuneModule(model, n_classes, mode=config.mode, lr=config.lr, weight_decay=config.weight_decay,
-                            head_only_epochs=config.head_only)
+                            head_only_epochs=config.head_only, schedule=config.schedule)
     loaders = _loaders(config, data, norm, seed, threads)
     start = time.perf_counter()
     extra: dict[str, Any] = {"best_epoch": None}
@@ -165,15 +209,23 @@ def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: Finet
         if fitted is None:
             return None
         torch.save(module.model.state_dict(), folder / MODEL)
-        extra = {"best_epoch": fitted[0], "resumed": fitted[1]}
+        extra = {"best_epoch": fitted[0], "resumed": fitted[1], "lr_by_epoch": lr_by_epoch(folder / HISTORY)}
         prob, labels = module.probabilities(loaders["test"])
     folder.mkdir(parents=True, exist_ok=True)
     save_predictions(folder, list(data.test.names), labels, prob, data.classes)
     result = score(folder, data.classes, labels, prob, positive_label=config.positive_label,
                    bootstrap=config.bootstrap, seed=seed,
-                   extra={**extra, "seconds": round(time.perf_counter() - start, 2), "normalisation": norm.as_dict()})
+                   extra={**extra, "seconds": round(time.perf_counter() - start, 2), "normalisation": norm.as_dict(),
+                          "transforms": protocol.pipeline_for(config.transforms, config.task).as_dict(),
+                          "schedule": config.schedule})
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)  # model.pt holds the best epoch; metrics.json marks it done
     return result
+
+
+def lr_by_epoch(history: Path) -> list[float]:
+    """The learning rate every epoch trained at (epochs counted from 0), as ``EpochHistory`` recorded it."""
+    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    return [float(row["lr"]) for row in sorted(rows, key=lambda row: row["epoch"])]
 
 
 # --- the run -----------------------------------------------------------------------------------

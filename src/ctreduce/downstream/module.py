@@ -1,8 +1,10 @@
 """The paper's fine-tuning protocol as a LightningModule: one ResNet with a linear head ``fc``, three modes.
 
 * ``finetune`` (Wolf et al. 2024): for the first ``head_only_epochs`` only the head and every BatchNorm
-  layer train, then every layer; Adam (lr 1e-4, weight decay 5e-4 in the paper); when every layer starts
-  training the Adam state starts afresh, as a new optimiser over all parameters would;
+  layer train, then every layer; Adam (lr 1e-4, weight decay 5e-4 in the paper) at the learning rate of each
+  epoch that ``schedule`` gives (``protocol.lr_at``: ``paper``, as the notebooks ran, lr until the unfreezing
+  epoch and lr x 0.2 after it, Adam's state kept; ``constant``, lr throughout and a fresh Adam state when every
+  layer starts training, as a new optimiser over all parameters would);
 * ``linear``: a linear probe; only the head trains, the backbone (BatchNorm statistics included) stays fixed;
 * ``knn`` (Wu et al. 2018): no training; weighted kNN on the backbone's L2-normalised features.
 
@@ -23,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy
+
+from .protocol import SCHEDULES, lr_at
 
 MODES = ("finetune", "linear", "knn")
 PHASES = ("head", "head+bn", "all")
@@ -53,10 +57,12 @@ class FinetuneModule(pl.LightningModule):
     """
 
     def __init__(self, model: nn.Module, n_classes: int, *, mode: str = "finetune", lr: float = 1e-4,
-                 weight_decay: float = 5e-4, head_only_epochs: int = 10) -> None:
+                 weight_decay: float = 5e-4, head_only_epochs: int = 10, schedule: str = "paper") -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         if not isinstance(getattr(model, "fc", None), nn.Linear):
             raise ValueError(f"model must have a linear head 'fc', got {type(getattr(model, 'fc', None)).__name__}")
         if n_classes < 2 or model.fc.out_features != n_classes:
@@ -66,6 +72,7 @@ class FinetuneModule(pl.LightningModule):
                              f"{head_only_epochs}")
         self.model = model
         self.mode, self.lr, self.weight_decay, self.head_only_epochs = mode, lr, weight_decay, head_only_epochs
+        self.schedule = schedule
         self.val_accuracy = MulticlassAccuracy(n_classes, average="micro")
         self._dropped: list[nn.Parameter] = []
         if mode != "finetune":  # the backbone never trains: DDP need not see it, autograd need not track it
@@ -100,8 +107,13 @@ class FinetuneModule(pl.LightningModule):
         self.train()  # Lightning starts the first epoch without calling train(): the linear probe's BatchNorm
         keep = trainable_names(self.model, self.phase(self.current_epoch))
         self._dropped = [p for name, p in self.model.named_parameters() if p.requires_grad and name not in keep]
-        if self.mode == "finetune" and self.current_epoch == self.head_only_epochs > 0:
-            self.optimizers().optimizer.state.clear()  # every layer trains now: a fresh Adam, as a new optimiser
+        optimizer = self.optimizers().optimizer
+        lr = lr_at(self.current_epoch, self.lr, self.head_only_epochs, self.schedule) if self.mode == "finetune" \
+            else self.lr  # a linear probe never unfreezes
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if self.schedule == "constant" and self.mode == "finetune" and self.current_epoch == self.head_only_epochs > 0:
+            optimizer.state.clear()  # every layer trains now: a fresh Adam, as a new optimiser
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         for param in self._dropped:
@@ -176,6 +188,7 @@ class EpochHistory(pl.Callback):
         phase = pl_module.phase(trainer.current_epoch)
         row = {"epoch": trainer.current_epoch, "train_loss": float(metrics["train_loss"]),
                "val_accuracy": float(metrics["val_accuracy"]), "phase": phase,
-               "trainable_parameters": pl_module.trainable_parameters(phase)}
+               "trainable_parameters": pl_module.trainable_parameters(phase),
+               "lr": float(trainer.optimizers[0].param_groups[0]["lr"])}  # as the epoch trained
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -114,6 +114,12 @@ class TaskSpec(BaseModel):
     data: dict[str, Any] = {}  # load_task spec: format + its arguments
     synthetic: dict[str, Any] | None = None  # make_lesion_task arguments (generates the data)
     positive_label: int = 1
+    finetune: dict[str, Any] = {}  # FinetuneConfig fields for this task only (over the experiment's 'finetune')
+
+    @field_validator("finetune")
+    @classmethod
+    def _finetune_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _finetune_settings(value)
 
     @model_validator(mode="after")
     def _data_spec(self) -> TaskSpec:
@@ -175,11 +181,7 @@ class ExperimentConfig(BaseModel):
     @field_validator("finetune")
     @classmethod
     def _finetune_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _set_by_the_experiment(value, {"task": "each task", "init": "each pre-training run",
-                                       "out": "the stage's cache folder", "seeds": "the experiment's 'seeds'",
-                                       "positive_label": "each task's 'positive_label'"})
-        checked(FinetuneConfig, {**value, "task": {"format": "folder", "root": "-"}, "out": "-", "init": "random"})
-        return value
+        return _finetune_settings(value)
 
     @model_validator(mode="after")
     def _references(self) -> ExperimentConfig:
@@ -199,6 +201,15 @@ def _check_arguments(generator: Callable[..., Any], arguments: dict[str, Any]) -
         inspect.signature(generator).bind("-", **arguments)
     except TypeError as exc:
         raise ValueError(f"{generator.__name__}: {exc}; it takes {parameters[1:]}") from None
+
+
+def _finetune_settings(value: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tuning settings of an experiment or of one of its tasks: FinetuneConfig's, less what the runner sets."""
+    _set_by_the_experiment(value, {"task": "each task", "init": "each pre-training run",
+                                   "out": "the stage's cache folder", "seeds": "the experiment's 'seeds'",
+                                   "positive_label": "each task's 'positive_label'"})
+    checked(FinetuneConfig, {**value, "task": {"format": "folder", "root": "-"}, "out": "-", "init": "random"})
+    return value
 
 
 def _set_by_the_experiment(settings: dict[str, Any], owners: dict[str, str]) -> None:
@@ -397,7 +408,7 @@ class Runner:
         from ..downstream.finetune import LeakageWarning, finetune
 
         spec = self.task_spec(task)
-        settings = {**self.config.finetune, "seeds": tuple(self.config.seeds),
+        settings = {**self.config.finetune, **task.finetune, "seeds": tuple(self.config.seeds),
                     "positive_label": task.positive_label}
         key = _key("finetune", init_key, _finetune_identity(settings, spec))
 
