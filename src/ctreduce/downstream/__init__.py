@@ -19,6 +19,7 @@ _API = {
     "MeanSD": "metrics",
     "MetricWarning": "metrics",
     "bootstrap_ci": "metrics",
+    "bootstrap_values": "metrics",
     "classification_metrics": "metrics",
     "confusion_matrix": "metrics",
     "format_mean_sd": "metrics",
