@@ -235,8 +235,8 @@ def _draw_and_score(y: np.ndarray, p: np.ndarray, name: str, n: int, seed: int, 
     rows = max(1, _CHUNK_SAMPLES // max(y.size, p.shape[1] ** 2))
     values = np.empty(n)
     for start in range(0, n, rows):
-        # one draw per resample: a single (rows, N) draw would give other indices than N at a time
-        idx = np.stack([rng.integers(0, y.size, size=y.size) for _ in range(min(rows, n - start))])
+        # row i holds the indices that the generator's i-th call for N of them would give (tested)
+        idx = rng.integers(0, y.size, size=(min(rows, n - start), y.size))
         values[start:start + idx.shape[0]] = _resampled_metric(y, p, idx, name, positive)
     return values
 
