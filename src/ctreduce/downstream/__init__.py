@@ -1,11 +1,12 @@
 """Downstream evaluation of a backbone on a task (the paper's COVID-CT, OrganSMNIST and folder tasks).
 
 The task data (specs, loaders, splits) is :mod:`ctreduce.tasks`'s, without torch. Submodules here:
-:mod:`.datasets` (a split as a torch dataset), :mod:`.metrics` (accuracy, AUC, F1,
-bootstrap intervals, plots: scikit-learn's), :mod:`.module` (the fine-tuning protocol as a
-LightningModule), :mod:`.finetune` (the run: seeds, trainer, scoring), :mod:`.evaluate` (scoring
-saved predictions again) and :mod:`.synthetic` (a phantom lung-nodule task for tests and quick
-experiments). Names are imported lazily so that ``import ctreduce.downstream`` needs no torch.
+:mod:`.datasets` (a split as a torch dataset), :mod:`.metrics` (accuracy, AUC, F1 and
+plots: scikit-learn's; bootstrap intervals: the same numbers with NumPy), :mod:`.module` (the
+fine-tuning protocol as a LightningModule), :mod:`.finetune` (the run: seeds, trainer, scoring),
+:mod:`.evaluate` (scoring saved predictions again) and :mod:`.synthetic` (a phantom lung-nodule
+task for tests and quick experiments). Names are imported lazily so that
+``import ctreduce.downstream`` needs no torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _API = {
     "MeanSD": "metrics",
     "MetricWarning": "metrics",
     "bootstrap_ci": "metrics",
+    "bootstrap_values": "metrics",
     "classification_metrics": "metrics",
     "confusion_matrix": "metrics",
     "format_mean_sd": "metrics",
