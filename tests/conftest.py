@@ -154,6 +154,7 @@ SLOW: dict[str, set[str]] = {
         "test_reduce", "test_reduce_with_the_dhash_and_a_sweep", "test_scan",
         "test_training_commands_say_which_extra",
     },
+    "test_downstream_protocol.py": {"test_a_finetune_records_the_learning_rate_of_every_epoch_and_its_normalisation"},
     "test_downstream_finetune.py": {
         "test_best_epoch_is_the_best_validation_epoch_not_the_lowest_training_loss",
         "test_cli_finetune_on_a_medmnist_npz_then_evaluate", "test_cli_finetune_on_two_cpu_devices_runs_ddp",
