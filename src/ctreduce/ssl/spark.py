@@ -138,6 +138,37 @@ class ActiveState:
 # --- sparse encoder emulation ----------------------------------------------------------------------
 
 
+def _sparse_norm(norm: nn.modules.batchnorm._BatchNorm, dense: Any, x: torch.Tensor) -> torch.Tensor:
+    """``dense(x)`` (the batch norm's own forward) on the active positions of ``norm.state`` only; masked ones 0."""
+    active = norm.state.at(x.shape[-2:]) if norm.state is not None else None
+    if active is None:
+        return dense(x)
+    n, c, h, w = x.shape
+    keep = active.expand(n, 1, h, w).reshape(n, h, w)
+    visible = x.permute(0, 2, 3, 1)[keep]  # (n_active, C)
+    normed = dense(visible.t().reshape(1, c, -1, 1)).reshape(c, -1).t()
+    out = x.new_zeros(n, c, h, w)  # contiguous NCHW, filled through a channels-last view
+    out.permute(0, 2, 3, 1)[keep] = normed.to(out.dtype)
+    return out
+
+
+def _rebuilt(norm: nn.modules.batchnorm._BatchNorm, cls: type[nn.modules.batchnorm._BatchNorm],
+             state: ActiveState | None) -> nn.modules.batchnorm._BatchNorm:
+    """A ``cls`` holding ``norm``'s settings, parameters, buffers, mode and forward hooks (drop path), sparse on
+    ``state`` where ``cls`` is."""
+    weight = norm.weight if norm.weight is not None else norm.running_mean
+    out = cls(norm.num_features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
+              track_running_stats=norm.track_running_stats,
+              device=weight.device if weight is not None else None, dtype=weight.dtype if weight is not None else None)
+    out.load_state_dict(norm.state_dict())
+    out.train(norm.training)
+    for hooks in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+        setattr(out, hooks, getattr(norm, hooks))  # shared: the handles in ``SparK._hooks`` still remove them
+    if hasattr(out, "state"):
+        out.state = state
+    return out
+
+
 class SparseBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` that, while a mask is set, sees only active positions (SparK's SparseBatchNorm2d).
 
@@ -152,26 +183,27 @@ class SparseBatchNorm2d(nn.BatchNorm2d):
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d, state: ActiveState) -> SparseBatchNorm2d:
-        sparse = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                     track_running_stats=bn.track_running_stats,
-                     device=bn.weight.device if bn.weight is not None else None,
-                     dtype=bn.weight.dtype if bn.weight is not None else None)
-        sparse.load_state_dict(bn.state_dict())
-        sparse.train(bn.training)
-        sparse.state = state
-        return sparse
+        return _rebuilt(bn, cls, state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        active = self.state.at(x.shape[-2:]) if self.state is not None else None
-        if active is None:
-            return super().forward(x)
-        n, c, h, w = x.shape
-        keep = active.expand(n, 1, h, w).reshape(n, h, w)
-        visible = x.permute(0, 2, 3, 1)[keep]  # (n_active, C)
-        normed = super().forward(visible.t().reshape(1, c, -1, 1)).reshape(c, -1).t()
-        out = x.new_zeros(n, c, h, w)  # contiguous NCHW, filled through a channels-last view
-        out.permute(0, 2, 3, 1)[keep] = normed.to(out.dtype)
-        return out
+        return _sparse_norm(self, super().forward, x)
+
+
+class SparseSyncBatchNorm2d(nn.SyncBatchNorm):
+    """:class:`SparseBatchNorm2d` with statistics over the active positions of every process (official SparK's
+    ``SparseSyncBatchNorm2d``, used when it runs distributed). Same ``state_dict`` keys."""
+
+    state: ActiveState | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _sparse_norm(self, super().forward, x)
+
+
+# Under DDP on GPUs every batch norm of the model is synchronised, as official SparK's ``sbn`` (on whenever it runs
+# distributed): sparse BNs of the encoder and the densifying step keep their sparsity, the decoder's become
+# ``SyncBatchNorm``. The reverse mapping undoes it.
+_SYNCHRONISED = {SparseBatchNorm2d: SparseSyncBatchNorm2d, nn.BatchNorm2d: nn.SyncBatchNorm}
+_LOCAL = {SparseSyncBatchNorm2d: SparseBatchNorm2d, nn.SyncBatchNorm: nn.BatchNorm2d}
 
 
 def sparsify(backbone: nn.Module, state: ActiveState) -> list[torch.utils.hooks.RemovableHandle]:
@@ -402,6 +434,7 @@ class SparK(SSLMethod):
     """
 
     name = "spark"
+    sync_batchnorm = True  # official SparK synchronises all its BNs when distributed: see ``synchronise_batchnorm``
 
     def __init__(self, config: PretrainConfig, steps_per_epoch: int) -> None:
         super().__init__(config, steps_per_epoch)
@@ -509,6 +542,16 @@ class SparK(SSLMethod):
         finally:
             self._active.set(None)
         return self.dense_decoder(to_dec)
+
+    def synchronise_batchnorm(self, on: bool) -> None:
+        """Swap every batch norm for its synchronised kind (``on``) or back, keeping parameters, statistics and
+        sparsity; ``ctreduce.lightning_setup.SyncBatchNorm`` calls it before DDP wraps the model (torch's own
+        conversion would make the sparse BNs dense)."""
+        mapping = _SYNCHRONISED if on else _LOCAL
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) in mapping:
+                    setattr(parent, name, _rebuilt(child, mapping[type(child)], getattr(child, "state", None)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dense backbone features (no mask): what fine-tuning sees."""
