@@ -71,6 +71,11 @@ def test_each_method_writes_the_run_folder(export_dir, tmp_path, method):
     assert (summary["mean"], summary["std"]) == (config["mean"], config["std"])
     assert summary["export"]["slices"] == 48 and summary["export"]["size"] == 40
     assert summary["wall_time_s"] > 0 and summary["cpu_time_s"] > 0 and not summary["resumed"]
+    # The learning rate of the global batch (one device here) and the rule that gave it.
+    base = {"swav": 0.15 * 256 / 128, "moco": 0.015 * 256 / 128, "spark": 2e-4}[method]
+    assert summary["optimizer"]["lr_scaling"] == {"rule": "linear: base_lr x global_batch / 256", "base_lr": base,
+                                                  "batch_size": 8, "processes": 1, "global_batch": 8,
+                                                  "lr": base * 8 / 256} and summary["optimizer"]["lr"] == base * 8 / 256
     threads = summary["threads"]
     assert threads["torch_threads"] >= 1 and threads["loader_workers"] == 0 and threads["requested_workers"] == 0
     logged = pd.read_csv(next((out / "logs" / "csv").rglob("metrics.csv")))
@@ -214,6 +219,9 @@ def test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0(export_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["devices"] == 2
     assert summary["images_seen"] == summary["steps"] * 4 * 2 == (48 // 8) * 8
+    scaling = summary["optimizer"]["lr_scaling"]  # the learning rate of the global batch of both processes
+    assert (scaling["processes"], scaling["global_batch"], scaling["lr"]) == (2, 8, 0.15 * 256 / 128 * 8 / 256)
+    assert summary["optimizer"]["lr"] == scaling["lr"]
     missing, _ = torchvision.models.resnet18().load_state_dict(torch.load(out / "backbone.pt"), strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"]
 

@@ -12,15 +12,8 @@ import torchvision
 from torch import nn
 
 from ctreduce.config import make_pretrain_config
-from ctreduce.ssl.spark import (
-    ActiveState,
-    SparK,
-    SparseBatchNorm2d,
-    masked_count,
-    random_mask,
-    resize_active,
-    spark_loss,
-)
+from ctreduce.ssl.spark import SparK, masked_count, random_mask, spark_loss
+from ctreduce.ssl.sparse import ActiveState, SparseBatchNorm2d, SparseSyncBatchNorm2d, resize_active
 
 SETTINGS = {"preset": "cpu", "method": "spark", "backbone": "resnet18", "input_size": 64, "batch_size": 4,
             "spark": {"patch_size": 16, "decoder_width": 64}}
@@ -832,8 +825,6 @@ def test_synchronised_batchnorms_keep_sparsity_weights_and_drop_path(slices):
     synchronised one, as official SparK's ``sbn``: sparse ones ``SparseSyncBatchNorm2d``, the decoder's
     ``SyncBatchNorm``. Without a process group a SyncBatchNorm normalises locally, so on CPU the masked pass is
     the plain module's to the bit; reverting gives the plain layers back. The multi-GPU run: benchmarks/gpu_check.py."""
-    from ctreduce.ssl.spark import SparseSyncBatchNorm2d
-
     plain = make_module(spark={**SETTINGS["spark"], "drop_path_rate": 0.1})
     synced = copy.deepcopy(plain)
     synced.synchronise_batchnorm(True)
