@@ -1,4 +1,4 @@
-"""GPU check of issue 11: the CUDA paths that have no figure yet, in one run of at most 8 minutes.
+"""GPU check of issues 11 and 19: the CUDA paths that have no figure yet, in one run of at most 8 minutes.
 
 Sections (each timed and reported on its own; a failing section prints its error and the rest go on):
 
@@ -21,6 +21,11 @@ Sections (each timed and reported on its own; a failing section prints its error
                  cores less one), against the GPU's appetite from (2).
   5. pretrain    one real ``ctreduce.pretrain`` SwAV run (paper preset, ResNet-50, bf16-mixed, loader
                  included) from that export: images/s per epoch from its metrics.jsonl and its threads.
+  6. syncbn      SwAV and SparK, 2 steps under DDP with ``ctreduce.lightning_setup.SyncBatchNorm`` (the plugin a
+                 run on several GPUs gets) on this GPU: the batch-norm layer kinds the model trains with (SwAV:
+                 ``SyncBatchNorm``; SparK: ``SparseSyncBatchNorm2d`` and the decoder's ``SyncBatchNorm``) and a
+                 finite loss. One GPU makes a process group of one: the layers run their CUDA path, the
+                 statistics exchange between GPUs needs two. Skipped, with a message, without CUDA.
 
 ``--quick`` shrinks every size (ResNet-18, 64 px, batch 8, a few steps, float32 on CPU) so that the whole
 script runs on a CPU in a couple of minutes: a check that it works, not a figure.
@@ -302,6 +307,38 @@ def pretrain_check(export: Path, out: Path, s: dict[str, Any], precision: str) -
             "images_per_s_per_epoch": [e["images_per_s"] for e in epochs], "wall_s": summary["wall_time_s"]}
 
 
+# --- 6. synchronised batch norms --------------------------------------------------------------------------
+
+
+def syncbn_check(method: str, s: dict[str, Any], device: torch.device, slices: torch.Tensor,
+                 precision: str) -> dict[str, Any]:
+    if device.type != "cuda":
+        print(f"[syncbn_{method}] skipped: no CUDA device (SyncBatchNorm has no CPU kernel)", flush=True)
+        return {"skipped": "no CUDA device"}
+    config = ssl_config(method, s)
+    extra = {"dataset_size": len(slices)} if method == "swav" else {}
+    torch.manual_seed(0)
+    module = method_class(method)(config, steps_per_epoch=2, **extra)
+    seen: dict[str, Any] = {}
+
+    class Layers(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            norms = [m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            seen["norm_layers"] = {name: sum(type(m).__name__ == name for m in norms)
+                                   for name in sorted({type(m).__name__ for m in norms})}
+            seen["all_synchronised"] = all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+
+    fit = pl.Trainer(max_steps=2, max_epochs=1, accelerator="gpu", devices=[device.index or 0], strategy="ddp",
+                     precision=precision, plugins=[lightning_setup.SyncBatchNorm()], callbacks=[Layers()],
+                     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    batch = view_batch(method, s, slices)
+    fit.fit(module, torch.utils.data.DataLoader(SameBatch(batch, 2), batch_size=None))
+    loss = fit.callback_metrics.get("loss_step", fit.callback_metrics.get("loss"))
+    print(f"[syncbn_{method}] SyncBatchNorm layers in the model: {seen.get('all_synchronised')} "
+          f"{seen.get('norm_layers')}", flush=True)
+    return {**seen, "steps": fit.global_step, "loss_finite": loss is not None and bool(torch.isfinite(loss))}
+
+
 # --- main ------------------------------------------------------------------------------------------------
 
 
@@ -356,6 +393,8 @@ def main() -> None:
             for workers in sorted({granted, max(1, usable_cores() - 1)}):
                 sections(f"loader_{method}_{workers}w", lambda m=method, w=workers: loader_check(m, export, s, w), 15)
         sections("pretrain_swav", lambda: pretrain_check(export, work / "pretrain", s, precision), 90)
+        for method in ("swav", "spark"):  # last: DDP leaves its process group (of one) behind
+            sections(f"syncbn_{method}", lambda m=method: syncbn_check(m, s, device, slices, precision), 20)
 
     appetite = {m: sections.results.get(f"ssl_{m}", {}).get("images_per_s") for m in METHODS}
     feeding = {k: v["images_per_s"] / appetite[k.split("_")[1]]

@@ -236,7 +236,7 @@ SLOW: dict[str, set[str]] = {
         "test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0", "test_each_method_writes_the_run_folder",
         "test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
         "test_other_settings_in_the_same_run_folder_are_refused", "test_rerun_resumes_from_the_stored_step",
-        "test_same_seed_same_backbone_on_cpu",
+        "test_same_seed_same_backbone_on_cpu", "test_swav_queue_is_restored_on_resume",
     },
     "test_ssl_spark.py": {
         "test_loss_decreases_with_configured_optimiser", "test_one_step_matches_the_official_forward_and_update",

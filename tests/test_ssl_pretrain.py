@@ -71,6 +71,11 @@ def test_each_method_writes_the_run_folder(export_dir, tmp_path, method):
     assert (summary["mean"], summary["std"]) == (config["mean"], config["std"])
     assert summary["export"]["slices"] == 48 and summary["export"]["size"] == 40
     assert summary["wall_time_s"] > 0 and summary["cpu_time_s"] > 0 and not summary["resumed"]
+    # The learning rate of the global batch (one device here) and the rule that gave it.
+    base = {"swav": 0.15 * 256 / 128, "moco": 0.015 * 256 / 128, "spark": 2e-4}[method]
+    assert summary["optimizer"]["lr_scaling"] == {"rule": "linear: base_lr x global_batch / 256", "base_lr": base,
+                                                  "batch_size": 8, "processes": 1, "global_batch": 8,
+                                                  "lr": base * 8 / 256} and summary["optimizer"]["lr"] == base * 8 / 256
     threads = summary["threads"]
     assert threads["torch_threads"] >= 1 and threads["loader_workers"] == 0 and threads["requested_workers"] == 0
     logged = pd.read_csv(next((out / "logs" / "csv").rglob("metrics.csv")))
@@ -214,6 +219,9 @@ def test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0(export_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["devices"] == 2
     assert summary["images_seen"] == summary["steps"] * 4 * 2 == (48 // 8) * 8
+    scaling = summary["optimizer"]["lr_scaling"]  # the learning rate of the global batch of both processes
+    assert (scaling["processes"], scaling["global_batch"], scaling["lr"]) == (2, 8, 0.15 * 256 / 128 * 8 / 256)
+    assert summary["optimizer"]["lr"] == scaling["lr"]
     missing, _ = torchvision.models.resnet18().load_state_dict(torch.load(out / "backbone.pt"), strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"]
 
@@ -241,3 +249,94 @@ def test_a_paper_preset_run_records_every_resolved_setting(export_dir, tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["mean"], summary["std"]) == (0.1806, 0.1907)
     assert summary["optimizer"]["lr"] > 0 and summary["optimizer"]["groups"] == (2 if method == "spark" else 1)
+
+
+def several_gpus(monkeypatch, count: int) -> None:
+    """CUDA present with ``count`` GPUs, as far as ctreduce and Lightning ask (nothing runs on them)."""
+    import lightning_fabric.accelerators.cuda as fabric_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(fabric_cuda, "num_cuda_devices", lambda: count)
+
+
+@pytest.mark.parametrize(("method", "gpus", "accelerator", "devices", "synchronised"), [
+    ("swav", 4, "auto", "auto", "SyncBatchNorm"),  # configs/paper.yaml's devices: auto on a 4-GPU machine
+    ("swav", 4, "gpu", -1, "SyncBatchNorm"),
+    ("spark", 4, "auto", "auto", "SparseSyncBatchNorm2d"),
+    ("swav", 1, "auto", "auto", None),  # one GPU: nothing to synchronise
+    ("moco", 4, "auto", "auto", None),  # shuffled BN instead
+    ("swav", 4, "cpu", 2, None),  # CPU DDP (gloo): SyncBatchNorm has no CPU kernel
+])
+def test_batchnorms_are_synchronised_on_several_gpus(export_dir, tmp_path, monkeypatch, method, gpus, accelerator,
+                                                     devices, synchronised):
+    """The trainer ``pretrain`` builds converts the module before DDP wraps it (``strategy._layer_sync``, applied
+    here in place of the fit, which cannot run on mocked GPUs); the record states the learning rate of the global
+    batch. A real multi-GPU fit: benchmarks/gpu_check.py."""
+    several_gpus(monkeypatch, gpus)
+    seen: dict = {}
+
+    def no_fit(trainer, model, *args, **kwargs):
+        model.trainer = trainer
+        layer_sync = getattr(trainer.strategy, "_layer_sync", None)  # a one-device strategy has none
+        converted = layer_sync.apply(model) if layer_sync is not None else model
+        seen["norms"] = {type(m).__name__ for m in converted.modules()
+                         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+        seen["world"] = trainer.world_size
+
+    monkeypatch.setattr(train_module.pl.Trainer, "fit", no_fit)
+    summary = pretrain(settings(export_dir, tmp_path / "run", method=method, accelerator=accelerator, devices=devices,
+                                batch_size=4, **({"input_size": 64} if method == "spark" else {})))
+    if synchronised is None:
+        assert not any("Sync" in name for name in seen["norms"])
+    else:
+        assert seen["norms"] == {synchronised} | ({"SyncBatchNorm"} if method == "spark" else set())
+    processes = 2 if accelerator == "cpu" else gpus
+    scaling = summary["optimizer"]["lr_scaling"]
+    assert seen["world"] == processes == scaling["processes"]
+    base = {"swav": 0.15 * 256 / 128, "moco": 0.015 * 256 / 128, "spark": 2e-4}[method]
+    assert scaling == {"rule": "linear: base_lr x global_batch / 256", "base_lr": base, "batch_size": 4,
+                       "processes": processes, "global_batch": 4 * processes, "lr": base * 4 * processes / 256}
+    assert summary["optimizer"]["lr"] == scaling["lr"]
+
+
+def test_swav_queue_is_restored_on_resume(export_dir, tmp_path, monkeypatch):
+    """The queue as saved with the last checkpoint, pointer and fill count included, is the one the resumed run
+    scores against at its first step (official main_swav.py saves and reloads ``queue{rank}.pth``)."""
+    from ctreduce.ssl.swav import SwAV
+
+    out = tmp_path / "run"
+    queued = {"swav": {**TINY["swav"], "queue_length": 16, "queue_start_epoch": 0}}
+    original = train_module.EpochMetrics.on_train_epoch_start
+
+    def crash_in_second_epoch(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+        original(self, trainer, pl_module)
+
+    monkeypatch.setattr(train_module.EpochMetrics, "on_train_epoch_start", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(settings(export_dir, out, method="swav", **queued))
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["swav_queue"]
+    assert saved["banks"].shape == (1, 2, 16, 64)  # devices, global crops, length, projection dim (cpu preset)
+    assert saved["filled"].tolist() == [[6 * 8]] and saved["pointers"].tolist() == [[[0], [0]]]
+
+    first: dict = {}
+    real = SwAV.queue_scores
+
+    def recording(self, high_z):
+        if not first:
+            first.update(banks=torch.stack([q.bank.clone() for q in self.queues]).cpu(),
+                         pointers=torch.stack([q.bank_ptr.clone() for q in self.queues]).cpu(),
+                         filled=self._queue_filled)
+            scores = real(self, high_z)
+            first["used"] = scores is not None
+            return scores
+        return real(self, high_z)
+
+    monkeypatch.setattr(train_module.EpochMetrics, "on_train_epoch_start", original)
+    monkeypatch.setattr(SwAV, "queue_scores", recording)
+    summary = pretrain(settings(export_dir, out, method="swav", **queued))
+    assert summary["resumed"] and summary["status"] == "finished"
+    assert torch.equal(first["banks"], saved["banks"][0]) and torch.equal(first["pointers"], saved["pointers"][0])
+    assert first["filled"] == 48 and first["used"]  # full at once: no refill from zero

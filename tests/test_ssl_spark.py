@@ -12,15 +12,8 @@ import torchvision
 from torch import nn
 
 from ctreduce.config import make_pretrain_config
-from ctreduce.ssl.spark import (
-    ActiveState,
-    SparK,
-    SparseBatchNorm2d,
-    masked_count,
-    random_mask,
-    resize_active,
-    spark_loss,
-)
+from ctreduce.ssl.spark import SparK, masked_count, random_mask, spark_loss
+from ctreduce.ssl.sparse import ActiveState, SparseBatchNorm2d, SparseSyncBatchNorm2d, resize_active
 
 SETTINGS = {"preset": "cpu", "method": "spark", "backbone": "resnet18", "input_size": 64, "batch_size": 4,
             "spark": {"patch_size": 16, "decoder_width": 64}}
@@ -825,3 +818,33 @@ def test_views_are_the_official_pipeline():
     plain = SparK.views(make_pretrain_config(SETTINGS), 0.2, 0.25)(grey)[0]
     assert plain.shape == (3, 64, 64)
     torch.testing.assert_close(plain[0], plain[1])
+
+
+def test_synchronised_batchnorms_keep_sparsity_weights_and_drop_path(slices):
+    """Under DDP on GPUs (``lightning_setup.SyncBatchNorm`` calls ``synchronise_batchnorm``) every BN becomes a
+    synchronised one, as official SparK's ``sbn``: sparse ones ``SparseSyncBatchNorm2d``, the decoder's
+    ``SyncBatchNorm``. Without a process group a SyncBatchNorm normalises locally, so on CPU the masked pass is
+    the plain module's to the bit; reverting gives the plain layers back. The multi-GPU run: benchmarks/gpu_check.py."""
+    plain = make_module(spark={**SETTINGS["spark"], "drop_path_rate": 0.1})
+    synced = copy.deepcopy(plain)
+    synced.synchronise_batchnorm(True)
+    norms = [m for m in synced.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    sparse = [m for m in synced.modules() if isinstance(m, SparseSyncBatchNorm2d)]
+    assert len(sparse) == sum(isinstance(m, SparseBatchNorm2d) for m in plain.modules())
+    assert all(m.state is synced._active for m in sparse)
+    assert synced.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in synced.state_dict().items())
+    assert [len(m._forward_hooks) for m in synced.backbone.modules() if isinstance(m, nn.SyncBatchNorm)] == [
+        len(m._forward_hooks) for m in plain.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    x, mask = slices[:4], make_module().random_mask(4, generator=torch.Generator().manual_seed(0))
+    plain.train(), synced.train()
+    for drop_path_seed in (0, 1):
+        torch.manual_seed(drop_path_seed)
+        expected = plain.reconstruct(x, mask)
+        torch.manual_seed(drop_path_seed)
+        torch.testing.assert_close(synced.reconstruct(x, mask), expected, rtol=0, atol=0)
+    torch.testing.assert_close(synced.state_dict(), plain.state_dict(), rtol=0, atol=0)  # same running stats
+    synced.synchronise_batchnorm(False)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    assert sum(isinstance(m, SparseBatchNorm2d) for m in synced.modules()) == len(sparse)

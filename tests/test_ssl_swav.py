@@ -429,3 +429,15 @@ def test_cpu_preset_keeps_the_modern_choices():
     groups = module.configure_optimizers()["optimizer"].param_groups
     assert [g["weight_decay"] for g in groups] == [1e-6, 0.0]
     assert id(module.backbone.bn1.weight) in {id(p) for p in groups[1]["params"]}
+
+
+def test_lr_scaling_record():
+    """summary.json's ``optimizer.lr_scaling``: the method's lr at 256 scaled to the global batch (one process
+    before a trainer says otherwise; the runs' records: tests/test_ssl_pretrain.py), or a configured lr as given."""
+    scaled = SwAV(config(), steps_per_epoch=1)
+    assert scaled.lr_scaling() == {"rule": "linear: base_lr x global_batch / 256", "base_lr": 0.3, "batch_size": 8,
+                                   "processes": 1, "global_batch": 8, "lr": 0.3 * 8 / 256}
+    fixed = SwAV(config({"lr": 0.05}), steps_per_epoch=1)
+    assert fixed.lr_scaling() == {"rule": "as configured (lr), not scaled", "base_lr": None, "batch_size": 8,
+                                  "processes": 1, "global_batch": 8, "lr": 0.05}
+    assert fixed.optimiser_settings()[1] == 0.05

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 
 from .config import ACCELERATORS
 from .core.devices import ThreadPolicy, thread_policy
@@ -28,8 +29,9 @@ def resolve(*, accelerator: str = "auto", devices: int | str = "auto", strategy:
     """Trainer keyword arguments with the ``auto`` choices made.
 
     ``accelerator`` auto: a GPU when CUDA is available, else the CPU. ``precision`` auto: ``16-mixed`` on a
-    GPU, ``32-true`` elsewhere. ``strategy`` auto: ``ddp`` when several devices or nodes (on CPU too,
-    with gloo). ``sync_batchnorm`` (the module's wish) only on several GPUs: SyncBatchNorm has no CPU kernel.
+    GPU, ``32-true`` elsewhere. ``strategy`` auto: ``ddp`` when several processes (devices, ``auto`` or -1 counted
+    as the GPUs present, or nodes; on CPU too, with gloo). ``sync_batchnorm`` (the module's wish) only on several
+    GPUs: SyncBatchNorm has no CPU kernel.
     """
     if accelerator not in ACCELERATORS:
         raise ValueError(f"unknown accelerator {accelerator!r}; choose one of {', '.join(ACCELERATORS)}")
@@ -39,7 +41,7 @@ def resolve(*, accelerator: str = "auto", devices: int | str = "auto", strategy:
         raise ValueError(f"accelerator {accelerator!r} requested but CUDA is not available; use 'cpu' or 'auto'")
     if precision == "auto":
         precision = "16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
-    several = num_nodes > 1 or (isinstance(devices, int) and devices > 1) or devices == -1
+    several = num_nodes > 1 or local_processes({"devices": devices, "accelerator": accelerator}) > 1
     return {"accelerator": accelerator, "precision": precision, "devices": devices,
             "strategy": strategy if strategy != "auto" else ("ddp" if several else "auto"),
             "num_nodes": num_nodes, "sync_batchnorm": bool(sync_batchnorm and several and accelerator != "cpu")}
@@ -88,6 +90,26 @@ def loggers(folder: str | Path) -> list[pl.loggers.Logger]:
     return out
 
 
+class SyncBatchNorm(TorchSyncBatchNorm):
+    """Lightning's SyncBatchNorm conversion, or the module's own ``synchronise_batchnorm(bool)`` where it has one:
+    torch's conversion replaces every BatchNorm subclass by a plain ``SyncBatchNorm`` (SparK's sparse BNs would
+    become dense ones)."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        own = getattr(model, "synchronise_batchnorm", None)
+        if own is None:
+            return super().apply(model)
+        own(True)
+        return model
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        own = getattr(model, "synchronise_batchnorm", None)
+        if own is None:
+            return super().revert(model)
+        own(False)
+        return model
+
+
 def _no_tips(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")
 
@@ -107,9 +129,14 @@ def build(settings: dict[str, Any], *, root: str | Path, logs: str | Path, callb
           max_epochs: int, steps_per_epoch: int, max_steps: int = -1, log_every_n_steps: int = 10,
           **extra: Any) -> pl.Trainer:
     """The Trainer of a run folder ``root``: ``settings`` from :func:`resolve`, logs under ``logs``, a progress
-    bar, deterministic algorithms on CPU (reproducible runs where it costs nothing), ``extra`` passed on."""
+    bar, deterministic algorithms on CPU (reproducible runs where it costs nothing), ``extra`` passed on.
+    ``sync_batchnorm`` goes in as the :class:`SyncBatchNorm` plugin (``trainer.strategy._layer_sync``)."""
     quiet_lightning()
+    plugins = list(extra.pop("plugins", None) or [])
+    if settings.get("sync_batchnorm"):
+        plugins.append(SyncBatchNorm())
     return pl.Trainer(max_epochs=max_epochs, max_steps=max_steps, callbacks=callbacks, logger=loggers(logs),
                       log_every_n_steps=min(log_every_n_steps, max(1, steps_per_epoch)),
                       deterministic=settings["accelerator"] == "cpu", benchmark=False, enable_progress_bar=True,
-                      default_root_dir=root, **settings, **extra)
+                      default_root_dir=root, **{**settings, "sync_batchnorm": False}, plugins=plugins or None,
+                      **extra)

@@ -74,11 +74,22 @@ class SSLMethod(pl.LightningModule):
         return backbones.export_state_dict(self.backbone)
 
     def optimiser_settings(self) -> tuple[str, float, float]:
-        kind, base_lr, weight_decay = pretrain_method(self.name).optimiser
-        world = max(1, getattr(self.trainer, "world_size", 1) if self._trainer is not None else 1)
-        lr = self.config.lr if self.config.lr is not None else base_lr * self.config.batch_size * world / 256
+        kind, _, weight_decay = pretrain_method(self.name).optimiser
         wd = self.config.weight_decay if self.config.weight_decay is not None else weight_decay
-        return self.config.optimizer or kind, lr, wd
+        return self.config.optimizer or kind, self.lr_scaling()["lr"], wd
+
+    def lr_scaling(self) -> dict[str, Any]:
+        """The learning rate and how it follows from the global batch (``batch_size`` x processes over all
+        devices and nodes, known once a trainer is attached), for summary.json: the method's rate at a batch of 256
+        scaled linearly, as the official SwAV, MoCo and SparK code (``lr = base_lr x global_batch / 256``), or the
+        configured ``lr`` as given."""
+        world = max(1, getattr(self.trainer, "world_size", 1) if self._trainer is not None else 1)
+        global_batch = self.config.batch_size * world
+        base_lr = pretrain_method(self.name).optimiser.lr_at_256
+        fixed = self.config.lr is not None
+        return {"rule": "as configured (lr), not scaled" if fixed else "linear: base_lr x global_batch / 256",
+                "base_lr": None if fixed else base_lr, "batch_size": self.config.batch_size, "processes": world,
+                "global_batch": global_batch, "lr": self.config.lr if fixed else base_lr * global_batch / 256}
 
     def parameter_groups(self, wd: float) -> list[dict[str, Any]]:
         """One group, every parameter decayed (the official SwAV/MoCo code and the paper's scripts:

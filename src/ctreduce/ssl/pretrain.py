@@ -139,8 +139,9 @@ def _finished(run: PretrainRun, config: PretrainConfig) -> dict[str, Any] | None
 
 
 def _trainer_settings(config: PretrainConfig, method: type) -> dict[str, Any]:
-    """The shared Lightning set-up for ``config`` (SyncBN where the method asks for it: SwAV; MoCo relies on
-    shuffled BN and SparK on its sparse BN) plus SparK's global gradient-norm clipping (``grad_clip``)."""
+    """The shared Lightning set-up for ``config`` (SyncBN on several GPUs where the method asks for it: SwAV, and
+    SparK, which synchronises its own sparse BNs; MoCo relies on shuffled BN) plus SparK's global gradient-norm
+    clipping (``grad_clip``)."""
     settings = lightning_setup.resolve(accelerator=config.accelerator, devices=config.devices,
                                        strategy=config.strategy, precision=config.precision,
                                        num_nodes=config.num_nodes,
@@ -242,7 +243,7 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                    # counts differ, where wall time is not
                    "cpu_time_s": round(cpu_seconds, 2),
                    "optimizer": {"kind": kind, "lr": lr, "weight_decay": wd,
-                                 "groups": len(module.parameter_groups(wd))},
+                                 "groups": len(module.parameter_groups(wd)), "lr_scaling": module.lr_scaling()},
                    "threads": threads.as_dict(),
                    **module.summary_extra()}
         if trainer.is_global_zero:

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
 from lightly.models.modules.memory_bank import MemoryBankModule
@@ -98,8 +99,8 @@ class SwAV(SSLMethod):
     on and joins the Sinkhorn problem once it is full. The queues (lightly ``MemoryBankModule``s) are kept out
     of the module tree, like the plain tensors of the official code: DDP broadcasts registered
     buffers from rank 0 before every forward, which would replace each device's queue by rank
-    0's. They are not checkpointed (lightly's banks are non-persistent anyway) and refill after
-    a resume.
+    0's. Checkpoints hold every device's queue, pointer and fill count (``swav_queue``; the official
+    code saves ``queue{rank}.pth`` each epoch), so a resumed run goes on with its queue.
     """
 
     name = "swav"
@@ -156,6 +157,44 @@ class SwAV(SSLMethod):
 
     def callbacks(self) -> list[pl.Callback]:
         return [CollapseWarning(self.config.swav.n_prototypes, self.config.collapse_patience)]
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def _gathered(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` of every process stacked in rank order (a leading axis of 1 on one device)."""
+        tensor = tensor.to(self.device).contiguous()
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, tensor)  # every rank saves (Lightning calls this hook on all of them)
+            return torch.stack(parts)
+        return tensor.unsqueeze(0)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Each device's queues (world, crops, length / world, dim), pointers and fill count: lightly's banks are
+        non-persistent buffers and kept out of the module anyway (class docstring)."""
+        if not self.queues:
+            return
+        banks = self._gathered(torch.stack([queue.bank.detach() for queue in self.queues]))
+        pointers = self._gathered(torch.stack([queue.bank_ptr for queue in self.queues]))
+        filled = self._gathered(torch.tensor([self._queue_filled], dtype=torch.long))
+        checkpoint["swav_queue"] = {"banks": banks.cpu(), "pointers": pointers.cpu(), "filled": filled.cpu()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """This device's queues as saved (called after ``setup`` has sized them for this run)."""
+        saved = checkpoint.get("swav_queue")
+        if saved is None or not self.queues:
+            return
+        expected = (self.world_size, len(self.queues), *self.queues[0].bank.shape)
+        if tuple(saved["banks"].shape) != expected:
+            warnings.warn(f"the checkpoint's SwAV queues have shape {tuple(saved['banks'].shape)} (devices, crops, "
+                          f"length, dim), this run's {expected}: the queue fills again from empty", stacklevel=1)
+            return
+        rank = self.global_rank
+        with torch.no_grad():
+            for queue, bank, pointer in zip(self.queues, saved["banks"][rank], saved["pointers"][rank], strict=True):
+                queue.bank.copy_(bank)
+                queue.bank_ptr.copy_(pointer)
+        self._queue_filled = int(saved["filled"][rank, 0])
 
     # --- views ----------------------------------------------------------------------------------
 
