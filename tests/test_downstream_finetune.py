@@ -312,6 +312,10 @@ def test_evaluate_recomputes_the_saved_metrics(task, tmp_path):
     again = evaluate_run(out, bootstrap=20)
     assert again["accuracy"] == first["accuracy"] and again["auc"] == first["auc"]
     assert np.isclose(again["per_seed"][0]["f1"], first["per_seed"][0]["f1"])
+    # what the seed recorded of its training stays: everything but the metrics evaluate recomputes
+    assert sorted(set(first["per_seed"][0]) - set(again["per_seed"][0])) == []
+    assert again["per_seed"][0]["lr_by_epoch"] == first["per_seed"][0]["lr_by_epoch"] == [1e-4]
+    assert again["per_seed"][0]["transforms"] == first["per_seed"][0]["transforms"]
     with pytest.raises(EvaluateError, match="no config.yaml"):
         evaluate_run(tmp_path)
 

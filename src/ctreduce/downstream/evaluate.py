@@ -27,6 +27,10 @@ class EvaluateError(ValueError):
     """The folder is not a fine-tuning run, or its predictions are unreadable."""
 
 
+# What a seed's metrics.json records of its training (``finetune.run_seed``): kept when the metrics are recomputed
+TRAINING_RECORD = ("best_epoch", "resumed", "seconds", "normalisation", "transforms", "schedule", "lr_by_epoch")
+
+
 def evaluate_run(run_dir: str | Path, *, bootstrap: int = 1000, positive_label: int | None = None) -> dict[str, Any]:
     """Score every ``seed*/predictions.csv`` of a ``ctreduce finetune`` run again."""
     run = FinetuneRun(run_dir)
@@ -46,7 +50,7 @@ def evaluate_run(run_dir: str | Path, *, bootstrap: int = 1000, positive_label: 
             raise EvaluateError(f"{folder / PREDICTIONS}: expected columns label and prob_<class>")
         classes = [c.removeprefix("prob_") for c in prob_columns]
         previous = seed_metrics(folder) or {}
-        extra = {k: previous[k] for k in ("best_epoch", "resumed", "seconds", "normalisation") if k in previous}
+        extra = {k: previous[k] for k in TRAINING_RECORD if k in previous}
         per_seed.append(score(folder, classes, table["label"].to_numpy(), table[prob_columns].to_numpy(np.float64),
                               positive_label=positive, bootstrap=bootstrap, seed=seed, extra=extra))
     info = {"task": task_source(config.get("task") or {}),
