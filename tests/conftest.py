@@ -232,7 +232,7 @@ SLOW: dict[str, set[str]] = {
         "test_loss_decreases", "test_run_folder_records_the_queue",
     },
     "test_ssl_pretrain.py": {
-        "test_a_paper_preset_run_records_every_resolved_setting",
+        "test_a_paper_preset_run_records_every_resolved_setting", "test_a_run_records_how_long_it_waited_for_data",
         "test_ddp_on_cpu_every_rank_runs_the_cli_and_exits_0", "test_each_method_writes_the_run_folder",
         "test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
         "test_other_settings_in_the_same_run_folder_are_refused", "test_rerun_resumes_from_the_stored_step",

@@ -340,3 +340,27 @@ def test_swav_queue_is_restored_on_resume(export_dir, tmp_path, monkeypatch):
     assert summary["resumed"] and summary["status"] == "finished"
     assert torch.equal(first["banks"], saved["banks"][0]) and torch.equal(first["pointers"], saved["pointers"][0])
     assert first["filled"] == 48 and first["used"]  # full at once: no refill from zero
+
+
+def test_a_run_records_how_long_it_waited_for_data(export_dir, tmp_path, monkeypatch):
+    """summary.json ``loader.data_wait_fraction`` (and each epoch's in metrics.jsonl): near 1 when the loader sets
+    the pace (each slice here takes 50 ms to load, 0.4 s a batch), and lower when it does not."""
+    import time
+
+    from ctreduce.ssl.data import SliceDataset
+
+    fast = pretrain(settings(export_dir, tmp_path / "fast", method="spark", epochs=1))
+    real = SliceDataset.__getitem__
+
+    def slow(self, index):
+        time.sleep(0.05)
+        return real(self, index)
+
+    monkeypatch.setattr(SliceDataset, "__getitem__", slow)
+    slowed = pretrain(settings(export_dir, tmp_path / "slow", method="spark", epochs=1))
+    wait, waited = fast["loader"], slowed["loader"]
+    assert wait["workers"] == waited["workers"] == 0
+    assert waited["data_wait_s"] >= 48 * 0.05 * 0.9  # every slice's sleep, in the loop's wait
+    assert waited["data_wait_fraction"] > 0.6 and 0 <= wait["data_wait_fraction"] < waited["data_wait_fraction"] - 0.3
+    epoch = json.loads((tmp_path / "slow" / "metrics.jsonl").read_text().splitlines()[0])
+    assert epoch["data_wait_fraction"] == pytest.approx(waited["data_wait_fraction"], abs=0.05)

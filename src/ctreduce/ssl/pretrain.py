@@ -78,12 +78,49 @@ class NonFiniteLossGuard(pl.Callback):
             )
 
 
-class EpochMetrics(pl.Callback):
-    """Appends loss, lr, images/s and epoch time to metrics.jsonl after every epoch."""
+class DataWait(pl.Callback):
+    """The time the training loop waits for the data loader: from the end of one training step (or the start of
+    the epoch) to the start of the next, against the epoch's whole time. A fraction near 0: the model sets the
+    pace; near 1: the loader does (more loader workers, or lighter views, would speed the run up)."""
 
-    def __init__(self, path: Path, images_per_step: int) -> None:
+    def __init__(self) -> None:
+        self.wait_s = self.total_s = 0.0  # this session, every epoch
+        self.epoch_wait_s = 0.0
+        self._epoch_start = self._ready = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = self._ready = time.perf_counter()
+        self.epoch_wait_s = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.epoch_wait_s += time.perf_counter() - self._ready
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._ready = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.wait_s += self.epoch_wait_s
+        self.total_s += time.perf_counter() - self._epoch_start
+
+    @property
+    def epoch_fraction(self) -> float | None:
+        seconds = time.perf_counter() - self._epoch_start
+        return round(self.epoch_wait_s / seconds, 4) if seconds > 0 else None
+
+    def record(self) -> dict[str, Any]:
+        """What summary.json says of the loader for this session."""
+        return {"data_wait_s": round(self.wait_s, 3),
+                "data_wait_fraction": round(self.wait_s / self.total_s, 4) if self.total_s > 0 else None}
+
+
+class EpochMetrics(pl.Callback):
+    """Appends loss, lr, images/s, epoch time and the fraction of it spent waiting for data (``wait``) to
+    metrics.jsonl after every epoch."""
+
+    def __init__(self, path: Path, images_per_step: int, wait: DataWait) -> None:
         self.path = path
         self.images_per_step = images_per_step
+        self.wait = wait
         self._start = 0.0
         self._step0 = 0
 
@@ -105,6 +142,7 @@ class EpochMetrics(pl.Callback):
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
             "images_per_s": round(steps * self.images_per_step / seconds, 2) if seconds > 0 else None,
             "epoch_s": round(seconds, 3),
+            "data_wait_fraction": self.wait.epoch_fraction,
         }
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -211,7 +249,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                                      every_n_epochs=1, save_on_train_epoch_end=True,
                                      enable_version_counter=False),
         NonFiniteLossGuard(),
-        EpochMetrics(run.metrics, config.batch_size * world),
+        wait := DataWait(),
+        EpochMetrics(run.metrics, config.batch_size * world, wait),
         *module.callbacks(),
     ]
     trainer = lightning_setup.build(settings, root=run.path, logs=run.logs, callbacks=callbacks,
@@ -245,6 +284,7 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                    "optimizer": {"kind": kind, "lr": lr, "weight_decay": wd,
                                  "groups": len(module.parameter_groups(wd)), "lr_scaling": module.lr_scaling()},
                    "threads": threads.as_dict(),
+                   "loader": {"workers": threads.loader_workers, **wait.record()},
                    **module.summary_extra()}
         if trainer.is_global_zero:
             if status == "finished":
