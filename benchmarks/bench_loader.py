@@ -4,7 +4,8 @@ One process, one thread (``torch.set_num_threads(1)``): what one data-loader wor
 
 - ctreduce: the method's views (``method_class(m).views`` of the ``paper`` preset) on the slices of a 512 px npy
   export, as ``ctreduce pretrain`` reads them (uint8 slice from a memory-mapped shard, then the views);
-- paper: its scripts' pipelines on the same slices as 512 px PNGs opened with PIL: MoCo v2 as
+- paper: its scripts' pipelines on the same slices as PIL images (decoded once; and again with each 512 px
+  PNG decoded per image, as its ImageFolder loader does): MoCo v2 as
   ``moco_data_module.py`` (Grayscale(3), RandomApply(RandomRotation(180), 0.5), RandomResizedCrop(224, (0.2, 1)),
   ColorJitter(0.4, 0.4, 0.4, 0.1), RandomApply(PIL GaussianBlur(0.1-2), 0.5), h+v flips, ToTensor,
   GaussNoise(p=0.5), Normalize); SwAV's multi-crop as ``bench_pretrain.PaperMultiCrop`` (2 x 224 + 6 x 96);
@@ -120,21 +121,23 @@ def main() -> None:
             config = make_pretrain_config({"method": method, "preset": "paper", "data": tmp, "out": "-"})
             dataset = SliceDataset(slices, method_class(method).views(config, config.mean, config.std))
             ours = rate(dataset.__getitem__, len(dataset), args.items)
-            paper = lightly = math.nan
+            paper = decoded = lightly = math.nan
             references = {"moco": (paper_moco(PAPER_GREY_MEAN, PAPER_GREY_STD), MoCoV2Transform(input_size=224)),
                           "swav": (PaperMultiCrop(), SwaVTransform())}.get(method)
             if references is not None:
                 paper = rate(lambda k, view=references[0]: view(pil[k]), len(pil), args.items)
+                decoded = rate(lambda k, view=references[0]: view(Image.open(pngs[k]).convert("RGB")), len(pngs),
+                               args.items)
                 lightly = rate(lambda k, view=references[1]: view(pil[k]), len(pil), args.items)
-            rows.append((method, ours, paper, lightly))
+            rows.append((method, ours, paper, decoded, lightly))
     print(f"\n{args.slices} slices of {SIZE} px, {args.items} images a pipeline\n")
-    print("| method | ctreduce (images/s per core) | paper's pipeline | ratio | lightly's transform | cores to feed "
-          f"{args.gpu_rate:,.0f} images/s |")
-    print("|---|---|---|---|---|---|")
-    for method, ours, paper, lightly in rows:
-        ratio = f"{ours / paper:.2f}x" if paper == paper else "-"
-        print(f"| {method} | {ours:,.1f} | {paper:,.1f} | {ratio} | {lightly:,.1f} | "
-              f"{math.ceil(args.gpu_rate / ours)} |".replace("nan", "-"))
+    print("| method | ctreduce (images/s per core) | paper's views | ratio | paper's views + its PNG decode | ratio "
+          f"| lightly's transform | cores to feed {args.gpu_rate:,.0f} images/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, ours, paper, decoded, lightly in rows:
+        ratios = [f"{ours / other:.2f}x" if other == other else "-" for other in (paper, decoded)]
+        print(f"| {method} | {ours:,.1f} | {paper:,.1f} | {ratios[0]} | {decoded:,.1f} | {ratios[1]} | "
+              f"{lightly:,.1f} | {math.ceil(args.gpu_rate / ours)} |".replace("nan", "-"))
     print(f"\nafter: {load_line()}")
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import default_collate  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from ctreduce.config import make_pretrain_config  # noqa: E402
-from ctreduce.ssl.augment import RandomGamma  # noqa: E402
+from ctreduce.ssl.augment import RandomGamma, RotatedResizedCrop  # noqa: E402
 from ctreduce.ssl.moco import MoCoV2, fit_queue_length  # noqa: E402
 
 MEAN, STD = 0.1806, 0.1907
@@ -42,9 +42,11 @@ def collated(cfg, slices: torch.Tensor, indices) -> list[torch.Tensor]:
 
 
 def steps_of(transform) -> list:
-    """The single steps of a view, RandomApply and Compose unpacked."""
+    """The single steps of a view, RandomApply and Compose unpacked, a rotated crop as its rotation and crop."""
     if isinstance(transform, (v2.Compose, v2.RandomApply)):
         return [step for inner in transform.transforms for step in steps_of(inner)]
+    if isinstance(transform, RotatedResizedCrop):
+        return [transform.rotation, transform.crop] if transform.p > 0 else [transform.crop]
     return [transform]
 
 

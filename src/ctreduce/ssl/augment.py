@@ -91,6 +91,57 @@ def ct_view(size: int, scale: tuple[float, float], mean: float, std: float, *,
 # --- MoCo: the paper's views -------------------------------------------------------------------
 
 
+class RotatedResizedCrop(torch.nn.Module):
+    """``RandomApply([RandomRotation(degrees, NEAREST, fill=0)], p)`` then ``RandomResizedCrop(size, scale)`` of a
+    uint8 (1, H, W) slice, as a float (1, size, size) on [0, 1], computing the rotation only where the crop keeps it.
+
+    The parameters come from torchvision's own transforms, drawn in their order (the rotation's coin and angle,
+    then the crop box on the rotated image, which has the slice's size): the same laws and, for one random state,
+    the same values as the two transforms in a row. The rotated pixels inside the crop box are gathered from the
+    slice by nearest neighbour with torchvision's geometry (rotation about the image centre, outside filled with
+    0), equal to its rotation up to float rounding at exact half-pixel positions; rotating the whole 512 px slice
+    through torchvision's affine grid was about half of a MoCo view's cost.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float], degrees: float, p: float) -> None:
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.size, self.p = size, p
+        self.rotation = v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.NEAREST, fill=0)
+        self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angle = None
+        if self.p > 0 and torch.rand(1) < self.p:  # v2.RandomApply's coin
+            angle = self.rotation.make_params([x])["angle"]
+        box = self.crop.make_params([x])
+        top, left, height, width = box["top"], box["left"], box["height"], box["width"]
+        if angle is None:
+            window = x[..., top:top + height, left:left + width]
+        else:
+            window = rotated_window(x, angle, top, left, height, width)
+        window = v2.functional.to_dtype(window, torch.float32, scale=True)
+        return v2.functional.resize(window, [self.size, self.size], antialias=True)
+
+
+def rotated_window(x: torch.Tensor, angle: float, top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """Rows ``top``.. and columns ``left``.. of ``x`` (C, H, W) rotated by ``angle`` degrees counter-clockwise about
+    its centre, nearest neighbour, 0 outside: torchvision's ``rotate`` (its inverse affine matrix, and grid_sample's
+    pixel centres and round-half-to-even) evaluated only on that window."""
+    r = math.radians(-(angle % 360))
+    cos, sin = math.cos(r), math.sin(r)
+    h, w = x.shape[-2:]
+    ys = torch.arange(top, top + height, dtype=torch.float32).sub_((h - 1) * 0.5)[:, None]
+    xs = torch.arange(left, left + width, dtype=torch.float32).sub_((w - 1) * 0.5)[None, :]
+    ix = (xs * cos + (ys * sin + (w * 0.5 - 0.5))).round_()
+    iy = ((ys * cos + (h * 0.5 - 0.5)) - xs * sin).round_()
+    ix_in, iy_in = ix.clamp(0, w - 1), iy.clamp(0, h - 1)
+    inside = (ix_in == ix) & (iy_in == iy)  # a source pixel within the slice: else the fill, 0
+    index = iy_in.mul_(w).add_(ix_in).to(torch.int64)
+    return x.reshape(x.shape[0], -1)[:, index.view(-1)].view(x.shape[0], height, width) * inside
+
+
 class LogUniformGaussianNoise(torch.nn.Module):
     """Additive Gaussian noise as the paper's MoCo views (``GaussNoise`` in its
     ``moco_data_module.py``): with probability p, a variance drawn log-uniformly from
@@ -136,7 +187,8 @@ def moco_view(
     (0.1-2), 0.5), horizontal and vertical flips, ToTensor, GaussNoise(p=0.5), Normalize):
 
     - rotation by an angle uniform in [-rotation_degrees, rotation_degrees], nearest neighbour,
-      corners filled with 0, on the whole slice before the crop (torchvision's defaults);
+      corners filled with 0, on the whole slice before the crop (torchvision's defaults), computed only
+      where the crop keeps it (:class:`RotatedResizedCrop`);
     - torchvision's ColorJitter with ``jitter`` (brightness, contrast, saturation, hue) applied to
       every view (``jitter_p`` 1): on a grey slice saturation and hue change nothing (torchvision
       returns a 1-channel image unchanged, as Pillow does for grey RGB), so it is brightness and
@@ -145,11 +197,9 @@ def moco_view(
     - Gaussian blur with sigma uniform in ``blur_sigma`` pixels (kernel covers +-3 sigma, at least
       10% of ``size``), flips, then the 3 channels, noise on each, normalisation.
     """
-    steps: list[torch.nn.Module] = [v2.ToDtype(torch.float32, scale=True)]
-    if rotation_p > 0 and rotation_degrees > 0:
-        rotation = v2.RandomRotation(rotation_degrees, interpolation=v2.InterpolationMode.NEAREST, fill=0)
-        steps.append(v2.RandomApply([rotation], p=rotation_p))
-    steps.append(v2.RandomResizedCrop(size, scale=scale, antialias=True))
+    rotating = rotation_p > 0 and rotation_degrees > 0
+    steps: list[torch.nn.Module] = [RotatedResizedCrop(size, scale, rotation_degrees if rotating else 0.0,
+                                                       rotation_p if rotating else 0.0)]
     if jitter_p > 0 and any(jitter):
         brightness, contrast, saturation, hue = jitter
         colour = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
