@@ -151,3 +151,48 @@ def test_resizing_averages_areas_as_monais_resize():
     norm = protocol.Normalisation.grey(0.0, 1.0 / 255, "identity")
     x = torch.tensor([[[0, 2, 10, 10], [4, 6, 10, 10], [0, 0, 8, 8], [0, 4, 8, 8]]], dtype=torch.uint8)
     assert _same(transforms(config, norm, train=False)(x)[0], torch.tensor([[3.0, 10.0], [1.0, 8.0]]))
+
+
+def test_the_learning_rate_of_each_epoch_and_a_misspelt_schedule():
+    assert [protocol.lr_at(e, 1e-4, 10) for e in (0, 9, 10, 11, 69)] == pytest.approx([1e-4] * 3 + [2e-5] * 2)
+    assert [protocol.lr_at(e, 3e-4, 0) for e in (0, 1)] == pytest.approx([3e-4, 6e-5])  # unfrozen from the start
+    with pytest.raises(ValueError, match=r"schedule must be one of paper, constant, got 'cosine'"):
+        protocol.lr_at(0, 1e-4, 10, "cosine")
+
+
+@pytest.mark.parametrize(("spec", "task"), [
+    ({"format": "covid_ct", "root": "/data/COVID-CT"}, "covid"),
+    ({"format": "medmnist", "flag": "organsmnist"}, "organsmnist"),
+    ({"format": "medmnist", "path": "/data/OrganSMNIST_64.npz"}, "organsmnist"),
+    ({"format": "medmnist", "path": "C:\\data\\organsmnist.npz"}, "organsmnist"),
+    ({"format": "medmnist", "path": "/organsmnist/pneumoniamnist.npz"}, None),  # the file's name, not its folder's
+    ({"format": "medmnist", "flag": "pneumoniamnist"}, None),
+    ({"format": "folder", "root": "/data/brain"}, None),
+])
+def test_a_paper_task_is_recognised_by_its_layout(spec, task):
+    assert protocol.paper_task(spec) == task
+    expected = f"paper-{task}" if task else ("paper-organsmnist" if spec["format"] == "medmnist" else "paper-brain")
+    assert protocol.pipeline_for("task", spec).name == expected
+    assert protocol.pipeline_for("hv", spec).name == "hv"
+
+
+def test_a_pipeline_is_recorded_under_stable_keys():
+    assert protocol.PIPELINES["paper-covid"].as_dict() == {"name": "paper-covid", "transposed": True,
+                                                           "flip_first_axis_p": 0.5, "hv_flips_p": 0.0,
+                                                           "resize": "area"}
+    assert protocol.PIPELINES["hv"].as_dict() == {"name": "hv", "transposed": False, "flip_first_axis_p": 0.0,
+                                                  "hv_flips_p": 0.5, "resize": "bilinear"}
+
+
+def test_split_statistics_are_numpys_over_every_pixel():
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (7, 5), dtype=np.uint8), rng.integers(40, 90, (3, 11), dtype=np.uint8)]
+    pixels = np.concatenate([im.ravel() for im in images]) / 255.0
+    norm = protocol.split_statistics(images, "train split of x")
+    assert norm.mean == pytest.approx((pixels.mean(),) * 3, rel=1e-12)
+    assert norm.std == pytest.approx((pixels.std(),) * 3, rel=1e-12)
+    assert norm.source == "train split of x"
+    with pytest.raises(ValueError, match="train split of x: every pixel has the same value"):
+        protocol.split_statistics([np.full((4, 4), 7, np.uint8)], "train split of x")
+    with pytest.raises(ValueError, match="train split of x: no pixels"):
+        protocol.split_statistics([], "train split of x")

@@ -38,7 +38,7 @@ WORK = STATE / "work"
 LINKED = ("src", "tests", "README.md", "configs", "docs", "benchmarks", "Makefile", ".ci")
 # The value types, reading, storing, reducing (but the DeepNet backbone), exporting, curating, downstream metrics.
 PACKAGES = ("core", "io", "store", "reduction", "exporting", "curate")
-SINGLE = ("src/ctreduce/downstream/metrics.py",)
+SINGLE = ("src/ctreduce/downstream/metrics.py", "src/ctreduce/downstream/protocol.py")
 EXCLUDED = ("src/ctreduce/reduction/deepnet.py",)
 KILLED = {1, 3, 36, 24, -24, 152, 255, -9, -11}  # mutmut exit codes: a test failed, timed out or crashed
 SURVIVED = {0}
