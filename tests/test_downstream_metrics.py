@@ -225,3 +225,30 @@ def test_multiclass_test_split_of_one_class_reports_undefined_auc_not_an_error()
         m = classification_metrics(y, prob)
     assert np.isnan(m["auc"]) and all(np.isnan(a) for a in m["auc_per_class"])
     assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, prob.argmax(1)))
+
+
+def test_labels_outside_the_probability_columns_are_named():
+    """A label equal to the number of columns, or negative, is refused, and the message lists exactly those."""
+    from ctreduce.downstream.metrics import classification_metrics
+
+    prob = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"holds labels \[2\] outside 0\.\.1 \(prob has 2 columns\)"):
+        classification_metrics([0, 1, 2], prob)
+    with pytest.raises(ValueError, match=r"holds labels \[-1\] outside 0\.\.1"):
+        classification_metrics([0, -1, 1], prob)
+    many = np.tile([[0.5, 0.5]], (8, 1))
+    with pytest.raises(ValueError, match=r"holds labels \[2, 3, 4, 5, 6\] outside"):  # the first five
+        classification_metrics([0, 1, 2, 3, 4, 5, 6, 7], many)
+    with pytest.raises(ValueError, match="y_true has 2 samples but prob has 3 rows"):
+        classification_metrics([0, 1], np.array([[0.2, 0.3, 0.5]] * 3))
+
+
+def test_the_confusion_matrix_of_one_class_and_its_types():
+    from ctreduce.downstream.metrics import confusion_matrix, mean_sd
+
+    assert confusion_matrix([0, 0], [0, 0]).tolist() == [[2]]  # one class seen: 1 x 1
+    counts = confusion_matrix(np.array([0.0, 1.0, 1.0]), [1, 1, 0])
+    assert counts.dtype == np.int64 and counts.tolist() == [[0, 1], [1, 1]]
+    assert confusion_matrix([2], [2]).shape == (3, 3)
+    summary = mean_sd(np.array([1, 2], dtype=np.int8))
+    assert isinstance(summary["mean"], float) and summary["sd"] == pytest.approx(0.7071067811865476)
