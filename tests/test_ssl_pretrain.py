@@ -33,6 +33,20 @@ def export_dir(export_48: Path) -> Path:
     return export_48
 
 
+def crash_in_second_epoch(monkeypatch):
+    """Training raises at the start of its second epoch (after the first epoch's checkpoint); returns the hook
+    to put back for the resume."""
+    original = train_module.EpochMetrics.on_train_epoch_start
+
+    def crash(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+        original(self, trainer, pl_module)
+
+    monkeypatch.setattr(train_module.EpochMetrics, "on_train_epoch_start", crash)
+    return original
+
+
 def settings(export_dir: Path, out: Path, **extra):
     return make_pretrain_config({**TINY, "data": str(export_dir), "out": str(out), **extra})
 
@@ -84,14 +98,7 @@ def test_each_method_writes_the_run_folder(export_dir, tmp_path, method):
 
 def test_rerun_resumes_from_the_stored_step(export_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    original = train_module.EpochMetrics.on_train_epoch_start
-
-    def crash_in_second_epoch(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
-            raise RuntimeError("simulated crash")
-        original(self, trainer, pl_module)
-
-    monkeypatch.setattr(train_module.EpochMetrics, "on_train_epoch_start", crash_in_second_epoch)
+    original = crash_in_second_epoch(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(settings(export_dir, out, method="moco"))
     assert "interrupted" in json.loads((out / "summary.json").read_text())["status"]
@@ -307,14 +314,7 @@ def test_swav_queue_is_restored_on_resume(export_dir, tmp_path, monkeypatch):
 
     out = tmp_path / "run"
     queued = {"swav": {**TINY["swav"], "queue_length": 16, "queue_start_epoch": 0}}
-    original = train_module.EpochMetrics.on_train_epoch_start
-
-    def crash_in_second_epoch(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
-            raise RuntimeError("simulated crash")
-        original(self, trainer, pl_module)
-
-    monkeypatch.setattr(train_module.EpochMetrics, "on_train_epoch_start", crash_in_second_epoch)
+    original = crash_in_second_epoch(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(settings(export_dir, out, method="swav", **queued))
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["swav_queue"]

@@ -37,6 +37,17 @@ def test_a_window_of_the_rotation_is_torchvisions_rotation_there(slices, angle):
         assert (window != expected).float().mean() < 0.002  # a pixel on an exact half-pixel position at most
 
 
+def _seeded(ours, theirs, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both transforms of ``x`` from the same random state; they must leave the state alike (as many draws)."""
+    torch.manual_seed(seed)
+    a = ours(x)
+    after_ours = torch.rand(1)
+    torch.manual_seed(seed)
+    b = theirs(x)
+    assert torch.rand(1) == after_ours
+    return a, b
+
+
 @pytest.mark.parametrize(("degrees", "p"), [(180.0, 0.5), (180.0, 1.0), (0.0, 0.0), (30.0, 0.5)])
 def test_the_rotated_crop_draws_what_torchvision_draws_and_makes_its_pixels(slices, degrees, p):
     """Over many random states: the same coin, angle and crop box as the two torchvision transforms (they come out
@@ -45,13 +56,7 @@ def test_the_rotated_crop_draws_what_torchvision_draws_and_makes_its_pixels(slic
     reference = _reference_crop(48, (0.2, 1.0), degrees, p)
     worst = 0.0
     for seed in range(150):
-        x = slices[seed % len(slices)]
-        torch.manual_seed(seed)
-        ours = fused(x)
-        after_ours = torch.rand(1)
-        torch.manual_seed(seed)
-        theirs = reference(x)
-        assert torch.rand(1) == after_ours  # the same number of draws: the same coin, angle and box
+        ours, theirs = _seeded(fused, reference, slices[seed % len(slices)], seed)  # the same coin, angle, box
         assert ours.shape == theirs.shape == (1, 48, 48) and ours.dtype == torch.float32
         worst = max(worst, float((ours - theirs).abs().mean()))
     assert worst * 255 < 2  # mean absolute difference below 2 grey levels, for every draw
@@ -64,11 +69,5 @@ def test_the_moco_view_is_the_one_it_was_draw_for_draw(slices):
     new = moco_view(48, (0.2, 1.0), 0.18, 0.19)
     old = v2.Compose([*_reference_crop(48, (0.2, 1.0), 180.0, 0.5).transforms, *new.transforms[1:]])
     for seed in range(60):
-        x = slices[seed % len(slices)]
-        torch.manual_seed(seed)
-        ours = new(x)
-        after_ours = torch.rand(1)
-        torch.manual_seed(seed)
-        theirs = old(x)
-        assert torch.rand(1) == after_ours  # every later draw (jitter, blur, flips, noise) sees the same state
+        ours, theirs = _seeded(new, old, slices[seed % len(slices)], seed)  # later draws see the same state
         assert float((ours - theirs).abs().mean()) * 0.19 * 255 < 2  # in grey levels, before normalisation

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +97,18 @@ class SyncBatchNorm(TorchSyncBatchNorm):
     become dense ones)."""
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
-        own = getattr(model, "synchronise_batchnorm", None)
-        if own is None:
-            return super().apply(model)
-        own(True)
-        return model
+        return self._convert(model, True, super().apply)
 
     def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self._convert(model, False, super().revert)
+
+    @staticmethod
+    def _convert(model: torch.nn.Module, on: bool, torchs: Callable[[torch.nn.Module], torch.nn.Module]
+                 ) -> torch.nn.Module:
         own = getattr(model, "synchronise_batchnorm", None)
         if own is None:
-            return super().revert(model)
-        own(False)
+            return torchs(model)
+        own(on)
         return model
 
 

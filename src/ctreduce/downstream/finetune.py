@@ -182,17 +182,16 @@ def fit_best(module: FinetuneModule, train, val, folder: Path, settings: dict[st
 
 
 def run_seed(config: FinetuneConfig, data: DownstreamData, seed: int, run: FinetuneRun, settings: dict[str, Any],
-             threads: ThreadPolicy) -> dict[str, Any] | None:
-    """Train (or, for ``knn``, embed) and score one seed; a seed an earlier session finished is read back.
-    None on the other DDP ranks (rank 0 scores)."""
+             threads: ThreadPolicy, norm: Normalisation) -> dict[str, Any] | None:
+    """Train (or, for ``knn``, embed) and score one seed, its inputs normalised with ``norm`` (:func:`normalisation`);
+    a seed an earlier session finished is read back. None on the other DDP ranks (rank 0 scores)."""
     folder = run.seed_dir(seed)
     finished = store_finetune.seed_metrics(folder) if config.resume else None
     if finished is not None:
         return finished
     pl.seed_everything(seed, verbose=False)
     n_classes = len(data.classes)
-    model, init_norm = build_model(config, n_classes)
-    norm = normalisation(config, data, init_norm)
+    model, _ = build_model(config, n_classes)
     module = FinetuneModule(model, n_classes, mode=config.mode, lr=config.lr, weight_decay=config.weight_decay,
                             head_only_epochs=config.head_only, schedule=config.schedule)
     loaders = _loaders(config, data, norm, seed, threads)
@@ -253,7 +252,8 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
         data = load_task(config.task)
     except (FileNotFoundError, ValueError) as exc:
         raise FinetuneError(str(exc)) from exc
-    build_model(config, len(data.classes))  # bad initial weights fail here, before training
+    # bad initial weights fail here, before training; the statistics are the same for every seed
+    norm = normalisation(config, data, build_model(config, len(data.classes))[1])
     settings = trainer_settings(config)
     run = FinetuneRun(config.out)
     rank = lightning_setup.launched_rank()
@@ -268,7 +268,7 @@ def finetune(config: FinetuneConfig | None = None, **values: Any) -> dict[str, A
              "threads": threads.as_dict()}
     if rank == 0:
         run.write_run_info({**setup, "versions": library_versions(LIBRARIES)})
-    per_seed = [run_seed(config, data, seed, run, settings, threads) for seed in config.seeds]
+    per_seed = [run_seed(config, data, seed, run, settings, threads, norm) for seed in config.seeds]
     if rank != 0:
         return {}
     info = {"task": data.name, "classes": list(data.classes), "init": config.init, "mode": config.mode,

@@ -341,7 +341,7 @@ def _describe_selection(summary: dict[str, Any], planned: Plan, counts: _Counts,
         summary["inputs_digest"] = planned.found.digest  # a rerun with the same file listing has nothing to do
     if "scope" in extra:
         summary["scope"] = extra["scope"]
-    fractions = {t: f for t, f in counts.fractions().items() if t in sweep(config)}
+    fractions = counts.fractions()  # of the sweep's thresholds (``_Counts.thresholds``)
     if fractions:
         summary["sweep"] = {f"{t:g}": f for t, f in fractions.items()}
     target = extra.get("target")
