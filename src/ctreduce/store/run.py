@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,15 +240,20 @@ class RunFolder:
         schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive") \
             if parts else empty.schema
 
-        def write(path: Path) -> None:
-            with pq.ParquetWriter(path, schema) as writer:
+        def write(path: Path, csv_path: Path | None) -> None:
+            with pq.ParquetWriter(path, schema) as writer, \
+                    (csv_path.open("w", newline="") if csv_path is not None else nullcontext()) as csv_file:
                 if not parts:
                     writer.write_table(empty)
+                    if csv_file is not None:
+                        empty.to_pandas().to_csv(csv_file, index=False)
                 held: list[pa.Table] = []  # row groups of ~_MANIFEST_BATCH rows: one per volume (~100 rows)
                 rows = 0  # made a 2,000-volume manifest's footer 3 MB and a read of it 115 MiB
-                for part in parts:
+                for k, part in enumerate(parts):  # each part read once, for both files
                     table = _conform(pq.read_table(part), schema)
                     visit(table)
+                    if csv_file is not None:
+                        table.to_pandas().to_csv(csv_file, header=k == 0, index=False)
                     held.append(table)
                     rows += table.num_rows
                     if rows >= _MANIFEST_BATCH:
@@ -256,15 +262,10 @@ class RunFolder:
                 if held:
                     writer.write_table(pa.concat_tables(held))
 
-        def write_csv(path: Path) -> None:
-            with path.open("w", newline="") as fh:
-                for k, part in enumerate(parts or [None]):
-                    table = empty if part is None else _conform(pq.read_table(part), schema)
-                    table.to_pandas().to_csv(fh, header=k == 0, index=False)
-
-        atomic_write(self.path / MANIFEST, write)
-        if csv:
-            atomic_write(self.path / MANIFEST_CSV, write_csv)
+        if csv:  # both written together, each renamed into place when whole
+            atomic_write(self.path / MANIFEST_CSV, lambda c: atomic_write(self.path / MANIFEST, lambda p: write(p, c)))
+        else:
+            atomic_write(self.path / MANIFEST, lambda p: write(p, None))
 
     def write_csv(self, manifest: pd.DataFrame) -> None:
         atomic_write(self.path / MANIFEST_CSV, lambda p: manifest.to_csv(p, index=False))
