@@ -14,7 +14,12 @@ One process, one thread (``torch.set_num_threads(1)``): what one data-loader wor
 Then how many such cores feed a GPU that trains at ``--gpu-rate`` images/s (NVIDIA's published ResNet-50 figure
 for an A100 in mixed precision, 2,470 images/s, by default; MoCo v2 costs about 4/3 of a supervised step).
 
-    python benchmarks/bench_loader.py [--slices 64] [--items 120] [--gpu-rate 2470]
+A second table times ``views_on: device`` on this CPU: what its loader worker still does (read a slice, stack a
+batch of ``--batch``), and the batch views (``ctreduce.ssl.batch_views``) run here on one thread, beside kornia's
+per-sample batch augmentations of the MoCo view (when kornia is installed). The device's own figures come from
+``benchmarks/gpu_check.py`` on a GPU.
+
+    python benchmarks/bench_loader.py [--slices 64] [--items 120] [--batch 32] [--gpu-rate 2470]
 """
 
 from __future__ import annotations
@@ -95,11 +100,74 @@ def paper_moco(mean: float, std: float):
     return lambda image: [view(image), view(image)]
 
 
+def kornia_moco(size: int, mean: float, std: float) -> Callable[[torch.Tensor], list[torch.Tensor]] | None:
+    """The paper's MoCo view with kornia's batch augmentations (each slice its own draws), as near as kornia's
+    transforms come: rotation p 0.5 (nearest), crop 0.2-1, brightness/contrast 0.4, blur p 0.5, flips, noise."""
+    try:
+        import kornia.augmentation as K
+    except ModuleNotFoundError:
+        return None
+    from ctreduce.ssl.augment import blur_kernel
+
+    kernel = blur_kernel(size, 2.0)
+    view = K.AugmentationSequential(
+        K.RandomRotation(180.0, p=0.5, resample="nearest"), K.RandomResizedCrop((size, size), scale=(0.2, 1.0)),
+        K.ColorJitter(brightness=0.4, contrast=0.4, p=1.0), K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5),
+        K.RandomHorizontalFlip(), K.RandomVerticalFlip(), K.RandomGaussianNoise(std=0.005, p=0.5))
+
+    def views(x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for _ in range(2):
+            y = view(x.float() / 255).expand(-1, 3, -1, -1)
+            out.append((y - mean) / std)
+        return out
+
+    return views
+
+
+def batch_rate(make: Callable[[torch.Tensor], object], batches: list[torch.Tensor]) -> float:
+    """Images/s of ``make`` over the batches, after one warm-up batch."""
+    make(batches[0])
+    start = time.perf_counter()
+    for batch in batches:
+        make(batch)
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def device_path(slices: ShardRows, batch: int, items: int) -> list[tuple[str, float, float, float]]:
+    """Per method: the loader's images/s reading and stacking uint8 slices, the batch views' images/s on this
+    CPU, and kornia's (MoCo)."""
+    from ctreduce.config import make_pretrain_config
+    from ctreduce.ssl.batch_views import BatchViews
+    from ctreduce.ssl.data import SliceDataset
+    from ctreduce.ssl.pretrain import method_class
+
+    dataset = SliceDataset(slices)
+    n = len(dataset)
+    start = time.perf_counter()
+    count = 0
+    while count < items:
+        torch.stack([dataset[(count + k) % n] for k in range(batch)])
+        count += batch
+    read = count / (time.perf_counter() - start)
+    stacked = [torch.stack([dataset[(b * batch + k) % n] for k in range(batch)])
+               for b in range(max(2, math.ceil(items / batch)))]
+    rows = []
+    for method in ("moco", "swav", "spark"):
+        config = make_pretrain_config({"method": method, "preset": "paper", "data": "-", "out": "-"})
+        views = BatchViews(method_class(method).batch_views(config, config.mean, config.std))
+        kornia = kornia_moco(config.input_size, config.mean, config.std) if method == "moco" else None
+        rows.append((method, read, batch_rate(views, stacked),
+                     batch_rate(kornia, stacked) if kornia is not None else math.nan))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--items", type=int, default=120, help="images timed per pipeline")
     parser.add_argument("--gpu-rate", type=float, default=2470.0, help="images/s the GPU trains at")
+    parser.add_argument("--batch", type=int, default=32, help="slices a batch, views_on: device")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from bench_pretrain import PaperMultiCrop
@@ -130,6 +198,7 @@ def main() -> None:
                                args.items)
                 lightly = rate(lambda k, view=references[1]: view(pil[k]), len(pil), args.items)
             rows.append((method, ours, paper, decoded, lightly))
+        device_rows = device_path(slices, args.batch, args.items)
     print(f"\n{args.slices} slices of {SIZE} px, {args.items} images a pipeline\n")
     print("| method | ctreduce (images/s per core) | paper's views | ratio | paper's views + its PNG decode | ratio "
           f"| lightly's transform | cores to feed {args.gpu_rate:,.0f} images/s |")
@@ -138,6 +207,11 @@ def main() -> None:
         ratios = [f"{ours / other:.2f}x" if other == other else "-" for other in (paper, decoded)]
         print(f"| {method} | {ours:,.1f} | {paper:,.1f} | {ratios[0]} | {decoded:,.1f} | {ratios[1]} | "
               f"{lightly:,.1f} | {math.ceil(args.gpu_rate / ours)} |".replace("nan", "-"))
+    print(f"\nviews_on: device, on this CPU (one thread, batches of {args.batch})\n")
+    print("| method | loader: read + stack (images/s per core) | batch views here (images/s) | kornia, MoCo view |")
+    print("|---|---|---|---|")
+    for method, read, batched, kornia in device_rows:
+        print(f"| {method} | {read:,.0f} | {batched:,.1f} | {kornia:,.1f} |".replace("nan", "-"))
     print(f"\nafter: {load_line()}")
 
 

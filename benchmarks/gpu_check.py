@@ -16,9 +16,12 @@ Sections (each timed and reported on its own; a failing section prints its error
   3. finetune    ``ctreduce.downstream.module.FinetuneModule`` on a ResNet-50 with an 11-class head
                  (OrganSMNIST), every layer training (the protocol after its head-only epochs), Adam, batch
                  64 at 224 px, ``bf16-mixed``: steps/s and images/s, fed like (2).
-  4. loader      images/s of the DataLoader each method trains from (npy export of the phantoms at 224 px,
-                 the method's views, the loader workers ``ctreduce.core.devices.thread_policy`` grants, and all
-                 cores less one), against the GPU's appetite from (2).
+  4. loader      images/s of the views each method trains on, from an npy export of the phantoms at 512 px, the
+                 loader workers ``ctreduce.core.devices.thread_policy`` grants and all cores less one, both ways:
+                 ``loader_*`` the views made in the workers, ``device_*`` the workers reading uint8 slices and
+                 the views made from each batch on the GPU (``views_on: device``); ``views_*_device`` the GPU's
+                 own images/s of those views from a resident batch, and their peak memory. All against the GPU's
+                 appetite from (2) (``loader_over_gpu``: >= 1, the loader keeps up).
   5. pretrain    one real ``ctreduce.pretrain`` SwAV run (paper preset, ResNet-50, bf16-mixed, loader
                  included) from that export: images/s per epoch from its metrics.jsonl and its threads.
   6. syncbn      SwAV and SparK, 2 steps under DDP with ``ctreduce.lightning_setup.SyncBatchNorm`` (the plugin a
@@ -77,6 +80,7 @@ from ctreduce.core.devices import resolve_device, thread_policy, usable_cores  #
 from ctreduce.reduction.deepnet import DeepNetMeasure  # noqa: E402
 from ctreduce.reduction.selection import kept_column  # noqa: E402
 from ctreduce.sample_data.phantom import make_phantom, write_nifti  # noqa: E402
+from ctreduce.ssl.batch_views import BatchViews  # noqa: E402
 from ctreduce.ssl.data import open_export  # noqa: E402
 from ctreduce.ssl.pretrain import method_class, pretrain  # noqa: E402
 
@@ -276,15 +280,27 @@ def finetune_check(s: dict[str, Any], device: torch.device, precision: str) -> d
 # --- 4./5. loader and a real run -------------------------------------------------------------------------
 
 
-def loader_check(method: str, export: Path, s: dict[str, Any], workers: int) -> dict[str, Any]:
+def loader_check(method: str, export: Path, s: dict[str, Any], workers: int, views_on: str,
+                 device: torch.device) -> dict[str, Any]:
+    """Images/s of the views a run trains on, from the 512 px export: ``loader``, the method's views made in the
+    loader's workers; ``device``, the workers only read and stack the uint8 slices and the views are made from
+    each batch on the device (``views_on: device``), the batch's copy to the device included."""
     config = ssl_config(method, s, export)
-    dataset = open_export(export, method_class(method).views(config, config.mean, config.std))
+    cls = method_class(method)
+    on_device = views_on == "device"
+    dataset = open_export(export, None if on_device else cls.views(config, config.mean, config.std))
+    views = BatchViews(cls.batch_views(config, config.mean, config.std)) if on_device else None
     policy = thread_policy(workers, accelerator="gpu", load=0.0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=s["batch"], shuffle=True, drop_last=False,
                                          num_workers=workers, worker_init_fn=policy.worker_init,
-                                         persistent_workers=False)
+                                         persistent_workers=False, pin_memory=device.type == "cuda")
+
+    def made(batch: Any) -> Any:
+        return views(batch.to(device, non_blocking=True)) if views is not None else batch
+
     it, seen = iter(loader), 0
-    next(it)  # worker start-up excluded
+    made(next(it))  # worker start-up excluded
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(s["loader_batches"]):
         try:
@@ -292,9 +308,33 @@ def loader_check(method: str, export: Path, s: dict[str, Any], workers: int) -> 
         except StopIteration:
             it = iter(loader)
             batch = next(it)
-        seen += len(batch[0])
+        made(batch)
+        seen += len(batch) if views is not None else len(batch[0])
+    synchronize(device)
     seconds = time.perf_counter() - start
-    return {"workers": workers, "images_per_s": round(seen / seconds, 1)}
+    return {"workers": workers, "views_on": views_on, "images_per_s": round(seen / seconds, 1)}
+
+
+def device_views_check(method: str, export: Path, s: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The device's own cost of ``views_on: device``: images/s of the method's views made from a batch of 512 px
+    slices already on the device, and their peak memory."""
+    config = ssl_config(method, s, export)
+    cls = method_class(method)
+    views = BatchViews(cls.batch_views(config, config.mean, config.std))
+    dataset = open_export(export)
+    batch = torch.stack([dataset[i] for i in range(min(s["batch"], len(dataset)))]).to(device)
+    views(batch)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(s["steps"]):
+        views(batch)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"images_per_s": round(s["steps"] * len(batch) / seconds, 1), "batch": len(batch),
+            "peak_gib": None if peak is None else round(peak, 2)}
 
 
 def pretrain_check(export: Path, out: Path, s: dict[str, Any], precision: str) -> dict[str, Any]:
@@ -389,9 +429,14 @@ def main() -> None:
             sections(f"ssl_{method}", lambda m=method: ssl_check(m, s, device, slices, precision), 30)
         sections("finetune", lambda: finetune_check(s, device, precision), 30)
         granted = thread_policy(4, accelerator="gpu", load=0.0).loader_workers
+        slices_512 = work / "export512"  # the paper's export size: the views crop 512 px slices
+        ctreduce.export(work / "all", slices_512, format="npy", size=s["size"])
         for method in METHODS:
+            sections(f"views_{method}_device", lambda m=method: device_views_check(m, slices_512, s, device), 10)
             for workers in sorted({granted, max(1, usable_cores() - 1)}):
-                sections(f"loader_{method}_{workers}w", lambda m=method, w=workers: loader_check(m, export, s, w), 15)
+                for views_on in ("loader", "device"):
+                    sections(f"{views_on}_{method}_{workers}w",
+                             lambda m=method, w=workers, v=views_on: loader_check(m, slices_512, s, w, v, device), 15)
         sections("pretrain_swav", lambda: pretrain_check(export, work / "pretrain", s, precision), 90)
         for method in ("swav", "spark"):  # last: DDP leaves its process group (of one) behind
             sections(f"syncbn_{method}", lambda m=method: syncbn_check(m, s, device, slices, precision), 20)
@@ -399,7 +444,8 @@ def main() -> None:
     appetite = {m: sections.results.get(f"ssl_{m}", {}).get("images_per_s") for m in METHODS}
     feeding = {k: v["images_per_s"] / appetite[k.split("_")[1]]
                for k, v in sections.results.items()
-               if k.startswith("loader_") and "images_per_s" in v and appetite.get(k.split("_")[1])}
+               if k.startswith(("loader_", "device_", "views_")) and "images_per_s" in v
+               and appetite.get(k.split("_")[1])}
     sections.results["loader_over_gpu"] = {k: round(v, 2) for k, v in feeding.items()}
     print("loader images/s over GPU training images/s (>= 1: the loader keeps up):",
           json.dumps(sections.results["loader_over_gpu"]), flush=True)

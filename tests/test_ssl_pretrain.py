@@ -344,23 +344,87 @@ def test_swav_queue_is_restored_on_resume(export_dir, tmp_path, monkeypatch):
 
 def test_a_run_records_how_long_it_waited_for_data(export_dir, tmp_path, monkeypatch):
     """summary.json ``loader.data_wait_fraction`` (and each epoch's in metrics.jsonl): near 1 when the loader sets
-    the pace (each slice here takes 50 ms to load, 0.4 s a batch), and lower when it does not."""
+    the pace (each slice here takes 50 ms to load, 0.4 s a batch), and lower when it does not; and the loader's own
+    images/s, from the seconds it spent on each slice: at most 20 at 50 ms a slice."""
     import time
 
     from ctreduce.ssl.data import SliceDataset
 
     fast = pretrain(settings(export_dir, tmp_path / "fast", method="spark", epochs=1))
-    real = SliceDataset.__getitem__
+    real = SliceDataset.raw
 
     def slow(self, index):
         time.sleep(0.05)
         return real(self, index)
 
-    monkeypatch.setattr(SliceDataset, "__getitem__", slow)
+    monkeypatch.setattr(SliceDataset, "raw", slow)
     slowed = pretrain(settings(export_dir, tmp_path / "slow", method="spark", epochs=1))
     wait, waited = fast["loader"], slowed["loader"]
     assert wait["workers"] == waited["workers"] == 0
     assert waited["data_wait_s"] >= 48 * 0.05 * 0.9  # every slice's sleep, in the loop's wait
     assert waited["data_wait_fraction"] > 0.6 and 0 <= wait["data_wait_fraction"] < waited["data_wait_fraction"] - 0.3
+    assert 10 < waited["images_per_s"] == waited["images_per_s_per_worker"] <= 20  # one worker: the training process
+    assert wait["images_per_s"] > 10 * waited["images_per_s"]
     epoch = json.loads((tmp_path / "slow" / "metrics.jsonl").read_text().splitlines()[0])
     assert epoch["data_wait_fraction"] == pytest.approx(waited["data_wait_fraction"], abs=0.05)
+    assert epoch["loader_images_per_s"] == pytest.approx(waited["images_per_s"], rel=0.01)
+
+
+@pytest.mark.parametrize("method", ["moco", "swav", "spark"])
+def test_views_made_on_the_device_train_and_are_recorded(export_dir, tmp_path, method):
+    """``views_on: device``: the loader hands over uint8 slices, the step makes the method's views from the batch
+    (on the CPU here: the same code on a GPU), the run trains and says where its views were made; ``auto`` on the
+    CPU makes them in the loader."""
+    from ctreduce.ssl import base
+
+    made = []
+    real = base.BatchViews.__call__
+
+    def spy(self, x):
+        made.append((x.dtype, tuple(x.shape)))
+        return real(self, x)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(base.BatchViews, "__call__", spy)
+        summary = pretrain(settings(export_dir, tmp_path / "device", method=method, epochs=1, views_on="device"))
+    assert summary["status"] == "finished" and summary["loader"]["views_on"] == "device"
+    assert made == [(torch.uint8, (8, 1, 40, 40))] * (48 // 8)
+    assert np.isfinite(json.loads((tmp_path / "device" / "metrics.jsonl").read_text().splitlines()[0])["loss"])
+    auto = pretrain(settings(export_dir, tmp_path / "auto", method=method, epochs=1, max_steps=1))
+    assert auto["loader"]["views_on"] == "loader"
+
+
+def test_device_views_need_slices_of_one_size(tmp_path):
+    """A folder of PNGs of any size cannot be stacked into batches: refused before training, saying what to do."""
+    from PIL import Image
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, size in enumerate([40, 40, 48] * 4):
+        Image.fromarray(np.full((size, size), 10 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(PretrainError, match=r"views_on: device needs slices of one size.*pngs.*views_on: loader"):
+        pretrain(settings(folder, tmp_path / "out", views_on="device"))
+
+
+def test_auto_makes_the_views_on_a_gpu_where_it_can(export_dir, tmp_path):
+    """``views_on: auto``: on the device on a GPU, for an export of one size and a method with batch views; in the
+    loader on the CPU, for PNGs of any size, or for a method (a plug-in) that defines only per-slice views."""
+    from ctreduce.ssl.base import SSLMethod
+    from ctreduce.ssl.moco import MoCoV2
+
+    class LoaderOnly(MoCoV2):
+        batch_views = SSLMethod.batch_views
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    gpu, cpu = {"accelerator": "gpu"}, {"accelerator": "cpu"}
+    config = settings(export_dir, tmp_path / "o", method="moco", mean=0.3, std=0.2)
+    assert isinstance(train_module._device_views(config, gpu, MoCoV2), train_module.BatchViews)
+    assert train_module._device_views(config, cpu, MoCoV2) is None
+    assert train_module._device_views(config.model_copy(update={"data": str(folder)}), gpu, MoCoV2) is None
+    assert train_module._device_views(config, gpu, LoaderOnly) is None
+    assert train_module._device_views(config.model_copy(update={"views_on": "loader"}), gpu, MoCoV2) is None
+    with pytest.raises(PretrainError, match="makes its views in the loader only"):
+        train_module._device_views(config.model_copy(update={"views_on": "device"}), gpu, LoaderOnly)
+    with pytest.raises(SettingsError, match="views_on"):
+        settings(export_dir, tmp_path / "o", views_on="gpu")

@@ -40,7 +40,6 @@ def _devices(value: int | str) -> int | str:
     return value
 
 
-
 @dataclass(frozen=True)
 class Cli:
     """How a setting appears on the command line where that differs from its field: other option names
@@ -288,6 +287,7 @@ class PretrainConfig(BaseModel):
     strategy: str = "auto"  # "auto": ddp when several devices or nodes
     precision: str = "auto"  # "auto": 16-mixed on GPU, 32 on CPU
     num_workers: Annotated[int, Field(ge=0)] = 4
+    views_on: str = "auto"  # the views made by the loader's workers, on the device from batches, or auto (GPU: device)
     seed: int = 0
     mean: float | None = None  # None: computed from the training data (paper preset: PAPER_GREY_MEAN)
     std: float | None = None  # (paper preset: PAPER_GREY_STD)
@@ -338,11 +338,11 @@ class PretrainConfig(BaseModel):
     def _known_preset(cls, value: str) -> str:
         return choice(value, PRESETS, "preset")
 
-    @field_validator("backbone", "optimizer", "accelerator", "precision")
+    @field_validator("backbone", "optimizer", "accelerator", "precision", "views_on")
     @classmethod
     def _known_name(cls, value: str | None, info: ValidationInfo) -> str | None:
         options = {"backbone": RESNETS, "optimizer": OPTIMIZERS, "accelerator": ACCELERATORS,
-                   "precision": PRECISIONS}[info.field_name]
+                   "precision": PRECISIONS, "views_on": ("auto", "loader", "device")}[info.field_name]
         return value if value is None else choice(value, options, info.field_name)
 
     @field_validator("devices")

@@ -2,8 +2,9 @@
 
 A method subclasses ``SSLMethod``, names itself as registered (``name``, its ``ctreduce.config.PretrainMethod``:
 settings, presets, optimiser) and implements ``training_loss(batch)`` (the batch is what its ``views``
-transform returns, collated) and ``views(config, mean, std)``. Schedules are counted in optimiser steps so
-that they do not depend on how an epoch is cut.
+transform returns, collated), ``views(config, mean, std)`` and ``batch_views(config, mean, std)`` (the same views
+made on the training device from a batch of uint8 slices: ``ctreduce.ssl.batch_views``). Schedules are counted
+in optimiser steps so that they do not depend on how an epoch is cut.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from lightly.utils.scheduler import cosine_schedule
 
 from .. import backbones
 from ..config import PretrainConfig, pretrain_method
+from .batch_views import BatchView, BatchViews
+from .data import Timed
 
 SPARK_BETAS = (0.9, 0.95)  # official SparK for ResNets: betas=(0.9, args.ada), ada = 0.95
 
@@ -46,7 +49,15 @@ class SSLMethod(pl.LightningModule):
         self.save_hyperparameters({"config": config.model_dump(), "steps_per_epoch": self.steps_per_epoch})
 
     # Subclasses define ``views(config, mean, std)`` (a staticmethod returning the per-slice
-    # transform) and ``training_loss(batch)``.
+    # transform), ``batch_views`` and ``training_loss(batch)``.
+
+    device_views: BatchViews | None = None  # set by the run for ``views_on: device``: views made in training_step
+
+    @staticmethod
+    def batch_views(config: PretrainConfig, mean: float, std: float) -> list[BatchView] | None:
+        """The views of ``views``, made on the device from whole batches (one :class:`BatchView` per view); None:
+        the method makes its views in the loader only (a plug-in need not define both)."""
+        return None
 
     @property
     def total_steps(self) -> int:
@@ -54,7 +65,16 @@ class SSLMethod(pl.LightningModule):
             return self.config.max_steps
         return self.config.epochs * self.steps_per_epoch
 
+    def on_train_start(self) -> None:
+        # Each process, and each resumed session, draws its own device views' parameters.
+        if self.device_views is not None:
+            self.device_views.reseed(hash((self.config.seed, self.global_rank, self.global_step)) % 2**62)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, Timed):
+            batch = batch.item
+        if self.device_views is not None:
+            batch = self.device_views(batch)
         loss = self.training_loss(batch)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
                  batch_size=self.config.batch_size)

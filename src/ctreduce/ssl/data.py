@@ -7,9 +7,10 @@ workers never receive a copy of the data.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,18 +20,27 @@ from ..store.export import MARKERS, META, ExportError, ExportStore
 from ..store.export_formats import ImageFiles, Slices
 from ..store.files import read_json
 
-__all__ = ["ExportError", "SliceDataset", "export_info", "intensity_stats", "open_export"]
+__all__ = ["ExportError", "SliceDataset", "Timed", "export_info", "intensity_stats", "open_export"]
+
+
+class Timed(NamedTuple):
+    """An item with the seconds its loader worker took to read and transform it; collated, a batch of items with
+    a tensor of their seconds (the loader's own pace, apart from the time the training loop waits for it)."""
+
+    item: Any
+    seconds: float | torch.Tensor
 
 
 class SliceDataset(Dataset):
     """The slices of an export (any format: ``ExportStore.slices``) or of a plain folder of PNGs, as uint8
-    tensors (1, H, W) through ``transform``."""
+    tensors (1, H, W) through ``transform``; ``timed``: each item a :class:`Timed`."""
 
     def __init__(self, slices: Slices, transform: Callable[[torch.Tensor], Any] | None = None,
-                 version: int | None = None) -> None:
+                 version: int | None = None, timed: bool = False) -> None:
         self.slices = slices
         self.transform = transform
         self.version = version  # the export's index version read (npy), recorded by the pre-training run
+        self.timed = timed
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -39,11 +49,14 @@ class SliceDataset(Dataset):
         return torch.from_numpy(self.slices[index])[None]
 
     def __getitem__(self, index: int) -> Any:
+        start = time.perf_counter()
         x = self.raw(index)
-        return self.transform(x) if self.transform is not None else x
+        item = self.transform(x) if self.transform is not None else x
+        return Timed(item, time.perf_counter() - start) if self.timed else item
 
 
-def open_export(root: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> SliceDataset:
+def open_export(root: str | Path, transform: Callable[[torch.Tensor], Any] | None = None, *,
+                timed: bool = False) -> SliceDataset:
     """The dataset of an export folder, checked complete and consistent before any training.
 
     A folder with any trace of a ctreduce export must be a whole one (``ExportStore.open``);
@@ -54,11 +67,11 @@ def open_export(root: str | Path, transform: Callable[[torch.Tensor], Any] | Non
         raise ExportError(f"{root}: no such export folder")
     if any((root / name).exists() for name in MARKERS):
         store = ExportStore.open(root)
-        return SliceDataset(store.slices(), transform, store.version)
+        return SliceDataset(store.slices(), transform, store.version, timed)
     files = sorted(root.glob("*.png"))
     if not files:
         raise ExportError(f"{root}: neither a ctreduce export (no {META}) nor a folder of PNG images")
-    return SliceDataset(ImageFiles(files), transform)
+    return SliceDataset(ImageFiles(files), transform, timed=timed)
 
 
 def intensity_stats(dataset: Dataset, max_items: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -51,6 +51,7 @@ from torch import nn
 from ..config import PretrainConfig
 from .augment import moco_view
 from .base import SSLMethod
+from .batch_views import BatchView, moco_batch_view
 
 
 def fit_queue_length(requested: int, global_batch: int, dataset_size: int | None, label: str) -> int:
@@ -142,21 +143,28 @@ class MoCoV2(SSLMethod):
     # --- views ----------------------------------------------------------------------------------
 
     @staticmethod
-    def views(config: PretrainConfig, mean: float, std: float) -> MultiViewTransform:
-        """Two views, each from ``augment.moco_view`` with the ``moco.*`` view settings (paper
-        preset: the paper's script: rotation by a uniform angle in [-180, 180] p=0.5 before the
-        crop, crop scale 0.2-1, colour jitter (0.4, 0.4, 0.4, 0.1) on every view, blur p=0.5
-        sigma 0.1-2, h+v flips, noise p=0.5 with variance 1e-5..1e-4 clamped to [0, 1], no gamma)."""
+    def view_settings(config: PretrainConfig, mean: float, std: float) -> dict[str, Any]:
+        """The arguments of one view (``augment.moco_view`` and ``batch_views.moco_batch_view``) from the
+        ``moco.*`` settings (paper preset: the paper's script: rotation by a uniform angle in [-180, 180] p=0.5
+        before the crop, crop scale 0.2-1, colour jitter (0.4, 0.4, 0.4, 0.1) on every view, blur p=0.5 sigma
+        0.1-2, h+v flips, noise p=0.5 with variance 1e-5..1e-4 clamped to [0, 1], no gamma)."""
         s = config.moco
+        return {"size": config.input_size, "scale": tuple(s.crop_scale), "mean": mean, "std": std,
+                "rotation_degrees": s.rotation_degrees, "rotation_p": s.rotation_p, "jitter": tuple(s.jitter),
+                "jitter_p": s.jitter_p, "gamma_p": s.gamma_p, "blur_p": s.blur_p, "blur_sigma": tuple(s.blur_sigma),
+                "hflip": s.hflip, "vflip": s.vflip, "noise_p": s.noise_p, "noise_var": tuple(s.noise_var)}
 
-        def one() -> Any:
-            return moco_view(config.input_size, tuple(s.crop_scale), mean, std,
-                             rotation_degrees=s.rotation_degrees, rotation_p=s.rotation_p,
-                             jitter=tuple(s.jitter), jitter_p=s.jitter_p, gamma_p=s.gamma_p,
-                             blur_p=s.blur_p, blur_sigma=tuple(s.blur_sigma), hflip=s.hflip, vflip=s.vflip,
-                             noise_p=s.noise_p, noise_var=tuple(s.noise_var))
+    @staticmethod
+    def views(config: PretrainConfig, mean: float, std: float) -> MultiViewTransform:
+        """Two views, each ``augment.moco_view`` with :meth:`view_settings`."""
+        settings = MoCoV2.view_settings(config, mean, std)
+        return MultiViewTransform([moco_view(**settings), moco_view(**settings)])
 
-        return MultiViewTransform([one(), one()])
+    @staticmethod
+    def batch_views(config: PretrainConfig, mean: float, std: float) -> list[BatchView]:
+        """The two views of :meth:`views`, made on the device."""
+        settings = MoCoV2.view_settings(config, mean, std)
+        return [moco_batch_view(**settings), moco_batch_view(**settings)]
 
     # --- run facts and checkpoints ----------------------------------------------------------------
 

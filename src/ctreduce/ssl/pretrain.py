@@ -22,7 +22,8 @@ from ..lightning_setup import launched_rank
 from ..store.places import check_output_place
 from ..store.pretrain import LAST, PretrainRun, PretrainRunError
 from .base import SSLMethod
-from .data import ExportError, SliceDataset, export_info, intensity_stats, open_export
+from .batch_views import BatchViews
+from .data import ExportError, SliceDataset, Timed, export_info, intensity_stats, open_export
 
 __all__ = ["PretrainError", "TrainingStopped", "launched_rank", "method_class", "pretrain"]
 
@@ -81,19 +82,30 @@ class NonFiniteLossGuard(pl.Callback):
 class DataWait(pl.Callback):
     """The time the training loop waits for the data loader: from the end of one training step (or the start of
     the epoch) to the start of the next, against the epoch's whole time. A fraction near 0: the model sets the
-    pace; near 1: the loader does (more loader workers, or lighter views, would speed the run up)."""
+    pace; near 1: the loader does (more loader workers, or lighter views, would speed the run up).
 
-    def __init__(self) -> None:
+    Also the loader's own pace, from :class:`~ctreduce.ssl.data.Timed` batches: the seconds its workers spent
+    reading and transforming each slice, hence the images/s one worker makes and ``workers`` of them could make
+    (each with a core of its own), beside the images/s the training consumes."""
+
+    def __init__(self, workers: int = 0) -> None:
+        self.workers = max(1, workers)  # 0 workers: the training process reads the slices itself
         self.wait_s = self.total_s = 0.0  # this session, every epoch
         self.epoch_wait_s = 0.0
         self._epoch_start = self._ready = 0.0
+        self.item_s = self.epoch_item_s = 0.0
+        self.items = self.epoch_items = 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._ready = time.perf_counter()
-        self.epoch_wait_s = 0.0
+        self.epoch_wait_s = self.epoch_item_s = 0.0
+        self.epoch_items = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.epoch_wait_s += time.perf_counter() - self._ready
+        if isinstance(batch, Timed):  # summed where the batch is, read at the epoch's end: no sync per step
+            self.epoch_item_s = batch.seconds.sum() + self.epoch_item_s
+            self.epoch_items += batch.seconds.numel()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._ready = time.perf_counter()
@@ -101,16 +113,25 @@ class DataWait(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.wait_s += self.epoch_wait_s
         self.total_s += time.perf_counter() - self._epoch_start
+        self.epoch_item_s = float(self.epoch_item_s)
+        self.item_s += self.epoch_item_s
+        self.items += self.epoch_items
 
     @property
     def epoch_fraction(self) -> float | None:
         seconds = time.perf_counter() - self._epoch_start
         return round(self.epoch_wait_s / seconds, 4) if seconds > 0 else None
 
+    def loader_images_per_s(self, items: int, seconds: float) -> float | None:
+        """What the loader's workers together make per second (a worker's rate times the workers)."""
+        return round(items / seconds * self.workers, 2) if seconds > 0 else None
+
     def record(self) -> dict[str, Any]:
         """What summary.json says of the loader for this session."""
         return {"data_wait_s": round(self.wait_s, 3),
-                "data_wait_fraction": round(self.wait_s / self.total_s, 4) if self.total_s > 0 else None}
+                "data_wait_fraction": round(self.wait_s / self.total_s, 4) if self.total_s > 0 else None,
+                "images_per_s_per_worker": round(self.items / self.item_s, 2) if self.item_s > 0 else None,
+                "images_per_s": self.loader_images_per_s(self.items, self.item_s)}
 
 
 class EpochMetrics(pl.Callback):
@@ -143,6 +164,7 @@ class EpochMetrics(pl.Callback):
             "images_per_s": round(steps * self.images_per_step / seconds, 2) if seconds > 0 else None,
             "epoch_s": round(seconds, 3),
             "data_wait_fraction": self.wait.epoch_fraction,
+            "loader_images_per_s": self.wait.loader_images_per_s(self.wait.epoch_items, self.wait.epoch_item_s),
         }
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -185,6 +207,26 @@ def _trainer_settings(config: PretrainConfig, method: type) -> dict[str, Any]:
                                        num_nodes=config.num_nodes,
                                        sync_batchnorm=getattr(method, "sync_batchnorm", False))
     return {**settings, "gradient_clip_val": config.grad_clip, "gradient_clip_algorithm": "norm"}
+
+
+def _device_views(config: PretrainConfig, settings: dict[str, Any], cls: type[SSLMethod]) -> BatchViews | None:
+    """The views made on the device, or None for views made in the loader: ``views_on``, "auto" being the device
+    on a GPU where it can be. On the device the slices are stacked into batches, so they must be of one size
+    (an export written at one size: ``export --size``), and the method must define ``batch_views``."""
+    views = cls.batch_views(config, config.mean, config.std)
+    fixed = export_info(config.data).get("size") is not None
+    if config.views_on == "auto":
+        on_gpu = settings["accelerator"] in ("gpu", "cuda")
+        return BatchViews(views, seed=config.seed) if on_gpu and fixed and views is not None else None
+    if config.views_on == "loader":
+        return None
+    if views is None:
+        raise PretrainError(f"views_on: device, but the method {config.method} makes its views in the loader only "
+                            "(no batch_views); use views_on: loader")
+    if not fixed:
+        raise PretrainError(f"views_on: device needs slices of one size, and {config.data} is not an export written "
+                            "at one size (ctreduce export --size N); use views_on: loader")
+    return BatchViews(views, seed=config.seed)
 
 
 def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, **values: Any) -> dict[str, Any]:
@@ -234,7 +276,11 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
 
     pl.seed_everything(config.seed, workers=True)
     threads = lightning_setup.threads(settings, config.num_workers)
-    dataset = open_export(config.data, cls.views(config, config.mean, config.std))
+    device_views = _device_views(config, settings, cls)
+    views_on = "loader" if device_views is None else "device"
+    # On the device the loader hands over uint8 slices, stacked; the views are made in the training step.
+    dataset = open_export(config.data, None if device_views is not None else cls.views(config, config.mean, config.std),
+                          timed=True)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
         num_workers=threads.loader_workers, persistent_workers=threads.loader_workers > 0,
@@ -243,13 +289,14 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
     steps_per_epoch = len(dataset) // (config.batch_size * world)
     extra = {"dataset_size": len(dataset)} if "dataset_size" in inspect.signature(cls).parameters else {}
     module = cls(config, steps_per_epoch, **extra)
+    module.device_views = device_views
     callbacks: list[pl.Callback] = [
         # One file, rewritten after every epoch: the newest checkpoint is the one to resume from.
         pl.callbacks.ModelCheckpoint(dirpath=run.checkpoints, filename=LAST, save_top_k=1,
                                      every_n_epochs=1, save_on_train_epoch_end=True,
                                      enable_version_counter=False),
         NonFiniteLossGuard(),
-        wait := DataWait(),
+        wait := DataWait(threads.loader_workers),
         EpochMetrics(run.metrics, config.batch_size * world, wait),
         *module.callbacks(),
     ]
@@ -284,7 +331,7 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                    "optimizer": {"kind": kind, "lr": lr, "weight_decay": wd,
                                  "groups": len(module.parameter_groups(wd)), "lr_scaling": module.lr_scaling()},
                    "threads": threads.as_dict(),
-                   "loader": {"workers": threads.loader_workers, **wait.record()},
+                   "loader": {"workers": threads.loader_workers, "views_on": views_on, **wait.record()},
                    **module.summary_extra()}
         if trainer.is_global_zero:
             if status == "finished":

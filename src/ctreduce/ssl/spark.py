@@ -56,6 +56,7 @@ from torchvision.transforms import v2
 from ..config import PretrainConfig
 from .augment import ToThreeChannels
 from .base import SSLMethod
+from .batch_views import BatchView, spark_batch_view
 from .sparse import ActiveState, SparseBatchNorm2d, add_drop_path, sparsify, synchronise, zero_init_last_bn
 
 ENCODER_STRIDE = 32  # total stride of a torchvision ResNet
@@ -272,6 +273,12 @@ class SparK(SSLMethod):
         bicubic resampling of the 8-bit slice, horizontal flip, per-channel normalisation
         (``spark.input_mean``/``input_std``, else ``mean``/``std`` on every channel)."""
         return MultiViewTransform([spark_view(config, mean, std)])
+
+    @staticmethod
+    def batch_views(config: PretrainConfig, mean: float, std: float) -> list[BatchView]:
+        """The view of :meth:`views`, made on the device."""
+        return [spark_batch_view(config.input_size, tuple(config.spark.crop_scale),
+                                 *input_normalisation(config, mean, std))]
 
     def summary_extra(self) -> dict[str, Any]:
         """The per-channel input normalisation SparK trained with (the paper preset's is ImageNet's,

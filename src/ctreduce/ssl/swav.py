@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from ..config import PretrainConfig
 from .augment import ct_view
 from .base import SSLMethod
+from .batch_views import BatchView, ct_batch_view
 from .moco import fit_queue_length
 
 
@@ -206,16 +207,22 @@ class SwAV(SSLMethod):
         random grayscale do to a grey slice), random gamma with ``swav.gamma_p`` (0 in the paper
         preset), Gaussian blur ``swav.blur_p`` with sigma in ``swav.blur_sigma``, no flips, no
         noise (as in the paper)."""
-        settings = config.swav
+        return MultiViewTransform([ct_view(**view) for view in SwAV.view_settings(config, mean, std)])
 
-        def view(size: int, scale: tuple[float, float]) -> Any:
-            return ct_view(size, tuple(scale), mean, std, jitter=tuple(settings.jitter), jitter_p=settings.jitter_p,
-                           gamma_p=settings.gamma_p, blur_p=settings.blur_p, blur_sigma=tuple(settings.blur_sigma))
+    @staticmethod
+    def view_settings(config: PretrainConfig, mean: float, std: float) -> list[dict[str, Any]]:
+        """The arguments of each crop (``augment.ct_view`` and ``batch_views.ct_batch_view``): the global crops,
+        then the local ones."""
+        s = config.swav
+        shared = {"mean": mean, "std": std, "jitter": tuple(s.jitter), "jitter_p": s.jitter_p, "gamma_p": s.gamma_p,
+                  "blur_p": s.blur_p, "blur_sigma": tuple(s.blur_sigma)}
+        return ([{"size": config.input_size, "scale": tuple(s.global_crop_scale), **shared}] * s.global_crops
+                + [{"size": s.local_crop_size, "scale": tuple(s.local_crop_scale), **shared}] * s.local_crops)
 
-        return MultiViewTransform(
-            [view(config.input_size, settings.global_crop_scale) for _ in range(settings.global_crops)]
-            + [view(settings.local_crop_size, settings.local_crop_scale) for _ in range(settings.local_crops)]
-        )
+    @staticmethod
+    def batch_views(config: PretrainConfig, mean: float, std: float) -> list[BatchView]:
+        """The crops of :meth:`views`, made on the device."""
+        return [ct_batch_view(**view) for view in SwAV.view_settings(config, mean, std)]
 
     # --- training -------------------------------------------------------------------------------
 
