@@ -1,4 +1,4 @@
-"""GPU check of issues 11 and 19: the CUDA paths that have no figure yet, in one run of at most 8 minutes.
+"""GPU check of issues 11, 19 and 20: the CUDA paths that have no figure yet, in one run of at most 8 minutes.
 
 Sections (each timed and reported on its own; a failing section prints its error and the rest go on):
 
@@ -22,8 +22,9 @@ Sections (each timed and reported on its own; a failing section prints its error
                  the views made from each batch on the GPU (``views_on: device``); ``views_*_device`` the GPU's
                  own images/s of those views from a resident batch, and their peak memory. All against the GPU's
                  appetite from (2) (``loader_over_gpu``: >= 1, the loader keeps up).
-  5. pretrain    one real ``ctreduce.pretrain`` SwAV run (paper preset, ResNet-50, bf16-mixed, loader
-                 included) from that export: images/s per epoch from its metrics.jsonl and its threads.
+  5. pretrain    real ``ctreduce.pretrain`` SwAV runs (paper preset, ResNet-50, bf16-mixed, loader included)
+                 from the 512 px export, views made on the device and in the loader: images/s and the fraction
+                 of each epoch spent waiting for data from metrics.jsonl, the loader's record and threads.
   6. syncbn      SwAV and SparK, 2 steps under DDP with ``ctreduce.lightning_setup.SyncBatchNorm`` (the plugin a
                  run on several GPUs gets) on this GPU: the batch-norm layer kinds the model trains with (SwAV:
                  ``SyncBatchNorm``; SparK: ``SparseSyncBatchNorm2d`` and the decoder's ``SyncBatchNorm``) and a
@@ -337,14 +338,15 @@ def device_views_check(method: str, export: Path, s: dict[str, Any], device: tor
             "peak_gib": None if peak is None else round(peak, 2)}
 
 
-def pretrain_check(export: Path, out: Path, s: dict[str, Any], precision: str) -> dict[str, Any]:
+def pretrain_check(export: Path, out: Path, s: dict[str, Any], precision: str, views_on: str) -> dict[str, Any]:
     summary = pretrain(
         data=str(export), out=str(out), method="swav", preset="paper", backbone=s["backbone"],
         input_size=s["input"], batch_size=min(s["batch"], 64), epochs=s["pretrain_epochs"], precision=precision,
-        swav=ssl_config("swav", s).swav.model_dump(), overwrite=True)
+        swav=ssl_config("swav", s).swav.model_dump(), views_on=views_on, overwrite=True)
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"status": summary["status"], "precision": summary["precision"], "threads": summary["threads"],
-            "images_per_s_per_epoch": [e["images_per_s"] for e in epochs], "wall_s": summary["wall_time_s"]}
+            "loader": summary["loader"], "images_per_s_per_epoch": [e["images_per_s"] for e in epochs],
+            "data_wait_per_epoch": [e["data_wait_fraction"] for e in epochs], "wall_s": summary["wall_time_s"]}
 
 
 # --- 6. synchronised batch norms --------------------------------------------------------------------------
@@ -419,7 +421,8 @@ def main() -> None:
         backbone_file = work / "resnet50.pt"
         torch.manual_seed(0)
         torch.save(backbones.export_state_dict(backbones.build(s["backbone"])), backbone_file)
-        slices = torch.from_numpy(np.load(next(export.glob("*.npy")))[:, None].copy())
+        exported = open_export(export)
+        slices = torch.stack([exported[i] for i in range(len(exported))])  # (N, 1, input, input) uint8
         print(f"data: {len(run)} slices in {s['volumes']} volumes, export {export}", flush=True)
 
         for method in ("ssim", "deepnet"):
@@ -437,7 +440,9 @@ def main() -> None:
                 for views_on in ("loader", "device"):
                     sections(f"{views_on}_{method}_{workers}w",
                              lambda m=method, w=workers, v=views_on: loader_check(m, slices_512, s, w, v, device), 15)
-        sections("pretrain_swav", lambda: pretrain_check(export, work / "pretrain", s, precision), 90)
+        for views_on in ("device", "loader"):
+            sections(f"pretrain_swav_{views_on}",
+                     lambda v=views_on: pretrain_check(slices_512, work / f"pretrain_{v}", s, precision, v), 60)
         for method in ("swav", "spark"):  # last: DDP leaves its process group (of one) behind
             sections(f"syncbn_{method}", lambda m=method: syncbn_check(m, s, device, slices, precision), 20)
 
