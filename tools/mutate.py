@@ -36,9 +36,11 @@ EQUIVALENT = STATE / "equivalent.json"
 WORK = STATE / "work"
 # What the tests read besides src/ and tests/ (README commands, configs, benchmarks' docs).
 LINKED = ("src", "tests", "README.md", "configs", "docs", "benchmarks", "Makefile", ".ci")
-# The value types, reading, storing, reducing (but the DeepNet backbone), exporting, curating, downstream metrics.
+# The value types, reading, storing, reducing (but the DeepNet backbone), exporting, curating, downstream metrics,
+# the fine-tuning protocol and the views made on the device.
 PACKAGES = ("core", "io", "store", "reduction", "exporting", "curate")
-SINGLE = ("src/ctreduce/downstream/metrics.py", "src/ctreduce/downstream/protocol.py")
+SINGLE = ("src/ctreduce/downstream/metrics.py", "src/ctreduce/downstream/protocol.py",
+          "src/ctreduce/ssl/batch_views.py")
 EXCLUDED = ("src/ctreduce/reduction/deepnet.py",)
 KILLED = {1, 3, 36, 24, -24, 152, 255, -9, -11}  # mutmut exit codes: a test failed, timed out or crashed
 SURVIVED = {0}
