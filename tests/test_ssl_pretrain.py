@@ -350,7 +350,9 @@ def test_a_run_records_how_long_it_waited_for_data(export_dir, tmp_path, monkeyp
 
     from ctreduce.ssl.data import SliceDataset
 
-    fast = pretrain(settings(export_dir, tmp_path / "fast", method="spark", epochs=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", train_module.LoaderBoundWarning)  # a loader that keeps up: no warning
+        fast = pretrain(settings(export_dir, tmp_path / "fast", method="spark", epochs=1))
     real = SliceDataset.raw
 
     def slow(self, index):
@@ -358,7 +360,9 @@ def test_a_run_records_how_long_it_waited_for_data(export_dir, tmp_path, monkeyp
         return real(self, index)
 
     monkeypatch.setattr(SliceDataset, "raw", slow)
-    slowed = pretrain(settings(export_dir, tmp_path / "slow", method="spark", epochs=1))
+    with pytest.warns(train_module.LoaderBoundWarning, match=r"epoch 0: \d+% of it spent waiting for data.*"
+                                                               r"1 worker\(s\) make ~1\d\.\d+ images/s.*num_workers"):
+        slowed = pretrain(settings(export_dir, tmp_path / "slow", method="spark", epochs=1))
     wait, waited = fast["loader"], slowed["loader"]
     assert wait["workers"] == waited["workers"] == 0
     assert waited["data_wait_s"] >= 48 * 0.05 * 0.9  # every slice's sleep, in the loop's wait
@@ -428,3 +432,6 @@ def test_auto_makes_the_views_on_a_gpu_where_it_can(export_dir, tmp_path):
         train_module._device_views(config.model_copy(update={"views_on": "device"}), gpu, LoaderOnly)
     with pytest.raises(SettingsError, match="views_on"):
         settings(export_dir, tmp_path / "o", views_on="gpu")
+    # what a run whose loader sets the pace is told to try, as its set-up allows
+    assert "views_on=device" in train_module._remedies("loader", gpu)
+    assert "views_on" not in train_module._remedies("loader", cpu) + train_module._remedies("device", gpu)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
+import warnings
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from .base import SSLMethod
 from .batch_views import BatchViews
 from .data import ExportError, SliceDataset, Timed, export_info, intensity_stats, open_export
 
-__all__ = ["PretrainError", "TrainingStopped", "launched_rank", "method_class", "pretrain"]
+__all__ = ["LoaderBoundWarning", "PretrainError", "TrainingStopped", "launched_rank", "method_class", "pretrain"]
 
 
 class PretrainError(ValueError):
@@ -79,6 +80,10 @@ class NonFiniteLossGuard(pl.Callback):
             )
 
 
+class LoaderBoundWarning(UserWarning):
+    """The training loop spent much of an epoch waiting for the data loader."""
+
+
 class DataWait(pl.Callback):
     """The time the training loop waits for the data loader: from the end of one training step (or the start of
     the epoch) to the start of the next, against the epoch's whole time. A fraction near 0: the model sets the
@@ -88,8 +93,12 @@ class DataWait(pl.Callback):
     reading and transforming each slice, hence the images/s one worker makes and ``workers`` of them could make
     (each with a core of its own), beside the images/s the training consumes."""
 
-    def __init__(self, workers: int = 0) -> None:
+    SLOW = 0.25  # a first epoch waiting longer than this fraction for data says so, once, with the remedies
+
+    def __init__(self, workers: int = 0, remedies: str = "more num_workers, each on a core of its own") -> None:
         self.workers = max(1, workers)  # 0 workers: the training process reads the slices itself
+        self.remedies = remedies
+        self._warned = False
         self.wait_s = self.total_s = 0.0  # this session, every epoch
         self.epoch_wait_s = 0.0
         self._epoch_start = self._ready = 0.0
@@ -116,6 +125,13 @@ class DataWait(pl.Callback):
         self.epoch_item_s = float(self.epoch_item_s)
         self.item_s += self.epoch_item_s
         self.items += self.epoch_items
+        fraction = self.epoch_wait_s / max(time.perf_counter() - self._epoch_start, 1e-9)
+        if fraction > self.SLOW and not self._warned and trainer.is_global_zero:
+            self._warned = True
+            rate = self.loader_images_per_s(self.epoch_items, self.epoch_item_s)
+            warnings.warn(f"epoch {trainer.current_epoch}: {fraction:.0%} of it spent waiting for data (the loader's "
+                          f"{self.workers} worker(s) make ~{rate} images/s): the loader, not the model, sets the "
+                          f"pace. Remedies: {self.remedies}.", LoaderBoundWarning, stacklevel=1)
 
     @property
     def epoch_fraction(self) -> float | None:
@@ -229,6 +245,15 @@ def _device_views(config: PretrainConfig, settings: dict[str, Any], cls: type[SS
     return BatchViews(views, seed=config.seed)
 
 
+def _remedies(views_on: str, settings: dict[str, Any]) -> str:
+    """What speeds up a run whose loader sets the pace, as its set-up allows."""
+    if views_on == "device":
+        return "more num_workers or a faster disk (the loader only reads the slices)"
+    if settings["accelerator"] in ("gpu", "cuda"):
+        return "views_on=device (the views made on the GPU), or more num_workers, each on a core of its own"
+    return "more num_workers, each on a core of its own (on a CPU the loader and the model share its cores)"
+
+
 def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, **values: Any) -> dict[str, Any]:
     """Pre-train ``config.method`` on an export folder; returns the run summary.
 
@@ -296,7 +321,7 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                                      every_n_epochs=1, save_on_train_epoch_end=True,
                                      enable_version_counter=False),
         NonFiniteLossGuard(),
-        wait := DataWait(threads.loader_workers),
+        wait := DataWait(threads.loader_workers, _remedies(views_on, settings)),
         EpochMetrics(run.metrics, config.batch_size * world, wait),
         *module.callbacks(),
     ]
