@@ -93,7 +93,7 @@ class DataWait(pl.Callback):
     reading and transforming each slice, hence the images/s one worker makes and ``workers`` of them could make
     (each with a core of its own), beside the images/s the training consumes."""
 
-    SLOW = 0.25  # a first epoch waiting longer than this fraction for data says so, once, with the remedies
+    SLOW = 0.25  # the first epoch waiting longer than this fraction for data says so (once), with the remedies
 
     def __init__(self, workers: int = 0, remedies: str = "more num_workers, each on a core of its own") -> None:
         self.workers = max(1, workers)  # 0 workers: the training process reads the slices itself
