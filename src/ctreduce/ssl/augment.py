@@ -4,11 +4,16 @@ Colour jitter on replicated grey channels would only change brightness and contr
 views use brightness/contrast/gamma, blur, noise, crops and the flips/rotations each method's
 preset asks for. Every view ends as a normalised float tensor (3, size, size); a method's views of one
 slice are lightly's ``MultiViewTransform`` of them.
+
+Each random step of ours draws its parameters in ``make_params`` (torchvision v2's name and signature), which its
+``forward`` calls first: the laws of a view's parameters can be sampled without making pixels, draw for draw as
+the view would (tests/test_ssl_view_laws.py).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
@@ -23,12 +28,16 @@ class RandomGamma(torch.nn.Module):
             raise ValueError(f"gamma_range must be positive and ordered, got {gamma_range}")
         self.gamma_range, self.p = gamma_range, p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """The coin, then the gamma; ``gamma`` None: the image is left as it is."""
         if torch.rand(()) >= self.p:
-            return x
+            return {"gamma": None}
         lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
-        gamma = math.exp(lo + (hi - lo) * float(torch.rand(())))
-        return x.clamp(0, 1) ** gamma
+        return {"gamma": math.exp(lo + (hi - lo) * float(torch.rand(())))}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gamma = self.make_params([x])["gamma"]
+        return x if gamma is None else x.clamp(0, 1) ** gamma
 
 
 class SeparableGaussianBlur(torch.nn.Module):
@@ -44,9 +53,12 @@ class SeparableGaussianBlur(torch.nn.Module):
             raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         self.kernel_size, self.sigma_range = kernel_size, sigma_range
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         lo, hi = self.sigma_range
-        sigma = lo + (hi - lo) * float(torch.rand(()))
+        return {"sigma": lo + (hi - lo) * float(torch.rand(()))}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = self.make_params([x])["sigma"]
         radius = self.kernel_size // 2
         t = torch.arange(-radius, radius + 1, dtype=x.dtype)
         k = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -111,12 +123,16 @@ class RotatedResizedCrop(torch.nn.Module):
         self.rotation = v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.NEAREST, fill=0)
         self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """The rotation's coin and angle (None: not rotated), then the crop box (top, left, height, width)."""
         angle = None
         if self.p > 0 and torch.rand(1) < self.p:  # v2.RandomApply's coin
-            angle = self.rotation.make_params([x])["angle"]
-        box = self.crop.make_params([x])
-        top, left, height, width = box["top"], box["left"], box["height"], box["width"]
+            angle = self.rotation.make_params(flat_inputs)["angle"]
+        return {"angle": angle, **self.crop.make_params(flat_inputs)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = self.make_params([x])
+        angle, top, left, height, width = (params[k] for k in ("angle", "top", "left", "height", "width"))
         if angle is None:
             window = x[..., top:top + height, left:left + width]
         else:
@@ -154,11 +170,18 @@ class LogUniformGaussianNoise(torch.nn.Module):
             raise ValueError(f"var_range must be positive and ordered, got {var_range}")
         self.var_range, self.p = var_range, p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """The coin, then the noise's standard deviation (the square root of the variance); None: no noise. The
+        noise itself is drawn by ``forward`` after these."""
         if torch.rand(()) >= self.p:
-            return x
+            return {"sigma": None}
         lo, hi = math.log(self.var_range[0]), math.log(self.var_range[1])
-        sigma = math.exp(0.5 * (lo + (hi - lo) * float(torch.rand(()))))
+        return {"sigma": math.exp(0.5 * (lo + (hi - lo) * float(torch.rand(()))))}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = self.make_params([x])["sigma"]
+        if sigma is None:
+            return x
         noise = torch.randn(x.shape, dtype=x.dtype, device=x.device) * sigma
         return (x + noise).clamp(0, 1)
 
