@@ -39,7 +39,7 @@ from ctreduce.ssl.swav import SwAV  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ALPHA = 1e-5  # every test's level: a false alarm is negligible, a planted wrong law still fails by far
-N = 5000  # draws per law
+N = 10000  # draws per law
 SIZE = 512  # the slices' size: the crop box is drawn on it
 MEAN, STD = 0.1806, 0.1907
 RATIO = (3 / 4, 4 / 3)  # torchvision's default aspect ratios, the paper's
