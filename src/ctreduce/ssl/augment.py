@@ -41,10 +41,12 @@ class RandomGamma(torch.nn.Module):
 
 
 class SeparableGaussianBlur(torch.nn.Module):
-    """Gaussian blur with sigma drawn from ``sigma_range``, as two 1-D convolutions.
+    """Gaussian blur with sigma drawn from ``sigma_range``, as two 1-D passes of ``kernel_size`` taps, reflected edges.
 
-    Same result as a 2-D Gaussian kernel (it is separable) at a fraction of the cost: the blur
-    was the most expensive step of the multi-crop pipeline with torchvision's 2-D kernel.
+    Same result as torchvision's 2-D Gaussian kernel (it is separable, up to float rounding) at a fraction of the
+    cost. Each pass is a sum of shifted copies weighted by the kernel's taps, skipping the outer taps whose weight
+    (below 1e-8 of the whole, sigma small beside the kernel) moves no output by more than float rounding: a third of
+    the cost of a grouped ``conv2d`` with the whole kernel.
     """
 
     def __init__(self, kernel_size: int, sigma_range: tuple[float, float] = (0.1, 2.0)) -> None:
@@ -60,14 +62,22 @@ class SeparableGaussianBlur(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sigma = self.make_params([x])["sigma"]
         radius = self.kernel_size // 2
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
         k = torch.exp(-0.5 * (t / sigma) ** 2)
         k = k / k.sum()
-        c = x.shape[0]
-        y = torch.nn.functional.pad(x[None], (radius, radius, radius, radius), mode="reflect")
-        y = torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        y = torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-        return y[0]
+        kept = int((k[radius:] >= 1e-8).sum()) - 1  # the taps beyond this radius weigh less than float rounding
+        if kept == 0:
+            return x.clone()
+        taps = k[radius - kept:radius + kept + 1].tolist()
+        height, width = x.shape[-2:]
+        y = torch.nn.functional.pad(x[None], (kept, kept, kept, kept), mode="reflect")[0]
+        rows = y[..., :width] * taps[0]
+        for i, tap in enumerate(taps[1:], 1):
+            rows.add_(y[..., i:i + width], alpha=tap)
+        out = rows[..., :height, :] * taps[0]
+        for i, tap in enumerate(taps[1:], 1):
+            out.add_(rows[..., i:i + height, :], alpha=tap)
+        return out
 
 
 class ToThreeChannels(torch.nn.Module):
@@ -144,18 +154,25 @@ class RotatedResizedCrop(torch.nn.Module):
 def rotated_window(x: torch.Tensor, angle: float, top: int, left: int, height: int, width: int) -> torch.Tensor:
     """Rows ``top``.. and columns ``left``.. of ``x`` (C, H, W) rotated by ``angle`` degrees counter-clockwise about
     its centre, nearest neighbour, 0 outside: torchvision's ``rotate`` (its inverse affine matrix, and grid_sample's
-    pixel centres and round-half-to-even) evaluated only on that window."""
+    pixel centres and round-half-to-even) evaluated only on that window.
+
+    The slice is padded with the fill as far as a rotated pixel can reach (its corners' distance from the centre),
+    so every source index is within the padded slice, and ``torch.take`` gathers them (a third of the time of
+    clamped indices, a mask and advanced indexing)."""
     r = math.radians(-(angle % 360))
     cos, sin = math.cos(r), math.sin(r)
     h, w = x.shape[-2:]
+    pad = math.ceil(0.5 * math.hypot(h - 1, w - 1) - 0.5 * min(h - 1, w - 1)) + 1
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # the fill, 0, around the slice
     ys = torch.arange(top, top + height, dtype=torch.float32).sub_((h - 1) * 0.5)[:, None]
     xs = torch.arange(left, left + width, dtype=torch.float32).sub_((w - 1) * 0.5)[None, :]
     ix = (xs * cos + (ys * sin + (w * 0.5 - 0.5))).round_()
     iy = ((ys * cos + (h * 0.5 - 0.5)) - xs * sin).round_()
-    ix_in, iy_in = ix.clamp(0, w - 1), iy.clamp(0, h - 1)
-    inside = (ix_in == ix) & (iy_in == iy)  # a source pixel within the slice: else the fill, 0
-    index = iy_in.mul_(w).add_(ix_in).to(torch.int64)
-    return x.reshape(x.shape[0], -1)[:, index.view(-1)].view(x.shape[0], height, width) * inside
+    padded_width = w + 2 * pad
+    if (h + 2 * pad) * padded_width > 2**24:  # float32 holds the flat indices exactly below 2**24, float64 above
+        iy = iy.double()
+    index = iy.mul_(padded_width).add_(ix).add_(pad * padded_width + pad).to(torch.int64)
+    return torch.stack([torch.take(plane, index) for plane in padded])
 
 
 class LogUniformGaussianNoise(torch.nn.Module):
@@ -182,8 +199,8 @@ class LogUniformGaussianNoise(torch.nn.Module):
         sigma = self.make_params([x])["sigma"]
         if sigma is None:
             return x
-        noise = torch.randn(x.shape, dtype=x.dtype, device=x.device) * sigma
-        return (x + noise).clamp(0, 1)
+        noise = torch.randn(x.shape, dtype=x.dtype, device=x.device)
+        return noise.mul_(sigma).add_(x).clamp_(0, 1)  # x + noise * sigma, clamped, in one buffer
 
 
 def moco_view(
