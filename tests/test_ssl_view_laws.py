@@ -1,6 +1,7 @@
-"""The laws of the paper views' random parameters: over thousands of draws, the crop boxes, rotation angles, jitter
+"""The laws of the paper views' random parameters: over 10,000 draws, the crop boxes, rotation angles, jitter
 factors and order, blur sigmas, flips, gamma and noise levels of the MoCo and SwAV ``paper`` views follow the laws of
-the paper's pipelines (torchvision's samplers, Pillow's blur radius, its GaussNoise), by scipy's KS and binomial tests.
+the paper's pipelines (torchvision's samplers, Pillow's blur radius, its GaussNoise), by scipy's KS and binomial tests;
+and for the same draws the views make torchvision's images.
 
 The draws are sampled without making pixels: :func:`walk` asks each step's ``make_params`` (which its ``forward``
 calls) in the view's order, flipping the coins of ``RandomApply`` and the flips as their ``forward`` does; the first
