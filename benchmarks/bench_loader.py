@@ -81,12 +81,13 @@ class PaperBlur:
 
 
 class PaperNoise:
-    """The paper's ``GaussNoise(p=0.5)``: variance drawn from [1e-5, 1e-4], noise added, clamped to [0, 1]."""
+    """The paper's ``GaussNoise(p=0.5)``: variance log-uniform in [1e-5, 1e-4] (``exp(U(log 1e-5, log 1e-4))``),
+    noise added, clamped to [0, 1]."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if random.random() >= 0.5:
             return x
-        sigma = random.uniform(1e-5, 1e-4) ** 0.5
+        sigma = math.exp(random.uniform(math.log(1e-5), math.log(1e-4))) ** 0.5
         return (x + torch.randn_like(x) * sigma).clamp(0, 1)
 
 
