@@ -114,7 +114,8 @@ def _torchvision_boxes(n: int, height: int, width: int, scale: tuple[float, floa
                      for p in (crop.make_params([image]) for _ in range(n))])
 
 
-@pytest.mark.parametrize("height, width, scale", [(96, 96, (0.2, 1.0)), (96, 96, (0.1, 0.33)), (80, 120, (0.67, 1.0)),
+@pytest.mark.parametrize("height, width, scale", [(96, 96, (0.2, 1.0)), (96, 96, (0.1, 0.33)), (96, 96, (0.9, 1.0)),
+                                                  (80, 120, (0.67, 1.0)),
                                                   (200, 30, (0.5, 1.0))])  # the last falls back to the centre often
 def test_crop_boxes_follow_torchvisions_law(height, width, scale):
     ours = crop_boxes(N, height, width, scale, torch.Generator().manual_seed(4)).numpy()
@@ -123,6 +124,12 @@ def test_crop_boxes_follow_torchvisions_law(height, width, scale):
                     "top": lambda b: b[:, 0] / np.maximum(height - b[:, 2], 1),
                     "left": lambda b: b[:, 1] / np.maximum(width - b[:, 3], 1)}.items():
         assert stats.ks_2samp(f(ours), f(theirs)).pvalue > 1e-4, name
+    full = (ours[:, 3] == width).mean(), (theirs[:, 3] == width).mean()  # full-width boxes, as often
+    assert stats.binomtest(int(full[0] * N), N, max(full[1], 1 / N)).pvalue > 1e-4 or full[0] == full[1]
+    movable = (ours[:, 2] < height) & (ours[:, 3] < width)
+    if movable.sum() > 100:  # top and left drawn apart
+        assert abs(np.corrcoef(ours[movable, 0] / (height - ours[movable, 2]),
+                               ours[movable, 1] / (width - ours[movable, 3]))[0, 1]) < 0.1
     assert (ours[:, 0] >= 0).all() and (ours[:, 0] + ours[:, 2] <= height).all()
     assert (ours[:, 1] >= 0).all() and (ours[:, 1] + ours[:, 3] <= width).all()
 
@@ -138,7 +145,7 @@ def _log_uniform_cdf(lo: float, hi: float):
 def test_every_parameter_follows_its_law():
     """Coins with their probabilities (binomial tests) and, where a step applies, its value's law (KS tests): the
     MoCo view of the paper with every coin at its own probability, gamma on."""
-    view = moco_batch_view(32, (0.2, 1.0), 0.3, 0.2, gamma_p=0.3, jitter_p=0.8)
+    view = moco_batch_view(32, (0.2, 1.0), 0.3, 0.2, gamma_p=0.3, jitter_p=0.8, jitter=(0.3, 0.5, 0.4, 0.1))
     p = {k: v.numpy() for k, v in view.make_params(N, 64, 64, torch.Generator().manual_seed(6)).items()}
     coins = {"rotation": (p["angle"] != 0, 0.5), "jitter": (p["brightness"] != 1, 0.8), "gamma": (p["gamma"] != 1, 0.3),
              "blur": (p["blur_sigma"] > 0, 0.5), "hflip": (p["hflip"], 0.5), "vflip": (p["vflip"], 0.5),
@@ -146,8 +153,8 @@ def test_every_parameter_follows_its_law():
     for name, (taken, prob) in coins.items():
         assert stats.binomtest(int(taken.sum()), N, prob).pvalue > 1e-4, name
     laws = {"angle": (p["angle"][p["angle"] != 0], _uniform_cdf(-180, 180)),
-            "brightness": (p["brightness"][p["brightness"] != 1], _uniform_cdf(0.6, 1.4)),
-            "contrast": (p["contrast"][p["contrast"] != 1], _uniform_cdf(0.6, 1.4)),
+            "brightness": (p["brightness"][p["brightness"] != 1], _uniform_cdf(0.7, 1.3)),
+            "contrast": (p["contrast"][p["contrast"] != 1], _uniform_cdf(0.5, 1.5)),
             "gamma": (p["gamma"][p["gamma"] != 1], _log_uniform_cdf(0.7, 1.4)),
             "blur sigma": (p["blur_sigma"][p["blur_sigma"] > 0], _uniform_cdf(0.1, 2.0)),
             "noise variance": (p["noise_sigma"][p["noise_sigma"] > 0] ** 2, _log_uniform_cdf(1e-5, 1e-4))}
@@ -218,19 +225,99 @@ def test_same_seed_same_views_and_a_reseed_draws_others(slices):
 
 
 def test_mixed_precision_leaves_the_views_in_float32(slices):
-    view = [ct_batch_view(32, (0.2, 1.0), 0.3, 0.2)]
-    plain = BatchViews(view, seed=2)(slices)[0]
+    """Under autocast (bf16 here) the views are still made in float32: those of the view's own ``apply`` with the
+    parameters the same seed draws."""
+    view = ct_batch_view(32, (0.2, 1.0), 0.3, 0.2)
+    expected = view.apply(slices, view.make_params(len(slices), 96, 96, torch.Generator().manual_seed(2)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = BatchViews(view, seed=2)(slices)[0]
-    assert mixed.dtype == torch.float32 and torch.allclose(mixed, plain, atol=1e-5)
+        mixed = BatchViews([view], seed=2)(slices)[0]
+    assert mixed.dtype == torch.float32 and torch.allclose(mixed, expected, atol=1e-5)
+    assert torch.allclose(BatchViews([view], seed=2)(slices)[0], expected, atol=1e-5)
 
 
 def test_bad_arguments_are_refused(slices):
-    with pytest.raises(ValueError, match="uint8 batch"):
-        BatchViews([ct_batch_view(32, (0.2, 1.0), 0.3, 0.2)])(slices.float())
+    views = BatchViews([ct_batch_view(32, (0.2, 1.0), 0.3, 0.2)])
+    for wrong in (slices.float(), slices.expand(-1, 3, -1, -1), slices[:, 0]):
+        with pytest.raises(ValueError, match=r"expected a uint8 batch of grey slices \(B, 1, H, W\), got"):
+            views(wrong)
+    with pytest.raises(ValueError, match=r"jitter must be >= 0, got \(-0.1, 0.4\)"):
+        BatchView(32, (0.2, 1.0), (0.3,) * 3, (0.2,) * 3, jitter=(-0.1, 0.4))
     with pytest.raises(ValueError, match="blur_p"):
         BatchView(32, (0.2, 1.0), (0.3,) * 3, (0.2,) * 3, blur_p=1.5)
     with pytest.raises(ValueError, match="scale"):
         BatchView(32, (0.0, 1.0), (0.3,) * 3, (0.2,) * 3)
-    with pytest.raises(ValueError, match="at least one view"):
+    with pytest.raises(ValueError, match="^BatchViews needs at least one view$"):
         BatchViews([])
+
+
+def test_each_builder_passes_every_argument_to_its_view():
+    """The per-slice views' arguments, defaults included, reach the fields of the device views."""
+    assert moco_batch_view(224, (0.2, 1.0), 0.3, 0.2) == BatchView(
+        224, (0.2, 1.0), (0.3,) * 3, (0.2,) * 3, rotation_degrees=180.0, rotation_p=0.5, jitter=(0.4, 0.4),
+        jitter_p=1.0, gamma_p=0.0, blur_p=0.5, blur_sigma=(0.1, 2.0), hflip_p=0.5, vflip_p=0.5, noise_p=0.5,
+        noise_var=(1e-5, 1e-4))
+    assert moco_batch_view(64, (0.3, 0.9), 0.1, 0.4, rotation_degrees=90.0, rotation_p=0.25, jitter=(0.1, 0.2, 0, 0),
+                           jitter_p=0.6, gamma_p=0.7, blur_p=0.2, blur_sigma=(0.5, 1.5), hflip=False, vflip=False,
+                           noise_p=0.3, noise_var=(1e-3, 1e-2)) == BatchView(
+        64, (0.3, 0.9), (0.1,) * 3, (0.4,) * 3, rotation_degrees=90.0, rotation_p=0.25, jitter=(0.1, 0.2),
+        jitter_p=0.6, gamma_p=0.7, blur_p=0.2, blur_sigma=(0.5, 1.5), noise_p=0.3, noise_var=(1e-3, 1e-2))
+    assert ct_batch_view(96, (0.1, 0.33), 0.3, 0.2) == BatchView(
+        96, (0.1, 0.33), (0.3,) * 3, (0.2,) * 3, jitter=(0.4, 0.4), jitter_p=0.8, gamma_p=0.3, blur_p=0.5)
+    assert ct_batch_view(32, (0.5, 1.0), 0.1, 0.4, jitter=(0.2, 0.3), jitter_p=0.1, gamma_p=0.2, blur_p=0.9,
+                         blur_sigma=(0.2, 1.0)) == BatchView(
+        32, (0.5, 1.0), (0.1,) * 3, (0.4,) * 3, jitter=(0.2, 0.3), jitter_p=0.1, gamma_p=0.2, blur_p=0.9,
+        blur_sigma=(0.2, 1.0))
+    assert spark_batch_view(32, (0.67, 1.0), [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]) == BatchView(
+        32, (0.67, 1.0), (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), cubic=True, hflip_p=0.5)
+
+
+def test_every_tensor_is_made_where_the_batch_is():
+    """On a device other than the CPU (the meta device here: shapes without data) every step keeps to it; a
+    tensor made on the CPU by mistake would fail there as on a GPU."""
+    x = torch.zeros(4, 1, 64, 64, dtype=torch.uint8, device="meta")
+    for view in (moco_batch_view(32, (0.2, 1.0), 0.3, 0.2, rotation_p=1.0, gamma_p=1.0, blur_p=1.0),
+                 ct_batch_view(32, (0.2, 1.0), 0.3, 0.2), spark_batch_view(32, (0.5, 1.0), (0.3,) * 3, (0.2,) * 3)):
+        for rotate in (0.0, 1.0):  # a batch with every slice rotated, and one with none
+            params = {**view.make_params(4, 64, 64, torch.Generator().manual_seed(1)), "angle": torch.full((4,), 0.0)}
+            params["angle"] += 33.0 * rotate
+            made = view.apply(x, params)
+            assert made.device.type == "meta" and made.shape == (4, 3, 32, 32)
+
+
+def test_the_rotated_windows_are_rotated_window_to_the_pixel(slices):
+    """Nearest-neighbour rotation gathers whole pixels: the batch's windows equal the per-slice ones exactly,
+    at the angles where rounding ties are most common (quarter turns) and between."""
+    from ctreduce.ssl.batch_views import rotated_windows
+
+    boxes = torch.tensor([[0, 0, 96, 96], [10, 20, 50, 60], [5, 0, 91, 40], [30, 30, 66, 66], [0, 50, 20, 46],
+                          [1, 1, 94, 94]])
+    for angles in ([90.0, 180.0, 270.0, -90.0, 45.0, 12.5], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                   [-37.25, 0.0, 359.0, 0.0, 135.0, 269.9]):
+        windows = rotated_windows(slices, torch.tensor(angles, dtype=torch.float64), boxes)
+        for i, angle in enumerate(angles):
+            top, left, height, width = (int(v) for v in boxes[i])
+            expected = rotated_window(slices[i], angle, top, left, height, width)[0].float()
+            assert torch.equal(windows[i, :height, :width], expected), (angle, i)
+
+
+def test_bicubic_overshoot_is_clipped_to_8_bits_as_torch_does():
+    """A black and white checkerboard makes the cubic overshoot below 0 and above 255 at every edge: the device
+    view clips it as torch's 8-bit resize does (one grey level of fixed-point rounding, at few pixels)."""
+    board = ((torch.arange(96)[:, None] // 6 + torch.arange(96)[None, :] // 6) % 2 * 255).to(torch.uint8)
+    x = board.expand(4, 1, 96, 96).contiguous()
+    view = spark_batch_view(64, (0.3, 1.0), (0.0,) * 3, (1.0,) * 3)
+    params = view.make_params(4, 96, 96, torch.Generator().manual_seed(2))
+    made = view.apply(x, params)
+    for i in range(4):
+        diff = (made[i] - per_slice_view(view, x, params, i)).abs() * GREY
+        assert float(diff.max()) <= 1.001 and float((diff > 0.5).float().mean()) < 0.02
+    assert float(made.min()) == 0.0 and float(made.max()) == 1.0
+
+
+def test_noise_is_clamped_to_the_image_range():
+    view = BatchView(16, (1.0, 1.0), (0.0,) * 3, (1.0,) * 3, noise_p=1.0, noise_var=(1e-3, 1e-2))
+    for value in (0, 255):
+        x = torch.full((4, 1, 16, 16), value, dtype=torch.uint8)
+        made = view.apply(x, view.make_params(4, 16, 16, torch.Generator().manual_seed(3)))
+        assert float(made.min()) >= 0.0 and float(made.max()) <= 1.0
+        assert 0.3 < float((made == value / 255).float().mean()) < 0.7  # the half pushed out, clamped back

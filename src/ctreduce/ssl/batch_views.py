@@ -1,10 +1,10 @@
 """The methods' views made on the training device, a whole batch at a time (``views_on: device``).
 
 The data loader then only reads and stacks uint8 slices (B, 1, H, W); after the batch reaches the device,
-:class:`BatchViews` makes each method's views from it with every random step drawn per slice: the same laws, in
-the same order, as the per-slice views of ``ctreduce.ssl.augment`` and ``ssl.spark.spark_view`` (the MoCo
-rotation before the crop, the crop box, the colour-jitter factors and their order, gamma, blur sigma, flips,
-noise). For fixed parameters the pixels are those views' pixels: the rotated crop is gathered from the slice as
+:class:`BatchViews` makes each method's views from it, its steps in the order of the per-slice views of
+``ctreduce.ssl.augment`` and ``ssl.spark.spark_view``, every random parameter drawn per slice by the same law
+(the MoCo rotation before the crop, the crop box, the colour-jitter factors and their order, gamma, blur sigma,
+flips, noise). For fixed parameters the pixels are those views' pixels: the rotated crop is gathered from the slice as
 :func:`ctreduce.ssl.augment.rotated_window` gathers it, and the crop's resize is torch's antialiased resize
 written as two matrices per slice (the filter weights torch computes: a triangle, or the a = -0.5 cubic,
 widened by the downscale factor), so slices of different crop sizes resize in one batched product.
@@ -119,17 +119,14 @@ def _turned_windows(x: torch.Tensor, angles: torch.Tensor, boxes: torch.Tensor, 
 def resize_weights(lengths: torch.Tensor, out_size: int, span: int, cubic: bool, device: torch.device
                    ) -> torch.Tensor:
     """(B, out_size, span) matrices that resize a length ``lengths[i]`` to ``out_size`` as torch's antialiased
-    interpolation does (``_compute_weights_aa``: centre ``scale * (i + 0.5)``, taps within ``support`` = half the
-    filter's width times ``max(scale, 1)``, the filter evaluated at distance / max(scale, 1), normalised);
-    columns at and beyond a length are 0."""
+    interpolation does (``_compute_weights_aa``: centre ``scale * (i + 0.5)``, the filter evaluated at distance /
+    max(scale, 1), normalised over the taps inside the length; torch's tap range, half the filter's width times
+    max(scale, 1) about the centre, is where the filter is not 0); columns at and beyond a length are 0."""
     length = lengths.to(device, torch.float64)[:, None, None]
     scale = length / out_size
     stretch = scale.clamp(min=1.0)
-    support = (2.0 if cubic else 1.0) * stretch
-    centre = scale * (torch.arange(out_size, device=device, dtype=torch.float64)[None, :, None] + 0.5)
-    j = torch.arange(span, device=device, dtype=torch.float64)[None, None, :]
-    first = torch.clamp((centre - support + 0.5).trunc(), min=0.0)
-    last = torch.minimum((centre + support + 0.5).trunc(), length)
+    centre = scale * (torch.arange(out_size, device=device) + 0.5)[None, :, None]
+    j = torch.arange(span, device=device)[None, None, :]
     t = ((j - centre + 0.5) / stretch).abs()
     if cubic:  # torch's aa bicubic filter, a = -0.5
         a = -0.5
@@ -137,9 +134,8 @@ def resize_weights(lengths: torch.Tensor, out_size: int, span: int, cubic: bool,
                         torch.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, torch.zeros_like(t)))
     else:
         k = (1 - t).clamp(min=0.0)
-    k = k * ((j >= first) & (j < last))
-    total = k.sum(dim=2, keepdim=True)
-    return (k / torch.where(total == 0, 1.0, total)).float()
+    k = k * (j < length)
+    return (k / k.sum(dim=2, keepdim=True)).float()
 
 
 def resized_crops(x: torch.Tensor, angles: torch.Tensor, boxes: torch.Tensor, size: int, cubic: bool = False
@@ -159,19 +155,18 @@ def resized_crops(x: torch.Tensor, angles: torch.Tensor, boxes: torch.Tensor, si
 
 
 def blurred(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Each slice of ``x`` (B, C, H, W) blurred with its own sigma (0: left as it is) by two 1-D Gaussian
+    """Each slice of ``x`` (B, 1, H, W) blurred with its own sigma (0: left as it is) by two 1-D Gaussian
     convolutions with reflect padding, as :class:`ctreduce.ssl.augment.SeparableGaussianBlur`."""
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     radius = kernel_size // 2
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     s = sigma.to(x.device, x.dtype)[:, None]
-    k = torch.exp(-0.5 * (t / s.clamp(min=1e-12)) ** 2)
-    k = torch.where(s > 0, k, (t == 0).to(x.dtype))  # no blur: the identity kernel
-    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
-    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
-    y = F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c)
-    return y.view(b, c, h, w)
+    k = torch.exp(-0.5 * (t / s.clamp(min=1e-12)) ** 2)  # sigma 0: exp(-inf) off the centre, the identity
+    k = k / k.sum(dim=1, keepdim=True)
+    y = F.pad(x.view(1, b, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(b, 1, 1, -1), groups=b)
+    y = F.conv2d(y, k.view(b, 1, -1, 1), groups=b)
+    return y.view(b, 1, h, w)
 
 
 @dataclass(frozen=True)
@@ -282,21 +277,23 @@ class BatchViews:
     per :class:`BatchView`, as the per-slice views give them after collation. ``seed`` seeds the parameter draws
     (and the noise): give each process its own (the run's seed and its rank)."""
 
+    NOISE_STREAM = 0x9E3779B97F4A7C15  # the noise's seed: the parameters' seed plus this (another stream)
+
     def __init__(self, views: list[BatchView], seed: int = 0) -> None:
         if not views:
             raise ValueError("BatchViews needs at least one view")
         self.views = views
-        self.generator = torch.Generator().manual_seed(seed)
-        self._noise: dict[torch.device, torch.Generator] = {}
+        self.generator = torch.Generator()
+        self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
-        self._noise.clear()
+        self._noise_seed = (seed + self.NOISE_STREAM) % 2**63
+        self._noise: dict[torch.device, torch.Generator] = {}
 
     def _noise_generator(self, device: torch.device) -> torch.Generator:
         if device not in self._noise:
-            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-            self._noise[device] = torch.Generator(device=device).manual_seed(seed)
+            self._noise[device] = torch.Generator(device=device).manual_seed(self._noise_seed)
         return self._noise[device]
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -318,11 +315,10 @@ def moco_batch_view(size: int, scale: tuple[float, float], mean: float, std: flo
                     hflip: bool = True, vflip: bool = True, noise_p: float = 0.5,
                     noise_var: tuple[float, float] = (1e-5, 1e-4)) -> BatchView:
     """:func:`ctreduce.ssl.augment.moco_view` made on the device (its arguments; saturation and hue change no
-    grey slice, so only the jitter's brightness and contrast are drawn)."""
-    rotating = rotation_p > 0 and rotation_degrees > 0
-    return BatchView(size, scale, (mean,) * 3, (std,) * 3, rotation_degrees=rotation_degrees if rotating else 0.0,
-                     rotation_p=rotation_p if rotating else 0.0, jitter=(jitter[0], jitter[1]),
-                     jitter_p=jitter_p if any(jitter[:2]) else 0.0, gamma_p=gamma_p, blur_p=blur_p,
+    grey slice, so only the jitter's brightness and contrast are drawn; a rotation of 0 degrees, or with
+    probability 0, and jitter factors of 0 leave the slice as it is)."""
+    return BatchView(size, scale, (mean,) * 3, (std,) * 3, rotation_degrees=rotation_degrees, rotation_p=rotation_p,
+                     jitter=(jitter[0], jitter[1]), jitter_p=jitter_p, gamma_p=gamma_p, blur_p=blur_p,
                      blur_sigma=blur_sigma, hflip_p=0.5 if hflip else 0.0, vflip_p=0.5 if vflip else 0.0,
                      noise_p=noise_p, noise_var=noise_var)
 
@@ -331,8 +327,8 @@ def ct_batch_view(size: int, scale: tuple[float, float], mean: float, std: float
                   jitter: tuple[float, float] = (0.4, 0.4), jitter_p: float = 0.8, gamma_p: float = 0.3,
                   blur_p: float = 0.5, blur_sigma: tuple[float, float] = (0.1, 2.0)) -> BatchView:
     """:func:`ctreduce.ssl.augment.ct_view` (SwAV's crops) made on the device (its arguments)."""
-    return BatchView(size, scale, (mean,) * 3, (std,) * 3, jitter=jitter, jitter_p=jitter_p if any(jitter) else 0.0,
-                     gamma_p=gamma_p, blur_p=blur_p, blur_sigma=blur_sigma)
+    return BatchView(size, scale, (mean,) * 3, (std,) * 3, jitter=jitter, jitter_p=jitter_p, gamma_p=gamma_p,
+                     blur_p=blur_p, blur_sigma=blur_sigma)
 
 
 def spark_batch_view(size: int, scale: tuple[float, float], mean: tuple[float, ...], std: tuple[float, ...]
