@@ -237,6 +237,7 @@ SLOW: dict[str, set[str]] = {
         "test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
         "test_other_settings_in_the_same_run_folder_are_refused", "test_rerun_resumes_from_the_stored_step",
         "test_same_seed_same_backbone_on_cpu", "test_swav_queue_is_restored_on_resume",
+        "test_views_made_on_the_device_train_and_are_recorded",
     },
     "test_ssl_spark.py": {
         "test_loss_decreases_with_configured_optimiser", "test_one_step_matches_the_official_forward_and_update",

@@ -138,7 +138,7 @@ def resize_weights(lengths: torch.Tensor, out_size: int, span: int, cubic: bool,
     return (k / k.sum(dim=2, keepdim=True)).float()
 
 
-def resized_crops(x: torch.Tensor, angles: torch.Tensor, boxes: torch.Tensor, size: int, cubic: bool = False
+def resized_crops(x: torch.Tensor, angles: torch.Tensor, boxes: torch.Tensor, size: int, cubic: bool
                   ) -> torch.Tensor:
     """Each slice's box (rotated by its angle) resized to ``size`` x ``size`` with antialiasing, float (B, 1,
     size, size) on [0, 255]: one gather and two batched matrix products for the whole batch, the columns first.
