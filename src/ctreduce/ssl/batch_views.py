@@ -12,7 +12,7 @@ widened by the downscale factor), so slices of different crop sizes resize in on
 Parameters are drawn on the CPU with the view's own generator (a few numbers a slice); the pixels are computed
 where the batch is. Kornia and torchvision's v2 transforms were the alternatives: torchvision applies one draw to
 a whole batch, and kornia rotates the whole slice before cropping it and resizes without torch's antialiasing
-(``benchmarks/bench_loader.py`` times them).
+(``benchmarks/bench_loader.py`` times kornia's MoCo view beside these).
 """
 
 from __future__ import annotations
