@@ -435,3 +435,24 @@ def test_auto_makes_the_views_on_a_gpu_where_it_can(export_dir, tmp_path):
     # what a run whose loader sets the pace is told to try, as its set-up allows
     assert "views_on=device" in train_module._remedies("loader", gpu)
     assert "views_on" not in train_module._remedies("loader", cpu) + train_module._remedies("device", gpu)
+
+
+def test_each_process_and_each_resume_draws_its_own_device_views(export_dir, tmp_path):
+    """The device views are reseeded at the start of training from the seed, the process's rank and the step it
+    starts from: two ranks, or a resumed session, do not repeat each other's crops."""
+    from unittest.mock import PropertyMock, patch
+
+    from ctreduce.ssl.base import SSLMethod
+    from ctreduce.ssl.moco import MoCoV2
+
+    config = settings(export_dir, tmp_path / "o", method="moco", mean=0.3, std=0.2)
+    module = MoCoV2(config, steps_per_epoch=6, dataset_size=48)
+    module.device_views = train_module.BatchViews(MoCoV2.batch_views(config, 0.3, 0.2), seed=config.seed)
+    states = []
+    for rank, step in ((0, 0), (1, 0), (0, 12), (0, 0)):
+        with patch.object(SSLMethod, "global_rank", new_callable=PropertyMock, return_value=rank), \
+                patch.object(SSLMethod, "global_step", new_callable=PropertyMock, return_value=step):
+            module.on_train_start()
+        states.append(module.device_views.generator.get_state())
+    assert not torch.equal(states[0], states[1]) and not torch.equal(states[0], states[2])
+    assert torch.equal(states[0], states[3])  # the same process at the same step: the same draws
