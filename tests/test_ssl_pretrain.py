@@ -421,7 +421,7 @@ def test_auto_makes_the_views_on_a_gpu_where_it_can(export_dir, tmp_path):
 
     folder = tmp_path / "pngs"
     folder.mkdir()
-    gpu, cpu = {"accelerator": "gpu"}, {"accelerator": "cpu"}
+    gpu, cpu = True, False
     config = settings(export_dir, tmp_path / "o", method="moco", mean=0.3, std=0.2)
     assert isinstance(train_module._device_views(config, gpu, MoCoV2), train_module.BatchViews)
     assert train_module._device_views(config, cpu, MoCoV2) is None

@@ -156,23 +156,38 @@ def rotated_window(x: torch.Tensor, angle: float, top: int, left: int, height: i
     its centre, nearest neighbour, 0 outside: torchvision's ``rotate`` (its inverse affine matrix, and grid_sample's
     pixel centres and round-half-to-even) evaluated only on that window.
 
-    The slice is padded with the fill as far as a rotated pixel can reach (its corners' distance from the centre),
-    so every source index is within the padded slice, and ``torch.take`` gathers them (a third of the time of
-    clamped indices, a mask and advanced indexing)."""
+    The slice is padded with the fill as far as a rotated pixel can reach (:func:`rotation_reach`), so every source
+    index is within the padded slice, and ``torch.take`` gathers them (a third of the time of clamped indices, a
+    mask and advanced indexing)."""
     r = math.radians(-(angle % 360))
-    cos, sin = math.cos(r), math.sin(r)
     h, w = x.shape[-2:]
-    pad = math.ceil(0.5 * math.hypot(h - 1, w - 1) - 0.5 * min(h - 1, w - 1)) + 1
+    pad = rotation_reach(h, w)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # the fill, 0, around the slice
-    ys = torch.arange(top, top + height, dtype=torch.float32).sub_((h - 1) * 0.5)[:, None]
-    xs = torch.arange(left, left + width, dtype=torch.float32).sub_((w - 1) * 0.5)[None, :]
+    ys = torch.arange(top, top + height, dtype=torch.float32)[:, None]
+    xs = torch.arange(left, left + width, dtype=torch.float32)[None, :]
+    index = rotated_index(ys, xs, math.cos(r), math.sin(r), h, w, pad)
+    return torch.stack([torch.take(plane, index) for plane in padded])
+
+
+def rotation_reach(h: int, w: int) -> int:
+    """How far outside an h x w slice a pixel rotated about its centre can fall (its corners' distance from the
+    centre): the fill's margin around the slice."""
+    return math.ceil(0.5 * math.hypot(h - 1, w - 1) - 0.5 * min(h - 1, w - 1)) + 1
+
+
+def rotated_index(ys: torch.Tensor, xs: torch.Tensor, cos: float | torch.Tensor, sin: float | torch.Tensor,
+                  h: int, w: int, pad: int) -> torch.Tensor:
+    """Flat int64 indices, into an h x w slice padded by ``pad``, of the source pixels of rows ``ys`` and columns
+    ``xs`` (float32, broadcastable; a batch's with its own ``cos``/``sin``) after rotating the slice by the angle
+    whose cosine and sine are given: torchvision's inverse affine map, float32 arithmetic, round half to even."""
+    ys = ys - (h - 1) * 0.5
+    xs = xs - (w - 1) * 0.5
     ix = (xs * cos + (ys * sin + (w * 0.5 - 0.5))).round_()
     iy = ((ys * cos + (h * 0.5 - 0.5)) - xs * sin).round_()
     padded_width = w + 2 * pad
     if (h + 2 * pad) * padded_width > 2**24:  # float32 holds the flat indices exactly below 2**24, float64 above
         iy = iy.double()
-    index = iy.mul_(padded_width).add_(ix).add_(pad * padded_width + pad).to(torch.int64)
-    return torch.stack([torch.take(plane, index) for plane in padded])
+    return iy.mul_(padded_width).add_(ix).add_(pad * padded_width + pad).to(torch.int64)
 
 
 class LogUniformGaussianNoise(torch.nn.Module):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .augment import blur_kernel
+from .augment import blur_kernel, rotated_index, rotation_reach
 
 RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop aspect-ratio range, as the per-slice views use it
 CROP_TRIES = 10  # torchvision's RandomResizedCrop: tries before its central-crop fallback
@@ -105,14 +105,13 @@ def _turned_windows(x: torch.Tensor, angles: torch.Tensor, boxes: torch.Tensor, 
     top, left = boxes[:, 0].to(dev), boxes[:, 1].to(dev)
     r = torch.deg2rad(-(angles.double() % 360))  # in float64 then float32, as the Python floats there
     cos, sin = (v.to(dev, torch.float32)[:, None, None] for v in (torch.cos(r), torch.sin(r)))
-    # The same float32 arithmetic, in the same order, as rotated_window: rounding ties fall alike.
-    ys = (torch.arange(h_max, device=dev, dtype=torch.float32)[None, :] + top[:, None]).sub_((h - 1) * 0.5)[:, :, None]
-    xs = (torch.arange(w_max, device=dev, dtype=torch.float32)[None, :] + left[:, None]).sub_((w - 1) * 0.5)[:, None, :]
-    # A frame of zeros around the slice: a source pixel outside it is clamped onto the frame, the fill 0.
-    ix = (xs * cos + (ys * sin + (w * 0.5 - 0.5))).round_().add_(1).clamp_(0, w + 1)
-    iy = ((ys * cos + (h * 0.5 - 0.5)) - xs * sin).round_().add_(1).clamp_(0, h + 1)
-    index = iy.mul_(w + 2).add_(ix).to(torch.int64).view(b, -1)
-    framed = F.pad(x, (1, 1, 1, 1)).reshape(b, (h + 2) * (w + 2))
+    # Beyond a box's own size (up to the batch's largest) rows and columns stay in the slice, within the fill's
+    # reach; the resize weights leave those pixels out.
+    ys = (torch.arange(h_max, device=dev, dtype=torch.float32)[None, :] + top[:, None]).clamp_(max=h - 1)[:, :, None]
+    xs = (torch.arange(w_max, device=dev, dtype=torch.float32)[None, :] + left[:, None]).clamp_(max=w - 1)[:, None, :]
+    pad = rotation_reach(h, w)
+    index = rotated_index(ys, xs, cos, sin, h, w, pad).view(b, -1)  # rotated_window's indices, slice by slice
+    framed = F.pad(x, (pad, pad, pad, pad)).reshape(b, -1)
     return framed.gather(1, index).view(b, h_max, w_max).float()
 
 

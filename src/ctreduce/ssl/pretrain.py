@@ -125,7 +125,7 @@ class DataWait(pl.Callback):
         self.epoch_item_s = float(self.epoch_item_s)
         self.item_s += self.epoch_item_s
         self.items += self.epoch_items
-        fraction = self.epoch_wait_s / max(time.perf_counter() - self._epoch_start, 1e-9)
+        fraction = self.epoch_fraction or 0.0
         if fraction > self.SLOW and not self._warned and trainer.is_global_zero:
             self._warned = True
             rate = self.loader_images_per_s(self.epoch_items, self.epoch_item_s)
@@ -225,17 +225,16 @@ def _trainer_settings(config: PretrainConfig, method: type) -> dict[str, Any]:
     return {**settings, "gradient_clip_val": config.grad_clip, "gradient_clip_algorithm": "norm"}
 
 
-def _device_views(config: PretrainConfig, settings: dict[str, Any], cls: type[SSLMethod]) -> BatchViews | None:
+def _device_views(config: PretrainConfig, on_gpu: bool, cls: type[SSLMethod]) -> BatchViews | None:
     """The views made on the device, or None for views made in the loader: ``views_on``, "auto" being the device
     on a GPU where it can be. On the device the slices are stacked into batches, so they must be of one size
     (an export written at one size: ``export --size``), and the method must define ``batch_views``."""
+    if config.views_on == "loader" or (config.views_on == "auto" and not on_gpu):
+        return None
     views = cls.batch_views(config, config.mean, config.std)
     fixed = export_info(config.data).get("size") is not None
     if config.views_on == "auto":
-        on_gpu = settings["accelerator"] in ("gpu", "cuda")
-        return BatchViews(views, seed=config.seed) if on_gpu and fixed and views is not None else None
-    if config.views_on == "loader":
-        return None
+        return BatchViews(views, seed=config.seed) if fixed and views is not None else None
     if views is None:
         raise PretrainError(f"views_on: device, but the method {config.method} makes its views in the loader only "
                             "(no batch_views); use views_on: loader")
@@ -245,11 +244,11 @@ def _device_views(config: PretrainConfig, settings: dict[str, Any], cls: type[SS
     return BatchViews(views, seed=config.seed)
 
 
-def _remedies(views_on: str, settings: dict[str, Any]) -> str:
+def _remedies(views_on: str, on_gpu: bool) -> str:
     """What speeds up a run whose loader sets the pace, as its set-up allows."""
     if views_on == "device":
         return "more num_workers or a faster disk (the loader only reads the slices)"
-    if settings["accelerator"] in ("gpu", "cuda"):
+    if on_gpu:
         return "views_on=device (the views made on the GPU), or more num_workers, each on a core of its own"
     return "more num_workers, each on a core of its own (on a CPU the loader and the model share its cores)"
 
@@ -301,7 +300,8 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
 
     pl.seed_everything(config.seed, workers=True)
     threads = lightning_setup.threads(settings, config.num_workers)
-    device_views = _device_views(config, settings, cls)
+    on_gpu = settings["accelerator"] in ("gpu", "cuda")
+    device_views = _device_views(config, on_gpu, cls)
     views_on = "loader" if device_views is None else "device"
     # On the device the loader hands over uint8 slices, stacked; the views are made in the training step.
     dataset = open_export(config.data, None if device_views is not None else cls.views(config, config.mean, config.std),
@@ -321,7 +321,7 @@ def pretrain(config: PretrainConfig | None = None, *, overwrite: bool = False, *
                                      every_n_epochs=1, save_on_train_epoch_end=True,
                                      enable_version_counter=False),
         NonFiniteLossGuard(),
-        wait := DataWait(threads.loader_workers, _remedies(views_on, settings)),
+        wait := DataWait(threads.loader_workers, _remedies(views_on, on_gpu)),
         EpochMetrics(run.metrics, config.batch_size * world, wait),
         *module.callbacks(),
     ]
